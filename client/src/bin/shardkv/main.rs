@@ -1,0 +1,130 @@
+//! `shardkv`: command-line client, benchmark driver and local playground for shardkv.
+
+mod bench;
+mod commands;
+mod http;
+mod output;
+mod playground;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use shardkv_client::{Client, ClientOptions, parse_endpoint_list};
+
+#[derive(Parser)]
+#[command(name = "shardkv", version, about = "Client of the shardkv key-value store")]
+struct Cli {
+    /// Comma-separated node addresses (host:port).
+    #[arg(long, global = true, env = "SHARDKV_ENDPOINTS", value_name = "LIST")]
+    endpoints: Option<String>,
+    /// File holding a comma-separated endpoint list, such as a playground's DIR/endpoints.
+    /// Takes precedence over --endpoints.
+    #[arg(long, global = true, value_name = "PATH")]
+    endpoints_file: Option<PathBuf>,
+    /// Deadline of each request, retries included, in milliseconds.
+    #[arg(long, global = true, value_name = "MS", default_value_t = 5000)]
+    timeout_ms: u64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a value.
+    Put { key: String, value: String },
+    /// Read a value (linearizable unless --serializable); exits 1 if the key is absent.
+    Get {
+        key: String,
+        /// Read the contacted replica's state without asking the leader; may be stale.
+        #[arg(long)]
+        serializable: bool,
+    },
+    /// Delete a key.
+    Del { key: String },
+    /// Compare-and-swap: `cas KEY EXPECTED NEW`, or `cas --expect-absent KEY NEW`.
+    /// Exits 1 if the swap did not happen.
+    Cas {
+        key: String,
+        /// EXPECTED NEW, or only NEW with --expect-absent.
+        #[arg(required = true, num_args = 1..=2, value_name = "VALUES")]
+        values: Vec<String>,
+        /// Succeed only if the key is absent.
+        #[arg(long)]
+        expect_absent: bool,
+    },
+    /// List keys in order, one `key<TAB>value` per line.
+    Scan {
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Inclusive start key.
+        #[arg(long)]
+        start: Option<String>,
+        /// Exclusive end key.
+        #[arg(long)]
+        end: Option<String>,
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Show the Raft status of every endpoint.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drive load against the cluster and report throughput and latency.
+    Bench(bench::BenchArgs),
+    /// Run a local cluster of shardkv-node processes until interrupted.
+    Playground(playground::PlaygroundArgs),
+}
+
+impl Cli {
+    fn client(&self) -> anyhow::Result<Client> {
+        let list = match (&self.endpoints_file, &self.endpoints) {
+            (Some(path), _) => {
+                std::fs::read_to_string(path).with_context(|| format!("reading endpoints file {}", path.display()))?
+            }
+            (None, Some(list)) => list.clone(),
+            (None, None) => anyhow::bail!(
+                "no endpoints: pass --endpoints host:port,... (or set SHARDKV_ENDPOINTS) or --endpoints-file PATH"
+            ),
+        };
+        let options = ClientOptions {
+            request_timeout: std::time::Duration::from_millis(self.timeout_ms),
+            ..ClientOptions::default()
+        };
+        Ok(Client::with_options(parse_endpoint_list(&list)?, options)?)
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match &cli.command {
+        Command::Playground(args) => playground::run(args).await,
+        command => match cli.client() {
+            Ok(client) => run_with_client(&client, command).await,
+            Err(error) => Err(error),
+        },
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_with_client(client: &Client, command: &Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Put { key, value } => commands::put(client, key, value).await,
+        Command::Get { key, serializable } => commands::get(client, key, *serializable).await,
+        Command::Del { key } => commands::del(client, key).await,
+        Command::Cas { key, values, expect_absent } => commands::cas(client, key, values, *expect_absent).await,
+        Command::Scan { prefix, start, end, limit } => commands::scan(client, prefix, start, end, *limit).await,
+        Command::Status { json } => commands::status(client, *json).await,
+        Command::Bench(args) => bench::run(client, args).await,
+        Command::Playground(_) => unreachable!("the playground needs no client"),
+    }
+}

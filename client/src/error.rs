@@ -1,0 +1,101 @@
+//! Errors returned by the client library.
+
+use std::error::Error as _;
+
+/// Result of a client operation.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// What went wrong with a request, in terms a caller can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request itself is wrong (empty key, value too large, bad endpoint, ...).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// No leader could serve the request before the deadline.
+    #[error("cluster unavailable: {0}")]
+    Unavailable(String),
+    /// The request's deadline passed before it completed; a write may or may not have applied.
+    #[error("deadline exceeded before the request completed")]
+    DeadlineExceeded,
+    /// The cluster refused the request in its current state (other cluster, expired session, ...).
+    #[error("failed precondition: {0}")]
+    FailedPrecondition(String),
+    /// No endpoint could be reached.
+    #[error("transport error: {0}")]
+    Transport(String),
+    /// Any other gRPC status. Boxed because a `tonic::Status` is large and would bloat every
+    /// `Result` the library returns.
+    #[error("server error: {}: {}", .0.code(), .0.message())]
+    Other(Box<tonic::Status>),
+}
+
+impl Error {
+    /// Maps a final (not retried) gRPC status to an error.
+    pub fn from_status(status: tonic::Status) -> Self {
+        use tonic::Code;
+        match status.code() {
+            Code::InvalidArgument => Error::InvalidArgument(status.message().to_string()),
+            Code::FailedPrecondition => Error::FailedPrecondition(status.message().to_string()),
+            Code::DeadlineExceeded => Error::DeadlineExceeded,
+            Code::Unavailable if is_transport_failure(&status) => Error::Transport(describe_transport_failure(&status)),
+            Code::Unavailable => Error::Unavailable(status.message().to_string()),
+            _ => Error::Other(Box::new(status)),
+        }
+    }
+}
+
+/// True when the status was produced locally because the connection failed, as opposed to
+/// an answer from a node.
+pub(crate) fn is_transport_failure(status: &tonic::Status) -> bool {
+    let mut source = status.source();
+    while let Some(err) = source {
+        if err.is::<tonic::transport::Error>() || err.is::<std::io::Error>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// The status message followed by its underlying causes ("tcp connect error: Connection refused").
+fn describe_transport_failure(status: &tonic::Status) -> String {
+    let mut text = status.message().to_string();
+    let mut source = status.source();
+    while let Some(err) = source {
+        let cause = err.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+        source = err.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_status_codes_to_variants() {
+        assert!(matches!(
+            Error::from_status(tonic::Status::invalid_argument("empty key")),
+            Error::InvalidArgument(m) if m == "empty key"
+        ));
+        assert!(matches!(
+            Error::from_status(tonic::Status::failed_precondition("session expired")),
+            Error::FailedPrecondition(_)
+        ));
+        assert!(matches!(Error::from_status(tonic::Status::deadline_exceeded("late")), Error::DeadlineExceeded));
+        assert!(matches!(Error::from_status(tonic::Status::unavailable("no leader")), Error::Unavailable(_)));
+        assert!(matches!(Error::from_status(tonic::Status::internal("boom")), Error::Other(_)));
+    }
+
+    #[test]
+    fn io_source_marks_a_transport_failure() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let status = tonic::Status::from_error(Box::new(io));
+        assert!(is_transport_failure(&status));
+        assert!(!is_transport_failure(&tonic::Status::unavailable("not leader")));
+    }
+}

@@ -1,0 +1,175 @@
+//! Pure retry policy: backoff delays, deadlines, and what to do after a failed attempt.
+
+use std::time::{Duration, Instant};
+
+use shardkv_proto::LEADER_ADDR_HEADER;
+
+/// First backoff delay after a failed attempt.
+pub const BACKOFF_INITIAL: Duration = Duration::from_millis(10);
+/// Largest backoff delay between two attempts.
+pub const BACKOFF_MAX: Duration = Duration::from_millis(500);
+
+/// Exponential backoff with jitter: each delay is drawn from [base/2, base], and the base
+/// doubles up to a cap. Jitter keeps many clients from retrying in lockstep after a failover.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        Self { base: initial.min(max), max }
+    }
+
+    /// The next delay; `unit_jitter` is a number in [0, 1] (random in production).
+    pub fn next_delay(&mut self, unit_jitter: f64) -> Duration {
+        let half = self.base / 2;
+        let delay = half + half.mul_f64(unit_jitter.clamp(0.0, 1.0));
+        self.base = (self.base * 2).min(self.max);
+        delay
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new(BACKOFF_INITIAL, BACKOFF_MAX)
+    }
+}
+
+/// The instant by which a request must have completed.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline {
+    at: Instant,
+}
+
+impl Deadline {
+    pub fn after(timeout: Duration) -> Self {
+        Self::after_from(Instant::now(), timeout)
+    }
+
+    pub fn after_from(now: Instant, timeout: Duration) -> Self {
+        Self { at: now + timeout }
+    }
+
+    /// Time left at `now`, or `None` once the deadline has passed.
+    pub fn remaining_at(&self, now: Instant) -> Option<Duration> {
+        self.at.checked_duration_since(now).filter(|left| !left.is_zero())
+    }
+
+    pub fn remaining(&self) -> Option<Duration> {
+        self.remaining_at(Instant::now())
+    }
+
+    /// How long to sleep before the next attempt, or `None` when sleeping `delay` would leave
+    /// no time for that attempt.
+    pub fn sleep_before_retry(&self, now: Instant, delay: Duration) -> Option<Duration> {
+        let left = self.remaining_at(now)?;
+        (delay < left).then_some(delay)
+    }
+}
+
+/// What the client does after an attempt failed with a gRPC status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NextStep {
+    /// Return the error to the caller.
+    Fail,
+    /// The node named the leader: send the next attempt there.
+    Redirect(String),
+    /// Try the next endpoint of the list.
+    Rotate,
+}
+
+/// Decides the next step from the status of a failed attempt. INVALID_ARGUMENT and
+/// FAILED_PRECONDITION are never retried; neither is DEADLINE_EXCEEDED, since the caller's
+/// deadline is also the request's.
+pub fn next_step(status: &tonic::Status) -> NextStep {
+    use tonic::Code;
+    match status.code() {
+        Code::Unavailable => match leader_hint(status) {
+            Some(addr) => NextStep::Redirect(addr),
+            None => NextStep::Rotate,
+        },
+        // A connection reset mid-request or a node shutting down; the session makes a
+        // retried write safe.
+        Code::Unknown | Code::Cancelled | Code::Aborted => NextStep::Rotate,
+        _ => NextStep::Fail,
+    }
+}
+
+/// The leader address a follower put in its UNAVAILABLE answer, if any.
+pub fn leader_hint(status: &tonic::Status) -> Option<String> {
+    let addr = status.metadata().get(LEADER_ADDR_HEADER)?.to_str().ok()?.trim();
+    (!addr.is_empty()).then(|| addr.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let mut backoff = Backoff::new(ms(10), ms(500));
+        let delays: Vec<Duration> = (0..8).map(|_| backoff.next_delay(1.0)).collect();
+        assert_eq!(delays, [ms(10), ms(20), ms(40), ms(80), ms(160), ms(320), ms(500), ms(500)]);
+    }
+
+    #[test]
+    fn backoff_jitter_stays_within_half_to_full_base() {
+        let mut low = Backoff::new(ms(10), ms(500));
+        assert_eq!(low.next_delay(0.0), ms(5));
+        assert_eq!(low.next_delay(0.0), ms(10));
+        let mut clamped = Backoff::new(ms(10), ms(500));
+        assert_eq!(clamped.next_delay(7.0), ms(10));
+    }
+
+    #[test]
+    fn deadline_remaining_shrinks_and_expires() {
+        let start = Instant::now();
+        let deadline = Deadline::after_from(start, ms(100));
+        assert_eq!(deadline.remaining_at(start), Some(ms(100)));
+        assert_eq!(deadline.remaining_at(start + ms(60)), Some(ms(40)));
+        assert_eq!(deadline.remaining_at(start + ms(100)), None);
+        assert_eq!(deadline.remaining_at(start + ms(150)), None);
+    }
+
+    #[test]
+    fn retry_sleep_never_outlasts_the_deadline() {
+        let start = Instant::now();
+        let deadline = Deadline::after_from(start, ms(100));
+        assert_eq!(deadline.sleep_before_retry(start, ms(30)), Some(ms(30)));
+        assert_eq!(deadline.sleep_before_retry(start + ms(80), ms(30)), None);
+        assert_eq!(deadline.sleep_before_retry(start + ms(200), ms(1)), None);
+    }
+
+    #[test]
+    fn unavailable_with_leader_address_redirects() {
+        let mut status = tonic::Status::unavailable("not the leader");
+        status.metadata_mut().insert(LEADER_ADDR_HEADER, "127.0.0.1:7102".parse().unwrap());
+        assert_eq!(next_step(&status), NextStep::Redirect("127.0.0.1:7102".into()));
+    }
+
+    #[test]
+    fn unavailable_without_hint_rotates() {
+        assert_eq!(next_step(&tonic::Status::unavailable("no leader")), NextStep::Rotate);
+        let mut empty_hint = tonic::Status::unavailable("no leader");
+        empty_hint.metadata_mut().insert(LEADER_ADDR_HEADER, "".parse().unwrap());
+        assert_eq!(next_step(&empty_hint), NextStep::Rotate);
+    }
+
+    #[test]
+    fn caller_errors_are_never_retried() {
+        for status in [
+            tonic::Status::invalid_argument("empty key"),
+            tonic::Status::failed_precondition("wrong cluster"),
+            tonic::Status::deadline_exceeded("late"),
+            tonic::Status::internal("bug"),
+        ] {
+            assert_eq!(next_step(&status), NextStep::Fail, "{status:?}");
+        }
+    }
+}
