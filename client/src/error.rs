@@ -63,7 +63,8 @@ fn describe_transport_failure(status: &tonic::Status) -> String {
     let mut source = status.source();
     while let Some(err) = source {
         let cause = err.to_string();
-        if !text.contains(&cause) {
+        // tonic wraps the I/O error in a cause that only says "transport error".
+        if cause != "transport error" && !text.contains(&cause) {
             text.push_str(": ");
             text.push_str(&cause);
         }

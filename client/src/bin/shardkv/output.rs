@@ -4,11 +4,13 @@ use serde_json::{Value, json};
 use shardkv_client::bench::{BenchReport, Progress};
 use shardkv_client::{Result, StatusResponse};
 
-/// Aligns rows into columns separated by two spaces; the first row is the header.
+/// Aligns rows into columns separated by two spaces; the first row is the header. Shorter
+/// rows (such as an endpoint and its error) do not widen the columns they overflow.
 pub fn render_table(rows: &[Vec<String>]) -> String {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let full_rows = || rows.iter().filter(|row| row.len() == columns);
     let widths: Vec<usize> = (0..columns)
-        .map(|c| rows.iter().filter_map(|row| row.get(c)).map(|cell| cell.chars().count()).max().unwrap_or(0))
+        .map(|c| full_rows().filter_map(|row| row.get(c)).map(|cell| cell.chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
     for row in rows {
@@ -167,6 +169,12 @@ mod tests {
     fn table_columns_are_aligned() {
         let rows = vec![vec!["A".to_string(), "BB".to_string()], vec!["ccc".to_string(), "d".to_string()]];
         assert_eq!(render_table(&rows), "A    BB\nccc  d\n");
+        let with_short_row = vec![
+            vec!["A".to_string(), "BB".to_string()],
+            vec!["a long error".to_string()],
+            vec!["c".to_string(), "d".to_string()],
+        ];
+        assert_eq!(render_table(&with_short_row), "A  BB\na long error\nc  d\n");
     }
 
     #[test]
