@@ -497,6 +497,12 @@ mod tests {
     }
 
     #[test]
+    fn clients_can_be_shared_across_tasks() {
+        fn shareable<T: Clone + Send + Sync + 'static>() {}
+        shareable::<Client>();
+    }
+
+    #[test]
     fn connect_rejects_an_empty_endpoint_list() {
         assert!(matches!(Client::connect(Vec::new()), Err(Error::InvalidArgument(_))));
     }

@@ -1,5 +1,6 @@
 //! `shardkv playground`: a local cluster of real `shardkv-node` processes on loopback.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, ExitStatus, Stdio};
 use std::time::Duration;
@@ -228,11 +229,13 @@ fn remove_if_present(path: &Path) -> anyhow::Result<()> {
 }
 
 fn spawn_node(binary: &Path, cluster_id: &str, spec: &NodeSpec) -> anyhow::Result<Child> {
-    let log = std::fs::OpenOptions::new()
+    let mut log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&spec.log_path)
         .with_context(|| format!("opening {}", spec.log_path.display()))?;
+    // Logs are appended across runs; the marker shows where this run starts.
+    writeln!(log, "--- shardkv playground: starting node {} ---", spec.id)?;
     let child = Command::new(binary)
         .arg("--cluster-id")
         .arg(cluster_id)
