@@ -1,0 +1,200 @@
+//! The admin service the operator (and the CLI) drives: status, bootstrap, membership,
+//! leadership and snapshots.
+
+use openraft::async_runtime::WatchReceiver;
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::BasicNode;
+use openraft::error::ForwardToLeader;
+use openraft::error::InitializeError;
+use shardkv_proto::v1::AddLearnerRequest;
+use shardkv_proto::v1::ChangeMembershipRequest;
+use shardkv_proto::v1::InitializeRequest;
+use shardkv_proto::v1::InitializeResponse;
+use shardkv_proto::v1::MembershipResponse;
+use shardkv_proto::v1::ReplicaStatus;
+use shardkv_proto::v1::StatusRequest;
+use shardkv_proto::v1::StatusResponse;
+use shardkv_proto::v1::TransferLeaderRequest;
+use shardkv_proto::v1::TransferLeaderResponse;
+use shardkv_proto::v1::TriggerSnapshotRequest;
+use shardkv_proto::v1::TriggerSnapshotResponse;
+use shardkv_proto::v1::admin_server::Admin;
+use tonic::Request;
+use tonic::Response;
+use tonic::Status;
+
+use super::errors::not_leader;
+use super::errors::raft_error;
+use super::observed;
+use crate::context::NodeContext;
+use crate::lifecycle::leadership::TransferError;
+use crate::lifecycle::leadership::transfer_leadership;
+use crate::lifecycle::snapshot::snapshot_and_purge;
+
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(10);
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub struct AdminService {
+    ctx: Arc<NodeContext>,
+}
+
+impl AdminService {
+    pub fn new(ctx: Arc<NodeContext>) -> Self {
+        Self { ctx }
+    }
+
+    fn status(&self, initialized: bool) -> StatusResponse {
+        let m = self.ctx.raft.metrics().borrow_watched().clone();
+        let index = |id: &Option<crate::types::LogId>| id.as_ref().map_or(0, |l| l.index());
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<_> = membership.voter_ids().collect();
+        let matched = m.replication.clone().unwrap_or_default();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| ReplicaStatus {
+                node_id: *id,
+                addr: node.addr.clone(),
+                role: if voters.contains(id) { "voter" } else { "learner" }.to_string(),
+                matched_index: matched.get(id).map(|l| index(l)),
+            })
+            .collect();
+        let leader_addr = self.ctx.leader().map(|(_, addr)| addr).unwrap_or_default();
+        StatusResponse {
+            cluster_id: self.ctx.scope.cluster_id.clone(),
+            group_id: self.ctx.scope.group_id,
+            node_id: self.ctx.node_id,
+            state: format!("{:?}", m.state),
+            term: m.current_term,
+            leader_id: m.current_leader,
+            leader_addr,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            committed_index: index(&m.local_committed),
+            applied_index: index(&m.last_applied),
+            snapshot_index: index(&m.snapshot),
+            purged_index: index(&m.purged),
+            members,
+            initialized,
+            startup_log_entries: self.ctx.metrics.startup_log_entries.get() as u64,
+            snapshots_installed: self.ctx.metrics.snapshots_installed.get(),
+            stopping: self.ctx.is_stopping(),
+        }
+    }
+}
+
+fn node_of(addr: &str) -> Result<BasicNode, Status> {
+    if addr.is_empty() || !addr.contains(':') {
+        return Err(Status::invalid_argument(format!("member address {addr:?} is not host:port")));
+    }
+    Ok(BasicNode::new(addr))
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        observed(&self.ctx.metrics, "Status", async {
+            let initialized = self.ctx.raft.is_initialized().await.map_err(|e| Status::unavailable(e.to_string()))?;
+            Ok(self.status(initialized))
+        })
+        .await
+    }
+
+    async fn initialize(&self, request: Request<InitializeRequest>) -> Result<Response<InitializeResponse>, Status> {
+        let req = request.into_inner();
+        observed(&self.ctx.metrics, "Initialize", async {
+            if req.members.is_empty() {
+                return Err(Status::invalid_argument("initialize needs at least one member"));
+            }
+            let mut members = BTreeMap::new();
+            for m in &req.members {
+                if m.node_id == 0 {
+                    return Err(Status::invalid_argument("node id 0 is reserved"));
+                }
+                members.insert(m.node_id, node_of(&m.addr)?);
+            }
+            match self.ctx.raft.initialize(members).await {
+                Ok(()) => {
+                    tracing::info!(members = ?req.members, "group initialised");
+                    Ok(InitializeResponse {})
+                }
+                Err(e) => match e.api_error() {
+                    Some(InitializeError::NotAllowed(_)) => Err(Status::failed_precondition(
+                        "this node is already initialised; a group is initialised exactly once",
+                    )),
+                    Some(InitializeError::NotInMembers(_)) => Err(Status::invalid_argument(format!(
+                        "node {} must be one of the initial members",
+                        self.ctx.node_id
+                    ))),
+                    None => Err(Status::unavailable(e.to_string())),
+                },
+            }
+        })
+        .await
+    }
+
+    async fn add_learner(&self, request: Request<AddLearnerRequest>) -> Result<Response<MembershipResponse>, Status> {
+        let req = request.into_inner();
+        observed(&self.ctx.metrics, "AddLearner", async {
+            let member = req.member.ok_or_else(|| Status::invalid_argument("member is required"))?;
+            let node = node_of(&member.addr)?;
+            let resp = self.ctx.raft.add_learner(member.node_id, node, req.blocking).await.map_err(raft_error)?;
+            Ok(MembershipResponse { log_index: resp.log_id.index() })
+        })
+        .await
+    }
+
+    async fn change_membership(
+        &self,
+        request: Request<ChangeMembershipRequest>,
+    ) -> Result<Response<MembershipResponse>, Status> {
+        let req = request.into_inner();
+        observed(&self.ctx.metrics, "ChangeMembership", async {
+            if req.voters.is_empty() {
+                return Err(Status::invalid_argument("a group needs at least one voter"));
+            }
+            let voters: BTreeSet<u64> = req.voters.iter().copied().collect();
+            let resp = self.ctx.raft.change_membership(voters, req.retain).await.map_err(raft_error)?;
+            Ok(MembershipResponse { log_index: resp.log_id.index() })
+        })
+        .await
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<TransferLeaderRequest>,
+    ) -> Result<Response<TransferLeaderResponse>, Status> {
+        let req = request.into_inner();
+        observed(&self.ctx.metrics, "TransferLeader", async {
+            let to = (req.to != 0).then_some(req.to);
+            match transfer_leadership(&self.ctx.raft, to, TRANSFER_TIMEOUT).await {
+                Ok(new_leader) => Ok(TransferLeaderResponse { new_leader }),
+                Err(TransferError::NotLeader) => {
+                    let forward = match self.ctx.leader() {
+                        Some((id, addr)) => ForwardToLeader::new(id, BasicNode::new(addr)),
+                        None => ForwardToLeader::empty(),
+                    };
+                    Err(not_leader(&forward))
+                }
+                Err(e @ (TransferError::NotAVoter(_) | TransferError::NoOtherVoter)) => {
+                    Err(Status::failed_precondition(e.to_string()))
+                }
+                Err(e) => Err(Status::unavailable(e.to_string())),
+            }
+        })
+        .await
+    }
+
+    async fn trigger_snapshot(
+        &self,
+        _: Request<TriggerSnapshotRequest>,
+    ) -> Result<Response<TriggerSnapshotResponse>, Status> {
+        observed(&self.ctx.metrics, "TriggerSnapshot", async {
+            let outcome = snapshot_and_purge(&self.ctx.raft, SNAPSHOT_TIMEOUT).await.map_err(Status::unavailable)?;
+            Ok(TriggerSnapshotResponse { snapshot_index: outcome.snapshot_index, purged_index: outcome.purged_index })
+        })
+        .await
+    }
+}

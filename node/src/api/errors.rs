@@ -1,0 +1,41 @@
+//! Mapping Raft outcomes to gRPC status codes, with the leader hint clients follow.
+
+use openraft::error::ForwardToLeader;
+use openraft::error::RaftError;
+use openraft::TryAsRef;
+use shardkv_proto::LEADER_ADDR_HEADER;
+use shardkv_proto::LEADER_ID_HEADER;
+use tonic::Status;
+use tonic::metadata::MetadataValue;
+
+use crate::types::TypeConfig;
+
+/// UNAVAILABLE telling the client where the leader is, when known.
+pub fn not_leader(forward: &ForwardToLeader<TypeConfig>) -> Status {
+    let leader_addr = forward.leader_node.as_ref().map(|n| n.addr.clone());
+    let message = match (forward.leader_id, &leader_addr) {
+        (Some(id), Some(addr)) => format!("not the leader; the leader is node {id} at {addr}"),
+        _ => "not the leader and no leader is known yet; retry shortly".to_string(),
+    };
+    let mut status = Status::unavailable(message);
+    if let (Some(id), Some(addr)) = (forward.leader_id, leader_addr) {
+        let md = status.metadata_mut();
+        md.insert(LEADER_ID_HEADER, MetadataValue::from(id));
+        if let Ok(v) = addr.parse() {
+            md.insert(LEADER_ADDR_HEADER, v);
+        }
+    }
+    status
+}
+
+/// Any Raft API error: forwarding becomes UNAVAILABLE with a hint, the rest keeps its text.
+pub fn raft_error<E>(err: RaftError<TypeConfig, E>) -> Status
+where E: std::error::Error + TryAsRef<ForwardToLeader<TypeConfig>> {
+    if let Some(forward) = err.forward_to_leader() {
+        return not_leader(forward);
+    }
+    match err {
+        RaftError::Fatal(fatal) => Status::unavailable(format!("raft has stopped on this node: {fatal}")),
+        RaftError::APIError(e) => Status::unavailable(e.to_string()),
+    }
+}

@@ -1,0 +1,185 @@
+//! The client KV service: validation, then writes through Raft and reads after ReadIndex.
+
+use openraft::async_runtime::WatchReceiver;
+use std::sync::Arc;
+
+use openraft::ReadPolicy;
+use shardkv_proto::shard_for_key;
+use shardkv_proto::v1::CompareAndSwapRequest;
+use shardkv_proto::v1::CompareAndSwapResponse;
+use shardkv_proto::v1::DeleteRequest;
+use shardkv_proto::v1::DeleteResponse;
+use shardkv_proto::v1::GetRequest;
+use shardkv_proto::v1::GetResponse;
+use shardkv_proto::v1::PutRequest;
+use shardkv_proto::v1::PutResponse;
+use shardkv_proto::v1::ReadConsistency;
+use shardkv_proto::v1::RequestHeader;
+use shardkv_proto::v1::ScanRequest;
+use shardkv_proto::v1::ScanResponse;
+use shardkv_proto::v1::kv_server::Kv;
+use tonic::Request;
+use tonic::Response;
+use tonic::Status;
+
+use super::errors::raft_error;
+use super::observed;
+use super::scan;
+use crate::context::NodeContext;
+use crate::storage::CF_DATA;
+use crate::storage::cf;
+use crate::storage::keys::data_key;
+use crate::types::Command;
+use crate::types::Op;
+use crate::types::OpResult;
+use crate::types::SessionTag;
+
+const DEFAULT_SCAN_LIMIT: usize = 1000;
+const MAX_SCAN_LIMIT: usize = 10_000;
+
+pub struct KvService {
+    ctx: Arc<NodeContext>,
+}
+
+impl KvService {
+    pub fn new(ctx: Arc<NodeContext>) -> Self {
+        Self { ctx }
+    }
+
+    fn check_key(&self, key: &[u8]) -> Result<(), Status> {
+        if key.is_empty() {
+            return Err(Status::invalid_argument("key must not be empty"));
+        }
+        let max = self.ctx.limits.max_key_bytes;
+        if key.len() > max {
+            return Err(Status::invalid_argument(format!("key is {} bytes; the limit is {max} bytes", key.len())));
+        }
+        Ok(())
+    }
+
+    fn check_value(&self, value: &[u8]) -> Result<(), Status> {
+        let max = self.ctx.limits.max_value_bytes;
+        if value.len() > max {
+            return Err(Status::invalid_argument(format!("value is {} bytes; the limit is {max} bytes", value.len())));
+        }
+        Ok(())
+    }
+
+    /// Proposes a write and waits until it is applied; returns its result and log index.
+    async fn write(&self, header: Option<RequestHeader>, op: Op) -> Result<(OpResult, u64), Status> {
+        self.check_key(op.key())?;
+        let header = header.unwrap_or_default();
+        if header.client_id == 0 || header.seq == 0 {
+            return Err(Status::invalid_argument(
+                "writes need a session: set header.client_id and header.seq (both non-zero) so retries apply once",
+            ));
+        }
+        let session = SessionTag { client_id: header.client_id, seq: header.seq, first_unacked: header.first_unacked_seq };
+        let shard = shard_for_key(op.key(), self.ctx.shards);
+        let cmd = Command { session: Some(session), shard, op };
+        let response = self.ctx.raft.client_write(cmd).await.map_err(raft_error)?;
+        if response.data == OpResult::SessionExpired {
+            return Err(Status::failed_precondition(format!(
+                "session expired: sequence {} of client {} is below what the client already acknowledged",
+                header.seq, header.client_id
+            )));
+        }
+        Ok((response.data, response.log_id.index()))
+    }
+
+    /// For linearizable reads: confirms leadership (ReadIndex) and waits until it is applied.
+    async fn read_barrier(&self, consistency: ReadConsistency) -> Result<(), Status> {
+        if consistency == ReadConsistency::Linearizable {
+            self.ctx.raft.ensure_linearizable(ReadPolicy::ReadIndex).await.map_err(raft_error)?;
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let req = request.into_inner();
+        observed(&self.ctx.metrics, "Get", async {
+            self.check_key(&req.key)?;
+            self.read_barrier(req.consistency()).await?;
+            let applied = self.ctx.raft.metrics().borrow_watched().last_applied.as_ref().map_or(0, |l| l.index());
+            let key = data_key(shard_for_key(&req.key, self.ctx.shards), &req.key);
+            let value = self
+                .ctx
+                .db
+                .get_cf(cf(&self.ctx.db, CF_DATA), key)
+                .map_err(|e| Status::internal(format!("reading the store failed: {e}")))?;
+            Ok(GetResponse { found: value.is_some(), value: value.unwrap_or_default(), applied_index: applied })
+        })
+        .await
+    }
+
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let req = request.into_inner();
+        observed(&self.ctx.metrics, "Put", async {
+            self.check_value(&req.value)?;
+            let (_, index) = self.write(req.header, Op::Put { key: req.key, value: req.value }).await?;
+            Ok(PutResponse { index })
+        })
+        .await
+    }
+
+    async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+        let req = request.into_inner();
+        observed(&self.ctx.metrics, "Delete", async {
+            let (result, index) = self.write(req.header, Op::Delete { key: req.key }).await?;
+            let OpResult::Delete { existed } = result else {
+                return Err(Status::internal(format!("delete applied as {result:?}")));
+            };
+            Ok(DeleteResponse { existed, index })
+        })
+        .await
+    }
+
+    async fn compare_and_swap(
+        &self,
+        request: Request<CompareAndSwapRequest>,
+    ) -> Result<Response<CompareAndSwapResponse>, Status> {
+        let req = request.into_inner();
+        observed(&self.ctx.metrics, "CompareAndSwap", async {
+            self.check_value(&req.new_value)?;
+            self.check_value(&req.expected)?;
+            let expected = (!req.expect_absent).then_some(req.expected);
+            let op = Op::CompareAndSwap { key: req.key, expected, new_value: req.new_value };
+            let (result, index) = self.write(req.header, op).await?;
+            let OpResult::CompareAndSwap { succeeded, previous } = result else {
+                return Err(Status::internal(format!("compare-and-swap applied as {result:?}")));
+            };
+            Ok(CompareAndSwapResponse {
+                succeeded,
+                found: previous.is_some(),
+                current: previous.unwrap_or_default(),
+                index,
+            })
+        })
+        .await
+    }
+
+    async fn scan(&self, request: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {
+        let req = request.into_inner();
+        observed(&self.ctx.metrics, "Scan", async {
+            let limit = match req.limit as usize {
+                0 => DEFAULT_SCAN_LIMIT,
+                n => n.min(MAX_SCAN_LIMIT),
+            };
+            self.read_barrier(req.consistency()).await?;
+            let Some(bounds) = scan::scan_bounds(&req.start, &req.end, &req.prefix, &req.continuation) else {
+                return Ok(ScanResponse::default());
+            };
+            let (db, shards) = (self.ctx.db.clone(), self.ctx.shards);
+            let (items, more) = tokio::task::spawn_blocking(move || scan::scan(&db, shards, &bounds, limit))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(|e| Status::internal(format!("scanning the store failed: {e}")))?;
+            let continuation = if more { items.last().map(|kv| kv.key.clone()).unwrap_or_default() } else { Vec::new() };
+            Ok(ScanResponse { items, continuation })
+        })
+        .await
+    }
+}

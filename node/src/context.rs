@@ -1,0 +1,62 @@
+//! What every request handler of a node shares.
+
+use openraft::async_runtime::WatchReceiver;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
+
+use rocksdb::DB;
+
+use crate::metrics::NodeMetrics;
+use crate::network::GroupScope;
+use crate::types::NodeId;
+use crate::types::Raft;
+
+/// Request size limits, enforced before anything reaches the Raft log.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+}
+
+pub struct NodeContext {
+    pub node_id: NodeId,
+    pub scope: GroupScope,
+    pub shards: u32,
+    pub limits: Limits,
+    pub raft: Raft,
+    pub db: Arc<DB>,
+    pub metrics: Arc<NodeMetrics>,
+    /// Set by preStop: the node stops reporting ready and is on its way out.
+    stopping: AtomicBool,
+}
+
+impl NodeContext {
+    pub fn new(
+        node_id: NodeId,
+        scope: GroupScope,
+        shards: u32,
+        limits: Limits,
+        raft: Raft,
+        db: Arc<DB>,
+        metrics: Arc<NodeMetrics>,
+    ) -> Self {
+        Self { node_id, scope, shards, limits, raft, db, metrics, stopping: AtomicBool::new(false) }
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    pub fn set_stopping(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// Node id and address of the leader as this replica knows it.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        let leader = metrics.current_leader?;
+        let addr = metrics.membership_config.membership().get_node(&leader).map(|n| n.addr.clone());
+        Some((leader, addr.unwrap_or_default()))
+    }
+}

@@ -1,0 +1,225 @@
+//! Outgoing Raft RPCs (openraft `RaftNetworkFactory` / `RaftNetworkV2`).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::Mutex;
+
+use openraft::BasicNode;
+use openraft::OptionalSend;
+use openraft::error::NetworkError;
+use openraft::error::RPCError;
+use openraft::error::ReplicationClosed;
+use openraft::error::StreamingError;
+use openraft::error::Unreachable;
+use openraft::network::RPCOption;
+use openraft::network::RaftNetworkFactory;
+use openraft::network::v2::RaftNetworkV2;
+use openraft::raft::AppendEntriesRequest;
+use openraft::raft::AppendEntriesResponse;
+use openraft::raft::SnapshotResponse;
+use openraft::raft::TransferLeaderRequest;
+use openraft::raft::TransferLeaderResponse;
+use openraft::raft::VoteRequest;
+use openraft::raft::VoteResponse;
+use shardkv_proto::v1::RaftRequest;
+use shardkv_proto::v1::SnapshotChunk;
+use shardkv_proto::v1::raft_client::RaftClient;
+use tokio::io::AsyncReadExt;
+use tonic::transport::Channel;
+use tonic::transport::Endpoint;
+
+use super::GroupScope;
+use super::MAX_MESSAGE_BYTES;
+use super::SNAPSHOT_CHUNK_BYTES;
+use crate::state_machine::SnapshotFile;
+use crate::types::NodeId;
+use crate::types::Snapshot;
+use crate::types::TypeConfig;
+use crate::types::Vote;
+use crate::types::decode;
+use crate::types::encode;
+
+type RpcError = RPCError<TypeConfig>;
+
+/// Creates peer clients; one lazily connected channel per peer address, shared by all of them.
+#[derive(Clone)]
+pub struct PeerNetwork {
+    scope: GroupScope,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl PeerNetwork {
+    pub fn new(scope: GroupScope) -> Self {
+        Self { scope, channels: Arc::default() }
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        let mut channels = self.channels.lock().expect("peer channel lock");
+        if let Some(c) = channels.get(addr) {
+            return Ok(c.clone());
+        }
+        let channel = Endpoint::from_shared(format!("http://{addr}"))?
+            .tcp_nodelay(true)
+            .connect_timeout(std::time::Duration::from_secs(2))
+            .connect_lazy();
+        channels.insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
+        let client = self.channel(&node.addr).map(|channel| {
+            RaftClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES)
+        });
+        PeerClient { target, addr: node.addr.clone(), scope: self.scope.clone(), client: client.map_err(|e| e.to_string()) }
+    }
+}
+
+pub struct PeerClient {
+    target: NodeId,
+    addr: String,
+    scope: GroupScope,
+    /// An invalid peer address is reported on every call rather than panicking the factory.
+    client: Result<RaftClient<Channel>, String>,
+}
+
+impl PeerClient {
+    fn request(&self, payload: Vec<u8>) -> RaftRequest {
+        RaftRequest { cluster_id: self.scope.cluster_id.clone(), group_id: self.scope.group_id, payload }
+    }
+
+    fn client(&self) -> Result<RaftClient<Channel>, RpcError> {
+        self.client.clone().map_err(|e| {
+            RPCError::Unreachable(Unreachable::new(&std::io::Error::other(format!(
+                "invalid address {:?} of node {}: {e}",
+                self.addr, self.target
+            ))))
+        })
+    }
+
+    /// One unary RPC with a deadline; the reply payload is decoded into `Resp`.
+    async fn unary<Resp, F, Fut>(&self, payload: Vec<u8>, option: &RPCOption, call: F) -> Result<Resp, RpcError>
+    where
+        Resp: for<'de> serde::Deserialize<'de>,
+        F: FnOnce(RaftClient<Channel>, tonic::Request<RaftRequest>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<shardkv_proto::v1::RaftReply>, tonic::Status>>,
+    {
+        let mut request = tonic::Request::new(self.request(payload));
+        request.set_timeout(option.hard_ttl());
+        let reply = call(self.client()?, request).await.map_err(|status| self.status_error(status))?;
+        decode(&reply.into_inner().payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))
+    }
+
+    fn status_error(&self, status: tonic::Status) -> RpcError {
+        let err = std::io::Error::other(format!("node {} at {}: {}", self.target, self.addr, status.message()));
+        match status.code() {
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => RPCError::Network(NetworkError::new(&err)),
+            _ => RPCError::Unreachable(Unreachable::new(&err)),
+        }
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerClient {
+    type SnapshotData = SnapshotFile;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RpcError> {
+        let reply: Result<AppendEntriesResponse<TypeConfig>, String> =
+            self.unary(encode(&rpc), &option, |mut c, r| async move { c.append_entries(r).await }).await?;
+        reply.map_err(|e| self.status_error(tonic::Status::unavailable(e)))
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RpcError> {
+        let reply: Result<VoteResponse<TypeConfig>, String> =
+            self.unary(encode(&rpc), &option, |mut c, r| async move { c.vote(r).await }).await?;
+        reply.map_err(|e| self.status_error(tonic::Status::unavailable(e)))
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RpcError> {
+        let reply: Result<VoteResponse<TypeConfig>, String> =
+            self.unary(encode(&rpc), &option, |mut c, r| async move { c.pre_vote(r).await }).await?;
+        reply.map_err(|e| self.status_error(tonic::Status::unavailable(e)))
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RpcError> {
+        let reply: Result<TransferLeaderResponse<TypeConfig>, String> =
+            self.unary(encode(&req), &option, |mut c, r| async move { c.transfer_leader(r).await }).await?;
+        reply.map_err(|e| self.status_error(tonic::Status::unavailable(e)))
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let to_streaming = |e: RpcError| match e {
+            RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+            other => StreamingError::Network(NetworkError::new(&other)),
+        };
+        let mut client = self.client().map_err(to_streaming)?;
+        let file = tokio::fs::File::open(&snapshot.snapshot.path)
+            .await
+            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        let header = encode(&(vote, snapshot.meta.clone()));
+        let scope = self.scope.clone();
+        let chunks = futures::stream::unfold((file, Some(header)), move |(mut file, header)| {
+            let scope = scope.clone();
+            async move {
+                let mut data = vec![0u8; SNAPSHOT_CHUNK_BYTES];
+                let n = match file.read(&mut data).await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::error!(error = %e, "reading snapshot file for a follower failed");
+                        return None;
+                    }
+                };
+                if n == 0 && header.is_none() {
+                    return None;
+                }
+                data.truncate(n);
+                let chunk = SnapshotChunk {
+                    cluster_id: scope.cluster_id,
+                    group_id: scope.group_id,
+                    header: header.unwrap_or_default(),
+                    data,
+                };
+                Some((chunk, (file, None)))
+            }
+        });
+        let mut request = tonic::Request::new(chunks);
+        request.set_timeout(option.hard_ttl());
+        let started = std::time::Instant::now();
+        let reply = tokio::select! {
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+            reply = client.install_snapshot(request) => reply.map_err(|s| to_streaming(self.status_error(s)))?,
+        };
+        tracing::info!(
+            target_node = self.target,
+            bytes = snapshot.snapshot.size,
+            ms = started.elapsed().as_millis() as u64,
+            "snapshot sent"
+        );
+        let reply: Result<SnapshotResponse<TypeConfig>, String> =
+            decode(&reply.into_inner().payload).map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        reply.map_err(|e| StreamingError::Unreachable(Unreachable::new(&std::io::Error::other(e))))
+    }
+}

@@ -1,0 +1,184 @@
+//! Starting a node: storage, Raft, the gRPC and admin HTTP servers; and stopping it cleanly.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use openraft::SnapshotPolicy;
+use openraft::storage::RaftLogStorage;
+use shardkv_proto::FILE_DESCRIPTOR_SET;
+use shardkv_proto::v1::admin_server::AdminServer;
+use shardkv_proto::v1::kv_server::KvServer;
+use shardkv_proto::v1::raft_server::RaftServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::api::admin::AdminService;
+use crate::api::kv::KvService;
+use crate::config::NodeArgs;
+use crate::context::Limits;
+use crate::context::NodeContext;
+use crate::identity;
+use crate::identity::Identity;
+use crate::lifecycle::http;
+use crate::lifecycle::prestop::Prestop;
+use crate::metrics::NodeMetrics;
+use crate::network::GroupScope;
+use crate::network::MAX_MESSAGE_BYTES;
+use crate::network::peer::PeerNetwork;
+use crate::network::service::RaftService;
+use crate::state_machine::SnapshotStore;
+use crate::state_machine::StateMachine;
+use crate::storage;
+use crate::storage::LogFlusher;
+use crate::storage::LogStore;
+use crate::types::Raft;
+
+/// How long in-flight gRPC calls may take to finish once shutdown starts.
+const GRPC_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+const RECOVERY_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn raft_config(args: &NodeArgs) -> anyhow::Result<openraft::Config> {
+    let config = openraft::Config {
+        cluster_name: format!("{}/group-{}", args.cluster_id, args.group_id),
+        heartbeat_interval: args.heartbeat_ms,
+        election_timeout_min: args.election_timeout_ms,
+        election_timeout_max: args.election_timeout_ms * 2,
+        install_snapshot_timeout: 300_000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(args.snapshot_every),
+        max_in_snapshot_log_to_keep: 1000,
+        max_payload_entries: 64,
+        ..Default::default()
+    };
+    config.validate().context("invalid Raft configuration")
+}
+
+pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
+    let scope = GroupScope { cluster_id: args.cluster_id.clone(), group_id: args.group_id };
+    let wanted = Identity {
+        cluster_id: args.cluster_id.clone(),
+        group_id: args.group_id,
+        node_id: args.node_id,
+        shards: args.shards,
+    };
+    identity::ensure(&args.data_dir, &wanted)?;
+
+    // Bind first, so a port clash is reported before anything else starts.
+    let grpc_listener =
+        TcpListener::bind(args.listen).await.with_context(|| format!("binding gRPC address {}", args.listen))?;
+    let admin_listener = TcpListener::bind(args.admin_listen)
+        .await
+        .with_context(|| format!("binding admin HTTP address {}", args.admin_listen))?;
+
+    let metrics = Arc::new(NodeMetrics::default());
+    let db_path = args.data_dir.join("db");
+    let db = storage::open_db(&db_path).with_context(|| format!("opening RocksDB at {}", db_path.display()))?;
+    let mut log_store = LogStore::new(db.clone(), LogFlusher::start(db.clone(), metrics.clone()));
+    let log_state = log_store.get_log_state().await?;
+    let index_of = |id: &Option<crate::types::LogId>| id.as_ref().map_or(0, |l| l.index());
+    let startup_entries = index_of(&log_state.last_log_id) - index_of(&log_state.last_purged_log_id);
+    metrics.startup_log_entries.set(startup_entries as i64);
+    let snapshots = SnapshotStore::open(args.data_dir.join("snapshots"))?;
+    let state_machine = StateMachine::open(db.clone(), snapshots.clone(), metrics.clone())?;
+
+    let config = Arc::new(raft_config(&args)?);
+    let network = PeerNetwork::new(scope.clone());
+    let raft = Raft::new(args.node_id, config, network, log_store, state_machine).await?;
+    tracing::info!(
+        cluster = %args.cluster_id,
+        group = args.group_id,
+        node = args.node_id,
+        log_entries_on_disk = startup_entries,
+        last_purged = index_of(&log_state.last_purged_log_id),
+        "node started"
+    );
+    if raft.is_initialized().await? {
+        // Serve nothing until the state machine has re-applied what was committed before.
+        if let Err(e) = raft.wait_for_recovery(Some(RECOVERY_TIMEOUT)).await {
+            tracing::warn!(error = %e, "state machine recovery is still running; serving anyway");
+        }
+    }
+
+    let limits = Limits { max_key_bytes: args.max_key_bytes, max_value_bytes: args.max_value_bytes };
+    let ctx = Arc::new(NodeContext::new(
+        args.node_id,
+        scope.clone(),
+        args.shards,
+        limits,
+        raft.clone(),
+        db.clone(),
+        metrics,
+    ));
+    let prestop = Arc::new(Prestop::default());
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let grpc = tokio::spawn(serve_grpc(grpc_listener, ctx.clone(), snapshots, shutdown_rx.clone()));
+    let admin = tokio::spawn({
+        let mut rx = shutdown_rx;
+        let app = http::router(ctx.clone(), prestop);
+        async move {
+            axum::serve(admin_listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.wait_for(|stop| *stop).await;
+                })
+                .await
+        }
+    });
+
+    let signal = wait_for_signal().await?;
+    tracing::info!(signal, "shutting down: closing gRPC, stopping Raft, closing RocksDB");
+    shutdown_tx.send_replace(true);
+    match tokio::time::timeout(GRPC_DRAIN_TIMEOUT, grpc).await {
+        Ok(joined) => joined?.context("gRPC server failed")?,
+        Err(_) => tracing::warn!("gRPC calls still running after {GRPC_DRAIN_TIMEOUT:?}; closing anyway"),
+    }
+    raft.shutdown().await.map_err(|e| anyhow::anyhow!("stopping raft: {e}"))?;
+    admin.await?.context("admin HTTP server failed")?;
+    // Leave a clean store behind: WAL synced and memtables flushed, so the next start is fast.
+    db.flush_wal(true).context("syncing the WAL")?;
+    db.flush().context("flushing memtables")?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn serve_grpc(
+    listener: TcpListener,
+    ctx: Arc<NodeContext>,
+    snapshots: SnapshotStore,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<KvServer<KvService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let raft_service = RaftService::new(ctx.raft.clone(), ctx.scope.clone(), snapshots);
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(KvServer::new(KvService::new(ctx.clone())))
+        .add_service(AdminServer::new(AdminService::new(ctx)))
+        .add_service(
+            RaftServer::new(raft_service)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        })
+        .await?;
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::SignalKind;
+    use tokio::signal::unix::signal;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}

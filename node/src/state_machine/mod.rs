@@ -1,0 +1,235 @@
+//! The persistent state machine (openraft `RaftStateMachine`) and its snapshots.
+//!
+//! State lives in RocksDB: applying a batch writes data, sessions and `last_applied` in one
+//! WriteBatch, so a restart resumes from where it was without replaying a snapshot. Snapshots
+//! are files streamed out of a consistent RocksDB view.
+
+mod apply;
+pub mod session;
+pub mod snapshot_file;
+mod snapshot_store;
+
+use std::io;
+use std::sync::Arc;
+
+use futures::Stream;
+use futures::TryStreamExt;
+use openraft::EntryPayload;
+use openraft::OptionalSend;
+use openraft::RaftSnapshotBuilder;
+use openraft::storage::EntryResponder;
+use openraft::storage::RaftStateMachine;
+use rocksdb::DB;
+use rocksdb::IteratorMode;
+use rocksdb::WriteBatch;
+use rocksdb::WriteOptions;
+pub use snapshot_store::SnapshotFile;
+pub use snapshot_store::SnapshotStore;
+
+use self::apply::ApplyBatch;
+use self::snapshot_file::RecordKind;
+use self::snapshot_file::SnapshotHeader;
+use self::snapshot_file::SnapshotReader;
+use self::snapshot_file::SnapshotWriter;
+use crate::metrics::NodeMetrics;
+use crate::storage::CF_DATA;
+use crate::storage::CF_SESSIONS;
+use crate::storage::CF_SM_META;
+use crate::storage::cf;
+use crate::storage::io_err;
+use crate::storage::keys::SHARD_KEYS_END;
+use crate::types::LogId;
+use crate::types::OpResult;
+use crate::types::Snapshot;
+use crate::types::SnapshotMeta;
+use crate::types::StoredMembership;
+use crate::types::TypeConfig;
+use crate::types::decode;
+use crate::types::encode;
+
+const APPLIED_KEY: &[u8] = b"last_applied";
+const MEMBERSHIP_KEY: &[u8] = b"membership";
+/// Set while a snapshot is being loaded; a restart finds it and loads that snapshot again.
+const INSTALLING_KEY: &[u8] = b"installing_snapshot";
+
+/// Snapshot loads are written in batches of about this size.
+const INSTALL_BATCH_BYTES: usize = 4 << 20;
+
+pub struct StateMachine {
+    db: Arc<DB>,
+    snapshots: SnapshotStore,
+    applied: Option<LogId>,
+    membership: StoredMembership,
+    metrics: Arc<NodeMetrics>,
+}
+
+impl StateMachine {
+    pub fn open(db: Arc<DB>, snapshots: SnapshotStore, metrics: Arc<NodeMetrics>) -> io::Result<Self> {
+        let meta_cf = cf(&db, CF_SM_META);
+        if let Some(name) = db.get_cf(meta_cf, INSTALLING_KEY).map_err(io_err)? {
+            let path = snapshots.dir().join(String::from_utf8_lossy(&name).as_ref());
+            tracing::warn!(snapshot = %path.display(), "a snapshot install was interrupted; loading it again");
+            load_snapshot(&db, &path)?;
+        }
+        let (applied, membership) = read_applied_state(|key| db.get_cf(meta_cf, key))?;
+        Ok(Self { db, snapshots, applied, membership, metrics })
+    }
+}
+
+fn read_applied_state(
+    get: impl Fn(&[u8]) -> Result<Option<Vec<u8>>, rocksdb::Error>,
+) -> io::Result<(Option<LogId>, StoredMembership)> {
+    let applied = get(APPLIED_KEY).map_err(io_err)?.map(|b| decode(&b)).transpose()?;
+    let membership = get(MEMBERSHIP_KEY).map_err(io_err)?.map(|b| decode(&b)).transpose()?;
+    Ok((applied, membership.unwrap_or_default()))
+}
+
+fn put_applied_state(db: &DB, batch: &mut WriteBatch, applied: &Option<LogId>, membership: &StoredMembership) {
+    let meta_cf = cf(db, CF_SM_META);
+    batch.put_cf(meta_cf, APPLIED_KEY, encode(applied));
+    batch.put_cf(meta_cf, MEMBERSHIP_KEY, encode(membership));
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotFile;
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
+        Ok((self.applied.clone(), self.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> io::Result<()>
+    where Strm: Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + OptionalSend {
+        let mut batch = ApplyBatch::new(&self.db);
+        let mut replies = Vec::new();
+        let mut count = 0u64;
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let result = match &entry.payload {
+                EntryPayload::Blank => OpResult::Applied,
+                EntryPayload::Normal(cmd) => batch.apply(cmd)?,
+                EntryPayload::Membership(m) => {
+                    self.membership = StoredMembership::new(Some(entry.log_id.clone()), m.clone());
+                    OpResult::Applied
+                }
+            };
+            self.applied = Some(entry.log_id);
+            count += 1;
+            if let Some(responder) = responder {
+                replies.push((responder, result));
+            }
+        }
+        put_applied_state(&self.db, batch.batch_mut(), &self.applied, &self.membership);
+        self.db.write_opt(batch.into_write_batch(), &WriteOptions::default()).map_err(io_err)?;
+        self.metrics.applied_entries.inc_by(count);
+        for (responder, result) in replies {
+            responder.send(result);
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        SnapshotBuilder { db: self.db.clone(), snapshots: self.snapshots.clone(), metrics: self.metrics.clone() }
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotFile) -> io::Result<()> {
+        let (db, snapshots, metrics) = (self.db.clone(), self.snapshots.clone(), self.metrics.clone());
+        let meta = meta.clone();
+        let installed = tokio::task::spawn_blocking(move || -> io::Result<Snapshot> {
+            let header = snapshot_file::verify(&snapshot.path)?;
+            if header.last_log_id != meta.last_log_id {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("snapshot file is at {:?}, expected {:?}", header.last_log_id, meta.last_log_id),
+                ));
+            }
+            let published = snapshots.adopt(&snapshot.path, &header)?;
+            let mut opts = WriteOptions::default();
+            opts.set_sync(true);
+            db.put_cf_opt(cf(&db, CF_SM_META), INSTALLING_KEY, published.snapshot.file_name(), &opts)
+                .map_err(io_err)?;
+            load_snapshot(&db, &published.snapshot.path)?;
+            metrics.snapshots_installed.inc();
+            Ok(published)
+        })
+        .await
+        .map_err(io::Error::other)??;
+        self.applied = installed.meta.last_log_id;
+        self.membership = installed.meta.last_membership;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
+        Ok(self.snapshots.current())
+    }
+}
+
+/// Replaces the state-machine contents with a snapshot file, streaming it in batches.
+fn load_snapshot(db: &DB, path: &std::path::Path) -> io::Result<()> {
+    let mut reader = SnapshotReader::open(path)?;
+    let (data_cf, sessions_cf) = (cf(db, CF_DATA), cf(db, CF_SESSIONS));
+    let mut batch = WriteBatch::default();
+    batch.delete_range_cf(data_cf, [].as_slice(), SHARD_KEYS_END.as_slice());
+    batch.delete_range_cf(sessions_cf, [].as_slice(), SHARD_KEYS_END.as_slice());
+    while let Some(record) = reader.next_record()? {
+        let target = match record.kind {
+            RecordKind::Data => data_cf,
+            RecordKind::Session => sessions_cf,
+        };
+        batch.put_cf(target, &record.key, &record.value);
+        if batch.size_in_bytes() >= INSTALL_BATCH_BYTES {
+            db.write(std::mem::take(&mut batch)).map_err(io_err)?;
+        }
+    }
+    let header = reader.header;
+    put_applied_state(db, &mut batch, &header.last_log_id, &header.membership);
+    batch.delete_cf(cf(db, CF_SM_META), INSTALLING_KEY);
+    let mut opts = WriteOptions::default();
+    opts.set_sync(true);
+    db.write_opt(batch, &opts).map_err(io_err)
+}
+
+pub struct SnapshotBuilder {
+    db: Arc<DB>,
+    snapshots: SnapshotStore,
+    metrics: Arc<NodeMetrics>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    type SnapshotData = SnapshotFile;
+
+    async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
+        let (db, snapshots, metrics) = (self.db.clone(), self.snapshots.clone(), self.metrics.clone());
+        tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let snapshot = write_snapshot(&db, &snapshots)?;
+            metrics.observe_snapshot_built(started.elapsed(), snapshot.snapshot.size);
+            tracing::info!(
+                last_log_id = ?snapshot.meta.last_log_id,
+                bytes = snapshot.snapshot.size,
+                ms = started.elapsed().as_millis() as u64,
+                "snapshot built"
+            );
+            Ok(snapshot)
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+}
+
+/// Streams a consistent view of the state machine into a new snapshot file.
+fn write_snapshot(db: &DB, snapshots: &SnapshotStore) -> io::Result<Snapshot> {
+    let view = db.snapshot();
+    let meta_cf = cf(db, CF_SM_META);
+    let (last_log_id, membership) = read_applied_state(|key| view.get_cf(meta_cf, key))?;
+    let header = SnapshotHeader { last_log_id, membership };
+    let tmp = snapshots.temp_path();
+    let mut writer = SnapshotWriter::create(&tmp, &header)?;
+    for (name, kind) in [(CF_DATA, RecordKind::Data), (CF_SESSIONS, RecordKind::Session)] {
+        for item in view.iterator_cf(cf(db, name), IteratorMode::Start) {
+            let (key, value) = item.map_err(io_err)?;
+            writer.record(kind, &key, &value)?;
+        }
+    }
+    writer.finish()?;
+    snapshots.adopt(&tmp, &header)
+}

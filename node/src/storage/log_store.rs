@@ -1,0 +1,165 @@
+//! The Raft log and Raft metadata on RocksDB (openraft `RaftLogStorage`).
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::Bound;
+use std::ops::RangeBounds;
+use std::sync::Arc;
+
+use openraft::OptionalSend;
+use openraft::RaftLogReader;
+use openraft::entry::RaftEntry;
+use openraft::storage::IOFlushed;
+use openraft::storage::LogState;
+use openraft::storage::RaftLogStorage;
+use rocksdb::DB;
+use rocksdb::Direction;
+use rocksdb::IteratorMode;
+use rocksdb::WriteBatch;
+use rocksdb::WriteOptions;
+
+use super::CF_LOG;
+use super::CF_RAFT_META;
+use super::LogFlusher;
+use super::cf;
+use super::io_err;
+use super::keys::log_index;
+use super::keys::log_key;
+use crate::types::Entry;
+use crate::types::LogId;
+use crate::types::TypeConfig;
+use crate::types::Vote;
+use crate::types::decode;
+use crate::types::encode;
+
+const VOTE_KEY: &[u8] = b"vote";
+const COMMITTED_KEY: &[u8] = b"committed";
+const PURGED_KEY: &[u8] = b"last_purged";
+
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<DB>,
+    flusher: LogFlusher,
+}
+
+impl LogStore {
+    pub fn new(db: Arc<DB>, flusher: LogFlusher) -> Self {
+        Self { db, flusher }
+    }
+
+    fn get_meta<T: for<'de> serde::Deserialize<'de>>(&self, key: &[u8]) -> io::Result<Option<T>> {
+        let raw = self.db.get_cf(cf(&self.db, CF_RAFT_META), key).map_err(io_err)?;
+        raw.map(|bytes| decode(&bytes)).transpose()
+    }
+
+    fn put_meta<T: serde::Serialize>(&self, key: &[u8], value: &T, sync: bool) -> io::Result<()> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(sync);
+        self.db.put_cf_opt(cf(&self.db, CF_RAFT_META), key, encode(value), &opts).map_err(io_err)
+    }
+
+    fn last_entry_log_id(&self) -> io::Result<Option<LogId>> {
+        let mut iter = self.db.iterator_cf(cf(&self.db, CF_LOG), IteratorMode::End);
+        match iter.next() {
+            None => Ok(None),
+            Some(item) => {
+                let (_, value) = item.map_err(io_err)?;
+                Ok(Some(decode::<Entry>(&value)?.log_id()))
+            }
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> io::Result<Vec<Entry>> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i + 1,
+            Bound::Unbounded => 0,
+        };
+        let mode = IteratorMode::From(&log_key(start), Direction::Forward);
+        let mut entries = Vec::new();
+        for item in self.db.iterator_cf(cf(&self.db, CF_LOG), mode) {
+            let (key, value) = item.map_err(io_err)?;
+            if !range.contains(&log_index(&key)) {
+                break;
+            }
+            let entry: Entry = decode(&value)?;
+            if entry.index() != log_index(&key) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("raft log corrupt: key {} holds entry {}", log_index(&key), entry.index()),
+                ));
+            }
+            entries.push(entry);
+        }
+        Ok(entries)
+    }
+
+    async fn read_vote(&mut self) -> io::Result<Option<Vote>> {
+        self.get_meta(VOTE_KEY)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> io::Result<LogState<TypeConfig>> {
+        let last_purged_log_id: Option<LogId> = self.get_meta(PURGED_KEY)?;
+        let last_log_id = self.last_entry_log_id()?.or_else(|| last_purged_log_id.clone());
+        Ok(LogState { last_purged_log_id, last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> io::Result<()> {
+        // A vote must be durable before it is answered: fsync now, not through the flusher.
+        self.put_meta(VOTE_KEY, vote, true)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
+        // Written without sync: openraft only uses it to re-apply faster after a restart.
+        self.put_meta(COMMITTED_KEY, &committed, false)
+    }
+
+    async fn read_committed(&mut self) -> io::Result<Option<LogId>> {
+        Ok(self.get_meta::<Option<LogId>>(COMMITTED_KEY)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> io::Result<()>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let log_cf = cf(&self.db, CF_LOG);
+        let mut batch = WriteBatch::default();
+        for entry in entries {
+            batch.put_cf(log_cf, log_key(entry.index()), encode(&entry));
+        }
+        let mut opts = WriteOptions::default();
+        opts.set_sync(false);
+        self.db.write_opt(batch, &opts).map_err(io_err)?;
+        self.flusher.flush_then(callback);
+        Ok(())
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {
+        let from = last_log_id.map_or(0, |id| id.index() + 1);
+        let log_cf = cf(&self.db, CF_LOG);
+        self.db.delete_range_cf(log_cf, log_key(from), log_key(u64::MAX)).map_err(io_err)?;
+        // delete_range excludes its end key.
+        self.db.delete_cf(log_cf, log_key(u64::MAX)).map_err(io_err)
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
+        // Record the purge point first: a crash in between leaves extra entries, never a gap.
+        self.put_meta(PURGED_KEY, &log_id, false)?;
+        let log_cf = cf(&self.db, CF_LOG);
+        self.db.delete_range_cf(log_cf, log_key(0), log_key(log_id.index() + 1)).map_err(io_err)
+    }
+}

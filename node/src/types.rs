@@ -1,0 +1,106 @@
+//! The Raft type configuration and the replicated command/response types.
+
+use std::io::Cursor;
+
+use serde::Deserialize;
+use serde::Serialize;
+
+use crate::state_machine::SnapshotFile;
+use crate::state_machine::StateMachine;
+
+pub type NodeId = u64;
+pub type ShardId = u32;
+
+/// Identifies a write for exactly-once execution (Raft thesis §6.3 client sessions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionTag {
+    pub client_id: u64,
+    pub seq: u64,
+    /// Lowest sequence number the client still waits for; responses below it are forgotten.
+    pub first_unacked: u64,
+}
+
+/// One write, replicated through the Raft log and applied by every replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    pub session: Option<SessionTag>,
+    pub shard: ShardId,
+    pub op: Op,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    Put { key: Vec<u8>, value: Vec<u8> },
+    Delete { key: Vec<u8> },
+    CompareAndSwap { key: Vec<u8>, expected: Option<Vec<u8>>, new_value: Vec<u8> },
+}
+
+impl Op {
+    pub fn key(&self) -> &[u8] {
+        match self {
+            Op::Put { key, .. } | Op::Delete { key } | Op::CompareAndSwap { key, .. } => key,
+        }
+    }
+}
+
+/// What applying a log entry produced; cached in the session table for duplicates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpResult {
+    /// Blank and membership entries.
+    Applied,
+    Put,
+    Delete { existed: bool },
+    CompareAndSwap { succeeded: bool, previous: Option<Vec<u8>> },
+    /// The request's sequence number is below what the client already acknowledged.
+    SessionExpired,
+}
+
+/// Log lines name the operation, key length and session, never the value bytes.
+impl std::fmt::Display for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let op = match &self.op {
+            Op::Put { .. } => "put",
+            Op::Delete { .. } => "delete",
+            Op::CompareAndSwap { .. } => "cas",
+        };
+        write!(f, "{op} shard={} key_len={}", self.shard, self.op.key().len())?;
+        if let Some(s) = &self.session {
+            write!(f, " client={} seq={}", s.client_id, s.seq)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for OpResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+openraft::declare_raft_types!(
+    pub TypeConfig:
+        D = Command,
+        R = OpResult,
+        NodeId = NodeId,
+        Node = openraft::BasicNode,
+);
+
+pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
+pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
+pub type Vote = openraft::alias::VoteOf<TypeConfig>;
+pub type Entry = openraft::alias::EntryOf<TypeConfig>;
+pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
+pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
+pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>;
+pub type RaftMetrics = openraft::RaftMetrics<TypeConfig>;
+
+/// Binary encoding of everything we persist or send that openraft defines (entries, votes,
+/// RPC messages). One codec for all, so a format change happens in one place.
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    bincode::serialize(value).expect("serializing an in-memory value cannot fail")
+}
+
+pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> std::io::Result<T> {
+    bincode::deserialize_from(Cursor::new(bytes))
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("corrupt record: {e}")))
+}

@@ -1,0 +1,65 @@
+//! preStop: readiness off, leadership moved, snapshot taken and log purged, clean exit on
+//! SIGTERM, and a restart that replays only a short log suffix.
+
+use crate::harness::Cluster;
+use crate::harness::WAIT;
+use crate::harness::wait_for;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prestop_hands_over_and_the_restart_replays_a_short_suffix() {
+    let mut cluster = Cluster::start(16, 3, &[]).await;
+    let client = cluster.client();
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let c = client.new_session();
+            tokio::spawn(async move {
+                for i in 0..150 {
+                    c.put(format!("w{w}-{i}"), "v").await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let leader = cluster.leader().await;
+    let before = cluster.status(leader).await.unwrap();
+    let entries_before = before.last_log_index - before.purged_index;
+    assert!(entries_before >= 1200, "the log holds the writes before preStop: {before:?}");
+    assert_eq!(cluster.http_get(leader, "/readyz").await.0, 200);
+
+    let (code, body) = cluster.http_get(leader, "/lifecycle/prestop").await;
+    assert_eq!(code, 200, "{body}");
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let group = &report["groups"][0];
+    assert_eq!(report["clean"], true, "{report}");
+    assert_eq!(group["was_leader"], true, "{report}");
+    let new_leader = group["new_leader"].as_u64().expect("new leader reported");
+    assert_ne!(new_leader, leader);
+    assert!(group["snapshot_index"].as_u64().unwrap() >= before.applied_index, "{report}");
+    assert_eq!(group["purged_index"], group["snapshot_index"], "{report}");
+    assert_eq!(cluster.http_get(leader, "/readyz").await.0, 503, "not ready after preStop");
+    let metrics = cluster.http_get(leader, "/metrics").await.1;
+    assert!(metrics.contains("shardkv_prestop_step_seconds"), "preStop steps are exported");
+
+    // A second call (a retried hook) gets the same report instead of running again.
+    assert_eq!(cluster.http_get(leader, "/lifecycle/prestop").await.1, body);
+
+    let exit = cluster.terminate(leader);
+    assert!(exit.success(), "clean exit after SIGTERM: {exit:?}\n{}", cluster.log(leader));
+    assert!(cluster.log(leader).contains("stopped cleanly"));
+
+    client.put("after", "restart").await.unwrap();
+    cluster.start_node(leader);
+    let status = wait_for("the restarted node to rejoin", WAIT, || async {
+        let s = cluster.status(leader).await?;
+        (s.leader_id.is_some() && s.applied_index >= before.applied_index + 1).then_some(s)
+    })
+    .await;
+    assert!(
+        status.startup_log_entries <= 10,
+        "restart replayed {} entries; {entries_before} were on disk before preStop",
+        status.startup_log_entries
+    );
+    assert_eq!(cluster.client_for([leader]).get_serializable("w7-149").await.unwrap().as_deref(), Some(&b"v"[..]));
+}

@@ -1,0 +1,7 @@
+//! Process-level tests: real `shardkv-node` processes talking gRPC over loopback.
+
+mod bad_input;
+mod exactly_once;
+mod harness;
+mod lifecycle;
+mod replication;

@@ -1,0 +1,130 @@
+//! Replication, leader failure, snapshot catch-up and linearizable reads across leader changes.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+use std::time::Instant;
+
+use shardkv_proto::LEADER_ID_HEADER;
+use shardkv_proto::v1::GetRequest;
+use shardkv_proto::v1::ReadConsistency;
+use shardkv_proto::v1::TransferLeaderRequest;
+use shardkv_proto::v1::TriggerSnapshotRequest;
+
+use crate::harness::Cluster;
+use crate::harness::WAIT;
+use crate::harness::wait_for;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_replica_applies_every_write() {
+    let cluster = Cluster::start(11, 3, &[]).await;
+    let client = cluster.client();
+    for i in 0..100 {
+        client.put(format!("k{i}"), format!("v{i}")).await.unwrap();
+    }
+    for id in 1..=3 {
+        let replica = cluster.client_for([id]);
+        wait_for(&format!("node {id} to apply the last write"), WAIT, || async {
+            (replica.get_serializable("k99").await.ok()?? == b"v99").then_some(())
+        })
+        .await;
+        for i in 0..100 {
+            let v = replica.get_serializable(format!("k{i}")).await.unwrap();
+            assert_eq!(v.as_deref(), Some(format!("v{i}").as_bytes()), "node {id} key k{i}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_the_leader_loses_no_acknowledged_write() {
+    let mut cluster = Cluster::start(12, 3, &[]).await;
+    let client = cluster.client();
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let writer = {
+        let (client, acked) = (client.clone(), acked.clone());
+        tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(90);
+            let mut failed = 0;
+            for i in 0..600 {
+                if Instant::now() > deadline {
+                    break;
+                }
+                match client.put(format!("key-{i}"), format!("value-{i}")).await {
+                    Ok(_) => acked.lock().unwrap().push(i),
+                    Err(_) => failed += 1,
+                }
+            }
+            failed
+        })
+    };
+    wait_for("200 acknowledged writes", WAIT, || async { (acked.lock().unwrap().len() >= 200).then_some(()) }).await;
+    let old_leader = cluster.leader().await;
+    cluster.kill9(old_leader);
+    let failed = writer.await.unwrap();
+    let new_leader = cluster.leader().await;
+    assert_ne!(new_leader, old_leader);
+
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 550, "writes must continue after the failover: {} acked, {failed} failed", acked.len());
+    assert!(acked.iter().any(|i| *i > 400), "writes after the kill were acknowledged");
+    for i in acked {
+        let v = client.get(format!("key-{i}")).await.unwrap();
+        assert_eq!(v.as_deref(), Some(format!("value-{i}").as_bytes()), "acknowledged write key-{i} lost");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follower_behind_the_purged_log_catches_up_by_streamed_snapshot() {
+    let mut cluster = Cluster::start(13, 3, &[]).await;
+    let leader = cluster.leader().await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    cluster.kill9(follower);
+
+    let client = cluster.client();
+    let value = vec![b'x'; 4096];
+    for i in 0..500 {
+        client.put(format!("key-{i}"), value.clone()).await.unwrap();
+    }
+    let snap = cluster.admin(leader).await.trigger_snapshot(TriggerSnapshotRequest {}).await.unwrap().into_inner();
+    assert!(snap.snapshot_index >= 500, "snapshot covers the writes: {snap:?}");
+    assert!(snap.purged_index >= 500, "the log behind the snapshot is purged: {snap:?}");
+
+    cluster.start_node(follower);
+    let status = wait_for("the restarted follower to catch up", WAIT, || async {
+        let s = cluster.status(follower).await?;
+        (s.applied_index >= snap.snapshot_index).then_some(s)
+    })
+    .await;
+    assert!(status.snapshots_installed >= 1, "caught up through a snapshot, not the log: {status:?}");
+    let replica = cluster.client_for([follower]);
+    for i in [0, 250, 499] {
+        assert_eq!(replica.get_serializable(format!("key-{i}")).await.unwrap(), Some(value.clone()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_linearizable_read_right_after_a_leader_change_sees_the_last_write() {
+    let mut cluster = Cluster::start(15, 3, &[]).await;
+    let client = cluster.client();
+    client.put("x", "1").await.unwrap();
+
+    let old_leader = cluster.leader().await;
+    let moved = cluster.admin(old_leader).await.transfer_leader(TransferLeaderRequest { to: 0 }).await.unwrap();
+    let new_leader = moved.into_inner().new_leader;
+    assert_ne!(new_leader, old_leader);
+    assert_eq!(client.get("x").await.unwrap().as_deref(), Some(&b"1"[..]));
+
+    // The old leader must not answer a linearizable read from its own (possibly stale) state.
+    let mut old = cluster.kv(old_leader).await;
+    let err = old
+        .get(GetRequest { header: None, key: b"x".to_vec(), consistency: ReadConsistency::Linearizable as i32 })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    let hint = err.metadata().get(LEADER_ID_HEADER).map(|v| v.to_str().unwrap().to_string());
+    assert_eq!(hint, Some(new_leader.to_string()), "points the client at the new leader");
+
+    client.put("x", "2").await.unwrap();
+    cluster.kill9(new_leader);
+    assert_eq!(client.get("x").await.unwrap().as_deref(), Some(&b"2"[..]));
+}

@@ -1,0 +1,35 @@
+//! openraft's storage conformance suite, run against the RocksDB log store and state machine.
+
+use std::sync::Arc;
+
+use openraft::StorageError;
+use openraft::testing::log::StoreBuilder;
+use openraft::testing::log::Suite;
+use shardkv_node::metrics::NodeMetrics;
+use shardkv_node::state_machine::SnapshotStore;
+use shardkv_node::state_machine::StateMachine;
+use shardkv_node::storage::LogFlusher;
+use shardkv_node::storage::LogStore;
+use shardkv_node::storage::open_db;
+use shardkv_node::types::TypeConfig;
+use tempfile::TempDir;
+
+struct RocksStoreBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for RocksStoreBuilder {
+    async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let metrics = Arc::new(NodeMetrics::default());
+        let db = open_db(&dir.path().join("db")).expect("open rocksdb");
+        let log = LogStore::new(db.clone(), LogFlusher::start(db.clone(), metrics.clone()));
+        let snapshots = SnapshotStore::open(dir.path().join("snapshots")).expect("snapshot dir");
+        let sm = StateMachine::open(db, snapshots, metrics).expect("open state machine");
+        Ok((dir, log, sm))
+    }
+}
+
+#[test]
+fn rocksdb_log_store_and_state_machine_pass_the_openraft_suite() {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(Suite::test_all(RocksStoreBuilder)).expect("storage suite");
+}
