@@ -29,6 +29,9 @@ pub struct NodeContext {
     pub metrics: Arc<NodeMetrics>,
     /// Set by preStop: the node stops reporting ready and is on its way out.
     stopping: AtomicBool,
+    /// Set once the state machine has re-applied what was committed before a restart; local
+    /// (serializable) reads wait for it so they never see state older than before the restart.
+    recovered: AtomicBool,
 }
 
 impl NodeContext {
@@ -41,7 +44,7 @@ impl NodeContext {
         db: Arc<DB>,
         metrics: Arc<NodeMetrics>,
     ) -> Self {
-        Self { node_id, scope, shards, limits, raft, db, metrics, stopping: AtomicBool::new(false) }
+        Self { node_id, scope, shards, limits, raft, db, metrics, stopping: AtomicBool::new(false), recovered: AtomicBool::new(false) }
     }
 
     pub fn is_stopping(&self) -> bool {
@@ -50,6 +53,14 @@ impl NodeContext {
 
     pub fn set_stopping(&self) {
         self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_recovered(&self) -> bool {
+        self.recovered.load(Ordering::SeqCst)
+    }
+
+    pub fn set_recovered(&self) {
+        self.recovered.store(true, Ordering::SeqCst);
     }
 
     /// Node id and address of the leader as this replica knows it.

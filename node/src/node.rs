@@ -37,7 +37,7 @@ use crate::types::Raft;
 
 /// How long in-flight gRPC calls may take to finish once shutdown starts.
 const GRPC_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-const RECOVERY_TIMEOUT: Duration = Duration::from_secs(60);
+const RECOVERY_WAIT: Duration = Duration::from_secs(10);
 
 fn raft_config(args: &NodeArgs) -> anyhow::Result<openraft::Config> {
     let config = openraft::Config {
@@ -49,6 +49,9 @@ fn raft_config(args: &NodeArgs) -> anyhow::Result<openraft::Config> {
         snapshot_policy: SnapshotPolicy::LogsSinceLast(args.snapshot_every),
         max_in_snapshot_log_to_keep: 1000,
         max_payload_entries: 64,
+        // A node cut off from the others must not bump terms and depose a healthy leader when
+        // it comes back.
+        enable_pre_vote: Some(true),
         ..Default::default()
     };
     config.validate().context("invalid Raft configuration")
@@ -93,13 +96,6 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         last_purged = index_of(&log_state.last_purged_log_id),
         "node started"
     );
-    if raft.is_initialized().await? {
-        // Serve nothing until the state machine has re-applied what was committed before.
-        if let Err(e) = raft.wait_for_recovery(Some(RECOVERY_TIMEOUT)).await {
-            tracing::warn!(error = %e, "state machine recovery is still running; serving anyway");
-        }
-    }
-
     let limits = Limits { max_key_bytes: args.max_key_bytes, max_value_bytes: args.max_value_bytes };
     let ctx = Arc::new(NodeContext::new(
         args.node_id,
@@ -111,6 +107,19 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         metrics,
     ));
     let prestop = Arc::new(Prestop::default());
+    // Recovery needs the leader to confirm the commit index, so it runs while the node serves
+    // Raft traffic; until then local reads are refused.
+    tokio::spawn({
+        let ctx = ctx.clone();
+        async move {
+            if ctx.raft.is_initialized().await.unwrap_or(false) {
+                while let Err(e) = ctx.raft.wait_for_recovery(Some(RECOVERY_WAIT)).await {
+                    tracing::info!(error = %e, "state machine still recovering");
+                }
+            }
+            ctx.set_recovered();
+        }
+    });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let grpc = tokio::spawn(serve_grpc(grpc_listener, ctx.clone(), snapshots, shutdown_rx.clone()));

@@ -91,6 +91,8 @@ impl KvService {
     async fn read_barrier(&self, consistency: ReadConsistency) -> Result<(), Status> {
         if consistency == ReadConsistency::Linearizable {
             self.ctx.raft.ensure_linearizable(ReadPolicy::ReadIndex).await.map_err(raft_error)?;
+        } else if !self.ctx.is_recovered() {
+            return Err(Status::unavailable("this replica is still re-applying its log after a restart"));
         }
         Ok(())
     }

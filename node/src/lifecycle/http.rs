@@ -38,10 +38,13 @@ async fn healthz(State(s): State<AdminState>) -> impl IntoResponse {
     }
 }
 
-/// Ready means: not shutting down, and part of a group that has a leader.
+/// Ready means: not shutting down, recovered after a restart, and in a group with a leader.
 async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
     if s.ctx.is_stopping() {
         return (StatusCode::SERVICE_UNAVAILABLE, "stopping (preStop ran)\n".to_string());
+    }
+    if !s.ctx.is_recovered() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "re-applying the log after a restart\n".to_string());
     }
     match s.ctx.leader() {
         Some((id, _)) => (StatusCode::OK, format!("ready; leader is node {id}\n")),

@@ -79,7 +79,7 @@ impl StateMachine {
 fn read_applied_state(
     get: impl Fn(&[u8]) -> Result<Option<Vec<u8>>, rocksdb::Error>,
 ) -> io::Result<(Option<LogId>, StoredMembership)> {
-    let applied = get(APPLIED_KEY).map_err(io_err)?.map(|b| decode(&b)).transpose()?;
+    let applied = get(APPLIED_KEY).map_err(io_err)?.map(|b| decode::<Option<LogId>>(&b)).transpose()?.flatten();
     let membership = get(MEMBERSHIP_KEY).map_err(io_err)?.map(|b| decode(&b)).transpose()?;
     Ok((applied, membership.unwrap_or_default()))
 }

@@ -38,12 +38,11 @@ async fn oversized_and_empty_keys_and_values_are_invalid_arguments() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("writes need a session"), "{}", err.message());
 
-    // A value exactly at the limit is accepted; nothing refused above was stored.
-    kv.put(put(b"k".to_vec(), vec![1; 1 << 20])).await.unwrap();
-    let status = cluster.status(1).await.unwrap();
+    // Nothing refused above was stored; a value exactly at the limit is accepted.
     let client = cluster.client();
+    assert_eq!(client.get("k").await.unwrap(), None);
+    kv.put(put(b"k".to_vec(), vec![1; 1 << 20])).await.unwrap();
     assert_eq!(client.get("k").await.unwrap().map(|v| v.len()), Some(1 << 20));
-    assert!(status.applied_index >= 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]

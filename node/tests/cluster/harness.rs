@@ -6,6 +6,8 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+
+use futures::FutureExt;
 use std::path::PathBuf;
 use std::process::Child;
 use std::process::Command;
@@ -132,12 +134,18 @@ impl Cluster {
         .await;
     }
 
+    /// An admin client, once the node accepts connections.
     pub async fn admin(&self, id: u64) -> AdminClient<Channel> {
-        AdminClient::connect(format!("http://{}", self.grpc_addr(id))).await.expect("admin connection")
+        let url = format!("http://{}", self.grpc_addr(id));
+        wait_for(&format!("node {id} to accept connections"), WAIT, || AdminClient::connect(url.clone()).map(Result::ok))
+            .await
     }
 
+    /// A KV client, once the node accepts connections.
     pub async fn kv(&self, id: u64) -> KvClient<Channel> {
-        KvClient::connect(format!("http://{}", self.grpc_addr(id))).await.expect("kv connection")
+        let url = format!("http://{}", self.grpc_addr(id));
+        wait_for(&format!("node {id} to accept connections"), WAIT, || KvClient::connect(url.clone()).map(Result::ok))
+            .await
     }
 
     pub async fn status(&self, id: u64) -> Option<StatusResponse> {
@@ -208,6 +216,17 @@ impl Drop for Cluster {
         for (_, mut child) in std::mem::take(&mut self.children) {
             child.kill().ok();
             child.wait().ok();
+        }
+        if std::thread::panicking() {
+            for entry in std::fs::read_dir(self.dir.path()).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.extension().is_some_and(|e| e == "log") {
+                    let log = std::fs::read_to_string(&path).unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                    eprintln!("---- {} (last 40 lines)", path.display());
+                    tail.iter().rev().for_each(|l| eprintln!("{l}"));
+                }
+            }
         }
     }
 }
