@@ -44,7 +44,17 @@ impl NodeContext {
         db: Arc<DB>,
         metrics: Arc<NodeMetrics>,
     ) -> Self {
-        Self { node_id, scope, shards, limits, raft, db, metrics, stopping: AtomicBool::new(false), recovered: AtomicBool::new(false) }
+        Self {
+            node_id,
+            scope,
+            shards,
+            limits,
+            raft,
+            db,
+            metrics,
+            stopping: AtomicBool::new(false),
+            recovered: AtomicBool::new(false),
+        }
     }
 
     pub fn is_stopping(&self) -> bool {

@@ -67,8 +67,16 @@ impl Default for NodeMetrics {
         };
         let r = &mut m.registry;
         r.register("applied_entries", "Raft log entries applied to the state machine", m.applied_entries.clone());
-        r.register("snapshots_installed", "Snapshots received from a leader and installed", m.snapshots_installed.clone());
-        r.register("startup_log_entries", "Log entries on disk when this process started", m.startup_log_entries.clone());
+        r.register(
+            "snapshots_installed",
+            "Snapshots received from a leader and installed",
+            m.snapshots_installed.clone(),
+        );
+        r.register(
+            "startup_log_entries",
+            "Log entries on disk when this process started",
+            m.startup_log_entries.clone(),
+        );
         r.register("wal_fsync_seconds", "Latency of one group-commit WAL fsync", m.fsync_seconds.clone());
         r.register("wal_fsync_group_size", "Log appends made durable by one fsync", m.fsync_group_size.clone());
         r.register("snapshot_build_seconds", "Time to write a snapshot file", m.snapshot_build_seconds.clone());

@@ -97,15 +97,8 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         "node started"
     );
     let limits = Limits { max_key_bytes: args.max_key_bytes, max_value_bytes: args.max_value_bytes };
-    let ctx = Arc::new(NodeContext::new(
-        args.node_id,
-        scope.clone(),
-        args.shards,
-        limits,
-        raft.clone(),
-        db.clone(),
-        metrics,
-    ));
+    let ctx =
+        Arc::new(NodeContext::new(args.node_id, scope.clone(), args.shards, limits, raft.clone(), db.clone(), metrics));
     let prestop = Arc::new(Prestop::default());
     // Recovery needs the leader to confirm the commit index, so it runs while the node serves
     // Raft traffic; until then local reads are refused.

@@ -49,8 +49,13 @@ pub enum OpResult {
     /// Blank and membership entries.
     Applied,
     Put,
-    Delete { existed: bool },
-    CompareAndSwap { succeeded: bool, previous: Option<Vec<u8>> },
+    Delete {
+        existed: bool,
+    },
+    CompareAndSwap {
+        succeeded: bool,
+        previous: Option<Vec<u8>>,
+    },
     /// The request's sequence number is below what the client already acknowledged.
     SessionExpired,
 }

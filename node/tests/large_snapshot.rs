@@ -64,7 +64,8 @@ fn a_210_mib_state_is_snapshotted_and_installed_without_holding_it_in_memory() {
                 .map(|i| {
                     index += 1;
                     let op = Op::Put { key: format!("key-{i:05}").into_bytes(), value: value_for(*i) };
-                    let entry = Entry::new_normal(log_id(index), Command { session: None, shard: (*i % 64) as u32, op });
+                    let entry =
+                        Entry::new_normal(log_id(index), Command { session: None, shard: (*i % 64) as u32, op });
                     Ok((entry, None))
                 })
                 .collect();

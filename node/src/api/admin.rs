@@ -59,7 +59,7 @@ impl AdminService {
                 node_id: *id,
                 addr: node.addr.clone(),
                 role: if voters.contains(id) { "voter" } else { "learner" }.to_string(),
-                matched_index: matched.get(id).map(|l| index(l)),
+                matched_index: matched.get(id).map(index),
             })
             .collect();
         let leader_addr = self.ctx.leader().map(|(_, addr)| addr).unwrap_or_default();

@@ -1,8 +1,8 @@
 //! Mapping Raft outcomes to gRPC status codes, with the leader hint clients follow.
 
+use openraft::TryAsRef;
 use openraft::error::ForwardToLeader;
 use openraft::error::RaftError;
-use openraft::TryAsRef;
 use shardkv_proto::LEADER_ADDR_HEADER;
 use shardkv_proto::LEADER_ID_HEADER;
 use tonic::Status;
@@ -30,7 +30,9 @@ pub fn not_leader(forward: &ForwardToLeader<TypeConfig>) -> Status {
 
 /// Any Raft API error: forwarding becomes UNAVAILABLE with a hint, the rest keeps its text.
 pub fn raft_error<E>(err: RaftError<TypeConfig, E>) -> Status
-where E: std::error::Error + TryAsRef<ForwardToLeader<TypeConfig>> {
+where
+    E: std::error::Error + TryAsRef<ForwardToLeader<TypeConfig>>,
+{
     if let Some(forward) = err.forward_to_leader() {
         return not_leader(forward);
     }

@@ -74,7 +74,8 @@ impl KvService {
                 "writes need a session: set header.client_id and header.seq (both non-zero) so retries apply once",
             ));
         }
-        let session = SessionTag { client_id: header.client_id, seq: header.seq, first_unacked: header.first_unacked_seq };
+        let session =
+            SessionTag { client_id: header.client_id, seq: header.seq, first_unacked: header.first_unacked_seq };
         let shard = shard_for_key(op.key(), self.ctx.shards);
         let cmd = Command { session: Some(session), shard, op };
         let response = self.ctx.raft.client_write(cmd).await.map_err(raft_error)?;
@@ -179,7 +180,8 @@ impl Kv for KvService {
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?
                 .map_err(|e| Status::internal(format!("scanning the store failed: {e}")))?;
-            let continuation = if more { items.last().map(|kv| kv.key.clone()).unwrap_or_default() } else { Vec::new() };
+            let continuation =
+                if more { items.last().map(|kv| kv.key.clone()).unwrap_or_default() } else { Vec::new() };
             Ok(ScanResponse { items, continuation })
         })
         .await

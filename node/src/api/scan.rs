@@ -110,7 +110,10 @@ mod tests {
     #[test]
     fn an_empty_range_scans_nothing() {
         assert_eq!(scan_bounds(b"m", b"c", b"", b""), None);
-        assert_eq!(scan_bounds(b"", b"", b"ab", b"ab\xff\xff"), Some(ScanBounds { lower: b"ab\xff\xff\0".to_vec(), upper: Some(b"ac".to_vec()) }));
+        assert_eq!(
+            scan_bounds(b"", b"", b"ab", b"ab\xff\xff"),
+            Some(ScanBounds { lower: b"ab\xff\xff\0".to_vec(), upper: Some(b"ac".to_vec()) })
+        );
         assert_eq!(scan_bounds(b"", b"b", b"", b"b"), None);
     }
 }

@@ -16,10 +16,7 @@ pub fn most_caught_up_voter(
     matched: &BTreeMap<NodeId, Option<LogId>>,
 ) -> Option<NodeId> {
     let matched_index = |id: NodeId| matched.get(&id).cloned().flatten().map(|l| l.index());
-    voters
-        .into_iter()
-        .filter(|id| *id != me)
-        .max_by(|a, b| matched_index(*a).cmp(&matched_index(*b)).then(b.cmp(a)))
+    voters.into_iter().filter(|id| *id != me).max_by(|a, b| matched_index(*a).cmp(&matched_index(*b)).then(b.cmp(a)))
 }
 
 #[derive(Debug, thiserror::Error)]

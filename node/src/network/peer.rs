@@ -77,7 +77,12 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES)
         });
-        PeerClient { target, addr: node.addr.clone(), scope: self.scope.clone(), client: client.map_err(|e| e.to_string()) }
+        PeerClient {
+            target,
+            addr: node.addr.clone(),
+            scope: self.scope.clone(),
+            client: client.map_err(|e| e.to_string()),
+        }
     }
 }
 
@@ -138,7 +143,11 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         reply.map_err(|e| self.status_error(tonic::Status::unavailable(e)))
     }
 
-    async fn vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RpcError> {
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RpcError> {
         let reply: Result<VoteResponse<TypeConfig>, String> =
             self.unary(encode(&rpc), &option, |mut c, r| async move { c.vote(r).await }).await?;
         reply.map_err(|e| self.status_error(tonic::Status::unavailable(e)))

@@ -47,7 +47,10 @@ impl SnapshotStore {
             let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
             if name.ends_with(".tmp") {
                 fs::remove_file(&path)?;
-            } else if name.starts_with(PREFIX) && name.ends_with(SUFFIX) && newest.as_ref().is_none_or(|(n, _)| name > *n) {
+            } else if name.starts_with(PREFIX)
+                && name.ends_with(SUFFIX)
+                && newest.as_ref().is_none_or(|(n, _)| name > *n)
+            {
                 newest = Some((name, path));
             }
         }

@@ -3,7 +3,6 @@
 //! Every test gets a distinct 127.0.N.0/24 network so tests can run in parallel; node `i`
 //! listens on 127.0.N.i. Waiting is always for a condition, with a deadline.
 
-
 use std::collections::BTreeMap;
 use std::future::Future;
 
@@ -122,7 +121,8 @@ impl Cluster {
     }
 
     pub async fn initialize(&self, on: u64, members: impl IntoIterator<Item = u64>) {
-        let members: Vec<Member> = members.into_iter().map(|id| Member { node_id: id, addr: self.grpc_addr(id) }).collect();
+        let members: Vec<Member> =
+            members.into_iter().map(|id| Member { node_id: id, addr: self.grpc_addr(id) }).collect();
         let addr = self.grpc_addr(on);
         wait_for(&format!("node {on} to accept Initialize"), WAIT, || {
             let (addr, members) = (addr.clone(), members.clone());
@@ -137,8 +137,10 @@ impl Cluster {
     /// An admin client, once the node accepts connections.
     pub async fn admin(&self, id: u64) -> AdminClient<Channel> {
         let url = format!("http://{}", self.grpc_addr(id));
-        wait_for(&format!("node {id} to accept connections"), WAIT, || AdminClient::connect(url.clone()).map(Result::ok))
-            .await
+        wait_for(&format!("node {id} to accept connections"), WAIT, || {
+            AdminClient::connect(url.clone()).map(Result::ok)
+        })
+        .await
     }
 
     /// A KV client, once the node accepts connections.
