@@ -5,7 +5,7 @@
 set -euo pipefail
 
 need_pkgs=()
-for pkg in libclang-dev pkg-config; do
+for pkg in libclang-dev; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done
 if ((${#need_pkgs[@]})); then
