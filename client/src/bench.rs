@@ -13,6 +13,9 @@ use tokio::task::JoinSet;
 use crate::client::Client;
 use crate::error::Error;
 
+#[cfg(feature = "etcd")]
+pub mod etcd;
+
 /// A key-value store the benchmark can drive.
 pub trait KvTarget: Send + Sync + 'static {
     type Error: std::fmt::Display + Send;

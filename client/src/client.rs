@@ -178,6 +178,10 @@ impl Client {
         &self.routing.endpoints
     }
 
+    pub fn options(&self) -> &ClientOptions {
+        &self.routing.options
+    }
+
     pub fn client_id(&self) -> u64 {
         self.session.client_id()
     }

@@ -3,6 +3,8 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+#[cfg(feature = "etcd")]
+use anyhow::Context;
 use clap::{Args, ValueEnum};
 use shardkv_client::Client;
 use shardkv_client::bench::{self, BenchConfig, BenchOp, KeyOrder, KvTarget};
@@ -19,6 +21,9 @@ pub enum OpArg {
 #[derive(Clone, Copy, ValueEnum)]
 pub enum TargetArg {
     Shardkv,
+    /// An etcd v3 cluster at --endpoints (only in builds with the `etcd` feature).
+    #[cfg(feature = "etcd")]
+    Etcd,
 }
 
 #[derive(Args)]
@@ -54,6 +59,19 @@ pub struct BenchArgs {
 pub async fn run(client: &Client, args: &BenchArgs) -> anyhow::Result<ExitCode> {
     match args.target {
         TargetArg::Shardkv => run_against(client, args).await,
+        #[cfg(feature = "etcd")]
+        TargetArg::Etcd => {
+            // The same endpoint list and deadlines as a shardkv run, so both see equal settings.
+            let options = client.options();
+            let etcd = shardkv_client::bench::etcd::EtcdTarget::connect(
+                client.endpoints(),
+                options.request_timeout,
+                options.connect_timeout,
+            )
+            .await
+            .context("connecting to etcd")?;
+            run_against(&etcd, args).await
+        }
     }
 }
 
