@@ -108,7 +108,8 @@ impl PeerClient {
         })
     }
 
-    /// One unary RPC with a deadline; the reply payload is decoded into `Resp`.
+    /// One unary RPC with a deadline. The reply carries Raft's own `Result`; an error there
+    /// (the peer's Raft has stopped) counts as the peer being unreachable.
     async fn unary<Resp, F, Fut>(&self, payload: Vec<u8>, option: &RPCOption, call: F) -> Result<Resp, RpcError>
     where
         Resp: for<'de> serde::Deserialize<'de>,
@@ -118,7 +119,9 @@ impl PeerClient {
         let mut request = tonic::Request::new(self.request(payload));
         request.set_timeout(option.hard_ttl());
         let reply = call(self.client()?, request).await.map_err(|status| self.status_error(status))?;
-        decode(&reply.into_inner().payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))
+        let reply: Result<Resp, String> =
+            decode(&reply.into_inner().payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        reply.map_err(|e| self.status_error(tonic::Status::unavailable(e)))
     }
 
     fn status_error(&self, status: tonic::Status) -> RpcError {
@@ -138,9 +141,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RpcError> {
-        let reply: Result<AppendEntriesResponse<TypeConfig>, String> =
-            self.unary(encode(&rpc), &option, |mut c, r| async move { c.append_entries(r).await }).await?;
-        reply.map_err(|e| self.status_error(tonic::Status::unavailable(e)))
+        self.unary(encode(&rpc), &option, |mut c, r| async move { c.append_entries(r).await }).await
     }
 
     async fn vote(
@@ -148,9 +149,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RpcError> {
-        let reply: Result<VoteResponse<TypeConfig>, String> =
-            self.unary(encode(&rpc), &option, |mut c, r| async move { c.vote(r).await }).await?;
-        reply.map_err(|e| self.status_error(tonic::Status::unavailable(e)))
+        self.unary(encode(&rpc), &option, |mut c, r| async move { c.vote(r).await }).await
     }
 
     async fn pre_vote(
@@ -158,9 +157,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RpcError> {
-        let reply: Result<VoteResponse<TypeConfig>, String> =
-            self.unary(encode(&rpc), &option, |mut c, r| async move { c.pre_vote(r).await }).await?;
-        reply.map_err(|e| self.status_error(tonic::Status::unavailable(e)))
+        self.unary(encode(&rpc), &option, |mut c, r| async move { c.pre_vote(r).await }).await
     }
 
     async fn transfer_leader(
@@ -168,9 +165,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         req: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RpcError> {
-        let reply: Result<TransferLeaderResponse<TypeConfig>, String> =
-            self.unary(encode(&req), &option, |mut c, r| async move { c.transfer_leader(r).await }).await?;
-        reply.map_err(|e| self.status_error(tonic::Status::unavailable(e)))
+        self.unary(encode(&req), &option, |mut c, r| async move { c.transfer_leader(r).await }).await
     }
 
     async fn full_snapshot(

@@ -16,14 +16,33 @@ use crate::types::TypeConfig;
 
 #[derive(Clone)]
 pub struct LogFlusher {
-    tx: mpsc::Sender<IOFlushed<TypeConfig>>,
+    inner: Arc<FlusherThread>,
+}
+
+/// Owns the thread: dropping the last `LogFlusher` closes the queue and joins the thread, so
+/// its handle on the DB is released before the DB is closed (RocksDB aborts the process when
+/// a DB outlives `main`).
+struct FlusherThread {
+    tx: Option<mpsc::Sender<IOFlushed<TypeConfig>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for FlusherThread {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(thread) = self.thread.take()
+            && thread.thread().id() != std::thread::current().id()
+        {
+            thread.join().ok();
+        }
+    }
 }
 
 impl LogFlusher {
     /// Starts the flusher thread. It ends when every `LogFlusher` clone is dropped.
     pub fn start(db: Arc<DB>, metrics: Arc<NodeMetrics>) -> Self {
         let (tx, rx) = mpsc::channel::<IOFlushed<TypeConfig>>();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("wal-flusher".into())
             .spawn(move || {
                 while let Ok(first) = rx.recv() {
@@ -38,12 +57,13 @@ impl LogFlusher {
                 }
             })
             .expect("spawning the WAL flusher thread");
-        Self { tx }
+        Self { inner: Arc::new(FlusherThread { tx: Some(tx), thread: Some(thread) }) }
     }
 
     /// Completes `callback` once everything written to RocksDB so far is durable.
     pub fn flush_then(&self, callback: IOFlushed<TypeConfig>) {
-        if let Err(mpsc::SendError(callback)) = self.tx.send(callback) {
+        let tx = self.inner.tx.as_ref().expect("the queue closes only when the flusher is dropped");
+        if let Err(mpsc::SendError(callback)) = tx.send(callback) {
             callback.io_completed(Err(std::io::Error::other("WAL flusher has stopped")));
         }
     }
