@@ -409,23 +409,38 @@ fn describe_exit(status: &std::io::Result<ExitStatus>) -> String {
     }
 }
 
-/// One line from a preStop JSON report: its scalar fields as `key=value`.
+/// One line from a node's preStop report: per group, where leadership went and how far the
+/// snapshot reaches; then whether every step succeeded and how long it took.
 fn summarize_report(body: &[u8]) -> String {
-    const MAX_CHARS: usize = 300;
-    let summary = match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(fields)) => fields
-            .iter()
-            .map(|(key, value)| match value {
-                Value::String(text) => format!("{key}={text}"),
-                Value::Object(_) | Value::Array(_) => format!("{key}=…"),
-                scalar => format!("{key}={scalar}"),
-            })
-            .collect::<Vec<_>>()
-            .join(" "),
-        Ok(other) => other.to_string(),
-        Err(_) => String::from_utf8_lossy(body).trim().replace('\n', " "),
+    let Ok(report) = serde_json::from_slice::<Value>(body) else {
+        return String::from_utf8_lossy(body).trim().replace('\n', " ");
     };
-    if summary.chars().count() > MAX_CHARS { summary.chars().take(MAX_CHARS).chain(['…']).collect() } else { summary }
+    let index = |v: &Value| v.as_u64().map_or_else(|| "?".to_string(), |i| i.to_string());
+    let groups: Vec<String> = report["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|g| {
+            let role = if g["was_leader"] == Value::Bool(true) {
+                format!("led it, leadership moved to node {}", index(&g["new_leader"]))
+            } else {
+                "follower".to_string()
+            };
+            let mut line = format!(
+                "group {}: {role}, snapshot at {}, log purged to {}",
+                index(&g["group_id"]),
+                index(&g["snapshot_index"]),
+                index(&g["purged_index"])
+            );
+            for key in ["transfer_error", "snapshot_error"] {
+                if let Some(error) = g[key].as_str() {
+                    line.push_str(&format!(", {key}: {error}"));
+                }
+            }
+            line
+        })
+        .collect();
+    format!("{}; clean={} in {} ms", groups.join("; "), report["clean"], index(&report["total_ms"]))
 }
 
 /// The last `count` lines of a log file (empty if it cannot be read).
@@ -470,12 +485,16 @@ mod tests {
     }
 
     #[test]
-    fn report_summary_lists_scalar_fields() {
-        let body = br#"{"node_id":2,"was_leader":true,"state":"Follower","detail":{"x":1}}"#;
-        let summary = summarize_report(body);
-        for field in ["node_id=2", "was_leader=true", "state=Follower", "detail=…"] {
-            assert!(summary.contains(field), "{summary}");
-        }
+    fn report_summary_says_where_leadership_went_and_how_far_the_snapshot_reaches() {
+        let body = br#"{"node_id":2,"clean":true,"total_ms":118,"steps":[],
+            "groups":[{"group_id":0,"was_leader":true,"new_leader":3,"snapshot_index":42,"purged_index":42}]}"#;
+        assert_eq!(
+            summarize_report(body),
+            "group 0: led it, leadership moved to node 3, snapshot at 42, log purged to 42; clean=true in 118 ms"
+        );
+        let failed =
+            br#"{"clean":false,"total_ms":5,"groups":[{"group_id":0,"was_leader":false,"snapshot_error":"boom"}]}"#;
+        assert!(summarize_report(failed).contains("follower, snapshot at ?, log purged to ?, snapshot_error: boom"));
         assert_eq!(summarize_report(b"plain text\n"), "plain text");
     }
 
