@@ -1,11 +1,12 @@
 # Sourced by the other scripts: installs what the build needs and sets shared paths.
 #
-# RocksDB's bindings are generated with libclang at build time. The cargo target dir lives
+# RocksDB's bindings are generated with libclang at build time; the bench's etcd client
+# compiles etcd's protos with protoc. The cargo target dir lives
 # outside the clone so the ~30 CPU-minute RocksDB build is done once per machine.
 set -euo pipefail
 
 need_pkgs=()
-for pkg in libclang-dev; do
+for pkg in libclang-dev protobuf-compiler; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done
 if ((${#need_pkgs[@]})); then

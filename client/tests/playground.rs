@@ -9,7 +9,8 @@ use std::process::Stdio;
 use std::time::Duration;
 use std::time::Instant;
 
-const BASE_PORT: &str = "7400";
+// Away from the default playground (7100) and bench/compare (7300) ports.
+const BASE_PORT: &str = "7600";
 
 fn shardkv() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardkv"));
@@ -60,7 +61,7 @@ fn playground_serves_stops_cleanly_and_restarts_with_its_data() {
     let dir = tempfile::tempdir().unwrap();
     let playground = start_playground(dir.path());
     let endpoints = wait_for_endpoints(dir.path());
-    assert_eq!(endpoints.trim(), "127.0.0.1:7400,127.0.0.1:7401,127.0.0.1:7402");
+    assert_eq!(endpoints.trim(), "127.0.0.1:7600,127.0.0.1:7601,127.0.0.1:7602");
 
     let put = cli(dir.path(), &["put", "greeting", "hello"]);
     assert!(put.status.success(), "{put:?}");
