@@ -28,11 +28,28 @@ pub struct Command {
     pub op: Op,
 }
 
+/// Byte fields are encoded with `serde_bytes` (one length and a memcpy) rather than serde's
+/// default element-by-element sequence, which dominated the CPU profile of the write path.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
-    Put { key: Vec<u8>, value: Vec<u8> },
-    Delete { key: Vec<u8> },
-    CompareAndSwap { key: Vec<u8>, expected: Option<Vec<u8>>, new_value: Vec<u8> },
+    Put {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
+    Delete {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
+    CompareAndSwap {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        expected: Option<Vec<u8>>,
+        #[serde(with = "serde_bytes")]
+        new_value: Vec<u8>,
+    },
 }
 
 impl Op {
@@ -54,6 +71,7 @@ pub enum OpResult {
     },
     CompareAndSwap {
         succeeded: bool,
+        #[serde(with = "serde_bytes")]
         previous: Option<Vec<u8>>,
     },
     /// The request's sequence number is below what the client already acknowledged.
@@ -108,4 +126,23 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> std::io::Result<T> {
     bincode::deserialize_from(Cursor::new(bytes))
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("corrupt record: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_put_encodes_its_bytes_compactly_and_round_trips() {
+        let cmd = Command {
+            session: Some(SessionTag { client_id: 1, seq: 2, first_unacked: 2 }),
+            shard: 3,
+            op: Op::Put { key: b"key".to_vec(), value: vec![7; 256] },
+        };
+        let bytes = encode(&cmd);
+        assert!(bytes.len() < 256 + 3 + 64, "{} bytes for a 256-byte value", bytes.len());
+        assert_eq!(decode::<Command>(&bytes).unwrap(), cmd);
+        let cas = OpResult::CompareAndSwap { succeeded: false, previous: Some(b"old".to_vec()) };
+        assert_eq!(decode::<OpResult>(&encode(&cas)).unwrap(), cas);
+    }
 }
