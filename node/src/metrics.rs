@@ -118,7 +118,7 @@ impl NodeMetrics {
 
     /// Renders the Prometheus text format, with the Raft gauges read from `raft` now.
     pub fn render(&self, raft: &RaftMetrics) -> String {
-        let index = |id: &Option<crate::types::LogId>| id.as_ref().map_or(0, |l| l.index() as i64);
+        let index = |id: &Option<crate::types::LogId>| crate::types::index_of(id) as i64;
         self.term.set(raft.current_term as i64);
         self.is_leader.set(i64::from(raft.current_leader == Some(raft.id)));
         self.leader_id.set(raft.current_leader.unwrap_or(0) as i64);

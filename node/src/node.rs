@@ -33,6 +33,7 @@ use crate::storage;
 use crate::storage::LogFlusher;
 use crate::storage::LogStore;
 use crate::types::Raft;
+use crate::types::index_of;
 
 /// How long in-flight gRPC calls may take to finish once shutdown starts.
 const GRPC_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -81,7 +82,6 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let db = storage::open_db(&db_path).with_context(|| format!("opening RocksDB at {}", db_path.display()))?;
     let mut log_store = LogStore::new(db.clone(), LogFlusher::start(db.clone(), metrics.clone()));
     let log_state = log_store.get_log_state().await?;
-    let index_of = |id: &Option<crate::types::LogId>| id.as_ref().map_or(0, |l| l.index());
     let startup_entries = index_of(&log_state.last_log_id) - index_of(&log_state.last_purged_log_id);
     metrics.startup_log_entries.set(startup_entries as i64);
     let snapshots = SnapshotStore::open(args.data_dir.join("snapshots"))?;

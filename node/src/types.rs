@@ -117,6 +117,12 @@ pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
 pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>;
 pub type RaftMetrics = openraft::RaftMetrics<TypeConfig>;
 
+/// The index of a log id, 0 for "none yet" (Raft indexes start at 0 for the initial
+/// membership, so callers that must tell the two apart keep the Option).
+pub fn index_of(id: &Option<LogId>) -> u64 {
+    id.as_ref().map_or(0, |l| l.index())
+}
+
 /// Binary encoding of everything we persist or send that openraft defines (entries, votes,
 /// RPC messages). One codec for all, so a format change happens in one place.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {

@@ -34,6 +34,7 @@ use crate::context::NodeContext;
 use crate::lifecycle::leadership::TransferError;
 use crate::lifecycle::leadership::transfer_leadership;
 use crate::lifecycle::snapshot::snapshot_and_purge;
+use crate::types::index_of;
 
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(10);
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -49,7 +50,6 @@ impl AdminService {
 
     fn status(&self, initialized: bool) -> StatusResponse {
         let m = self.ctx.raft.metrics().borrow_watched().clone();
-        let index = |id: &Option<crate::types::LogId>| id.as_ref().map_or(0, |l| l.index());
         let membership = m.membership_config.membership();
         let voters: BTreeSet<_> = membership.voter_ids().collect();
         let matched = m.replication.clone().unwrap_or_default();
@@ -59,7 +59,7 @@ impl AdminService {
                 node_id: *id,
                 addr: node.addr.clone(),
                 role: if voters.contains(id) { "voter" } else { "learner" }.to_string(),
-                matched_index: matched.get(id).map(index),
+                matched_index: matched.get(id).map(index_of),
             })
             .collect();
         let leader_addr = self.ctx.leader().map(|(_, addr)| addr).unwrap_or_default();
@@ -72,10 +72,10 @@ impl AdminService {
             leader_id: m.current_leader,
             leader_addr,
             last_log_index: m.last_log_index.unwrap_or(0),
-            committed_index: index(&m.local_committed),
-            applied_index: index(&m.last_applied),
-            snapshot_index: index(&m.snapshot),
-            purged_index: index(&m.purged),
+            committed_index: index_of(&m.local_committed),
+            applied_index: index_of(&m.last_applied),
+            snapshot_index: index_of(&m.snapshot),
+            purged_index: index_of(&m.purged),
             members,
             initialized,
             startup_log_entries: self.ctx.metrics.startup_log_entries.get() as u64,

@@ -33,6 +33,7 @@ use crate::types::Command;
 use crate::types::Op;
 use crate::types::OpResult;
 use crate::types::SessionTag;
+use crate::types::index_of;
 
 const DEFAULT_SCAN_LIMIT: usize = 1000;
 const MAX_SCAN_LIMIT: usize = 10_000;
@@ -106,7 +107,7 @@ impl Kv for KvService {
         observed(&self.ctx.metrics, "Get", async {
             self.check_key(&req.key)?;
             self.read_barrier(req.consistency()).await?;
-            let applied = self.ctx.raft.metrics().borrow_watched().last_applied.as_ref().map_or(0, |l| l.index());
+            let applied = index_of(&self.ctx.raft.metrics().borrow_watched().last_applied);
             let key = data_key(shard_for_key(&req.key, self.ctx.shards), &req.key);
             let value = self
                 .ctx

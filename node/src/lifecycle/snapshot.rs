@@ -4,6 +4,7 @@ use openraft::async_runtime::WatchReceiver;
 use std::time::Duration;
 
 use crate::types::Raft;
+use crate::types::index_of;
 
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct SnapshotOutcome {
@@ -12,7 +13,6 @@ pub struct SnapshotOutcome {
 }
 
 pub async fn snapshot_and_purge(raft: &Raft, timeout: Duration) -> Result<SnapshotOutcome, String> {
-    let index_of = |id: &Option<crate::types::LogId>| id.as_ref().map_or(0, |l| l.index());
     let applied = index_of(&raft.metrics().borrow_watched().last_applied);
     let stopped = |e: openraft::error::Fatal<crate::types::TypeConfig>| format!("raft has stopped: {e}");
     raft.trigger().snapshot().await.map_err(stopped)?;

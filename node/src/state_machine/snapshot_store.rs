@@ -80,7 +80,7 @@ impl SnapshotStore {
 
     /// Makes a complete, verified file the current snapshot and removes older ones.
     pub fn adopt(&self, file: &Path, header: &SnapshotHeader) -> io::Result<Snapshot> {
-        let index = header.last_log_id.as_ref().map_or(0, |id| id.index());
+        let index = crate::types::index_of(&header.last_log_id);
         let target = self.dir.join(format!("{PREFIX}{index:020}-{}{SUFFIX}", unique_stamp()));
         if file.parent() == Some(self.dir.as_path()) {
             fs::rename(file, &target)?;
