@@ -5,12 +5,14 @@
 //! - `network`: node-to-node Raft transport over gRPC
 //! - `api`: the client KV service and the admin service
 //! - `lifecycle`: leadership transfer, snapshot-then-purge, preStop, probes and metrics HTTP
+//! - `meta`: the meta group's shard maps (for now the pure shard-assignment logic)
 
 pub mod api;
 pub mod config;
 pub mod context;
 pub mod identity;
 pub mod lifecycle;
+pub mod meta;
 pub mod metrics;
 pub mod network;
 pub mod node;
