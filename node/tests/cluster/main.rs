@@ -5,3 +5,4 @@ mod exactly_once;
 mod harness;
 mod lifecycle;
 mod replication;
+mod scan;
