@@ -1,6 +1,7 @@
 //! Client library of shardkv: a leader-tracking, retrying client with exactly-once writes,
 //! plus the load generator behind `shardkv bench`.
 
+pub mod admin_http;
 pub mod bench;
 mod client;
 mod endpoints;

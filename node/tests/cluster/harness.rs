@@ -21,8 +21,6 @@ use shardkv_proto::v1::StatusRequest;
 use shardkv_proto::v1::StatusResponse;
 use shardkv_proto::v1::admin_client::AdminClient;
 use shardkv_proto::v1::kv_client::KvClient;
-use tokio::io::AsyncReadExt;
-use tokio::io::AsyncWriteExt;
 use tonic::transport::Channel;
 
 pub const GRPC_PORT: u16 = 7100;
@@ -209,7 +207,8 @@ impl Cluster {
 
     /// GET on a node's admin HTTP port; returns (status code, body).
     pub async fn http_get(&self, id: u64, path: &str) -> (u16, String) {
-        http_get(&self.admin_addr(id), path).await
+        let response = shardkv_client::admin_http::get(&self.admin_addr(id), path, WAIT).await.expect("admin HTTP GET");
+        (response.status, String::from_utf8(response.body).expect("UTF-8 body"))
     }
 }
 
@@ -231,15 +230,4 @@ impl Drop for Cluster {
             }
         }
     }
-}
-
-pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("admin HTTP connection");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let code = response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("HTTP status line");
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (code, body)
 }

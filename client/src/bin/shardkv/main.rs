@@ -2,7 +2,6 @@
 
 mod bench;
 mod commands;
-mod http;
 mod output;
 mod playground;
 

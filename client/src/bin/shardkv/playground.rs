@@ -15,8 +15,6 @@ use tokio::process::{Child, Command};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::Instant;
 
-use crate::http;
-
 #[derive(Args)]
 pub struct PlaygroundArgs {
     /// Number of nodes.
@@ -361,7 +359,8 @@ async fn shutdown(nodes: &mut [RunningNode], endpoints_path: &Path) {
     let prestops = running.iter().map(|&i| {
         let spec = &nodes[i].spec;
         async move {
-            let outcome = http::get(&spec.admin_addr, "/lifecycle/prestop", PRESTOP_TIMEOUT).await;
+            let outcome =
+                shardkv_client::admin_http::get(&spec.admin_addr, "/lifecycle/prestop", PRESTOP_TIMEOUT).await;
             (spec.id, outcome)
         }
     });
