@@ -1,5 +1,5 @@
-//! The shardkv wire protocol (package `shardkv.v1`): client KV API, admin API, and the
-//! node-to-node Raft transport.
+//! The shardkv wire protocol (package `shardkv.v1`): client KV API, admin API, the meta
+//! group's shard-map API, and the node-to-node Raft and shard-migration transports.
 
 pub mod v1 {
     tonic::include_proto!("shardkv.v1");
@@ -12,6 +12,9 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("shar
 pub const LEADER_ID_HEADER: &str = "x-shardkv-leader-id";
 /// Response metadata key carrying the current leader's gRPC address on an UNAVAILABLE answer.
 pub const LEADER_ADDR_HEADER: &str = "x-shardkv-leader-addr";
+/// Response metadata key on a WrongGroup answer (FAILED_PRECONDITION): the config number of the
+/// group that refused, so the client knows how fresh a shard map it needs.
+pub const CONFIG_NUM_HEADER: &str = "x-shardkv-config-num";
 
 /// The shard a key belongs to: FNV-1a 64 of the key, modulo the cluster's fixed shard count.
 ///
