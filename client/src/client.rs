@@ -283,6 +283,7 @@ impl Client {
                 limit: wanted.map_or(0, |w| u32::try_from(w).unwrap_or(u32::MAX)),
                 continuation: std::mem::take(&mut continuation),
                 consistency: ReadConsistency::Linearizable.into(),
+                shards: Vec::new(),
             };
             let page = self
                 .call_leader(self.request_timeout(), |channel, timeout| {
