@@ -1,0 +1,254 @@
+//! The `ShardCluster` custom resource (shardkv.dev/v1alpha1): what a user asks for (spec) and
+//! what the operator reports (status).
+//!
+//! Admission-time validation is expressed as CEL rules (`x-kubernetes-validations`) so the
+//! apiserver rejects a bad spec with a readable message before the operator ever sees it.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Affinity;
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::api::core::v1::Toleration;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use kube::KubeSchema;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde::Serialize;
+
+/// Finalizer that lets the operator delete a cluster's groups in order (data groups, then meta).
+pub const FINALIZER: &str = "shardkv.dev/cleanup";
+
+/// Desired state of a shardkv cluster.
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "shardkv.dev",
+    version = "v1alpha1",
+    kind = "ShardCluster",
+    namespaced,
+    status = "ShardClusterStatus",
+    shortname = "skv",
+    doc = "A sharded, Raft-replicated shardkv key-value cluster",
+    printcolumn = r#"{"name":"Groups","type":"integer","description":"Data groups","jsonPath":".spec.groups"}"#,
+    printcolumn = r#"{"name":"Ready","type":"integer","description":"Ready node pods","jsonPath":".status.readyReplicas"}"#,
+    printcolumn = r#"{"name":"Config","type":"integer","description":"Current shard-map config number","jsonPath":".status.configNum"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardClusterSpec {
+    /// Container image of `shardkv-node`.
+    #[x_kube(validation = Rule::new("self.size() > 0").message("image is required"))]
+    pub image: String,
+    /// Image pull policy of the node containers (Always, IfNotPresent, Never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<String>,
+    /// Number of shards keys hash into. Fixed when the cluster is created.
+    #[serde(default = "default_shards")]
+    #[x_kube(
+        validation = Rule::new("self == oldSelf").message("shards is immutable: it is fixed when the cluster is created"),
+        validation = Rule::new("self >= 1 && self <= 65536").message("shards must be between 1 and 65536")
+    )]
+    pub shards: u32,
+    /// Number of data replica groups the shards are spread over.
+    #[x_kube(validation = Rule::new("self >= 1").message("groups must be at least 1"))]
+    pub groups: u32,
+    /// Replicas (Raft voters) of each data group.
+    #[serde(default = "default_replicas")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 7 && self % 2 == 1")
+        .message("replicasPerGroup must be odd and between 1 and 7 (an even count adds no fault tolerance)"))]
+    pub replicas_per_group: u32,
+    /// The meta group (shard controller).
+    #[serde(default)]
+    pub meta: MetaSpec,
+    /// Persistent volume of every node.
+    #[serde(default)]
+    pub storage: StorageSpec,
+    /// Compute resources of the node container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Where node pods may be scheduled.
+    #[serde(default)]
+    pub scheduling: SchedulingSpec,
+    /// While true, the operator changes nothing (it still reports status).
+    #[serde(default)]
+    pub paused: bool,
+    /// What happens to node volumes when a group shrinks or the cluster is deleted.
+    #[serde(default)]
+    pub pvc_retention: PvcRetentionSpec,
+}
+
+fn default_shards() -> u32 {
+    64
+}
+
+fn default_replicas() -> u32 {
+    3
+}
+
+/// The meta group: holds the sequence of shard maps; the operator is its only writer.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MetaSpec {
+    /// Replicas (Raft voters) of the meta group.
+    #[serde(default = "default_replicas")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 7 && self % 2 == 1")
+        .message("meta.replicas must be odd and between 1 and 7"))]
+    pub replicas: u32,
+}
+
+impl Default for MetaSpec {
+    fn default() -> Self {
+        MetaSpec { replicas: default_replicas() }
+    }
+}
+
+/// The PersistentVolumeClaim template of every node.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Requested volume size (a Kubernetes quantity, e.g. 10Gi).
+    #[serde(default = "default_storage_size")]
+    #[x_kube(validation = Rule::new("self.size() > 0").message("storage.size is required"))]
+    pub size: String,
+    /// Storage class of the volumes; the cluster default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+fn default_storage_size() -> String {
+    "10Gi".to_string()
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        StorageSpec { size: default_storage_size(), storage_class_name: None }
+    }
+}
+
+/// Scheduling constraints copied into every node pod.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SchedulingSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+}
+
+/// Whether volumes are kept or deleted.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum PvcRetention {
+    #[default]
+    Retain,
+    Delete,
+}
+
+impl PvcRetention {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PvcRetention::Retain => "Retain",
+            PvcRetention::Delete => "Delete",
+        }
+    }
+}
+
+/// Volume retention, applied through the StatefulSets' persistentVolumeClaimRetentionPolicy.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PvcRetentionSpec {
+    /// Volumes of pods removed by scale-in.
+    #[serde(default)]
+    pub when_scaled: PvcRetention,
+    /// Volumes of a deleted cluster (or of a data group removed by scale-in of groups).
+    #[serde(default)]
+    pub when_deleted: PvcRetention,
+}
+
+/// What the operator observed and is doing.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardClusterStatus {
+    /// The spec generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// One word summary: Creating, Bootstrapping, Running, Scaling, Degraded, Paused or Deleting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// Available, Progressing, Degraded (and Paused while spec.paused).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Latest shard-map config number held by the meta group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_num: Option<u64>,
+    /// Ready node pods over all groups.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Every group, meta first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<GroupStatus>,
+    /// The step each group's operation is at, when one is in flight.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub operations: Vec<OperationStatus>,
+}
+
+/// One replica group as observed.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupStatus {
+    /// Group id: 0 is the meta group, data groups are 1..=groups.
+    pub group_id: u64,
+    /// The group's StatefulSet.
+    pub statefulset: String,
+    /// The group was initialised (recorded once; the operator never initialises it again).
+    #[serde(default)]
+    pub initialized: bool,
+    /// Data groups: the meta group's shard map lists this group with its current voters.
+    #[serde(default)]
+    pub joined: bool,
+    /// Node id of the current Raft leader.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<u64>,
+    #[serde(default)]
+    pub ready_replicas: i32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<MemberStatus>,
+}
+
+/// One node (pod) of a group.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberStatus {
+    pub pod: String,
+    pub node_id: u64,
+    /// voter, learner, or none (running but not yet a member).
+    pub role: String,
+    pub ready: bool,
+    /// Log entries this member is behind the leader (reported by the leader).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<u64>,
+    /// Controller revision of the pod (which pod template it runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+}
+
+/// The in-flight step of a group's operation (bootstrap, scale, join, leave).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OperationStatus {
+    pub group_id: u64,
+    /// Bootstrap, ScaleUp, ScaleDown, JoinMeta, GroupScaleIn.
+    pub operation: String,
+    /// The step being taken or waited on.
+    pub step: String,
+    /// Why, in words.
+    pub message: String,
+}
+
+/// The CustomResourceDefinition as YAML, exactly as checked in under `crds/`.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    use kube::CustomResourceExt;
+    serde_yaml::to_string(&ShardCluster::crd())
+}

@@ -1,0 +1,4 @@
+//! shardkv-operator: reconciles `ShardCluster` resources into replica groups of shardkv nodes
+//! and drives their bootstrap and membership through the nodes' Admin and Meta gRPC APIs.
+
+pub mod crd;
