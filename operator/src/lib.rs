@@ -2,3 +2,4 @@
 //! and drives their bootstrap and membership through the nodes' Admin and Meta gRPC APIs.
 
 pub mod crd;
+pub mod resources;

@@ -1,0 +1,466 @@
+//! Desired Kubernetes objects of a ShardCluster, as pure functions of its spec: per group (meta
+//! included) a StatefulSet, a headless Service and a PodDisruptionBudget, plus one client
+//! Service. Names, labels and node addresses are defined here and nowhere else.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::Resource;
+use kube::ResourceExt;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use serde_json::json;
+
+use crate::crd::ShardCluster;
+
+/// gRPC port of every node (Kv, Admin, Raft, Meta).
+pub const GRPC_PORT: u16 = 7100;
+/// Admin HTTP port of every node (/healthz, /readyz, /metrics, /lifecycle/prestop).
+pub const ADMIN_PORT: u16 = 7180;
+/// Where the node's volume is mounted.
+pub const DATA_DIR: &str = "/var/lib/shardkv";
+/// Seconds a pod gets between preStop and SIGKILL: leader transfer plus a snapshot of every
+/// local replica must fit.
+pub const TERMINATION_GRACE_SECONDS: i64 = 180;
+/// User and group the node runs as.
+pub const NODE_UID: i64 = 10001;
+
+pub const LABEL_NAME: &str = "app.kubernetes.io/name";
+pub const LABEL_INSTANCE: &str = "app.kubernetes.io/instance";
+pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// Group id of a pod (0 = meta).
+pub const LABEL_GROUP: &str = "shardkv.dev/group";
+/// The cluster a pod, Service or StatefulSet belongs to.
+pub const LABEL_CLUSTER: &str = "shardkv.dev/cluster";
+/// The pod-template revision the StatefulSet controller stamps on each pod.
+pub const LABEL_REVISION: &str = "controller-revision-hash";
+
+pub const NODE_APP: &str = "shardkv-node";
+pub const MANAGER: &str = "shardkv-operator";
+
+/// The meta group's id; data groups are 1..=spec.groups.
+pub const META_GROUP: u64 = 0;
+
+/// Naming and addressing of one cluster's objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterNames {
+    pub name: String,
+    pub namespace: String,
+    /// DNS suffix of the cluster, e.g. `cluster.local`.
+    pub cluster_domain: String,
+}
+
+impl ClusterNames {
+    pub fn of(cluster: &ShardCluster, cluster_domain: &str) -> Self {
+        ClusterNames {
+            name: cluster.name_any(),
+            namespace: cluster.namespace().unwrap_or_default(),
+            cluster_domain: cluster_domain.to_string(),
+        }
+    }
+
+    /// The node-persisted cluster id: stable across re-creation of the resource, so a cluster
+    /// recreated over retained volumes finds its own data.
+    pub fn cluster_id(&self) -> String {
+        format!("{}.{}", self.namespace, self.name)
+    }
+
+    /// StatefulSet, headless Service and PDB name of a group.
+    pub fn group(&self, group_id: u64) -> String {
+        if group_id == META_GROUP { format!("{}-meta", self.name) } else { format!("{}-g{group_id}", self.name) }
+    }
+
+    /// The client Service: routes to the meta group, where clients fetch the shard map.
+    pub fn client_service(&self) -> String {
+        self.name.clone()
+    }
+
+    pub fn pod(&self, group_id: u64, ordinal: u32) -> String {
+        format!("{}-{ordinal}", self.group(group_id))
+    }
+
+    /// The stable gRPC address peers and clients use for a node: its StatefulSet DNS name.
+    pub fn peer_addr(&self, group_id: u64, ordinal: u32) -> String {
+        format!(
+            "{}.{}.{}.svc.{}:{GRPC_PORT}",
+            self.pod(group_id, ordinal),
+            self.group(group_id),
+            self.namespace,
+            self.cluster_domain
+        )
+    }
+
+    fn selector(&self, group_id: u64) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (LABEL_NAME.to_string(), NODE_APP.to_string()),
+            (LABEL_INSTANCE.to_string(), self.name.clone()),
+            (LABEL_GROUP.to_string(), group_id.to_string()),
+        ])
+    }
+
+    fn labels(&self, group_id: u64) -> BTreeMap<String, String> {
+        let mut labels = self.selector(group_id);
+        labels.insert(LABEL_CLUSTER.to_string(), self.name.clone());
+        labels.insert(LABEL_COMPONENT.to_string(), role(group_id).to_string());
+        labels.insert(LABEL_MANAGED_BY.to_string(), MANAGER.to_string());
+        labels
+    }
+
+    /// Label selector of every pod and owned object of the cluster.
+    pub fn cluster_selector(&self) -> String {
+        format!("{LABEL_CLUSTER}={}", self.name)
+    }
+}
+
+/// The node's `--role`.
+pub fn role(group_id: u64) -> &'static str {
+    if group_id == META_GROUP { "meta" } else { "data" }
+}
+
+/// Node id of the pod with this StatefulSet ordinal (the node derives the same from its pod name).
+pub fn node_id(ordinal: u32) -> u64 {
+    u64::from(ordinal) + 1
+}
+
+/// Votes needed for a majority of `voters`.
+pub fn quorum(voters: u32) -> u32 {
+    voters / 2 + 1
+}
+
+/// Data group ids the spec asks for (meta excluded).
+pub fn data_groups(cluster: &ShardCluster) -> impl Iterator<Item = u64> {
+    1..=u64::from(cluster.spec.groups)
+}
+
+/// Voters the spec asks for in a group.
+pub fn desired_replicas(cluster: &ShardCluster, group_id: u64) -> u32 {
+    if group_id == META_GROUP { cluster.spec.meta.replicas } else { cluster.spec.replicas_per_group }
+}
+
+fn owner(cluster: &ShardCluster) -> OwnerReference {
+    cluster.controller_owner_ref(&()).expect("a ShardCluster read from the apiserver has a name and uid")
+}
+
+fn typed<T: DeserializeOwned>(value: Value) -> T {
+    serde_json::from_value(value).expect("built from a fixed shape that matches the Kubernetes type")
+}
+
+/// The StatefulSet of a group, with `replicas` pods (the membership planner decides the count
+/// while a group shrinks: pods leave the Raft group before the StatefulSet drops them).
+pub fn statefulset(cluster: &ShardCluster, names: &ClusterNames, group_id: u64, replicas: u32) -> StatefulSet {
+    let spec = &cluster.spec;
+    let group = names.group(group_id);
+    let labels = names.labels(group_id);
+    let mut env = vec![
+        json!({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}),
+        json!({"name": "SHARDKV_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
+        json!({"name": "SHARDKV_CLUSTER_ID", "value": names.cluster_id()}),
+        json!({"name": "SHARDKV_ROLE", "value": role(group_id)}),
+        json!({"name": "SHARDKV_GROUP_ID", "value": group_id.to_string()}),
+        json!({"name": "SHARDKV_SHARDS", "value": spec.shards.to_string()}),
+        json!({"name": "SHARDKV_DATA_DIR", "value": DATA_DIR}),
+        json!({"name": "SHARDKV_LISTEN", "value": format!("$(POD_IP):{GRPC_PORT}")}),
+        json!({"name": "SHARDKV_ADMIN_LISTEN", "value": format!("$(POD_IP):{ADMIN_PORT}")}),
+        json!({"name": "SHARDKV_LOG_FORMAT", "value": "json"}),
+    ];
+    if group_id != META_GROUP {
+        let meta: Vec<String> = (0..spec.meta.replicas).map(|i| names.peer_addr(META_GROUP, i)).collect();
+        env.push(json!({"name": "SHARDKV_META_ENDPOINTS", "value": meta.join(",")}));
+    }
+    let probe = |path: &str, period: i32, failures: i32| {
+        json!({
+            "httpGet": {"path": path, "port": "admin"},
+            "periodSeconds": period,
+            "timeoutSeconds": 2,
+            "failureThreshold": failures,
+        })
+    };
+    let affinity = spec.scheduling.affinity.clone().map(|a| json!(a)).unwrap_or_else(|| {
+        // Without user affinity, spread a group's replicas over nodes where possible.
+        json!({"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
+            "weight": 100,
+            "podAffinityTerm": {
+                "topologyKey": "kubernetes.io/hostname",
+                "labelSelector": {"matchLabels": names.selector(group_id)},
+            },
+        }]}})
+    });
+    let mut claim = json!({
+        "metadata": {"name": "data", "labels": labels},
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": spec.storage.size}},
+        },
+    });
+    if let Some(class) = &spec.storage.storage_class_name {
+        claim["spec"]["storageClassName"] = json!(class);
+    }
+    typed(json!({
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {
+            "name": group,
+            "namespace": names.namespace,
+            "labels": labels,
+            "ownerReferences": [owner(cluster)],
+        },
+        "spec": {
+            "replicas": replicas,
+            "serviceName": group,
+            // All pods start at once; the operator, not pod order, sequences membership.
+            "podManagementPolicy": "Parallel",
+            // The operator decides which pod restarts next.
+            "updateStrategy": {"type": "OnDelete"},
+            "persistentVolumeClaimRetentionPolicy": {
+                "whenScaled": spec.pvc_retention.when_scaled.as_str(),
+                "whenDeleted": spec.pvc_retention.when_deleted.as_str(),
+            },
+            "selector": {"matchLabels": names.selector(group_id)},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+                    "securityContext": {
+                        "runAsNonRoot": true,
+                        "runAsUser": NODE_UID,
+                        "runAsGroup": NODE_UID,
+                        "fsGroup": NODE_UID,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "affinity": affinity,
+                    "tolerations": spec.scheduling.tolerations,
+                    "nodeSelector": spec.scheduling.node_selector,
+                    "containers": [{
+                        "name": "node",
+                        "image": spec.image,
+                        "imagePullPolicy": spec.image_pull_policy,
+                        "env": env,
+                        "ports": [
+                            {"name": "grpc", "containerPort": GRPC_PORT},
+                            {"name": "admin", "containerPort": ADMIN_PORT},
+                        ],
+                        "startupProbe": probe("/healthz", 2, 150),
+                        "livenessProbe": probe("/healthz", 10, 6),
+                        "readinessProbe": probe("/readyz", 2, 2),
+                        "lifecycle": {"preStop": {"httpGet": {"path": "/lifecycle/prestop", "port": "admin"}}},
+                        "resources": spec.resources,
+                        "securityContext": {
+                            "allowPrivilegeEscalation": false,
+                            "readOnlyRootFilesystem": true,
+                            "capabilities": {"drop": ["ALL"]},
+                        },
+                        "volumeMounts": [
+                            {"name": "data", "mountPath": DATA_DIR},
+                            {"name": "tmp", "mountPath": "/tmp"},
+                        ],
+                    }],
+                    "volumes": [{"name": "tmp", "emptyDir": {}}],
+                },
+            },
+            "volumeClaimTemplates": [claim],
+        },
+    }))
+}
+
+/// The headless Service giving each pod of a group its stable DNS name. Not-ready pods are
+/// published too: peers must resolve each other before they can become ready.
+pub fn headless_service(cluster: &ShardCluster, names: &ClusterNames, group_id: u64) -> Service {
+    typed(json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": names.group(group_id),
+            "namespace": names.namespace,
+            "labels": names.labels(group_id),
+            "ownerReferences": [owner(cluster)],
+        },
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": true,
+            "selector": names.selector(group_id),
+            "ports": [
+                {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc"},
+                {"name": "admin", "port": ADMIN_PORT, "targetPort": "admin"},
+            ],
+        },
+    }))
+}
+
+/// The PodDisruptionBudget of a group: voluntary disruptions never take it below quorum.
+pub fn pod_disruption_budget(cluster: &ShardCluster, names: &ClusterNames, group_id: u64) -> PodDisruptionBudget {
+    typed(json!({
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {
+            "name": names.group(group_id),
+            "namespace": names.namespace,
+            "labels": names.labels(group_id),
+            "ownerReferences": [owner(cluster)],
+        },
+        "spec": {
+            "minAvailable": quorum(desired_replicas(cluster, group_id)),
+            "selector": {"matchLabels": names.selector(group_id)},
+        },
+    }))
+}
+
+/// The Service clients start from: the meta group's ready pods (clients read the shard map
+/// there, then talk to each data group directly by the addresses in it).
+pub fn client_service(cluster: &ShardCluster, names: &ClusterNames) -> Service {
+    let mut labels = names.labels(META_GROUP);
+    labels.remove(LABEL_GROUP);
+    typed(json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": names.client_service(),
+            "namespace": names.namespace,
+            "labels": labels,
+            "ownerReferences": [owner(cluster)],
+        },
+        "spec": {
+            "selector": names.selector(META_GROUP),
+            "ports": [{"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc"}],
+        },
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::Container;
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    use kube::api::ObjectMeta;
+
+    use super::*;
+    use crate::crd::PvcRetention;
+    use crate::crd::ShardClusterSpec;
+
+    fn cluster(groups: u32, replicas: u32) -> ShardCluster {
+        let spec: ShardClusterSpec = serde_json::from_value(json!({
+            "image": "shardkv/node:test",
+            "groups": groups,
+            "replicasPerGroup": replicas,
+        }))
+        .unwrap();
+        ShardCluster {
+            metadata: ObjectMeta {
+                name: Some("demo".into()),
+                namespace: Some("prod".into()),
+                uid: Some("uid-1".into()),
+                ..Default::default()
+            },
+            spec,
+            status: None,
+        }
+    }
+
+    fn names() -> ClusterNames {
+        ClusterNames { name: "demo".into(), namespace: "prod".into(), cluster_domain: "cluster.local".into() }
+    }
+
+    fn container(sts: &StatefulSet) -> Container {
+        sts.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0].clone()
+    }
+
+    fn env(c: &Container, name: &str) -> Option<String> {
+        c.env.as_ref().unwrap().iter().find(|e| e.name == name).and_then(|e| e.value.clone())
+    }
+
+    #[test]
+    fn names_and_addresses_are_stable() {
+        let n = names();
+        assert_eq!(n.group(0), "demo-meta");
+        assert_eq!(n.group(3), "demo-g3");
+        assert_eq!(n.pod(3, 2), "demo-g3-2");
+        assert_eq!(n.peer_addr(3, 2), "demo-g3-2.demo-g3.prod.svc.cluster.local:7100");
+        assert_eq!(n.cluster_id(), "prod.demo");
+        assert_eq!(node_id(0), 1);
+    }
+
+    #[test]
+    fn pdb_min_available_is_quorum_of_the_group() {
+        let c = cluster(2, 5);
+        assert_eq!(quorum(1), 1);
+        assert_eq!(quorum(3), 2);
+        assert_eq!(quorum(5), 3);
+        assert_eq!(quorum(7), 4);
+        let data = pod_disruption_budget(&c, &names(), 1);
+        assert_eq!(data.spec.as_ref().unwrap().min_available, Some(IntOrString::Int(3)));
+        let meta = pod_disruption_budget(&c, &names(), META_GROUP);
+        assert_eq!(meta.spec.as_ref().unwrap().min_available, Some(IntOrString::Int(2)), "meta has 3 replicas");
+        assert_eq!(data.metadata.owner_references.as_ref().unwrap()[0].uid, "uid-1");
+    }
+
+    #[test]
+    fn statefulset_is_on_delete_with_probes_prestop_and_grace() {
+        let sts = statefulset(&cluster(2, 3), &names(), 2, 4);
+        let spec = sts.spec.as_ref().unwrap();
+        assert_eq!(spec.replicas, Some(4));
+        assert_eq!(spec.service_name.as_deref(), Some("demo-g2"));
+        assert_eq!(spec.update_strategy.as_ref().unwrap().type_.as_deref(), Some("OnDelete"));
+        let pod = spec.template.spec.as_ref().unwrap();
+        assert_eq!(pod.termination_grace_period_seconds, Some(TERMINATION_GRACE_SECONDS));
+        let c = container(&sts);
+        let http_path = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
+            p.as_ref().unwrap().http_get.as_ref().unwrap().path.clone().unwrap()
+        };
+        assert_eq!(http_path(&c.readiness_probe), "/readyz");
+        assert_eq!(http_path(&c.liveness_probe), "/healthz");
+        let pre_stop = c.lifecycle.as_ref().unwrap().pre_stop.as_ref().unwrap().http_get.as_ref().unwrap();
+        assert_eq!(pre_stop.path.as_deref(), Some("/lifecycle/prestop"));
+        assert_eq!(pre_stop.port, IntOrString::String("admin".into()));
+    }
+
+    #[test]
+    fn pod_runs_non_root_with_read_only_root_and_a_data_volume() {
+        let sts = statefulset(&cluster(1, 3), &names(), 1, 3);
+        let spec = sts.spec.as_ref().unwrap();
+        let pod_security = spec.template.spec.as_ref().unwrap().security_context.clone().unwrap();
+        assert_eq!(pod_security.run_as_non_root, Some(true));
+        let c = container(&sts);
+        let security = c.security_context.unwrap();
+        assert_eq!(security.read_only_root_filesystem, Some(true));
+        assert_eq!(security.allow_privilege_escalation, Some(false));
+        let claims = spec.volume_claim_templates.as_ref().unwrap();
+        assert_eq!(claims[0].metadata.name.as_deref(), Some("data"));
+        assert!(c.volume_mounts.unwrap().iter().any(|m| m.name == "data" && m.mount_path == DATA_DIR));
+        let retention = spec.persistent_volume_claim_retention_policy.as_ref().unwrap();
+        assert_eq!(retention.when_scaled.as_deref(), Some(PvcRetention::Retain.as_str()));
+    }
+
+    #[test]
+    fn node_identity_comes_from_the_pod_and_data_nodes_know_meta() {
+        let c = cluster(2, 3);
+        let data = container(&statefulset(&c, &names(), 2, 3));
+        assert_eq!(env(&data, "SHARDKV_GROUP_ID").as_deref(), Some("2"));
+        assert_eq!(env(&data, "SHARDKV_ROLE").as_deref(), Some("data"));
+        assert_eq!(env(&data, "SHARDKV_NODE_ID"), None, "the node derives its id from SHARDKV_POD_NAME");
+        let pod_name = data.env.as_ref().unwrap().iter().find(|e| e.name == "SHARDKV_POD_NAME").unwrap();
+        assert_eq!(pod_name.value_from.as_ref().unwrap().field_ref.as_ref().unwrap().field_path, "metadata.name");
+        assert_eq!(env(&data, "SHARDKV_LISTEN").as_deref(), Some("$(POD_IP):7100"));
+        assert_eq!(
+            env(&data, "SHARDKV_META_ENDPOINTS").as_deref(),
+            Some(
+                "demo-meta-0.demo-meta.prod.svc.cluster.local:7100,demo-meta-1.demo-meta.prod.svc.cluster.local:7100,\
+                 demo-meta-2.demo-meta.prod.svc.cluster.local:7100"
+            )
+        );
+        let meta = container(&statefulset(&c, &names(), META_GROUP, 3));
+        assert_eq!(env(&meta, "SHARDKV_ROLE").as_deref(), Some("meta"));
+        assert_eq!(env(&meta, "SHARDKV_META_ENDPOINTS"), None);
+    }
+
+    #[test]
+    fn headless_service_publishes_not_ready_pods() {
+        let svc = headless_service(&cluster(1, 3), &names(), 1);
+        let spec = svc.spec.unwrap();
+        assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
+        assert_eq!(spec.publish_not_ready_addresses, Some(true));
+        let client = client_service(&cluster(1, 3), &names());
+        assert_eq!(client.spec.unwrap().selector.unwrap().get(LABEL_GROUP).map(String::as_str), Some("0"));
+    }
+}
