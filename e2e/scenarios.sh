@@ -33,6 +33,7 @@ absent() { ! "$@"; }
 new_namespace() {
   local ns="e2e-$SCENARIO-$(date +%s)-$RANDOM"
   kubectl create namespace "$ns" >&2
+  echo "$ns" >>"$SCENARIO_DIR/namespaces" # e2e/run deletes leftovers of a failed scenario
   echo "$ns"
 }
 
@@ -149,7 +150,7 @@ scenario_crd() {
       step "$name: create, then an update that must be rejected"
       csplit -s -z -f "$SCENARIO_DIR/$name." "$f" '/^---$/' '{*}'
       kubectl create -n "$ns" -f "$SCENARIO_DIR/$name.00" >&2 || fail "$name: the initial object was rejected"
-      rc=0; out="$(kubectl apply -n "$ns" -f <(grep -v '^---$' "$SCENARIO_DIR/$name.01") 2>&1)" || rc=$?
+      rc=0; out="$(kubectl replace -n "$ns" -f <(grep -v '^---$' "$SCENARIO_DIR/$name.01") 2>&1)" || rc=$?
       ((rc != 0)) || fail "$name: the update was accepted"
       check_rejection "$name" "$out" "${expect[@]}"
       kubectl delete -n "$ns" -f "$SCENARIO_DIR/$name.00" --wait=false >&2
