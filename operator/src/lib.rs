@@ -2,4 +2,5 @@
 //! and drives their bootstrap and membership through the nodes' Admin and Meta gRPC APIs.
 
 pub mod crd;
+pub mod plan;
 pub mod resources;

@@ -1,0 +1,690 @@
+//! The pure decision logic of the operator: given what was observed of a group (its pods and
+//! what each node's Admin API reported) and of the meta group's shard map, return the next step.
+//!
+//! Every operation (bootstrap, replica scale up/down, joining data groups into meta, removing
+//! data groups) is a step machine over observed state: nothing here remembers what it did last
+//! time, so a step that was interrupted (operator restart, lost response) is simply planned
+//! again from what the nodes say now. The controller takes at most one step per group per
+//! reconcile and comes back.
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+
+use shardkv_proto::v1::GroupMembers;
+use shardkv_proto::v1::Member;
+use shardkv_proto::v1::ShardConfig;
+use shardkv_proto::v1::StatusResponse;
+
+use crate::resources::node_id;
+
+/// Raft state string of a leader in the Admin Status answer.
+const LEADER_STATE: &str = "Leader";
+/// Raft role string of a voter in the Admin Status answer.
+const VOTER_ROLE: &str = "voter";
+
+/// What the operator saw of one pod of a group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodView {
+    pub ordinal: u32,
+    /// The node's stable gRPC address, as peers know it.
+    pub peer_addr: String,
+    /// The pod's Kubernetes Ready condition.
+    pub ready: bool,
+    /// The node's Admin Status, when it answered.
+    pub status: Option<StatusResponse>,
+}
+
+impl PodView {
+    pub fn node_id(&self) -> u64 {
+        node_id(self.ordinal)
+    }
+}
+
+/// What the operator saw of one group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupView {
+    pub group_id: u64,
+    /// Voters the spec asks for.
+    pub desired_replicas: u32,
+    /// Status records that this group was initialised.
+    pub recorded_initialized: bool,
+    /// Replicas of the group's StatefulSet now, if it exists.
+    pub statefulset_replicas: Option<u32>,
+    pub pods: Vec<PodView>,
+}
+
+/// The group's Raft leader as seen through its Status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaderView<'a> {
+    pub ordinal: u32,
+    pub status: &'a StatusResponse,
+}
+
+impl LeaderView<'_> {
+    pub fn voters(&self) -> BTreeSet<u64> {
+        self.status.members.iter().filter(|m| m.role == VOTER_ROLE).map(|m| m.node_id).collect()
+    }
+
+    pub fn learners(&self) -> BTreeSet<u64> {
+        self.status.members.iter().filter(|m| m.role != VOTER_ROLE).map(|m| m.node_id).collect()
+    }
+
+    /// Log entries a member is behind the leader; None when the leader has not matched it yet.
+    pub fn lag(&self, node_id: u64) -> Option<u64> {
+        let member = self.status.members.iter().find(|m| m.node_id == node_id)?;
+        member.matched_index.map(|m| self.status.last_log_index.saturating_sub(m))
+    }
+
+    /// A member counts as caught up when the leader has matched its log to within `max_lag`
+    /// entries of the leader's last log index.
+    pub fn caught_up(&self, node_id: u64, max_lag: u64) -> bool {
+        self.lag(node_id).is_some_and(|lag| lag <= max_lag)
+    }
+}
+
+impl GroupView {
+    /// The leader with the highest term among the pods that answered (a deposed leader that has
+    /// not heard of the new term yet loses to the real one).
+    pub fn leader(&self) -> Option<LeaderView<'_>> {
+        self.pods
+            .iter()
+            .filter_map(|p| p.status.as_ref().map(|s| (p.ordinal, s)))
+            .filter(|(_, s)| s.state == LEADER_STATE)
+            .max_by_key(|(_, s)| s.term)
+            .map(|(ordinal, status)| LeaderView { ordinal, status })
+    }
+
+    fn pod(&self, ordinal: u32) -> Option<&PodView> {
+        self.pods.iter().find(|p| p.ordinal == ordinal)
+    }
+
+    fn any_initialized(&self) -> bool {
+        self.pods.iter().any(|p| p.status.as_ref().is_some_and(|s| s.initialized))
+    }
+
+    fn desired_ids(&self) -> BTreeSet<u64> {
+        (0..self.desired_replicas).map(node_id).collect()
+    }
+}
+
+/// Which operation a step belongs to (reported in status and Events).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Bootstrap,
+    ScaleUp,
+    ScaleDown,
+}
+
+impl Operation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Bootstrap => "Bootstrap",
+            Operation::ScaleUp => "ScaleUp",
+            Operation::ScaleDown => "ScaleDown",
+        }
+    }
+}
+
+/// The next membership step of a group. Steps that act name the pod (by ordinal) to call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GroupStep {
+    /// The group has exactly the voters the spec asks for.
+    Settled,
+    /// Something has to happen first that the operator does not do itself (a pod starting, an
+    /// election, a learner catching up).
+    Wait {
+        operation: Operation,
+        reason: String,
+    },
+    /// The group cannot make progress safely without a human; reported as Degraded.
+    Blocked {
+        reason: String,
+    },
+    /// Initialise the group on pod 0 with itself as the only voter (the others join as learners).
+    Initialize {
+        ordinal: u32,
+        member: Member,
+    },
+    AddLearner {
+        leader: u32,
+        member: Member,
+    },
+    /// Make caught-up learners voters: the complete new voter set.
+    Promote {
+        leader: u32,
+        voters: BTreeSet<u64>,
+    },
+    /// Move leadership off a node that is about to be removed.
+    TransferLeader {
+        leader: u32,
+        to: u64,
+    },
+    /// Scale-in by membership change: the complete new voter set (removed voters leave the group).
+    RemoveVoters {
+        leader: u32,
+        voters: BTreeSet<u64>,
+    },
+}
+
+impl GroupStep {
+    pub fn operation(&self) -> Option<Operation> {
+        match self {
+            GroupStep::Settled | GroupStep::Blocked { .. } => None,
+            GroupStep::Wait { operation, .. } => Some(*operation),
+            GroupStep::Initialize { .. } => Some(Operation::Bootstrap),
+            GroupStep::AddLearner { .. } | GroupStep::Promote { .. } => Some(Operation::ScaleUp),
+            GroupStep::TransferLeader { .. } | GroupStep::RemoveVoters { .. } => Some(Operation::ScaleDown),
+        }
+    }
+
+    /// Short name of the step (status and Events).
+    pub fn name(&self) -> &'static str {
+        match self {
+            GroupStep::Settled => "Settled",
+            GroupStep::Wait { .. } => "Wait",
+            GroupStep::Blocked { .. } => "Blocked",
+            GroupStep::Initialize { .. } => "Initialize",
+            GroupStep::AddLearner { .. } => "AddLearner",
+            GroupStep::Promote { .. } => "Promote",
+            GroupStep::TransferLeader { .. } => "TransferLeader",
+            GroupStep::RemoveVoters { .. } => "RemoveVoters",
+        }
+    }
+
+    /// What the step does or waits for, in words.
+    pub fn describe(&self) -> String {
+        match self {
+            GroupStep::Settled => "all voters in place".to_string(),
+            GroupStep::Wait { reason, .. } | GroupStep::Blocked { reason } => reason.clone(),
+            GroupStep::Initialize { member, .. } => format!("initialising the group on node {}", member.node_id),
+            GroupStep::AddLearner { member, .. } => format!("adding node {} as a learner", member.node_id),
+            GroupStep::Promote { voters, .. } => format!("promoting caught-up learners: voters become {voters:?}"),
+            GroupStep::TransferLeader { to, .. } => format!("moving leadership to node {to} before scale-in"),
+            GroupStep::RemoveVoters { voters, .. } => format!("removing voters: voters become {voters:?}"),
+        }
+    }
+}
+
+/// The plan for one group: its next step and how many pods its StatefulSet should have now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupPlan {
+    pub step: GroupStep,
+    /// Never fewer than the highest member's ordinal + 1: pods leave the Raft group before the
+    /// StatefulSet drops them.
+    pub statefulset_replicas: u32,
+}
+
+fn wait(operation: Operation, reason: impl Into<String>) -> GroupStep {
+    GroupStep::Wait { operation, reason: reason.into() }
+}
+
+/// Plans the next bootstrap or membership step of a group. `max_lag` is how many log entries a
+/// learner may be behind the leader and still be promoted.
+pub fn plan_group(view: &GroupView, max_lag: u64) -> GroupPlan {
+    let desired = view.desired_replicas;
+    let Some(leader) = view.leader() else {
+        let keep = view.statefulset_replicas.unwrap_or(desired).max(desired);
+        let step = if view.any_initialized() {
+            wait(Operation::Bootstrap, "no leader elected yet")
+        } else if view.recorded_initialized {
+            GroupStep::Blocked {
+                reason: "the group was initialised but no node reports it (volumes lost?); it is not initialised again"
+                    .to_string(),
+            }
+        } else {
+            // Before initialisation there are no members to protect: the StatefulSet has its
+            // desired size.
+            return GroupPlan { step: initialize_step(view), statefulset_replicas: desired };
+        };
+        return GroupPlan { step, statefulset_replicas: keep };
+    };
+    let voters = leader.voters();
+    let members: BTreeSet<u64> = voters.union(&leader.learners()).copied().collect();
+    let highest_voter = u32::try_from(voters.iter().max().copied().unwrap_or(0)).unwrap_or(u32::MAX);
+    let statefulset_replicas = desired.max(highest_voter);
+    GroupPlan { step: membership_step(view, &leader, &voters, &members, max_lag), statefulset_replicas }
+}
+
+fn initialize_step(view: &GroupView) -> GroupStep {
+    match view.pod(0) {
+        Some(pod) if pod.status.is_some() => {
+            GroupStep::Initialize { ordinal: 0, member: Member { node_id: pod.node_id(), addr: pod.peer_addr.clone() } }
+        }
+        _ => wait(Operation::Bootstrap, "waiting for pod 0 to answer on its Admin API"),
+    }
+}
+
+fn membership_step(
+    view: &GroupView,
+    leader: &LeaderView<'_>,
+    voters: &BTreeSet<u64>,
+    members: &BTreeSet<u64>,
+    max_lag: u64,
+) -> GroupStep {
+    let desired = view.desired_ids();
+    let leader_id = node_id(leader.ordinal);
+
+    // Scale-in first: membership change, then (by statefulset_replicas) the StatefulSet shrinks.
+    let remaining: BTreeSet<u64> = voters.intersection(&desired).copied().collect();
+    if remaining.len() < voters.len() {
+        if remaining.is_empty() {
+            return GroupStep::Blocked {
+                reason: format!("none of the voters {voters:?} is among the desired nodes {desired:?}"),
+            };
+        }
+        if !desired.contains(&leader_id) {
+            let to = remaining
+                .iter()
+                .copied()
+                .max_by_key(|id| leader.status.members.iter().find(|m| m.node_id == *id).and_then(|m| m.matched_index))
+                .expect("remaining is not empty");
+            return GroupStep::TransferLeader { leader: leader.ordinal, to };
+        }
+        return GroupStep::RemoveVoters { leader: leader.ordinal, voters: remaining };
+    }
+
+    // Scale-out: caught-up learners become voters; missing nodes join as learners.
+    let caught_up: Vec<u64> = members
+        .difference(voters)
+        .filter(|id| desired.contains(id) && leader.caught_up(**id, max_lag))
+        .copied()
+        .collect();
+    if !caught_up.is_empty() {
+        return GroupStep::Promote {
+            leader: leader.ordinal,
+            voters: voters.iter().chain(&caught_up).copied().collect(),
+        };
+    }
+    if let Some(missing) = desired.difference(members).next() {
+        let ordinal = u32::try_from(missing - 1).expect("node ids come from u32 ordinals");
+        return match view.pod(ordinal) {
+            Some(pod) if pod.status.is_some() => GroupStep::AddLearner {
+                leader: leader.ordinal,
+                member: Member { node_id: *missing, addr: pod.peer_addr.clone() },
+            },
+            _ => wait(Operation::ScaleUp, format!("waiting for pod {ordinal} to answer on its Admin API")),
+        };
+    }
+    if let Some(lagging) = members.difference(voters).find(|id| desired.contains(id)) {
+        let lag = leader.lag(*lagging).map_or("unknown".to_string(), |l| l.to_string());
+        return wait(Operation::ScaleUp, format!("learner {lagging} catching up (lag {lag}, promoted at {max_lag})"));
+    }
+    GroupStep::Settled
+}
+
+/// What was observed of a data group, for the meta-level plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataGroupView {
+    pub group_id: u64,
+    /// The group's voters with their addresses when its membership is settled, None otherwise.
+    pub settled_voters: Option<Vec<Member>>,
+    /// Shards the group's leader still reports holding (serving, pulling or waiting to be
+    /// pulled); None when no leader answered.
+    pub held_shards: Option<usize>,
+}
+
+/// A step on the meta group's shard map, or on a whole data group.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetaStep {
+    /// Add a data group to the shard map, or update its members there.
+    Join(GroupMembers),
+    /// Remove a data group from the shard map (its shards move to the others).
+    Leave {
+        group_id: u64,
+    },
+    /// The group owns nothing any more: delete its StatefulSet, Services and PDB.
+    DeleteGroup {
+        group_id: u64,
+    },
+    Wait {
+        group_id: u64,
+        reason: String,
+    },
+}
+
+impl MetaStep {
+    pub fn group_id(&self) -> u64 {
+        match self {
+            MetaStep::Join(g) => g.group_id,
+            MetaStep::Leave { group_id } | MetaStep::DeleteGroup { group_id } | MetaStep::Wait { group_id, .. } => {
+                *group_id
+            }
+        }
+    }
+
+    pub fn operation(&self) -> &'static str {
+        match self {
+            MetaStep::Join(_) => "JoinMeta",
+            MetaStep::Leave { .. } | MetaStep::DeleteGroup { .. } => "GroupScaleIn",
+            MetaStep::Wait { reason, .. } if reason.starts_with(JOIN_WAIT) => "JoinMeta",
+            MetaStep::Wait { .. } => "GroupScaleIn",
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            MetaStep::Join(_) => "Join",
+            MetaStep::Leave { .. } => "Leave",
+            MetaStep::DeleteGroup { .. } => "DeleteGroup",
+            MetaStep::Wait { .. } => "Wait",
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            MetaStep::Join(g) => {
+                let ids: Vec<u64> = g.members.iter().map(|m| m.node_id).collect();
+                format!("joining group {} into the shard map with nodes {ids:?}", g.group_id)
+            }
+            MetaStep::Leave { group_id } => format!("removing group {group_id} from the shard map"),
+            MetaStep::DeleteGroup { group_id } => format!("group {group_id} holds no shards: deleting it"),
+            MetaStep::Wait { reason, .. } => reason.clone(),
+        }
+    }
+}
+
+const JOIN_WAIT: &str = "join waits";
+
+/// Plans the shard-map steps: join each wanted data group once its membership is settled (and
+/// re-join when its voters change); remove groups beyond `desired_groups` only after every
+/// wanted group is in the map, and delete one only when no shard is assigned to it and its
+/// leader holds none any more (every move garbage-collected). `config` is the meta group's
+/// latest shard map, None while the meta group has no leader.
+pub fn plan_meta(desired_groups: u64, groups: &[DataGroupView], config: Option<&ShardConfig>) -> Vec<MetaStep> {
+    let Some(config) = config else {
+        return groups
+            .iter()
+            .filter(|g| g.group_id <= desired_groups)
+            .map(|g| MetaStep::Wait {
+                group_id: g.group_id,
+                reason: format!("{JOIN_WAIT} for the meta group's leader"),
+            })
+            .collect();
+    };
+    let in_map: BTreeMap<u64, BTreeSet<(u64, &str)>> = config
+        .groups
+        .iter()
+        .map(|g| (g.group_id, g.members.iter().map(|m| (m.node_id, m.addr.as_str())).collect()))
+        .collect();
+    let mut steps = Vec::new();
+    let mut all_joined = true;
+    for group in groups.iter().filter(|g| g.group_id <= desired_groups) {
+        let joined_members = in_map.get(&group.group_id);
+        match &group.settled_voters {
+            Some(voters) => {
+                let wanted: BTreeSet<(u64, &str)> = voters.iter().map(|m| (m.node_id, m.addr.as_str())).collect();
+                if joined_members != Some(&wanted) {
+                    all_joined = false;
+                    steps.push(MetaStep::Join(GroupMembers { group_id: group.group_id, members: voters.clone() }));
+                }
+            }
+            None if joined_members.is_none() => {
+                all_joined = false;
+                steps.push(MetaStep::Wait {
+                    group_id: group.group_id,
+                    reason: format!("{JOIN_WAIT} for group {} to settle its membership", group.group_id),
+                });
+            }
+            // Already in the map; a membership change in progress re-joins once settled.
+            None => {}
+        }
+    }
+    for group in groups.iter().filter(|g| g.group_id > desired_groups) {
+        let id = group.group_id;
+        let step = if !all_joined {
+            MetaStep::Wait { group_id: id, reason: format!("group {id} leaves after every wanted group joined") }
+        } else if in_map.contains_key(&id) {
+            MetaStep::Leave { group_id: id }
+        } else if config.shard_groups.contains(&id) {
+            let assigned = config.shard_groups.iter().filter(|g| **g == id).count();
+            MetaStep::Wait { group_id: id, reason: format!("{assigned} shards still assigned to group {id}") }
+        } else {
+            match group.held_shards {
+                Some(0) => MetaStep::DeleteGroup { group_id: id },
+                Some(held) => MetaStep::Wait {
+                    group_id: id,
+                    reason: format!("group {id} still holds {held} shards until their new owners pulled them"),
+                },
+                None => MetaStep::Wait { group_id: id, reason: format!("group {id} has no leader to ask") },
+            }
+        };
+        steps.push(step);
+    }
+    steps
+}
+
+#[cfg(test)]
+mod tests {
+    use shardkv_proto::v1::ReplicaStatus;
+
+    use super::*;
+
+    fn addr(ordinal: u32) -> String {
+        format!("demo-g1-{ordinal}.demo-g1.prod.svc.cluster.local:7100")
+    }
+
+    fn pod(ordinal: u32, status: Option<StatusResponse>) -> PodView {
+        PodView { ordinal, peer_addr: addr(ordinal), ready: status.is_some(), status }
+    }
+
+    fn fresh() -> StatusResponse {
+        StatusResponse { state: "Learner".into(), ..Default::default() }
+    }
+
+    fn follower(term: u64) -> StatusResponse {
+        StatusResponse { state: "Follower".into(), initialized: true, term, ..Default::default() }
+    }
+
+    /// A leader at `last_log_index` with members (node id, voter?, matched index).
+    fn leader(term: u64, last_log_index: u64, members: &[(u64, bool, Option<u64>)]) -> StatusResponse {
+        StatusResponse {
+            state: "Leader".into(),
+            initialized: true,
+            term,
+            last_log_index,
+            members: members
+                .iter()
+                .map(|(id, voter, matched)| ReplicaStatus {
+                    node_id: *id,
+                    addr: addr(u32::try_from(id - 1).unwrap()),
+                    role: if *voter { "voter" } else { "learner" }.into(),
+                    matched_index: *matched,
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn group(desired: u32, pods: Vec<PodView>) -> GroupView {
+        GroupView {
+            group_id: 1,
+            desired_replicas: desired,
+            recorded_initialized: false,
+            statefulset_replicas: Some(desired),
+            pods,
+        }
+    }
+
+    fn member(id: u64) -> Member {
+        Member { node_id: id, addr: addr(u32::try_from(id - 1).unwrap()) }
+    }
+
+    #[test]
+    fn fresh_group_is_initialised_on_pod_zero_only_once_it_answers() {
+        let waiting = group(3, vec![pod(0, None), pod(1, Some(fresh()))]);
+        assert!(matches!(plan_group(&waiting, 100).step, GroupStep::Wait { operation: Operation::Bootstrap, .. }));
+        let ready = group(3, vec![pod(0, Some(fresh())), pod(1, Some(fresh())), pod(2, None)]);
+        let plan = plan_group(&ready, 100);
+        assert_eq!(plan.step, GroupStep::Initialize { ordinal: 0, member: member(1) });
+        assert_eq!(plan.statefulset_replicas, 3);
+    }
+
+    #[test]
+    fn a_recorded_group_is_never_initialised_again() {
+        let mut lost = group(3, vec![pod(0, Some(fresh())), pod(1, Some(fresh())), pod(2, Some(fresh()))]);
+        lost.recorded_initialized = true;
+        assert!(matches!(plan_group(&lost, 100).step, GroupStep::Blocked { .. }));
+        // Initialised nodes without a leader are waited on, not initialised.
+        let electing = group(3, vec![pod(0, Some(follower(2))), pod(1, Some(fresh()))]);
+        assert_eq!(plan_group(&electing, 100).step, wait(Operation::Bootstrap, "no leader elected yet"));
+    }
+
+    #[test]
+    fn bootstrap_adds_learners_then_promotes_the_caught_up() {
+        let solo = leader(1, 10, &[(1, true, Some(10))]);
+        let view = group(3, vec![pod(0, Some(solo)), pod(1, Some(fresh())), pod(2, Some(fresh()))]);
+        assert_eq!(plan_group(&view, 100).step, GroupStep::AddLearner { leader: 0, member: member(2) });
+
+        let one_learner = leader(1, 12, &[(1, true, Some(12)), (2, false, Some(12))]);
+        let view = group(3, vec![pod(0, Some(one_learner)), pod(1, Some(fresh())), pod(2, Some(fresh()))]);
+        assert_eq!(plan_group(&view, 100).step, GroupStep::Promote { leader: 0, voters: BTreeSet::from([1, 2]) });
+
+        let both = leader(1, 14, &[(1, true, Some(14)), (2, true, Some(14)), (3, false, Some(13))]);
+        let view = group(3, vec![pod(0, Some(both)), pod(1, Some(follower(1))), pod(2, Some(fresh()))]);
+        assert_eq!(plan_group(&view, 100).step, GroupStep::Promote { leader: 0, voters: BTreeSet::from([1, 2, 3]) });
+
+        let done = leader(1, 15, &[(1, true, Some(15)), (2, true, Some(15)), (3, true, Some(15))]);
+        let view = group(3, vec![pod(0, Some(done)), pod(1, Some(follower(1))), pod(2, Some(follower(1)))]);
+        assert_eq!(plan_group(&view, 100), GroupPlan { step: GroupStep::Settled, statefulset_replicas: 3 });
+    }
+
+    #[test]
+    fn a_learner_is_caught_up_only_within_the_lag_threshold() {
+        let status = leader(3, 1_000, &[(1, true, Some(1_000)), (2, false, Some(899)), (3, false, None)]);
+        let l = LeaderView { ordinal: 0, status: &status };
+        assert!(!l.caught_up(2, 100), "101 behind");
+        assert!(l.caught_up(2, 101));
+        assert!(!l.caught_up(3, u64::MAX), "never matched");
+        assert!(!l.caught_up(4, u64::MAX), "not a member");
+        let view = group(3, vec![pod(0, Some(status.clone())), pod(1, Some(fresh())), pod(2, Some(fresh()))]);
+        let step = plan_group(&view, 100).step;
+        assert!(
+            matches!(&step, GroupStep::Wait { operation: Operation::ScaleUp, reason } if reason.contains("lag 101")),
+            "{step:?}"
+        );
+    }
+
+    #[test]
+    fn a_missing_pod_is_waited_for_before_it_is_added() {
+        let status = leader(1, 5, &[(1, true, Some(5)), (2, true, Some(5)), (3, true, Some(5))]);
+        let view = group(5, vec![pod(0, Some(status)), pod(1, None), pod(2, None), pod(3, None)]);
+        let plan = plan_group(&view, 100);
+        assert_eq!(plan.step, wait(Operation::ScaleUp, "waiting for pod 3 to answer on its Admin API"));
+        assert_eq!(plan.statefulset_replicas, 5);
+    }
+
+    #[test]
+    fn scale_in_removes_voters_before_the_statefulset_shrinks() {
+        let five = leader(
+            2,
+            50,
+            &[(1, true, Some(50)), (2, true, Some(50)), (3, true, Some(50)), (4, true, Some(49)), (5, true, Some(50))],
+        );
+        let pods: Vec<PodView> =
+            (0..5).map(|o| pod(o, Some(if o == 0 { five.clone() } else { follower(2) }))).collect();
+        let mut view = group(3, pods);
+        view.statefulset_replicas = Some(5);
+        let plan = plan_group(&view, 100);
+        assert_eq!(plan.step, GroupStep::RemoveVoters { leader: 0, voters: BTreeSet::from([1, 2, 3]) });
+        assert_eq!(plan.statefulset_replicas, 5, "pods 3 and 4 stay until they left the group");
+
+        let three = leader(2, 51, &[(1, true, Some(51)), (2, true, Some(51)), (3, true, Some(51))]);
+        view.pods[0].status = Some(three);
+        assert_eq!(plan_group(&view, 100), GroupPlan { step: GroupStep::Settled, statefulset_replicas: 3 });
+    }
+
+    #[test]
+    fn scale_in_moves_leadership_off_a_removed_node_first() {
+        let status = leader(4, 80, &[(1, true, Some(70)), (2, true, Some(79)), (3, true, Some(80))]);
+        let view = group(1, vec![pod(0, Some(follower(4))), pod(1, Some(follower(4))), pod(2, Some(status))]);
+        assert_eq!(plan_group(&view, 100).step, GroupStep::TransferLeader { leader: 2, to: 1 });
+        let mut two = view.clone();
+        two.desired_replicas = 2;
+        assert_eq!(plan_group(&two, 100).step, GroupStep::TransferLeader { leader: 2, to: 2 }, "most caught up");
+    }
+
+    #[test]
+    fn without_a_leader_the_statefulset_never_shrinks() {
+        let mut view = group(3, vec![pod(0, Some(follower(3))), pod(3, Some(follower(3))), pod(4, Some(follower(3)))]);
+        view.statefulset_replicas = Some(5);
+        assert_eq!(plan_group(&view, 100).statefulset_replicas, 5);
+    }
+
+    #[test]
+    fn the_highest_term_leader_wins() {
+        let stale = leader(3, 10, &[(1, true, Some(10))]);
+        let current = leader(4, 12, &[(2, true, Some(12))]);
+        let view = group(3, vec![pod(0, Some(stale)), pod(1, Some(current))]);
+        assert_eq!(view.leader().unwrap().ordinal, 1);
+    }
+
+    fn config(num: u64, shard_groups: &[u64], groups: &[(u64, &[u64])]) -> ShardConfig {
+        ShardConfig {
+            num,
+            shard_groups: shard_groups.to_vec(),
+            groups: groups
+                .iter()
+                .map(|(g, ids)| GroupMembers { group_id: *g, members: ids.iter().map(|id| member(*id)).collect() })
+                .collect(),
+            pinned: Vec::new(),
+        }
+    }
+
+    fn data_group(group_id: u64, voters: Option<&[u64]>, held: Option<usize>) -> DataGroupView {
+        DataGroupView {
+            group_id,
+            settled_voters: voters.map(|ids| ids.iter().map(|id| member(*id)).collect()),
+            held_shards: held,
+        }
+    }
+
+    #[test]
+    fn settled_groups_join_and_rejoin_when_voters_change() {
+        let groups = [data_group(1, Some(&[1, 2, 3]), Some(4)), data_group(2, None, None)];
+        assert!(plan_meta(2, &groups, None).iter().all(|s| matches!(s, MetaStep::Wait { .. })));
+        let empty = config(0, &[0, 0, 0, 0], &[]);
+        let steps = plan_meta(2, &groups, Some(&empty));
+        assert_eq!(
+            steps[0],
+            MetaStep::Join(GroupMembers { group_id: 1, members: vec![member(1), member(2), member(3)] })
+        );
+        assert!(matches!(&steps[1], MetaStep::Wait { group_id: 2, .. }));
+        assert_eq!(steps[1].operation(), "JoinMeta");
+
+        let joined = config(1, &[1, 1, 1, 1], &[(1, &[1, 2, 3])]);
+        assert_eq!(plan_meta(1, &groups[..1], Some(&joined)), Vec::new());
+        let scaled = [data_group(1, Some(&[1, 2, 3, 4, 5]), Some(4))];
+        assert!(matches!(&plan_meta(1, &scaled, Some(&joined))[..], [MetaStep::Join(g)] if g.members.len() == 5));
+    }
+
+    #[test]
+    fn a_removed_group_leaves_then_is_deleted_only_when_it_holds_nothing() {
+        let groups = [data_group(1, Some(&[1]), Some(2)), data_group(2, Some(&[1]), Some(2))];
+        let both = config(2, &[1, 2, 1, 2], &[(1, &[1]), (2, &[1])]);
+        assert_eq!(plan_meta(1, &groups, Some(&both)), [MetaStep::Leave { group_id: 2 }]);
+
+        let left_moving = config(3, &[1, 1, 1, 1], &[(1, &[1])]);
+        let step = &plan_meta(1, &groups, Some(&left_moving))[0];
+        assert!(matches!(step, MetaStep::Wait { reason, .. } if reason.contains("still holds 2 shards")), "{step:?}");
+
+        let not_yet_reassigned = config(3, &[1, 2, 1, 1], &[(1, &[1])]);
+        let step = &plan_meta(1, &groups, Some(&not_yet_reassigned))[0];
+        assert!(
+            matches!(step, MetaStep::Wait { reason, .. } if reason.contains("1 shards still assigned")),
+            "{step:?}"
+        );
+
+        let gone = [data_group(1, Some(&[1]), Some(4)), data_group(2, Some(&[1]), Some(0))];
+        assert_eq!(plan_meta(1, &gone, Some(&left_moving)), [MetaStep::DeleteGroup { group_id: 2 }]);
+    }
+
+    #[test]
+    fn groups_leave_only_after_every_wanted_group_joined() {
+        let groups = [data_group(1, Some(&[1]), Some(0)), data_group(2, Some(&[1]), Some(4))];
+        let only_two = config(1, &[2, 2], &[(2, &[1])]);
+        let steps = plan_meta(1, &groups, Some(&only_two));
+        assert!(matches!(&steps[0], MetaStep::Join(g) if g.group_id == 1));
+        assert!(matches!(&steps[1], MetaStep::Wait { group_id: 2, .. }));
+        assert_eq!(steps[1].operation(), "GroupScaleIn");
+    }
+}
