@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use shardkv_proto::LEADER_ADDR_HEADER;
+use shardkv_proto::{CONFIG_NUM_HEADER, LEADER_ADDR_HEADER};
 
 /// First backoff delay after a failed attempt.
 pub const BACKOFF_INITIAL: Duration = Duration::from_millis(10);
@@ -78,14 +78,23 @@ pub enum NextStep {
     Redirect(String),
     /// Try the next endpoint of the list.
     Rotate,
+    /// WrongGroup: the group does not serve the key's shard in its config (the number it
+    /// named). Refresh the shard map and retry at the owner.
+    WrongGroup(u64),
 }
 
 /// Decides the next step from the status of a failed attempt. INVALID_ARGUMENT and
-/// FAILED_PRECONDITION are never retried; neither is DEADLINE_EXCEEDED, since the caller's
-/// deadline is also the request's.
+/// FAILED_PRECONDITION are never retried at the same group (a FAILED_PRECONDITION carrying a
+/// config number is WrongGroup, retried at the shard's owner); neither is DEADLINE_EXCEEDED,
+/// since the caller's deadline is also the request's. UNAVAILABLE covers both "not the
+/// leader" and "the shard is moving into this group"; both are retried.
 pub fn next_step(status: &tonic::Status) -> NextStep {
     use tonic::Code;
     match status.code() {
+        Code::FailedPrecondition => match wrong_group_config(status) {
+            Some(config_num) => NextStep::WrongGroup(config_num),
+            None => NextStep::Fail,
+        },
         Code::Unavailable => match leader_hint(status) {
             Some(addr) => NextStep::Redirect(addr),
             None => NextStep::Rotate,
@@ -95,6 +104,14 @@ pub fn next_step(status: &tonic::Status) -> NextStep {
         Code::Unknown | Code::Cancelled | Code::Aborted => NextStep::Rotate,
         _ => NextStep::Fail,
     }
+}
+
+/// The config number a WrongGroup answer carries, if `status` is one.
+pub fn wrong_group_config(status: &tonic::Status) -> Option<u64> {
+    if status.code() != tonic::Code::FailedPrecondition {
+        return None;
+    }
+    status.metadata().get(CONFIG_NUM_HEADER)?.to_str().ok()?.trim().parse().ok()
 }
 
 /// The leader address a follower put in its UNAVAILABLE answer, if any.
@@ -159,6 +176,19 @@ mod tests {
         let mut empty_hint = tonic::Status::unavailable("no leader");
         empty_hint.metadata_mut().insert(LEADER_ADDR_HEADER, "".parse().unwrap());
         assert_eq!(next_step(&empty_hint), NextStep::Rotate);
+    }
+
+    #[test]
+    fn failed_precondition_with_a_config_number_is_wrong_group() {
+        let mut status = tonic::Status::failed_precondition("wrong group: shard 3");
+        status.metadata_mut().insert(CONFIG_NUM_HEADER, "12".parse().unwrap());
+        assert_eq!(next_step(&status), NextStep::WrongGroup(12));
+        let mut garbled = tonic::Status::failed_precondition("wrong group");
+        garbled.metadata_mut().insert(CONFIG_NUM_HEADER, "twelve".parse().unwrap());
+        assert_eq!(next_step(&garbled), NextStep::Fail);
+        let mut not_precondition = tonic::Status::unavailable("moving in");
+        not_precondition.metadata_mut().insert(CONFIG_NUM_HEADER, "12".parse().unwrap());
+        assert_eq!(wrong_group_config(&not_precondition), None);
     }
 
     #[test]

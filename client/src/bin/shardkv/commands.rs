@@ -3,9 +3,9 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use shardkv_client::{Client, ReadConsistency, ScanOptions};
+use shardkv_client::{Client, ReadConsistency, ScanOptions, Topology};
 
-use crate::output;
+use crate::{AdminCommand, output};
 
 pub async fn put(client: &Client, key: &str, value: &str) -> anyhow::Result<ExitCode> {
     let index = client.put(key, value).await?;
@@ -73,6 +73,16 @@ pub async fn scan(
 }
 
 pub async fn status(client: &Client, json: bool) -> anyhow::Result<ExitCode> {
+    // An unreachable cluster still gets its per-endpoint table (with the errors).
+    if let Ok(Topology::Sharded) = client.topology().await {
+        let cluster = client.cluster_status().await?;
+        if json {
+            println!("{}", output::cluster_json(&cluster));
+        } else {
+            print!("{}", output::cluster_table(&cluster));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let statuses = client.status_all().await;
     if json {
         println!("{}", output::status_json(&statuses));
@@ -83,6 +93,40 @@ pub async fn status(client: &Client, json: bool) -> anyhow::Result<ExitCode> {
     Ok(if any_answered { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
+pub async fn admin(client: &Client, command: &AdminCommand) -> anyhow::Result<ExitCode> {
+    let config = match command {
+        AdminCommand::Join { group, members } => client.join(*group, members.clone()).await?,
+        AdminCommand::Leave { group } => client.leave(*group).await?,
+        AdminCommand::Move { shard, group } => client.move_shard(*shard, *group).await?,
+        AdminCommand::Config { num, json } => {
+            let config = client.query_config(*num).await?;
+            if *json {
+                println!("{}", output::config_json(&config));
+            } else {
+                print!("{}", output::config_text(&config));
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    println!("config {}", config.num);
+    eprint!("{}", output::config_text(&config));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Parses `NODE_ID=HOST:PORT`.
+pub fn parse_member(text: &str) -> Result<(u64, String), String> {
+    let (id, addr) = text.split_once('=').ok_or_else(|| format!("{text:?} is not NODE_ID=HOST:PORT"))?;
+    let id: u64 = id.trim().parse().map_err(|_| format!("bad node id {id:?} in {text:?}"))?;
+    if id == 0 {
+        return Err(format!("node ids start at 1 ({text:?})"));
+    }
+    let addr = addr.trim();
+    if !addr.contains(':') {
+        return Err(format!("address {addr:?} has no port (expected HOST:PORT)"));
+    }
+    Ok((id, addr.to_string()))
+}
+
 /// Writes raw bytes (values need not be UTF-8) followed by a newline.
 fn write_line(parts: &[&[u8]]) -> std::io::Result<()> {
     let mut stdout = std::io::stdout().lock();
@@ -91,4 +135,18 @@ fn write_line(parts: &[&[u8]]) -> std::io::Result<()> {
     }
     stdout.write_all(b"\n")?;
     stdout.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_member;
+
+    #[test]
+    fn members_are_id_equals_address() {
+        assert_eq!(parse_member("3=127.0.0.1:7112"), Ok((3, "127.0.0.1:7112".to_string())));
+        assert!(parse_member("127.0.0.1:7112").is_err());
+        assert!(parse_member("0=h:1").is_err());
+        assert!(parse_member("x=h:1").is_err());
+        assert!(parse_member("1=host").is_err());
+    }
 }

@@ -15,7 +15,8 @@ use shardkv_client::{Client, ClientOptions, parse_endpoint_list};
 #[derive(Parser)]
 #[command(name = "shardkv", version, about = "Client of the shardkv key-value store")]
 struct Cli {
-    /// Comma-separated node addresses (host:port).
+    /// Comma-separated node addresses (host:port): the meta group of a sharded cluster, or the
+    /// replicas of a standalone group.
     #[arg(long, global = true, env = "SHARDKV_ENDPOINTS", value_name = "LIST")]
     endpoints: Option<String>,
     /// File holding a comma-separated endpoint list, such as a playground's DIR/endpoints.
@@ -66,15 +67,51 @@ enum Command {
         #[arg(long)]
         limit: Option<usize>,
     },
-    /// Show the Raft status of every endpoint.
+    /// Show the cluster: for a sharded cluster the latest shard map, each group's leader and
+    /// members, per-shard owner and state, and moves in progress; for a standalone group the
+    /// Raft status of every endpoint.
     Status {
         #[arg(long)]
         json: bool,
     },
+    /// Change or read the shard map (sharded clusters; --endpoints are the meta group's).
+    #[command(subcommand)]
+    Admin(AdminCommand),
     /// Drive load against the cluster and report throughput and latency.
     Bench(bench::BenchArgs),
     /// Run a local cluster of shardkv-node processes until interrupted.
     Playground(playground::PlaygroundArgs),
+}
+
+#[derive(Subcommand)]
+pub enum AdminCommand {
+    /// Add a data group (or update its members); shards rebalance onto it.
+    Join {
+        #[arg(long, value_name = "G")]
+        group: u64,
+        /// A replica of the group as NODE_ID=HOST:PORT; repeat for each replica.
+        #[arg(long = "member", value_name = "ID=ADDR", required = true, value_parser = commands::parse_member)]
+        members: Vec<(u64, String)>,
+    },
+    /// Remove a data group; its shards move to the remaining groups.
+    Leave {
+        #[arg(long, value_name = "G")]
+        group: u64,
+    },
+    /// Move one shard to a group and pin it there.
+    Move {
+        #[arg(long, value_name = "S")]
+        shard: u32,
+        #[arg(long, value_name = "G")]
+        group: u64,
+    },
+    /// Print a shard map (the latest unless --num).
+    Config {
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        num: u64,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 impl Cli {
@@ -123,6 +160,7 @@ async fn run_with_client(client: &Client, command: &Command) -> anyhow::Result<E
         Command::Cas { key, values, expect_absent } => commands::cas(client, key, values, *expect_absent).await,
         Command::Scan { prefix, start, end, limit } => commands::scan(client, prefix, start, end, *limit).await,
         Command::Status { json } => commands::status(client, *json).await,
+        Command::Admin(admin) => commands::admin(client, admin).await,
         Command::Bench(args) => bench::run(client, args).await,
         Command::Playground(_) => unreachable!("the playground needs no client"),
     }

@@ -2,7 +2,8 @@
 
 use serde_json::{Value, json};
 use shardkv_client::bench::{BenchReport, Progress};
-use shardkv_client::{Result, StatusResponse};
+use shardkv_client::cluster::{ClusterStatus, GroupStatus, MoveView};
+use shardkv_client::{Result, ShardConfig, StatusResponse};
 
 /// Aligns rows into columns separated by two spaces; the first row is the header. Shorter
 /// rows (such as an endpoint and its error) do not widen the columns they overflow.
@@ -25,45 +26,46 @@ fn optional(value: Option<u64>) -> String {
     value.map_or_else(|| "-".to_string(), |v| v.to_string())
 }
 
+/// A table with one row per node: the endpoint, then `cells` of its status, or its error.
+fn node_table(
+    statuses: &[(String, Result<StatusResponse>)],
+    columns: &[&str],
+    cells: impl Fn(&StatusResponse) -> Vec<String>,
+) -> String {
+    let mut rows = vec![std::iter::once("ENDPOINT").chain(columns.iter().copied()).map(String::from).collect()];
+    for (endpoint, status) in statuses {
+        let mut row = vec![endpoint.clone()];
+        match status {
+            Ok(s) => row.extend(cells(s)),
+            Err(error) => row.push(format!("error: {error}")),
+        }
+        rows.push(row);
+    }
+    render_table(&rows)
+}
+
+fn state_cell(s: &StatusResponse) -> String {
+    if s.stopping { format!("{} (stopping)", s.state) } else { s.state.clone() }
+}
+
 /// One row per endpoint, then the member list as seen by the leader (or the first node
 /// that answered when there is no leader).
 pub fn status_table(statuses: &[(String, Result<StatusResponse>)]) -> String {
-    let mut rows = vec![
-        [
-            "ENDPOINT",
-            "NODE",
-            "STATE",
-            "TERM",
-            "LEADER",
-            "LAST_LOG",
-            "COMMITTED",
-            "APPLIED",
-            "SNAPSHOT",
-            "PURGED",
-            "INIT",
+    let columns = ["NODE", "STATE", "TERM", "LEADER", "LAST_LOG", "COMMITTED", "APPLIED", "SNAPSHOT", "PURGED", "INIT"];
+    let mut out = node_table(statuses, &columns, |s| {
+        vec![
+            s.node_id.to_string(),
+            state_cell(s),
+            s.term.to_string(),
+            optional(s.leader_id),
+            s.last_log_index.to_string(),
+            s.committed_index.to_string(),
+            s.applied_index.to_string(),
+            s.snapshot_index.to_string(),
+            s.purged_index.to_string(),
+            if s.initialized { "yes" } else { "no" }.to_string(),
         ]
-        .map(String::from)
-        .to_vec(),
-    ];
-    for (endpoint, status) in statuses {
-        rows.push(match status {
-            Ok(s) => vec![
-                endpoint.clone(),
-                s.node_id.to_string(),
-                if s.stopping { format!("{} (stopping)", s.state) } else { s.state.clone() },
-                s.term.to_string(),
-                optional(s.leader_id),
-                s.last_log_index.to_string(),
-                s.committed_index.to_string(),
-                s.applied_index.to_string(),
-                s.snapshot_index.to_string(),
-                s.purged_index.to_string(),
-                if s.initialized { "yes" } else { "no" }.to_string(),
-            ],
-            Err(error) => vec![endpoint.clone(), format!("error: {error}")],
-        });
-    }
-    let mut out = render_table(&rows);
+    });
 
     let answered = statuses.iter().filter_map(|(_, s)| s.as_ref().ok());
     let reporter = answered.clone().find(|s| s.leader_id == Some(s.node_id)).or_else(|| answered.clone().next());
@@ -96,6 +98,15 @@ pub fn status_to_json(s: &StatusResponse) -> Value {
         "startup_log_entries": s.startup_log_entries,
         "snapshots_installed": s.snapshots_installed,
         "stopping": s.stopping,
+        "role": s.role,
+        "config_num": s.config_num,
+        "shards": s.shards.iter().map(|shard| json!({
+            "shard": shard.shard,
+            "state": shard.state,
+            "peer_group": shard.peer_group,
+            "moved_items": shard.moved_items,
+            "moved_bytes": shard.moved_bytes,
+        })).collect::<Vec<_>>(),
         "members": s.members.iter().map(|m| json!({
             "node_id": m.node_id,
             "addr": m.addr,
@@ -116,6 +127,222 @@ pub fn status_json(statuses: &[(String, Result<StatusResponse>)]) -> Value {
             })
             .collect(),
     )
+}
+
+/// Shard ids as compact ranges: `0-15,32,40-47`.
+pub fn shard_ranges(shards: &[u32]) -> String {
+    let mut sorted = shards.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let mut j = i;
+        while j + 1 < sorted.len() && sorted[j + 1] == sorted[j] + 1 {
+            j += 1;
+        }
+        parts.push(if i == j { sorted[i].to_string() } else { format!("{}-{}", sorted[i], sorted[j]) });
+        i = j + 1;
+    }
+    if parts.is_empty() { "-".to_string() } else { parts.join(",") }
+}
+
+fn shards_of(config: &ShardConfig, group: u64) -> Vec<u32> {
+    (0..config.shard_groups.len() as u32).filter(|&s| config.shard_groups[s as usize] == group).collect()
+}
+
+/// A shard map: its number, then each group's members and shards.
+pub fn config_text(config: &ShardConfig) -> String {
+    let mut out = format!(
+        "config {}: {} shards, {} groups, pinned: {}\n",
+        config.num,
+        config.shard_groups.len(),
+        config.groups.len(),
+        shard_ranges(&config.pinned)
+    );
+    for group in &config.groups {
+        let members: Vec<String> = group.members.iter().map(|m| format!("{}={}", m.node_id, m.addr)).collect();
+        let shards = shards_of(config, group.group_id);
+        out.push_str(&format!(
+            "  group {}: {} shards ({}); members {}\n",
+            group.group_id,
+            shards.len(),
+            shard_ranges(&shards),
+            members.join(" ")
+        ));
+    }
+    let unassigned = shards_of(config, 0);
+    if !unassigned.is_empty() {
+        out.push_str(&format!("  unassigned: {} shards ({})\n", unassigned.len(), shard_ranges(&unassigned)));
+    }
+    out
+}
+
+pub fn config_json(config: &ShardConfig) -> Value {
+    json!({
+        "num": config.num,
+        "shard_groups": config.shard_groups,
+        "pinned": config.pinned,
+        "groups": config.groups.iter().map(|g| json!({
+            "group_id": g.group_id,
+            "members": g.members.iter().map(|m| json!({"node_id": m.node_id, "addr": m.addr})).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn bytes_text(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
+
+fn move_text(m: &MoveView) -> String {
+    match m.state.as_str() {
+        "pulling" => format!(
+            "shard {}: group {} pulling it from group {}: {} items, {} received",
+            m.shard,
+            m.group,
+            m.peer_group,
+            m.moved_items,
+            bytes_text(m.moved_bytes)
+        ),
+        "be_pulled" => format!(
+            "shard {}: group {} holds it frozen for group {} until that group installs it",
+            m.shard, m.group, m.peer_group
+        ),
+        other => format!("shard {}: group {} {other} (peer group {})", m.shard, m.group, m.peer_group),
+    }
+}
+
+fn group_table(group: &GroupStatus) -> String {
+    let columns = ["NODE", "STATE", "TERM", "LEADER", "CONFIG", "LAST_LOG", "APPLIED", "SNAPSHOT"];
+    node_table(&group.nodes, &columns, |s| {
+        vec![
+            s.node_id.to_string(),
+            state_cell(s),
+            s.term.to_string(),
+            optional(s.leader_id),
+            s.config_num.to_string(),
+            s.last_log_index.to_string(),
+            s.applied_index.to_string(),
+            s.snapshot_index.to_string(),
+        ]
+    })
+}
+
+fn group_heading(name: &str, group: &GroupStatus) -> String {
+    match (group.leader(), group.leader_endpoint()) {
+        (Some(leader), Some(endpoint)) => {
+            format!("{name}: leader node {} at {endpoint}, applied config {}", leader.node_id, leader.config_num)
+        }
+        _ => format!("{name}: no leader"),
+    }
+}
+
+/// The whole sharded cluster: map, groups, shards, moves.
+pub fn cluster_table(cluster: &ClusterStatus) -> String {
+    let mut out = String::from("shard map ");
+    out.push_str(&config_text(&cluster.config));
+    out.push('\n');
+    out.push_str(&group_heading("meta group", &cluster.meta));
+    out.push('\n');
+    out.push_str(&group_table(&cluster.meta));
+    for group in &cluster.groups {
+        let in_map = cluster.config.groups.iter().any(|g| g.group_id == group.group_id);
+        let name = if in_map {
+            format!("group {}", group.group_id)
+        } else {
+            format!("group {} (left the map)", group.group_id)
+        };
+        out.push('\n');
+        out.push_str(&group_heading(&name, group));
+        out.push('\n');
+        out.push_str(&group_table(group));
+    }
+
+    out.push_str("\nshards:\n");
+    let mut rows = vec![["SHARDS", "OWNER", "STATE"].map(String::from).to_vec()];
+    let shards = cluster.shards();
+    let mut i = 0;
+    while i < shards.len() {
+        let same = |j: usize| {
+            shards[j].owner == shards[i].owner && shards[j].state == shards[i].state && shards[j].state != "pulling"
+        };
+        let mut j = i;
+        while j + 1 < shards.len() && same(j + 1) {
+            j += 1;
+        }
+        let range =
+            if i == j { shards[i].shard.to_string() } else { format!("{}-{}", shards[i].shard, shards[j].shard) };
+        let owner = if shards[i].owner == 0 { "-".to_string() } else { shards[i].owner.to_string() };
+        let state = match shards[i].state.as_str() {
+            "pulling" => format!(
+                "pulling from group {} ({} items, {} so far)",
+                shards[i].peer_group,
+                shards[i].moved_items,
+                bytes_text(shards[i].moved_bytes)
+            ),
+            other => other.to_string(),
+        };
+        rows.push(vec![range, owner, state]);
+        i = j + 1;
+    }
+    out.push_str(&render_table(&rows));
+
+    let moves = cluster.moves();
+    if moves.is_empty() {
+        out.push_str("\nno moves in progress\n");
+    } else {
+        out.push_str("\nmoves in progress:\n");
+        for m in &moves {
+            out.push_str(&format!("  {}\n", move_text(m)));
+        }
+    }
+    if let Some(reason) = cluster.unsettled() {
+        out.push_str(&format!("not settled: {reason}\n"));
+    }
+    out
+}
+
+fn group_json(group: &GroupStatus) -> Value {
+    json!({
+        "group_id": group.group_id,
+        "leader": group.leader().map(|l| l.node_id),
+        "leader_endpoint": group.leader_endpoint(),
+        "nodes": status_json(&group.nodes),
+    })
+}
+
+pub fn cluster_json(cluster: &ClusterStatus) -> Value {
+    let unsettled = cluster.unsettled();
+    json!({
+        "config": config_json(&cluster.config),
+        "meta": group_json(&cluster.meta),
+        "groups": cluster.groups.iter().map(group_json).collect::<Vec<_>>(),
+        "shards": cluster.shards().iter().map(|s| json!({
+            "shard": s.shard,
+            "owner": s.owner,
+            "state": s.state,
+            "peer_group": s.peer_group,
+            "moved_items": s.moved_items,
+            "moved_bytes": s.moved_bytes,
+        })).collect::<Vec<_>>(),
+        "moves": cluster.moves().iter().map(|m| json!({
+            "shard": m.shard,
+            "group": m.group,
+            "state": m.state,
+            "peer_group": m.peer_group,
+            "moved_items": m.moved_items,
+            "moved_bytes": m.moved_bytes,
+        })).collect::<Vec<_>>(),
+        "settled": unsettled.is_none(),
+        "unsettled": unsettled,
+    })
 }
 
 pub fn progress_line(label: &str, progress: &Progress) -> String {
@@ -175,6 +402,72 @@ mod tests {
             vec!["c".to_string(), "d".to_string()],
         ];
         assert_eq!(render_table(&with_short_row), "A  BB\na long error\nc  d\n");
+    }
+
+    #[test]
+    fn shard_ranges_collapse_runs() {
+        assert_eq!(shard_ranges(&[5, 0, 1, 2, 7, 8, 3]), "0-3,5,7-8");
+        assert_eq!(shard_ranges(&[]), "-");
+        assert_eq!(shard_ranges(&[4]), "4");
+    }
+
+    #[test]
+    fn cluster_table_shows_owners_states_and_moves() {
+        use shardkv_client::cluster::GroupStatus;
+        use shardkv_proto::v1::{GroupMembers, Member, ShardStatus};
+        let member = |id: u64, addr: &str| Member { node_id: id, addr: addr.into() };
+        let leader = |group: u64, shards: Vec<ShardStatus>| StatusResponse {
+            group_id: group,
+            node_id: 1,
+            leader_id: Some(1),
+            state: "Leader".into(),
+            config_num: 3,
+            shards,
+            ..Default::default()
+        };
+        let shard = |shard: u32, state: &str, peer_group: u64| ShardStatus {
+            shard,
+            state: state.into(),
+            peer_group,
+            moved_items: 7,
+            moved_bytes: 3 * 1024 * 1024,
+        };
+        let config = ShardConfig {
+            num: 3,
+            shard_groups: vec![1, 1, 2, 2],
+            groups: vec![
+                GroupMembers { group_id: 1, members: vec![member(1, "g1:1")] },
+                GroupMembers { group_id: 2, members: vec![member(1, "g2:1")] },
+            ],
+            pinned: vec![1],
+        };
+        let cluster = ClusterStatus {
+            config,
+            meta: GroupStatus { group_id: 0, nodes: vec![("m:1".into(), Ok(leader(0, vec![])))] },
+            groups: vec![
+                GroupStatus {
+                    group_id: 1,
+                    nodes: vec![("g1:1".into(), Ok(leader(1, vec![shard(0, "serving", 0), shard(1, "serving", 0)])))],
+                },
+                GroupStatus {
+                    group_id: 2,
+                    nodes: vec![("g2:1".into(), Ok(leader(2, vec![shard(2, "pulling", 1), shard(3, "serving", 0)])))],
+                },
+            ],
+        };
+        let table = cluster_table(&cluster);
+        assert!(table.starts_with("shard map config 3: 4 shards, 2 groups, pinned: 1\n"), "{table}");
+        assert!(table.contains("group 1: 2 shards (0-1); members 1=g1:1"), "{table}");
+        assert!(table.contains("group 2: leader node 1 at g2:1, applied config 3"), "{table}");
+        assert!(table.contains("0-1     1      serving"), "{table}");
+        assert!(table.contains("2       2      pulling from group 1 (7 items, 3.0 MiB so far)"), "{table}");
+        assert!(table.contains("shard 2: group 2 pulling it from group 1: 7 items, 3.0 MiB received"), "{table}");
+        assert!(table.contains("not settled: 3/4 shards serving, 1 moves in progress"), "{table}");
+        let json = cluster_json(&cluster);
+        assert_eq!(json["shards"][2]["state"], "pulling");
+        assert_eq!(json["moves"][0]["moved_bytes"], 3 * 1024 * 1024);
+        assert_eq!(json["groups"][1]["leader_endpoint"], "g2:1");
+        assert_eq!(json["settled"], false);
     }
 
     #[test]

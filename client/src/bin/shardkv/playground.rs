@@ -1,4 +1,5 @@
-//! `shardkv playground`: a local cluster of real `shardkv-node` processes on loopback.
+//! `shardkv playground`: a local sharded cluster of real `shardkv-node` processes on loopback:
+//! a meta group and G data groups of R replicas each.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -9,26 +10,83 @@ use anyhow::{Context, bail, ensure};
 use clap::Args;
 use futures::FutureExt;
 use futures::future::{BoxFuture, join_all, select_all};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use shardkv_client::{Client, ClientOptions, Error, StatusResponse};
+use shardkv_client::{Client, ClientOptions, ClusterStatus, Error, StatusResponse, Topology};
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::Instant;
 
 #[derive(Args)]
 pub struct PlaygroundArgs {
-    /// Number of nodes.
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=50))]
-    replicas: u16,
-    /// Directory for the nodes' data, logs, cluster-id and endpoints files.
+    /// Data groups [default: 2, or what --data-dir was created with].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=9))]
+    groups: Option<u16>,
+    /// Replicas of each group, the meta group's included [default: 3, or what --data-dir was
+    /// created with].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=10))]
+    replicas: Option<u16>,
+    /// Shards the keys hash into, fixed when the cluster is created [default: 64, or what
+    /// --data-dir was created with].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    shards: Option<u32>,
+    /// Directory for the nodes' data and logs and the cluster-id, layout.json and endpoints files.
     #[arg(long)]
     data_dir: PathBuf,
-    /// Client port of node 1; node i listens on P+i-1 and its admin HTTP on P+100+i-1.
+    /// Client port of meta node 1. Node i of group g (0 = meta) listens on P+10g+i-1, its
+    /// admin HTTP on 100 above that.
     #[arg(long, default_value_t = 7100)]
     base_port: u16,
-    /// How long to wait for the nodes to answer and elect a leader.
-    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    /// How long to wait for the nodes to answer, elect leaders and serve every shard.
+    #[arg(long, value_name = "SECONDS", default_value_t = 120)]
     startup_timeout: u64,
+}
+
+const DEFAULT_LAYOUT: Layout = Layout { groups: 2, replicas: 3, shards: 64 };
+
+/// The shape of a playground cluster, kept in DIR/layout.json so that a re-run without flags
+/// restarts the same cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Layout {
+    groups: u16,
+    replicas: u16,
+    shards: u32,
+}
+
+/// The layout to run: the flags given, else the saved layout, else the defaults. The shard
+/// count and the replicas cannot change for an existing cluster, and groups can only be
+/// added (a re-run with more groups joins the new ones).
+fn resolve_layout(args: &PlaygroundArgs, saved: Option<Layout>) -> anyhow::Result<Layout> {
+    let base = saved.unwrap_or(DEFAULT_LAYOUT);
+    let layout = Layout {
+        groups: args.groups.unwrap_or(base.groups),
+        replicas: args.replicas.unwrap_or(base.replicas),
+        shards: args.shards.unwrap_or(base.shards),
+    };
+    if let Some(saved) = saved {
+        let created = format!(
+            "{} was created with --groups {} --replicas {} --shards {}",
+            args.data_dir.display(),
+            saved.groups,
+            saved.replicas,
+            saved.shards
+        );
+        ensure!(layout.shards == saved.shards, "{created}; the shard count of a cluster never changes");
+        ensure!(layout.replicas == saved.replicas, "{created}; pass the same --replicas or use another --data-dir");
+        ensure!(
+            layout.groups >= saved.groups,
+            "{created}; to shrink, `shardkv admin leave` the groups first, or use another --data-dir"
+        );
+    }
+    Ok(layout)
+}
+
+fn load_layout(path: &Path) -> anyhow::Result<Option<Layout>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
 }
 
 /// Grace period for a node to exit after SIGTERM before it is killed.
@@ -37,10 +95,14 @@ const STOP_GRACE: Duration = Duration::from_secs(30);
 const PRESTOP_TIMEOUT: Duration = Duration::from_secs(30);
 const STATUS_POLL: Duration = Duration::from_millis(250);
 const LOG_TAIL_LINES: usize = 20;
+/// Group id of the meta group.
+const META: u64 = 0;
 
 /// Addresses and files of one playground node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct NodeSpec {
+    /// 0 for the meta group.
+    group: u64,
     id: u64,
     client_addr: String,
     admin_addr: String,
@@ -48,21 +110,48 @@ struct NodeSpec {
     log_path: PathBuf,
 }
 
-fn node_specs(dir: &Path, replicas: u16, base_port: u16) -> anyhow::Result<Vec<NodeSpec>> {
-    let last_admin_port = u32::from(base_port) + 100 + u32::from(replicas) - 1;
+impl NodeSpec {
+    fn label(&self) -> String {
+        match self.group {
+            META => format!("meta node {}", self.id),
+            group => format!("group {group} node {}", self.id),
+        }
+    }
+}
+
+/// The meta group's nodes, then each data group's, in order.
+fn node_specs(dir: &Path, layout: Layout, base_port: u16) -> anyhow::Result<Vec<NodeSpec>> {
+    let last_admin_port = u32::from(base_port) + 100 + 10 * u32::from(layout.groups) + u32::from(layout.replicas) - 1;
     ensure!(
         last_admin_port <= u32::from(u16::MAX),
-        "--base-port {base_port} is too high for {replicas} replicas (admin ports reach {last_admin_port})"
+        "--base-port {base_port} is too high for {} groups of {} replicas (admin ports reach {last_admin_port})",
+        layout.groups,
+        layout.replicas
     );
-    Ok((1..=replicas)
-        .map(|i| NodeSpec {
-            id: u64::from(i),
-            client_addr: format!("127.0.0.1:{}", base_port + i - 1),
-            admin_addr: format!("127.0.0.1:{}", base_port + 100 + i - 1),
-            data_dir: dir.join(format!("node-{i}")),
-            log_path: dir.join(format!("node-{i}.log")),
-        })
-        .collect())
+    let mut specs = Vec::new();
+    for group in 0..=u64::from(layout.groups) {
+        for id in 1..=u64::from(layout.replicas) {
+            let port = u64::from(base_port) + 10 * group + id - 1;
+            let name = if group == META { format!("meta-{id}") } else { format!("g{group}-{id}") };
+            specs.push(NodeSpec {
+                group,
+                id,
+                client_addr: format!("127.0.0.1:{port}"),
+                admin_addr: format!("127.0.0.1:{}", port + 100),
+                data_dir: dir.join(&name),
+                log_path: dir.join(format!("{name}.log")),
+            });
+        }
+    }
+    Ok(specs)
+}
+
+fn group_specs(specs: &[NodeSpec], group: u64) -> Vec<&NodeSpec> {
+    specs.iter().filter(|s| s.group == group).collect()
+}
+
+fn addrs(specs: &[&NodeSpec]) -> Vec<String> {
+    specs.iter().map(|s| s.client_addr.clone()).collect()
 }
 
 struct RunningNode {
@@ -84,16 +173,26 @@ pub async fn run(args: &PlaygroundArgs) -> anyhow::Result<ExitCode> {
     let endpoints_path = dir.join("endpoints");
     // A stale endpoints file would tell tooling the cluster is up before it is.
     remove_if_present(&endpoints_path)?;
+    let layout_path = dir.join("layout.json");
+    let layout = resolve_layout(args, load_layout(&layout_path)?)?;
     let cluster_id = load_or_create_cluster_id(&dir.join("cluster-id"))?;
-    let specs = node_specs(dir, args.replicas, args.base_port)?;
+    write_atomically(&layout_path, &serde_json::to_string(&layout)?)?;
+    let specs = node_specs(dir, layout, args.base_port)?;
+    let meta_endpoints = addrs(&group_specs(&specs, META));
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
 
-    eprintln!("starting {} nodes of cluster {cluster_id} with {}", specs.len(), binary.display());
+    eprintln!(
+        "starting cluster {cluster_id}: a meta group and {} data groups of {} replicas, {} shards, with {}",
+        layout.groups,
+        layout.replicas,
+        layout.shards,
+        binary.display()
+    );
     let mut nodes = Vec::new();
     for spec in &specs {
-        match spawn_node(&binary, &cluster_id, spec) {
+        match spawn_node(&binary, &cluster_id, spec, layout.shards, &meta_endpoints) {
             Ok(child) => nodes.push(RunningNode { spec: spec.clone(), child }),
             Err(error) => {
                 shutdown(&mut nodes, &endpoints_path).await;
@@ -102,20 +201,26 @@ pub async fn run(args: &PlaygroundArgs) -> anyhow::Result<ExitCode> {
         }
     }
 
-    let client = Client::with_options(
+    let options = ClientOptions { request_timeout: Duration::from_secs(2), ..ClientOptions::default() };
+    // Status and Initialize go to single nodes; joins and the shard map to the meta group.
+    let nodes_client = Client::with_options(
         specs.iter().map(|s| s.client_addr.clone()).collect(),
-        ClientOptions { request_timeout: Duration::from_secs(1), ..ClientOptions::default() },
+        ClientOptions { topology: Some(Topology::Standalone), ..options.clone() },
     )?;
+    let meta_client =
+        Client::with_options(meta_endpoints.clone(), ClientOptions { topology: Some(Topology::Sharded), ..options })?;
     let startup_timeout = Duration::from_secs(args.startup_timeout);
     let started = tokio::select! {
-        outcome = bring_up(&client, &specs, startup_timeout) => outcome.map_err(StopReason::StartupFailed),
+        outcome = bring_up(&nodes_client, &meta_client, &specs, layout, startup_timeout) => {
+            outcome.map_err(StopReason::StartupFailed)
+        }
         reason = stop_requested(&mut sigint, &mut sigterm, &mut nodes) => Err(reason),
     };
     let reason = match started {
-        Ok(leader) => {
-            let endpoints = specs.iter().map(|s| s.client_addr.as_str()).collect::<Vec<_>>().join(",");
+        Ok(cluster) => {
+            let endpoints = meta_endpoints.join(",");
             write_atomically(&endpoints_path, &endpoints)?;
-            print_usage(dir, &cluster_id, &endpoints, leader, &specs);
+            print_usage(dir, &cluster_id, &endpoints, &cluster, layout);
             stop_requested(&mut sigint, &mut sigterm, &mut nodes).await
         }
         Err(reason) => reason,
@@ -129,8 +234,8 @@ pub async fn run(args: &PlaygroundArgs) -> anyhow::Result<ExitCode> {
         StopReason::NodeExited(index, status) => {
             let node = &nodes[index].spec;
             eprintln!(
-                "node {} exited on its own ({}); last lines of {}:",
-                node.id,
+                "{} exited on its own ({}); last lines of {}:",
+                node.label(),
                 describe_exit(&status),
                 node.log_path.display()
             );
@@ -226,25 +331,42 @@ fn remove_if_present(path: &Path) -> anyhow::Result<()> {
     }
 }
 
-fn spawn_node(binary: &Path, cluster_id: &str, spec: &NodeSpec) -> anyhow::Result<Child> {
+fn spawn_node(
+    binary: &Path,
+    cluster_id: &str,
+    spec: &NodeSpec,
+    shards: u32,
+    meta_endpoints: &[String],
+) -> anyhow::Result<Child> {
     let mut log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&spec.log_path)
         .with_context(|| format!("opening {}", spec.log_path.display()))?;
     // Logs are appended across runs; the marker shows where this run starts.
-    writeln!(log, "--- shardkv playground: starting node {} ---", spec.id)?;
-    let child = Command::new(binary)
+    writeln!(log, "--- shardkv playground: starting {} ---", spec.label())?;
+    let mut command = Command::new(binary);
+    command
         .arg("--cluster-id")
         .arg(cluster_id)
+        .arg("--group-id")
+        .arg(spec.group.to_string())
         .arg("--node-id")
         .arg(spec.id.to_string())
+        .arg("--shards")
+        .arg(shards.to_string())
         .arg("--data-dir")
         .arg(&spec.data_dir)
         .arg("--listen")
         .arg(&spec.client_addr)
         .arg("--admin-listen")
-        .arg(&spec.admin_addr)
+        .arg(&spec.admin_addr);
+    if spec.group == META {
+        command.args(["--role", "meta"]);
+    } else {
+        command.args(["--role", "data", "--meta-endpoints"]).arg(meta_endpoints.join(","));
+    }
+    let child = command
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -252,10 +374,10 @@ fn spawn_node(binary: &Path, cluster_id: &str, spec: &NodeSpec) -> anyhow::Resul
         // stops the nodes in order (preStop first).
         .process_group(0)
         .spawn()
-        .with_context(|| format!("starting {} for node {}", binary.display(), spec.id))?;
+        .with_context(|| format!("starting {} for {}", binary.display(), spec.label()))?;
     eprintln!(
-        "node {}: pid {}, client {}, admin http://{}, log {}",
-        spec.id,
+        "{}: pid {}, client {}, admin http://{}, log {}",
+        spec.label(),
         child.id().unwrap_or_default(),
         spec.client_addr,
         spec.admin_addr,
@@ -264,16 +386,38 @@ fn spawn_node(binary: &Path, cluster_id: &str, spec: &NodeSpec) -> anyhow::Resul
     Ok(child)
 }
 
-/// Waits until every node answers, initialises the group if no node is initialised yet, and
-/// waits for a leader; returns its id.
-async fn bring_up(client: &Client, specs: &[NodeSpec], timeout: Duration) -> anyhow::Result<u64> {
+/// Prints `message()` at most once a second.
+struct Reporter {
+    last: Instant,
+}
+
+impl Reporter {
+    fn report(&mut self, message: impl FnOnce() -> String) {
+        if self.last.elapsed() >= Duration::from_secs(1) {
+            eprintln!("{}", message());
+            self.last = Instant::now();
+        }
+    }
+}
+
+/// Brings the cluster up: every node answers; each group (meta first) is initialised unless
+/// it already is, and has a leader; every data group missing from the shard map joins it, in
+/// order; then every shard is served by its owner at the latest config. Returns that status.
+async fn bring_up(
+    nodes: &Client,
+    meta: &Client,
+    specs: &[NodeSpec],
+    layout: Layout,
+    timeout: Duration,
+) -> anyhow::Result<ClusterStatus> {
     let deadline = Instant::now() + timeout;
     let mut ticker = tokio::time::interval(STATUS_POLL);
-    let mut reported_at = Instant::now();
+    let mut reporter = Reporter { last: Instant::now() };
+    let all: Vec<String> = specs.iter().map(|s| s.client_addr.clone()).collect();
 
     let statuses = loop {
         ticker.tick().await;
-        let statuses = client.status_all().await;
+        let statuses = nodes.status_of(&all).await;
         let answering = statuses.iter().filter(|(_, s)| s.is_ok()).count();
         if answering == specs.len() {
             break statuses;
@@ -282,38 +426,96 @@ async fn bring_up(client: &Client, specs: &[NodeSpec], timeout: Duration) -> any
             let (endpoint, error) = first_error(&statuses);
             bail!("only {answering}/{} nodes answered within {timeout:?} ({endpoint}: {error})", specs.len());
         }
-        if reported_at.elapsed() >= Duration::from_secs(1) {
-            eprintln!("waiting for nodes: {answering}/{} answering", specs.len());
-            reported_at = Instant::now();
-        }
+        reporter.report(|| format!("waiting for nodes: {answering}/{} answering", specs.len()));
     };
     eprintln!("all {} nodes answer", specs.len());
 
-    if statuses.iter().any(|(_, s)| s.as_ref().is_ok_and(|s| s.initialized)) {
-        eprintln!("cluster already initialized, reusing its data");
-    } else {
-        let members = specs.iter().map(|s| (s.id, s.client_addr.clone())).collect();
-        eprintln!("initializing the group on node 1 with {} voters", specs.len());
-        match client.initialize(&specs[0].client_addr, members).await {
+    for group in 0..=u64::from(layout.groups) {
+        let members = group_specs(specs, group);
+        let name = if group == META { "the meta group".to_string() } else { format!("group {group}") };
+        let initialized = statuses
+            .iter()
+            .filter(|(endpoint, _)| members.iter().any(|m| &m.client_addr == endpoint))
+            .any(|(_, s)| s.as_ref().is_ok_and(|s| s.initialized));
+        if initialized {
+            eprintln!("{name} is already initialized, reusing its data");
+            continue;
+        }
+        let voters = members.iter().map(|s| (s.id, s.client_addr.clone())).collect();
+        eprintln!("initializing {name} on {} with {} voters", members[0].label(), members.len());
+        match nodes.initialize(&members[0].client_addr, voters).await {
             // Initialised meanwhile (e.g. by an earlier, interrupted run): nothing to do.
             Ok(()) | Err(Error::FailedPrecondition(_)) => {}
-            Err(error) => return Err(error).context("initializing node 1"),
+            Err(error) => return Err(error).with_context(|| format!("initializing {name}")),
         }
     }
 
     loop {
-        let statuses = client.status_all().await;
-        if let Some(leader) = statuses.iter().find_map(|(_, s)| s.as_ref().ok().and_then(|s| s.leader_id)) {
-            return Ok(leader);
+        let statuses = nodes.status_of(&all).await;
+        let leaderless: Vec<String> = (0..=u64::from(layout.groups))
+            .filter(|&group| {
+                !statuses.iter().any(|(endpoint, s)| {
+                    group_specs(specs, group).iter().any(|m| &m.client_addr == endpoint)
+                        && s.as_ref().is_ok_and(|s| s.leader_id.is_some())
+                })
+            })
+            .map(|group| if group == META { "meta".to_string() } else { group.to_string() })
+            .collect();
+        if leaderless.is_empty() {
+            break;
         }
         if Instant::now() >= deadline {
-            bail!("no leader elected within {timeout:?}");
+            bail!("no leader elected within {timeout:?} in groups {}", leaderless.join(", "));
         }
-        if reported_at.elapsed() >= Duration::from_secs(1) {
-            eprintln!("waiting for a leader: {}", describe_states(&statuses));
-            reported_at = Instant::now();
-        }
+        reporter.report(|| format!("waiting for a leader in groups {}", leaderless.join(", ")));
         ticker.tick().await;
+    }
+    eprintln!("every group has a leader");
+
+    let config = retry_until(deadline, || meta.query_config(0)).await.context("reading the shard map")?;
+    for group in 1..=u64::from(layout.groups) {
+        if config.groups.iter().any(|g| g.group_id == group) {
+            continue;
+        }
+        let members: Vec<(u64, String)> =
+            group_specs(specs, group).iter().map(|s| (s.id, s.client_addr.clone())).collect();
+        let joined = retry_until(deadline, || meta.join(group, members.clone()))
+            .await
+            .with_context(|| format!("joining group {group}"))?;
+        eprintln!("group {group} joined the shard map: config {}", joined.num);
+    }
+
+    loop {
+        let outcome = meta.cluster_status().await;
+        let reason = match &outcome {
+            Ok(cluster) => match cluster.unsettled() {
+                None => break outcome.map_err(anyhow::Error::from),
+                Some(reason) => reason,
+            },
+            Err(error) => format!("cluster status: {error}"),
+        };
+        if Instant::now() >= deadline {
+            bail!("the shards were not all served within {timeout:?}: {reason}");
+        }
+        reporter.report(|| format!("waiting for every shard to be served: {reason}"));
+        ticker.tick().await;
+    }
+}
+
+/// Calls `operation` until it succeeds or `deadline` passes (each call has its own request
+/// deadline); returns the last error then.
+async fn retry_until<T, F, Fut>(deadline: Instant, mut operation: F) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    loop {
+        match operation().await {
+            Ok(value) => return Ok(value),
+            Err(error) if Instant::now() >= deadline => return Err(error),
+            Err(Error::InvalidArgument(message)) => return Err(Error::InvalidArgument(message)),
+            Err(_) => tokio::time::sleep(STATUS_POLL).await,
+        }
     }
 }
 
@@ -324,27 +526,26 @@ fn first_error(statuses: &[(String, Result<StatusResponse, Error>)]) -> (String,
         .unwrap_or_default()
 }
 
-fn describe_states(statuses: &[(String, Result<StatusResponse, Error>)]) -> String {
-    statuses
-        .iter()
-        .map(|(endpoint, s)| match s {
-            Ok(s) => format!("node {} {} term {}", s.node_id, s.state, s.term),
-            Err(e) => format!("{endpoint} {e}"),
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
-fn print_usage(dir: &Path, cluster_id: &str, endpoints: &str, leader: u64, specs: &[NodeSpec]) {
+fn print_usage(dir: &Path, cluster_id: &str, endpoints: &str, cluster: &ClusterStatus, layout: Layout) {
     let file = dir.join("endpoints");
     let file = file.display();
-    println!("playground cluster {cluster_id} is up: {} nodes, leader is node {leader}", specs.len());
-    println!("  endpoints: {endpoints} (written to {file})");
-    println!("  logs:      {}", dir.join("node-<i>.log").display());
+    println!(
+        "playground cluster {cluster_id} is up: a meta group and {} data groups of {} replicas, {} shards, config {}",
+        layout.groups, layout.replicas, layout.shards, cluster.config.num
+    );
+    println!("  meta endpoints: {endpoints} (written to {file})");
+    for group in &cluster.groups {
+        let owned = cluster.config.shard_groups.iter().filter(|&&g| g == group.group_id).count();
+        let leader = group.leader().map_or_else(|| "none".to_string(), |l| format!("node {}", l.node_id));
+        let members: Vec<&str> = group.nodes.iter().map(|(endpoint, _)| endpoint.as_str()).collect();
+        println!("  group {}: {} (leader {leader}), {owned} shards", group.group_id, members.join(","));
+    }
+    println!("  logs:           {}", dir.join("<meta|gG>-<i>.log").display());
     println!("try:");
     println!("  shardkv --endpoints-file {file} put k v");
     println!("  shardkv --endpoints-file {file} get k");
     println!("  shardkv --endpoints-file {file} status");
+    println!("  shardkv --endpoints-file {file} admin move --shard 0 --group {}", layout.groups);
     println!("  shardkv --endpoints-file {file} bench put --clients 16 --duration 10");
     println!("press Ctrl-C to stop the cluster (data is kept; re-run to restart it)");
 }
@@ -361,15 +562,15 @@ async fn shutdown(nodes: &mut [RunningNode], endpoints_path: &Path) {
         async move {
             let outcome =
                 shardkv_client::admin_http::get(&spec.admin_addr, "/lifecycle/prestop", PRESTOP_TIMEOUT).await;
-            (spec.id, outcome)
+            (spec.label(), outcome)
         }
     });
-    for (id, outcome) in join_all(prestops).await {
+    for (label, outcome) in join_all(prestops).await {
         match outcome {
             Ok(response) => {
-                eprintln!("node {id} prestop: HTTP {} {}", response.status, summarize_report(&response.body))
+                eprintln!("{label} prestop: HTTP {} {}", response.status, summarize_report(&response.body))
             }
-            Err(error) => eprintln!("node {id} prestop failed: {error:#}"),
+            Err(error) => eprintln!("{label} prestop failed: {error:#}"),
         }
     }
 
@@ -379,25 +580,25 @@ async fn shutdown(nodes: &mut [RunningNode], endpoints_path: &Path) {
             // SAFETY: kill(2) has no memory effects; `pid` is our own unreaped child, so the
             // id cannot have been reused by another process.
             if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
-                eprintln!("node {}: SIGTERM failed: {}", nodes[i].spec.id, std::io::Error::last_os_error());
+                eprintln!("{}: SIGTERM failed: {}", nodes[i].spec.label(), std::io::Error::last_os_error());
             }
         }
     }
     let exits = nodes.iter_mut().map(|node| async move {
-        let id = node.spec.id;
+        let label = node.spec.label();
         let status = match tokio::time::timeout(STOP_GRACE, node.child.wait()).await {
             Ok(status) => status,
             Err(_) => {
-                eprintln!("node {id} still running {STOP_GRACE:?} after SIGTERM, killing it");
+                eprintln!("{label} still running {STOP_GRACE:?} after SIGTERM, killing it");
                 // start_kill sends SIGKILL; the node had its grace period.
                 let _ = node.child.start_kill();
                 node.child.wait().await
             }
         };
-        (id, status)
+        (label, status)
     });
-    for (id, status) in join_all(exits).await {
-        eprintln!("node {id} exited: {}", describe_exit(&status));
+    for (label, status) in join_all(exits).await {
+        eprintln!("{label} exited: {}", describe_exit(&status));
     }
 }
 
@@ -457,21 +658,53 @@ fn last_lines(text: &str, count: usize) -> Vec<String> {
 mod tests {
     use super::*;
 
+    fn layout(groups: u16, replicas: u16, shards: u32) -> Layout {
+        Layout { groups, replicas, shards }
+    }
+
     #[test]
     fn node_specs_follow_the_port_layout() {
-        let specs = node_specs(Path::new("/d"), 3, 7100).unwrap();
-        assert_eq!(specs.len(), 3);
-        assert_eq!(specs[2].id, 3);
+        let specs = node_specs(Path::new("/d"), layout(2, 3, 8), 7100).unwrap();
+        assert_eq!(specs.len(), 9);
+        assert_eq!((specs[2].group, specs[2].id), (0, 3));
         assert_eq!(specs[2].client_addr, "127.0.0.1:7102");
         assert_eq!(specs[2].admin_addr, "127.0.0.1:7202");
-        assert_eq!(specs[2].data_dir, Path::new("/d/node-3"));
-        assert_eq!(specs[2].log_path, Path::new("/d/node-3.log"));
+        assert_eq!(specs[2].data_dir, Path::new("/d/meta-3"));
+        assert_eq!(specs[2].log_path, Path::new("/d/meta-3.log"));
+        let last = &specs[8];
+        assert_eq!((last.group, last.id), (2, 3));
+        assert_eq!(last.client_addr, "127.0.0.1:7122");
+        assert_eq!(last.admin_addr, "127.0.0.1:7222");
+        assert_eq!(last.data_dir, Path::new("/d/g2-3"));
+        assert_eq!(last.label(), "group 2 node 3");
+        let mut ports: Vec<&str> = specs.iter().flat_map(|s| [s.client_addr.as_str(), s.admin_addr.as_str()]).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), 18, "no two nodes share a port");
     }
 
     #[test]
     fn node_specs_reject_ports_past_the_range() {
-        assert!(node_specs(Path::new("/d"), 3, 65_434).is_err());
-        assert!(node_specs(Path::new("/d"), 1, 65_435).is_ok());
+        // Highest admin port: base + 100 + 10 * groups + replicas - 1.
+        assert!(node_specs(Path::new("/d"), layout(2, 3, 8), 65_414).is_err());
+        assert!(node_specs(Path::new("/d"), layout(2, 3, 8), 65_413).is_ok());
+    }
+
+    fn args(groups: Option<u16>, replicas: Option<u16>, shards: Option<u32>) -> PlaygroundArgs {
+        PlaygroundArgs { groups, replicas, shards, data_dir: PathBuf::from("/d"), base_port: 7100, startup_timeout: 1 }
+    }
+
+    #[test]
+    fn layout_comes_from_flags_then_the_saved_layout_then_defaults() {
+        assert_eq!(resolve_layout(&args(None, None, None), None).unwrap(), DEFAULT_LAYOUT);
+        assert_eq!(resolve_layout(&args(Some(1), Some(1), Some(8)), None).unwrap(), layout(1, 1, 8));
+        let saved = Some(layout(2, 1, 8));
+        assert_eq!(resolve_layout(&args(None, None, None), saved).unwrap(), layout(2, 1, 8));
+        assert_eq!(resolve_layout(&args(Some(3), None, None), saved).unwrap(), layout(3, 1, 8), "groups can grow");
+        let shrink = resolve_layout(&args(Some(1), None, None), saved).unwrap_err().to_string();
+        assert!(shrink.contains("admin leave"), "{shrink}");
+        assert!(resolve_layout(&args(None, Some(3), None), saved).is_err());
+        assert!(resolve_layout(&args(None, None, Some(64)), saved).is_err());
     }
 
     #[test]
