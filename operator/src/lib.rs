@@ -2,5 +2,8 @@
 //! and drives their bootstrap and membership through the nodes' Admin and Meta gRPC APIs.
 
 pub mod crd;
+pub mod metrics;
+pub mod nodes;
 pub mod plan;
 pub mod resources;
+pub mod status;

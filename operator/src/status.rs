@@ -1,0 +1,336 @@
+//! The ShardCluster status as a pure function of what a reconcile observed and planned.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use shardkv_proto::v1::ShardConfig;
+
+use crate::crd::GroupStatus;
+use crate::crd::MemberStatus;
+use crate::crd::OperationStatus;
+use crate::crd::ShardClusterStatus;
+use crate::plan::GroupPlan;
+use crate::plan::GroupStep;
+use crate::plan::GroupView;
+use crate::plan::MetaStep;
+use crate::resources::META_GROUP;
+
+pub const AVAILABLE: &str = "Available";
+pub const PROGRESSING: &str = "Progressing";
+pub const DEGRADED: &str = "Degraded";
+pub const PAUSED: &str = "Paused";
+
+/// One group as observed and planned in this reconcile.
+#[derive(Debug, Clone)]
+pub struct ObservedGroup {
+    pub view: GroupView,
+    pub plan: GroupPlan,
+    pub statefulset: String,
+    /// Pod-template revision label of each pod, by ordinal.
+    pub revisions: Vec<(u32, String)>,
+    /// The group was initialised, now or in an earlier reconcile.
+    pub initialized: bool,
+}
+
+/// Everything the status is computed from.
+#[derive(Debug, Clone)]
+pub struct Observed<'a> {
+    pub generation: Option<i64>,
+    pub paused: bool,
+    /// Data groups the spec asks for.
+    pub desired_groups: u64,
+    pub groups: &'a [ObservedGroup],
+    pub config: Option<&'a ShardConfig>,
+    pub meta_steps: &'a [MetaStep],
+    pub previous: Option<&'a ShardClusterStatus>,
+    pub now: Timestamp,
+}
+
+fn group_status(group: &ObservedGroup, config: Option<&ShardConfig>) -> GroupStatus {
+    let leader = group.view.leader();
+    let members = group
+        .view
+        .pods
+        .iter()
+        .map(|pod| {
+            let id = pod.node_id();
+            let member = leader.as_ref().and_then(|l| l.status.members.iter().find(|m| m.node_id == id));
+            MemberStatus {
+                pod: format!("{}-{}", group.statefulset, pod.ordinal),
+                node_id: id,
+                role: member.map_or("none".to_string(), |m| m.role.clone()),
+                ready: pod.ready,
+                lag: leader.as_ref().and_then(|l| l.lag(id)),
+                revision: group.revisions.iter().find(|(o, _)| *o == pod.ordinal).map(|(_, r)| r.clone()),
+            }
+        })
+        .collect();
+    GroupStatus {
+        group_id: group.view.group_id,
+        statefulset: group.statefulset.clone(),
+        initialized: group.initialized,
+        joined: config.is_some_and(|c| c.groups.iter().any(|g| g.group_id == group.view.group_id)),
+        leader: leader.map(|l| crate::resources::node_id(l.ordinal)),
+        ready_replicas: group.view.pods.iter().filter(|p| p.ready).count() as i32,
+        members,
+    }
+}
+
+fn operations(observed: &Observed<'_>) -> Vec<OperationStatus> {
+    let group_ops = observed.groups.iter().filter_map(|g| {
+        g.plan.step.operation().map(|operation| OperationStatus {
+            group_id: g.view.group_id,
+            operation: operation.as_str().to_string(),
+            step: g.plan.step.name().to_string(),
+            message: g.plan.step.describe(),
+        })
+    });
+    let meta_ops = observed.meta_steps.iter().map(|s| OperationStatus {
+        group_id: s.group_id(),
+        operation: s.operation().to_string(),
+        step: s.name().to_string(),
+        message: s.describe(),
+    });
+    group_ops.chain(meta_ops).collect()
+}
+
+/// A condition, keeping the previous transition time when its status did not change.
+fn condition(observed: &Observed<'_>, type_: &str, status: bool, reason: &str, message: String) -> Condition {
+    let status = if status { "True" } else { "False" }.to_string();
+    let previous = observed.previous.and_then(|p| p.conditions.iter().find(|c| c.type_ == type_));
+    let last_transition_time = match previous {
+        Some(p) if p.status == status => p.last_transition_time.clone(),
+        _ => Time(observed.now),
+    };
+    Condition {
+        type_: type_.to_string(),
+        status,
+        reason: reason.to_string(),
+        message,
+        observed_generation: observed.generation,
+        last_transition_time,
+    }
+}
+
+/// Computes the status to write.
+pub fn build(observed: &Observed<'_>) -> ShardClusterStatus {
+    let groups: Vec<GroupStatus> = observed.groups.iter().map(|g| group_status(g, observed.config)).collect();
+    let operations = operations(observed);
+
+    let wanted = |g: &&GroupStatus| g.group_id <= observed.desired_groups;
+    let unavailable: Vec<String> = groups
+        .iter()
+        .filter(wanted)
+        .filter_map(|g| {
+            if g.leader.is_none() {
+                Some(format!("group {} has no leader", g.group_id))
+            } else if g.group_id != META_GROUP && !g.joined {
+                Some(format!("group {} is not in the shard map", g.group_id))
+            } else {
+                None
+            }
+        })
+        .collect();
+    let blocked: Vec<String> = observed
+        .groups
+        .iter()
+        .filter_map(|g| match &g.plan.step {
+            GroupStep::Blocked { reason } => Some(format!("group {}: {reason}", g.view.group_id)),
+            _ => None,
+        })
+        .collect();
+    let initialized_without_leader: Vec<String> = groups
+        .iter()
+        .filter(|g| g.initialized && g.leader.is_none())
+        .map(|g| format!("group {} lost its leader", g.group_id))
+        .collect();
+    let degraded: Vec<String> = blocked.into_iter().chain(initialized_without_leader).collect();
+
+    let available = unavailable.is_empty();
+    let mut conditions = vec![
+        if available {
+            condition(
+                observed,
+                AVAILABLE,
+                true,
+                "AllGroupsServing",
+                "every group has a leader and is in the shard map".into(),
+            )
+        } else {
+            condition(observed, AVAILABLE, false, "GroupsUnavailable", unavailable.join("; "))
+        },
+        match (observed.paused, operations.first()) {
+            (true, _) => condition(observed, PROGRESSING, false, "Paused", "spec.paused is true".into()),
+            (false, Some(op)) => condition(
+                observed,
+                PROGRESSING,
+                true,
+                &op.operation,
+                operations
+                    .iter()
+                    .map(|o| format!("group {}: {}", o.group_id, o.message))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+            (false, None) => condition(observed, PROGRESSING, false, "Settled", "no operation in flight".into()),
+        },
+        if degraded.is_empty() {
+            condition(observed, DEGRADED, false, "Healthy", "no group needs attention".into())
+        } else {
+            condition(observed, DEGRADED, true, "GroupNeedsAttention", degraded.join("; "))
+        },
+    ];
+    if observed.paused {
+        conditions.push(condition(
+            observed,
+            PAUSED,
+            true,
+            "SpecPaused",
+            "spec.paused is true: the operator changes nothing until it is false".into(),
+        ));
+    }
+
+    let phase = if observed.paused {
+        "Paused"
+    } else if !degraded.is_empty() {
+        "Degraded"
+    } else if operations.iter().any(|o| o.operation == "Bootstrap") || groups.iter().any(|g| !g.initialized) {
+        "Bootstrapping"
+    } else if !operations.is_empty() {
+        "Scaling"
+    } else if available {
+        "Running"
+    } else {
+        "Creating"
+    };
+
+    ShardClusterStatus {
+        observed_generation: observed.generation,
+        phase: Some(phase.to_string()),
+        conditions,
+        config_num: observed.config.map(|c| c.num),
+        ready_replicas: groups.iter().map(|g| g.ready_replicas).sum(),
+        groups,
+        operations,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shardkv_proto::v1::GroupMembers;
+    use shardkv_proto::v1::ReplicaStatus;
+    use shardkv_proto::v1::StatusResponse;
+
+    use super::*;
+    use crate::plan::Operation;
+    use crate::plan::PodView;
+
+    fn settled_group(group_id: u64) -> ObservedGroup {
+        let leader = StatusResponse {
+            state: "Leader".into(),
+            initialized: true,
+            term: 1,
+            last_log_index: 10,
+            members: vec![ReplicaStatus { node_id: 1, addr: "a".into(), role: "voter".into(), matched_index: Some(7) }],
+            ..Default::default()
+        };
+        ObservedGroup {
+            view: GroupView {
+                group_id,
+                desired_replicas: 1,
+                recorded_initialized: true,
+                statefulset_replicas: Some(1),
+                pods: vec![PodView { ordinal: 0, peer_addr: "a".into(), ready: true, status: Some(leader) }],
+            },
+            plan: GroupPlan { step: GroupStep::Settled, statefulset_replicas: 1 },
+            statefulset: format!("demo-g{group_id}"),
+            revisions: vec![(0, "rev-1".into())],
+            initialized: true,
+        }
+    }
+
+    fn observed<'a>(groups: &'a [ObservedGroup], config: Option<&'a ShardConfig>) -> Observed<'a> {
+        Observed {
+            generation: Some(4),
+            paused: false,
+            desired_groups: 1,
+            groups,
+            config,
+            meta_steps: &[],
+            previous: None,
+            now: Timestamp::UNIX_EPOCH,
+        }
+    }
+
+    fn find<'a>(status: &'a ShardClusterStatus, type_: &str) -> &'a Condition {
+        status.conditions.iter().find(|c| c.type_ == type_).unwrap()
+    }
+
+    #[test]
+    fn settled_joined_cluster_is_available_and_running() {
+        let groups = [settled_group(0), settled_group(1)];
+        let config = ShardConfig {
+            num: 3,
+            shard_groups: vec![1],
+            groups: vec![GroupMembers { group_id: 1, members: vec![] }],
+            pinned: vec![],
+        };
+        let status = build(&observed(&groups, Some(&config)));
+        assert_eq!(status.phase.as_deref(), Some("Running"));
+        assert_eq!(status.config_num, Some(3));
+        assert_eq!(status.observed_generation, Some(4));
+        assert_eq!(find(&status, AVAILABLE).status, "True");
+        assert_eq!(find(&status, PROGRESSING).status, "False");
+        let member = &status.groups[1].members[0];
+        assert_eq!((member.role.as_str(), member.lag, member.revision.as_deref()), ("voter", Some(3), Some("rev-1")));
+    }
+
+    #[test]
+    fn an_unjoined_group_is_not_available_and_a_step_is_progress() {
+        let mut groups = [settled_group(0), settled_group(1)];
+        groups[1].plan.step = GroupStep::Wait { operation: Operation::ScaleUp, reason: "learner 2 catching up".into() };
+        let status = build(&observed(&groups, None));
+        let available = find(&status, AVAILABLE);
+        assert_eq!(
+            (available.status.as_str(), available.message.as_str()),
+            ("False", "group 1 is not in the shard map")
+        );
+        let progressing = find(&status, PROGRESSING);
+        assert_eq!((progressing.status.as_str(), progressing.reason.as_str()), ("True", "ScaleUp"));
+        assert_eq!(status.operations[0].message, "learner 2 catching up");
+        assert_eq!(status.phase.as_deref(), Some("Scaling"));
+    }
+
+    #[test]
+    fn blocked_group_is_degraded_and_paused_says_so() {
+        let mut groups = [settled_group(0)];
+        groups[0].plan.step = GroupStep::Blocked { reason: "volumes lost".into() };
+        let mut o = observed(&groups, None);
+        o.desired_groups = 0;
+        let status = build(&o);
+        assert_eq!(find(&status, DEGRADED).status, "True");
+        assert_eq!(status.phase.as_deref(), Some("Degraded"));
+        o.paused = true;
+        let paused = build(&o);
+        assert_eq!(find(&paused, PAUSED).status, "True");
+        assert_eq!(find(&paused, PROGRESSING).reason, "Paused");
+        assert_eq!(paused.phase.as_deref(), Some("Paused"));
+    }
+
+    #[test]
+    fn transition_time_is_kept_while_a_condition_holds() {
+        let groups = [settled_group(0)];
+        let mut o = observed(&groups, None);
+        o.desired_groups = 0;
+        let first = build(&o);
+        let later = Timestamp::from_second(1_000).unwrap();
+        o.previous = Some(&first);
+        o.now = later;
+        let second = build(&o);
+        assert_eq!(find(&second, AVAILABLE).last_transition_time, Time(Timestamp::UNIX_EPOCH));
+        o.paused = true;
+        let third = build(&o);
+        assert_eq!(find(&third, PROGRESSING).last_transition_time, Time(Timestamp::UNIX_EPOCH), "still False");
+        assert_eq!(find(&third, PAUSED).last_transition_time, Time(later), "new condition");
+    }
+}
