@@ -6,10 +6,22 @@ use std::path::PathBuf;
 use clap::Parser;
 use clap::ValueEnum;
 
+use crate::meta::META_GROUP;
+use crate::state_machine::sharding::Role;
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RoleArg {
+    /// A replica of the meta group (group 0), which holds the shard maps.
+    Meta,
+    /// A replica of a data group, serving the shards the meta group gives it (or, without
+    /// --meta-endpoints, every shard as a standalone group).
+    Data,
 }
 
 #[derive(Debug, Clone, Parser)]
@@ -18,12 +30,21 @@ pub struct NodeArgs {
     /// Cluster this node belongs to; persisted at first start and checked at every later one.
     #[arg(long, env = "SHARDKV_CLUSTER_ID")]
     pub cluster_id: String,
-    /// Replica group this node is a member of.
+    #[arg(long, env = "SHARDKV_ROLE", value_enum, default_value = "data")]
+    pub role: RoleArg,
+    /// Replica group this node is a member of: 0 for the meta group, 1 and up for data groups.
     #[arg(long, env = "SHARDKV_GROUP_ID", default_value_t = 0)]
     pub group_id: u64,
-    /// This node's id within its group (1 or more).
+    /// gRPC addresses of the meta group's replicas (comma-separated). A data node without them
+    /// is a standalone group serving every shard.
+    #[arg(long, env = "SHARDKV_META_ENDPOINTS", value_delimiter = ',')]
+    pub meta_endpoints: Vec<String>,
+    /// This node's id within its group (1 or more). When unset, derived from --pod-name.
     #[arg(long, env = "SHARDKV_NODE_ID", value_parser = clap::value_parser!(u64).range(1..))]
-    pub node_id: u64,
+    pub node_id: Option<u64>,
+    /// StatefulSet pod name (`<name>-<ordinal>`); the node id is the ordinal plus one.
+    #[arg(long, env = "SHARDKV_POD_NAME")]
+    pub pod_name: Option<String>,
     /// Directory holding RocksDB, snapshots and the node identity.
     #[arg(long, env = "SHARDKV_DATA_DIR")]
     pub data_dir: PathBuf,
@@ -53,4 +74,69 @@ pub struct NodeArgs {
     pub election_timeout_ms: u64,
     #[arg(long, env = "SHARDKV_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+}
+
+impl NodeArgs {
+    /// The node id, from --node-id or else from the pod name.
+    pub fn resolved_node_id(&self) -> anyhow::Result<u64> {
+        match (self.node_id, &self.pod_name) {
+            (Some(id), _) => Ok(id),
+            (None, Some(pod)) => node_id_from_pod_name(pod).ok_or_else(|| {
+                anyhow::anyhow!("cannot derive a node id from pod name {pod:?}: expected <name>-<ordinal>")
+            }),
+            (None, None) => anyhow::bail!("set --node-id (SHARDKV_NODE_ID) or --pod-name (SHARDKV_POD_NAME)"),
+        }
+    }
+
+    /// The role this node plays, checked against its group id.
+    pub fn resolved_role(&self) -> anyhow::Result<Role> {
+        match self.role {
+            RoleArg::Meta if self.group_id != META_GROUP => {
+                anyhow::bail!("a meta replica belongs to group {META_GROUP}, not group {}", self.group_id)
+            }
+            RoleArg::Meta => Ok(Role::Meta),
+            RoleArg::Data if self.meta_endpoints.is_empty() => Ok(Role::Standalone { group: self.group_id }),
+            RoleArg::Data if self.group_id == META_GROUP => {
+                anyhow::bail!("a data group of a sharded cluster needs --group-id 1 or higher (0 is the meta group)")
+            }
+            RoleArg::Data => Ok(Role::Sharded { group: self.group_id }),
+        }
+    }
+}
+
+/// StatefulSet pods are named `<set>-<ordinal>`; node ids start at 1.
+fn node_id_from_pod_name(pod: &str) -> Option<u64> {
+    let (_, ordinal) = pod.rsplit_once('-')?;
+    ordinal.parse::<u64>().ok()?.checked_add(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> NodeArgs {
+        let base = ["shardkv-node", "--cluster-id", "c", "--data-dir", "/tmp/x"];
+        NodeArgs::try_parse_from(base.iter().chain(extra)).unwrap()
+    }
+
+    #[test]
+    fn node_id_comes_from_the_flag_or_the_pod_ordinal() {
+        assert_eq!(args(&["--node-id", "4"]).resolved_node_id().unwrap(), 4);
+        assert_eq!(args(&["--pod-name", "demo-g2-0"]).resolved_node_id().unwrap(), 1);
+        assert_eq!(args(&["--pod-name", "demo-meta-12"]).resolved_node_id().unwrap(), 13);
+        let err = args(&["--pod-name", "nodash"]).resolved_node_id().unwrap_err();
+        assert!(err.to_string().contains("expected <name>-<ordinal>"), "{err}");
+        assert!(args(&[]).resolved_node_id().is_err());
+    }
+
+    #[test]
+    fn roles_follow_group_and_meta_endpoints() {
+        assert_eq!(args(&["--role", "meta"]).resolved_role().unwrap(), Role::Meta);
+        assert!(args(&["--role", "meta", "--group-id", "3"]).resolved_role().is_err());
+        assert_eq!(args(&["--group-id", "2"]).resolved_role().unwrap(), Role::Standalone { group: 2 });
+        let sharded = args(&["--group-id", "2", "--meta-endpoints", "a:1,b:2"]);
+        assert_eq!(sharded.meta_endpoints, ["a:1", "b:2"]);
+        assert_eq!(sharded.resolved_role().unwrap(), Role::Sharded { group: 2 });
+        assert!(args(&["--meta-endpoints", "a:1"]).resolved_role().is_err());
+    }
 }

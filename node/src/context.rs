@@ -8,9 +8,14 @@ use std::sync::atomic::Ordering;
 use rocksdb::DB;
 
 use crate::metrics::NodeMetrics;
+use crate::migration::Admission;
+use crate::migration::driver::MoveProgress;
 use crate::network::GroupScope;
+use crate::state_machine::sharding::Sharding;
+use crate::state_machine::sharding::SharedSharding;
 use crate::types::NodeId;
 use crate::types::Raft;
+use crate::types::ShardId;
 
 /// Request size limits, enforced before anything reaches the Raft log.
 #[derive(Debug, Clone, Copy)]
@@ -27,6 +32,10 @@ pub struct NodeContext {
     pub raft: Raft,
     pub db: Arc<DB>,
     pub metrics: Arc<NodeMetrics>,
+    /// The sharding state as of the last applied entry.
+    pub sharding: SharedSharding,
+    /// Progress of the shard pulls this replica leads.
+    pub moves: MoveProgress,
     /// Set by preStop: the node stops reporting ready and is on its way out.
     stopping: AtomicBool,
     /// Set once the state machine has re-applied what was committed before a restart; local
@@ -35,6 +44,7 @@ pub struct NodeContext {
 }
 
 impl NodeContext {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         node_id: NodeId,
         scope: GroupScope,
@@ -43,6 +53,7 @@ impl NodeContext {
         raft: Raft,
         db: Arc<DB>,
         metrics: Arc<NodeMetrics>,
+        sharding: SharedSharding,
     ) -> Self {
         Self {
             node_id,
@@ -52,6 +63,8 @@ impl NodeContext {
             raft,
             db,
             metrics,
+            sharding,
+            moves: MoveProgress::default(),
             stopping: AtomicBool::new(false),
             recovered: AtomicBool::new(false),
         }
@@ -71,6 +84,16 @@ impl NodeContext {
 
     pub fn set_recovered(&self) {
         self.recovered.store(true, Ordering::SeqCst);
+    }
+
+    /// How this replica answers a request for `shard` now.
+    pub fn admission(&self, shard: ShardId) -> Admission {
+        self.sharding.read().unwrap_or_else(std::sync::PoisonError::into_inner).group.admission(shard)
+    }
+
+    /// A copy of the sharding state as of the last applied entry.
+    pub fn sharding(&self) -> Sharding {
+        self.sharding.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// Node id and address of the leader as this replica knows it.

@@ -5,7 +5,9 @@
 //! - `network`: node-to-node Raft transport over gRPC
 //! - `api`: the client KV service and the admin service
 //! - `lifecycle`: leadership transfer, snapshot-then-purge, preStop, probes and metrics HTTP
-//! - `meta`: the meta group's shard maps (for now the pure shard-assignment logic)
+//! - `meta`: the meta group's shard maps: assignment (pure) and the Join/Leave/Move/Query service
+//! - `migration`: moving shards between data groups (per-shard states, the leader's driver, the
+//!   pull/confirm service)
 
 pub mod api;
 pub mod config;
@@ -14,6 +16,7 @@ pub mod identity;
 pub mod lifecycle;
 pub mod meta;
 pub mod metrics;
+pub mod migration;
 pub mod network;
 pub mod node;
 pub mod state_machine;

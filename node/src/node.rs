@@ -9,6 +9,8 @@ use openraft::storage::RaftLogStorage;
 use shardkv_proto::FILE_DESCRIPTOR_SET;
 use shardkv_proto::v1::admin_server::AdminServer;
 use shardkv_proto::v1::kv_server::KvServer;
+use shardkv_proto::v1::meta_server::MetaServer;
+use shardkv_proto::v1::migration_server::MigrationServer;
 use shardkv_proto::v1::raft_server::RaftServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -22,13 +24,18 @@ use crate::identity;
 use crate::identity::Identity;
 use crate::lifecycle::http;
 use crate::lifecycle::prestop::Prestop;
+use crate::meta::service::MetaService;
 use crate::metrics::NodeMetrics;
+use crate::migration::driver::Driver;
+use crate::migration::service::MigrationService;
 use crate::network::GroupScope;
 use crate::network::MAX_MESSAGE_BYTES;
+use crate::network::channels::Channels;
 use crate::network::peer::PeerNetwork;
 use crate::network::service::RaftService;
 use crate::state_machine::SnapshotStore;
 use crate::state_machine::StateMachine;
+use crate::state_machine::sharding::Role;
 use crate::storage;
 use crate::storage::LogFlusher;
 use crate::storage::LogStore;
@@ -61,13 +68,11 @@ fn raft_config(args: &NodeArgs) -> anyhow::Result<openraft::Config> {
 }
 
 pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
+    let node_id = args.resolved_node_id()?;
+    let role = args.resolved_role()?;
     let scope = GroupScope { cluster_id: args.cluster_id.clone(), group_id: args.group_id };
-    let wanted = Identity {
-        cluster_id: args.cluster_id.clone(),
-        group_id: args.group_id,
-        node_id: args.node_id,
-        shards: args.shards,
-    };
+    let wanted =
+        Identity { cluster_id: args.cluster_id.clone(), group_id: args.group_id, node_id, shards: args.shards };
     identity::ensure(&args.data_dir, &wanted)?;
 
     // Bind first, so a port clash is reported before anything else starts.
@@ -85,22 +90,33 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let startup_entries = index_of(&log_state.last_log_id) - index_of(&log_state.last_purged_log_id);
     metrics.startup_log_entries.set(startup_entries as i64);
     let snapshots = SnapshotStore::open(args.data_dir.join("snapshots"))?;
-    let state_machine = StateMachine::open(db.clone(), snapshots.clone(), metrics.clone())?;
+    let state_machine = StateMachine::open(db.clone(), snapshots.clone(), role, args.shards, metrics.clone())?;
+    let sharding = state_machine.sharding();
 
     let config = Arc::new(raft_config(&args)?);
-    let network = PeerNetwork::new(scope.clone());
-    let raft = Raft::new(args.node_id, config, network, log_store, state_machine).await?;
+    let channels = Channels::default();
+    let network = PeerNetwork::new(scope.clone(), channels.clone());
+    let raft = Raft::new(node_id, config, network, log_store, state_machine).await?;
     tracing::info!(
         cluster = %args.cluster_id,
+        role = role.name(),
         group = args.group_id,
-        node = args.node_id,
+        node = node_id,
         log_entries_on_disk = startup_entries,
         last_purged = index_of(&log_state.last_purged_log_id),
         "node started"
     );
     let limits = Limits { max_key_bytes: args.max_key_bytes, max_value_bytes: args.max_value_bytes };
-    let ctx =
-        Arc::new(NodeContext::new(args.node_id, scope.clone(), args.shards, limits, raft.clone(), db.clone(), metrics));
+    let ctx = Arc::new(NodeContext::new(
+        node_id,
+        scope.clone(),
+        args.shards,
+        limits,
+        raft.clone(),
+        db.clone(),
+        metrics,
+        sharding,
+    ));
     let prestop = Arc::new(Prestop::default());
     // Recovery needs the leader to confirm the commit index, so it runs while the node serves
     // Raft traffic; until then local reads are refused.
@@ -118,6 +134,9 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let grpc = tokio::spawn(serve_grpc(grpc_listener, ctx.clone(), snapshots, shutdown_rx.clone()));
+    if let Role::Sharded { .. } = role {
+        tokio::spawn(Driver::new(ctx.clone(), args.meta_endpoints.clone(), channels).run(shutdown_rx.clone()));
+    }
     let admin = tokio::spawn({
         let mut rx = shutdown_rx;
         let app = http::router(ctx.clone(), prestop);
@@ -165,7 +184,9 @@ async fn serve_grpc(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(KvServer::new(KvService::new(ctx.clone())))
-        .add_service(AdminServer::new(AdminService::new(ctx)))
+        .add_service(AdminServer::new(AdminService::new(ctx.clone())))
+        .add_service(MetaServer::new(MetaService::new(ctx.clone())))
+        .add_service(MigrationServer::new(MigrationService::new(ctx)).max_encoding_message_size(MAX_MESSAGE_BYTES))
         .add_service(
             RaftServer::new(raft_service)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)

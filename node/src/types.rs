@@ -5,6 +5,8 @@ use std::io::Cursor;
 use serde::Deserialize;
 use serde::Serialize;
 
+use crate::meta::Config;
+use crate::meta::MetaChange;
 use crate::state_machine::SnapshotFile;
 use crate::state_machine::StateMachine;
 
@@ -50,12 +52,32 @@ pub enum Op {
         #[serde(with = "serde_bytes")]
         new_value: Vec<u8>,
     },
+    /// Meta group: Join, Leave or Move.
+    Meta(MetaChange),
+    /// Data group: move to the next shard map.
+    ApplyConfig { config: Config },
+    /// Data group: a slice of `Command::shard` pulled from its previous owner in `config_num`;
+    /// `last` marks the end, after which the shard serves.
+    InstallChunk { config_num: u64, data: Vec<Record>, sessions: Vec<Record>, last: bool },
+    /// Data group: the new owner has installed `Command::shard`; delete this group's copy.
+    DropShard { config_num: u64 },
+}
+
+/// A key and value moved with a shard (data item, or a session keyed by client id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
 }
 
 impl Op {
-    pub fn key(&self) -> &[u8] {
+    /// The user key of a data operation.
+    pub fn key(&self) -> Option<&[u8]> {
         match self {
-            Op::Put { key, .. } | Op::Delete { key } | Op::CompareAndSwap { key, .. } => key,
+            Op::Put { key, .. } | Op::Delete { key } | Op::CompareAndSwap { key, .. } => Some(key),
+            _ => None,
         }
     }
 }
@@ -76,17 +98,40 @@ pub enum OpResult {
     },
     /// The request's sequence number is below what the client already acknowledged.
     SessionExpired,
+    /// The group does not serve the shard in its current config.
+    WrongGroup {
+        config_num: u64,
+    },
+    /// The shard is being pulled into this group; the request may be retried shortly.
+    MovingIn,
+    /// A meta operation produced (or already had) this config.
+    Config {
+        num: u64,
+    },
+    /// A meta operation that cannot apply, with the reason.
+    Refused(String),
 }
 
 /// Log lines name the operation, key length and session, never the value bytes.
 impl std::fmt::Display for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let op = match &self.op {
-            Op::Put { .. } => "put",
-            Op::Delete { .. } => "delete",
-            Op::CompareAndSwap { .. } => "cas",
-        };
-        write!(f, "{op} shard={} key_len={}", self.shard, self.op.key().len())?;
+        match &self.op {
+            Op::Put { key, .. } => write!(f, "put shard={} key_len={}", self.shard, key.len())?,
+            Op::Delete { key } => write!(f, "delete shard={} key_len={}", self.shard, key.len())?,
+            Op::CompareAndSwap { key, .. } => write!(f, "cas shard={} key_len={}", self.shard, key.len())?,
+            Op::Meta(MetaChange::Join { group, members }) => write!(f, "join group={group} members={}", members.len())?,
+            Op::Meta(MetaChange::Leave { group }) => write!(f, "leave group={group}")?,
+            Op::Meta(MetaChange::Move { shard, group }) => write!(f, "move shard={shard} group={group}")?,
+            Op::ApplyConfig { config } => write!(f, "apply config={}", config.num)?,
+            Op::InstallChunk { config_num, data, sessions, last } => write!(
+                f,
+                "install shard={} config={config_num} items={} sessions={} last={last}",
+                self.shard,
+                data.len(),
+                sessions.len()
+            )?,
+            Op::DropShard { config_num } => write!(f, "drop shard={} config={config_num}", self.shard)?,
+        }
         if let Some(s) = &self.session {
             write!(f, " client={} seq={}", s.client_id, s.seq)?;
         }

@@ -16,6 +16,7 @@ use shardkv_proto::v1::InitializeRequest;
 use shardkv_proto::v1::InitializeResponse;
 use shardkv_proto::v1::MembershipResponse;
 use shardkv_proto::v1::ReplicaStatus;
+use shardkv_proto::v1::ShardStatus;
 use shardkv_proto::v1::StatusRequest;
 use shardkv_proto::v1::StatusResponse;
 use shardkv_proto::v1::TransferLeaderRequest;
@@ -34,6 +35,7 @@ use crate::context::NodeContext;
 use crate::lifecycle::leadership::TransferError;
 use crate::lifecycle::leadership::transfer_leadership;
 use crate::lifecycle::snapshot::snapshot_and_purge;
+use crate::migration::ShardState;
 use crate::types::index_of;
 
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -63,6 +65,27 @@ impl AdminService {
             })
             .collect();
         let leader_addr = self.ctx.leader().map(|(_, addr)| addr).unwrap_or_default();
+        let sharding = self.ctx.sharding();
+        let moves = self.ctx.moves.snapshot();
+        let shards = sharding
+            .group
+            .shards
+            .iter()
+            .map(|(&shard, state)| {
+                let progress = moves.get(&shard).copied().unwrap_or_default();
+                ShardStatus {
+                    shard,
+                    state: state.name().to_string(),
+                    peer_group: match state {
+                        ShardState::Serving => 0,
+                        ShardState::Pulling { from, .. } => *from,
+                        ShardState::BePulled { to, .. } => *to,
+                    },
+                    moved_items: progress.items,
+                    moved_bytes: progress.bytes,
+                }
+            })
+            .collect();
         StatusResponse {
             cluster_id: self.ctx.scope.cluster_id.clone(),
             group_id: self.ctx.scope.group_id,
@@ -81,6 +104,9 @@ impl AdminService {
             startup_log_entries: self.ctx.metrics.startup_log_entries.get() as u64,
             snapshots_installed: self.ctx.metrics.snapshots_installed.get(),
             stopping: self.ctx.is_stopping(),
+            role: sharding.role.name().to_string(),
+            config_num: sharding.config_num(),
+            shards,
         }
     }
 }

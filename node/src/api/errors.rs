@@ -3,11 +3,15 @@
 use openraft::TryAsRef;
 use openraft::error::ForwardToLeader;
 use openraft::error::RaftError;
+use shardkv_proto::CONFIG_NUM_HEADER;
 use shardkv_proto::LEADER_ADDR_HEADER;
 use shardkv_proto::LEADER_ID_HEADER;
 use tonic::Status;
 use tonic::metadata::MetadataValue;
 
+use crate::migration::Admission;
+use crate::types::OpResult;
+use crate::types::ShardId;
 use crate::types::TypeConfig;
 
 /// UNAVAILABLE telling the client where the leader is, when known.
@@ -39,5 +43,33 @@ where
     match err {
         RaftError::Fatal(fatal) => Status::unavailable(format!("raft has stopped on this node: {fatal}")),
         RaftError::APIError(e) => Status::unavailable(e.to_string()),
+    }
+}
+
+/// Ok when this group serves `shard` now; otherwise WrongGroup (FAILED_PRECONDITION with the
+/// group's config number, so the client refreshes its shard map) or, while the shard is moving
+/// in, UNAVAILABLE (retry here shortly).
+pub fn admit(admission: Admission, shard: ShardId) -> Result<(), Status> {
+    match admission {
+        Admission::Serve => Ok(()),
+        Admission::MovingIn => {
+            Err(Status::unavailable(format!("shard {shard} is moving into this group; retry shortly")))
+        }
+        Admission::WrongGroup { config_num } => {
+            let mut status = Status::failed_precondition(format!(
+                "wrong group: shard {shard} is not served by this group in config {config_num}; refresh the shard map"
+            ));
+            status.metadata_mut().insert(CONFIG_NUM_HEADER, MetadataValue::from(config_num));
+            Err(status)
+        }
+    }
+}
+
+/// The admission an applied data operation reported, if it was refused.
+pub fn refused_at_apply(result: &OpResult, shard: ShardId) -> Result<(), Status> {
+    match result {
+        OpResult::WrongGroup { config_num } => admit(Admission::WrongGroup { config_num: *config_num }, shard),
+        OpResult::MovingIn => admit(Admission::MovingIn, shard),
+        _ => Ok(()),
     }
 }

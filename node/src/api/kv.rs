@@ -22,7 +22,9 @@ use tonic::Request;
 use tonic::Response;
 use tonic::Status;
 
+use super::errors::admit;
 use super::errors::raft_error;
+use super::errors::refused_at_apply;
 use super::observed;
 use super::scan;
 use crate::context::NodeContext;
@@ -33,6 +35,7 @@ use crate::types::Command;
 use crate::types::Op;
 use crate::types::OpResult;
 use crate::types::SessionTag;
+use crate::types::ShardId;
 use crate::types::index_of;
 
 const DEFAULT_SCAN_LIMIT: usize = 1000;
@@ -68,7 +71,8 @@ impl KvService {
 
     /// Proposes a write and waits until it is applied; returns its result and log index.
     async fn write(&self, header: Option<RequestHeader>, op: Op) -> Result<(OpResult, u64), Status> {
-        self.check_key(op.key())?;
+        let key = op.key().unwrap_or_default();
+        self.check_key(key)?;
         let header = header.unwrap_or_default();
         if header.client_id == 0 || header.seq == 0 {
             return Err(Status::invalid_argument(
@@ -77,9 +81,13 @@ impl KvService {
         }
         let session =
             SessionTag { client_id: header.client_id, seq: header.seq, first_unacked: header.first_unacked_seq };
-        let shard = shard_for_key(op.key(), self.ctx.shards);
+        let shard = shard_for_key(key, self.ctx.shards);
+        // Refuse early what this group cannot serve; the apply path checks again, at the entry's
+        // position in the log, which is what decides.
+        admit(self.ctx.admission(shard), shard)?;
         let cmd = Command { session: Some(session), shard, op };
         let response = self.ctx.raft.client_write(cmd).await.map_err(raft_error)?;
+        refused_at_apply(&response.data, shard)?;
         if response.data == OpResult::SessionExpired {
             return Err(Status::failed_precondition(format!(
                 "session expired: sequence {} of client {} is below what the client already acknowledged",
@@ -87,6 +95,28 @@ impl KvService {
             )));
         }
         Ok((response.data, response.log_id.index()))
+    }
+
+    /// The shards a scan covers: those requested, each of which must be served here, or else
+    /// every shard served here.
+    fn scan_shards(&self, requested: &[u32]) -> Result<Vec<ShardId>, Status> {
+        let sharding = self.ctx.sharding.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if requested.is_empty() {
+            return Ok(sharding.group.serving().collect());
+        }
+        for &shard in requested {
+            if shard >= self.ctx.shards {
+                return Err(Status::invalid_argument(format!(
+                    "shard {shard} does not exist; this cluster has shards 0..{}",
+                    self.ctx.shards
+                )));
+            }
+            admit(sharding.group.admission(shard), shard)?;
+        }
+        let mut shards = requested.to_vec();
+        shards.sort_unstable();
+        shards.dedup();
+        Ok(shards)
     }
 
     /// For linearizable reads: confirms leadership (ReadIndex) and waits until it is applied.
@@ -108,7 +138,9 @@ impl Kv for KvService {
             self.check_key(&req.key)?;
             self.read_barrier(req.consistency()).await?;
             let applied = index_of(&self.ctx.raft.metrics().borrow_watched().last_applied);
-            let key = data_key(shard_for_key(&req.key, self.ctx.shards), &req.key);
+            let shard = shard_for_key(&req.key, self.ctx.shards);
+            admit(self.ctx.admission(shard), shard)?;
+            let key = data_key(shard, &req.key);
             let value = self
                 .ctx
                 .db
@@ -173,11 +205,12 @@ impl Kv for KvService {
                 n => n.min(MAX_SCAN_LIMIT),
             };
             self.read_barrier(req.consistency()).await?;
+            let shards = self.scan_shards(&req.shards)?;
             let Some(bounds) = scan::scan_bounds(&req.start, &req.end, &req.prefix, &req.continuation) else {
                 return Ok(ScanResponse::default());
             };
-            let (db, shards) = (self.ctx.db.clone(), self.ctx.shards);
-            let (items, more) = tokio::task::spawn_blocking(move || scan::scan(&db, shards, &bounds, limit))
+            let db = self.ctx.db.clone();
+            let (items, more) = tokio::task::spawn_blocking(move || scan::scan(&db, &shards, &bounds, limit))
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?
                 .map_err(|e| Status::internal(format!("scanning the store failed: {e}")))?;

@@ -1,7 +1,7 @@
 //! gRPC services a node offers to clients and to the operator.
 
 pub mod admin;
-mod errors;
+pub mod errors;
 pub mod kv;
 mod scan;
 
@@ -14,7 +14,7 @@ use tonic::Status;
 use crate::metrics::NodeMetrics;
 
 /// Runs a handler and records its count and latency under `method`.
-async fn observed<T>(
+pub async fn observed<T>(
     metrics: &NodeMetrics,
     method: &'static str,
     handler: impl Future<Output = Result<T, Status>>,

@@ -15,6 +15,7 @@ use crate::storage::cf;
 use crate::storage::io_err;
 use crate::storage::keys::data_key;
 use crate::storage::keys::split_data_key;
+use crate::types::ShardId;
 
 /// User-key range of a scan: `lower` inclusive, `upper` exclusive (None = unbounded).
 #[derive(Debug, PartialEq, Eq)]
@@ -53,11 +54,12 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Up to `limit` items in key order, and whether more remain.
-pub fn scan(db: &DB, shards: u32, bounds: &ScanBounds, limit: usize) -> std::io::Result<(Vec<KeyValue>, bool)> {
+pub fn scan(db: &DB, shards: &[ShardId], bounds: &ScanBounds, limit: usize) -> std::io::Result<(Vec<KeyValue>, bool)> {
     let view = db.snapshot();
     let data_cf = cf(db, CF_DATA);
-    let mut iters: Vec<_> = (0..shards)
-        .map(|shard| {
+    let mut iters: Vec<_> = shards
+        .iter()
+        .map(|&shard| {
             let mut opts = ReadOptions::default();
             let upper = match &bounds.upper {
                 Some(u) => data_key(shard, u),

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde::Serialize;
 
 use super::GroupId;
+use super::Member;
 use crate::types::ShardId;
 
 /// One numbered shard map.
@@ -22,8 +23,8 @@ pub struct Config {
     pub num: u64,
     /// Owner of each shard, indexed by shard id; `None` only while no group exists.
     pub shards: Vec<Option<GroupId>>,
-    /// Member addresses of each group.
-    pub groups: BTreeMap<GroupId, Vec<String>>,
+    /// The replicas of each group.
+    pub groups: BTreeMap<GroupId, Vec<Member>>,
     /// Shards an operator placed with Move; rebalancing leaves them where they are.
     pub pinned: BTreeMap<ShardId, GroupId>,
 }
@@ -34,7 +35,7 @@ pub enum AssignmentError {
     GroupAlreadyJoined(GroupId),
     #[error("group {0} cannot join without member addresses; give at least one")]
     NoMembers(GroupId),
-    #[error("group {0} cannot leave: it is not in the current config")]
+    #[error("group {0} is not in the current config")]
     UnknownGroup(GroupId),
     #[error(
         "group {group} cannot leave: it is the last group and {shards} shards need an owner; join another group first"
@@ -53,7 +54,7 @@ impl Config {
     }
 
     /// The next config, with `group` added and given its share of the shards.
-    pub fn join(&self, group: GroupId, members: Vec<String>) -> Result<Config, AssignmentError> {
+    pub fn join(&self, group: GroupId, members: Vec<Member>) -> Result<Config, AssignmentError> {
         if self.groups.contains_key(&group) {
             return Err(AssignmentError::GroupAlreadyJoined(group));
         }
@@ -94,6 +95,20 @@ impl Config {
         Ok(self.next(self.groups.clone(), pinned))
     }
 
+    /// The next config with new members for a group that has joined; no shard moves.
+    pub fn update_members(&self, group: GroupId, members: Vec<Member>) -> Result<Config, AssignmentError> {
+        if !self.groups.contains_key(&group) {
+            return Err(AssignmentError::UnknownGroup(group));
+        }
+        if members.is_empty() {
+            return Err(AssignmentError::NoMembers(group));
+        }
+        let mut next = self.clone();
+        next.num += 1;
+        next.groups.insert(group, members);
+        Ok(next)
+    }
+
     /// The shards `group` owns in this config, in ascending order.
     pub fn shards_of(&self, group: GroupId) -> Vec<ShardId> {
         (0..self.shard_count()).filter(|&shard| self.shards[shard as usize] == Some(group)).collect()
@@ -103,7 +118,7 @@ impl Config {
         self.shards.len() as u32
     }
 
-    fn next(&self, groups: BTreeMap<GroupId, Vec<String>>, pinned: BTreeMap<ShardId, GroupId>) -> Config {
+    fn next(&self, groups: BTreeMap<GroupId, Vec<Member>>, pinned: BTreeMap<ShardId, GroupId>) -> Config {
         let group_ids: BTreeSet<GroupId> = groups.keys().copied().collect();
         let shards = rebalance(self.shard_count(), &group_ids, &pinned, &self.shards);
         Config { num: self.num + 1, shards, groups, pinned }
@@ -224,8 +239,8 @@ pub fn moves(from: &Config, to: &Config) -> Vec<(ShardId, Option<GroupId>, Optio
 mod tests {
     use super::*;
 
-    fn members(group: GroupId) -> Vec<String> {
-        vec![format!("10.0.{group}.1:7000"), format!("10.0.{group}.2:7000")]
+    fn members(group: GroupId) -> Vec<Member> {
+        (1..=2).map(|node_id| Member { node_id, addr: format!("10.0.{group}.{node_id}:7000") }).collect()
     }
 
     fn loads(config: &Config) -> BTreeMap<GroupId, usize> {

@@ -1,5 +1,7 @@
-//! Node-to-node Raft transport over gRPC: `peer` sends, `service` receives.
+//! Node-to-node Raft transport over gRPC: `peer` sends, `service` receives; `channels` holds
+//! the connections every outgoing call shares.
 
+pub mod channels;
 pub mod peer;
 pub mod service;
 

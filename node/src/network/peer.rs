@@ -1,9 +1,6 @@
 //! Outgoing Raft RPCs (openraft `RaftNetworkFactory` / `RaftNetworkV2`).
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
-use std::sync::Mutex;
 
 use openraft::BasicNode;
 use openraft::OptionalSend;
@@ -27,11 +24,11 @@ use shardkv_proto::v1::SnapshotChunk;
 use shardkv_proto::v1::raft_client::RaftClient;
 use tokio::io::AsyncReadExt;
 use tonic::transport::Channel;
-use tonic::transport::Endpoint;
 
 use super::GroupScope;
 use super::MAX_MESSAGE_BYTES;
 use super::SNAPSHOT_CHUNK_BYTES;
+use super::channels::Channels;
 use crate::state_machine::SnapshotFile;
 use crate::types::NodeId;
 use crate::types::Snapshot;
@@ -42,29 +39,16 @@ use crate::types::encode;
 
 type RpcError = RPCError<TypeConfig>;
 
-/// Creates peer clients; one lazily connected channel per peer address, shared by all of them.
+/// Creates peer clients over channels shared with the node's other outgoing traffic.
 #[derive(Clone)]
 pub struct PeerNetwork {
     scope: GroupScope,
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    channels: Channels,
 }
 
 impl PeerNetwork {
-    pub fn new(scope: GroupScope) -> Self {
-        Self { scope, channels: Arc::default() }
-    }
-
-    fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
-        let mut channels = self.channels.lock().expect("peer channel lock");
-        if let Some(c) = channels.get(addr) {
-            return Ok(c.clone());
-        }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))?
-            .tcp_nodelay(true)
-            .connect_timeout(std::time::Duration::from_secs(2))
-            .connect_lazy();
-        channels.insert(addr.to_string(), channel.clone());
-        Ok(channel)
+    pub fn new(scope: GroupScope, channels: Channels) -> Self {
+        Self { scope, channels }
     }
 }
 
@@ -72,7 +56,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
-        let client = self.channel(&node.addr).map(|channel| {
+        let client = self.channels.get(&node.addr).map(|channel| {
             RaftClient::new(channel)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES)

@@ -3,21 +3,31 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::sync::PoisonError;
 
 use rocksdb::DB;
 use rocksdb::WriteBatch;
 
 use super::session::Dedup;
 use super::session::Session;
+use super::sharding::Sharding;
+use super::sharding::SharedSharding;
+use super::sharding::write_config;
+use crate::meta::MetaChange;
+use crate::meta::next_config;
+use crate::migration::Admission;
 use crate::storage::CF_DATA;
 use crate::storage::CF_SESSIONS;
 use crate::storage::cf;
 use crate::storage::io_err;
 use crate::storage::keys::data_key;
 use crate::storage::keys::session_key;
+use crate::storage::keys::shard_range;
 use crate::types::Command;
 use crate::types::Op;
 use crate::types::OpResult;
+use crate::types::Record;
+use crate::types::ShardId;
 use crate::types::decode;
 use crate::types::encode;
 
@@ -26,14 +36,131 @@ pub struct ApplyBatch<'a> {
     batch: WriteBatch,
     data: HashMap<Vec<u8>, Option<Vec<u8>>>,
     sessions: HashMap<[u8; 12], Session>,
+    shared: &'a SharedSharding,
+    /// The sharding state as changed by this batch; published only after the batch is written.
+    sharding: Option<Sharding>,
 }
 
 impl<'a> ApplyBatch<'a> {
-    pub fn new(db: &'a DB) -> Self {
-        Self { db, batch: WriteBatch::default(), data: HashMap::new(), sessions: HashMap::new() }
+    pub fn new(db: &'a DB, shared: &'a SharedSharding) -> Self {
+        Self {
+            db,
+            batch: WriteBatch::default(),
+            data: HashMap::new(),
+            sessions: HashMap::new(),
+            shared,
+            sharding: None,
+        }
     }
 
     pub fn apply(&mut self, cmd: &Command) -> io::Result<OpResult> {
+        match &cmd.op {
+            Op::Put { .. } | Op::Delete { .. } | Op::CompareAndSwap { .. } => self.apply_data(cmd),
+            Op::Meta(change) => self.apply_meta(change),
+            Op::ApplyConfig { config } => {
+                if let Err(refusal) = self.sharding_mut().group.apply_config(config.clone()) {
+                    tracing::warn!(?refusal, config = config.num, "config not applied");
+                    return Ok(OpResult::Refused(format!("{refusal:?}")));
+                }
+                tracing::info!(config = config.num, "applied config");
+                Ok(OpResult::Config { num: config.num })
+            }
+            Op::InstallChunk { config_num, data, sessions, last } => {
+                self.install_chunk(cmd.shard, *config_num, data, sessions, *last)
+            }
+            Op::DropShard { config_num } => {
+                if self.sharding_mut().group.finish_handoff(*config_num, cmd.shard) {
+                    let (start, end) = shard_range(cmd.shard);
+                    self.batch.delete_range_cf(cf(self.db, CF_DATA), start, end);
+                    self.batch.delete_range_cf(cf(self.db, CF_SESSIONS), start, end);
+                    tracing::info!(shard = cmd.shard, config = config_num, "deleted a shard its new owner installed");
+                }
+                Ok(OpResult::Applied)
+            }
+        }
+    }
+
+    /// Publishes the sharding state this batch produced; call after the batch is written.
+    pub fn publish(sharding: Option<Sharding>, shared: &SharedSharding) {
+        if let Some(next) = sharding {
+            *shared.write().unwrap_or_else(PoisonError::into_inner) = next;
+        }
+    }
+
+    /// The batch to write and the sharding state to publish once it is written.
+    pub fn finish(mut self) -> (WriteBatch, Option<Sharding>) {
+        if let Some(sharding) = &self.sharding {
+            sharding.write_group(self.db, &mut self.batch);
+        }
+        (self.batch, self.sharding)
+    }
+
+    fn sharding_mut(&mut self) -> &mut Sharding {
+        let shared = self.shared;
+        self.sharding.get_or_insert_with(|| shared.read().unwrap_or_else(PoisonError::into_inner).clone())
+    }
+
+    fn admission(&self, shard: ShardId) -> Admission {
+        match &self.sharding {
+            Some(sharding) => sharding.group.admission(shard),
+            None => self.shared.read().unwrap_or_else(PoisonError::into_inner).group.admission(shard),
+        }
+    }
+
+    fn apply_meta(&mut self, change: &MetaChange) -> io::Result<OpResult> {
+        let latest = &self.sharding_mut().latest;
+        let current = latest.num;
+        Ok(match next_config(latest, change) {
+            Ok(None) => OpResult::Config { num: current },
+            Ok(Some(next)) => {
+                tracing::info!(config = next.num, ?change, "new shard map");
+                write_config(self.db, &mut self.batch, &next);
+                let num = next.num;
+                self.sharding_mut().latest = next;
+                OpResult::Config { num }
+            }
+            Err(e) => OpResult::Refused(e.to_string()),
+        })
+    }
+
+    fn install_chunk(
+        &mut self,
+        shard: ShardId,
+        config_num: u64,
+        data: &[Record],
+        sessions: &[Record],
+        last: bool,
+    ) -> io::Result<OpResult> {
+        if !self.sharding_mut().group.accepts_chunk(config_num, shard) {
+            return Ok(OpResult::Refused(format!("shard {shard} takes no chunk for config {config_num}")));
+        }
+        // Through the overlay, so operations later in this batch read what the chunk wrote.
+        for record in data {
+            self.write(data_key(shard, &record.key), Some(record.value.clone()));
+        }
+        for record in sessions {
+            let client_id = u64::from_be_bytes(
+                record.key.as_slice().try_into().map_err(|_| io::Error::other("session key is not 8 bytes"))?,
+            );
+            let key = session_key(shard, client_id);
+            self.batch.put_cf(cf(self.db, CF_SESSIONS), key, &record.value);
+            self.sessions.insert(key, decode(&record.value)?);
+        }
+        if last {
+            self.sharding_mut().group.finish_pull(config_num, shard);
+            tracing::info!(shard, config = config_num, "shard installed; serving it");
+        }
+        Ok(OpResult::Applied)
+    }
+
+    fn apply_data(&mut self, cmd: &Command) -> io::Result<OpResult> {
+        // Ownership first: a refused request must leave no trace in the session table, because
+        // the session moves with the shard and the new owner must execute the retry.
+        match self.admission(cmd.shard) {
+            Admission::Serve => {}
+            Admission::MovingIn => return Ok(OpResult::MovingIn),
+            Admission::WrongGroup { config_num } => return Ok(OpResult::WrongGroup { config_num }),
+        }
         let Some(tag) = cmd.session else {
             return self.execute(cmd);
         };
@@ -51,17 +178,8 @@ impl<'a> ApplyBatch<'a> {
         Ok(result)
     }
 
-    /// The batch to write, together with whatever metadata the caller adds.
-    pub fn into_write_batch(self) -> WriteBatch {
-        self.batch
-    }
-
-    pub fn batch_mut(&mut self) -> &mut WriteBatch {
-        &mut self.batch
-    }
-
     fn execute(&mut self, cmd: &Command) -> io::Result<OpResult> {
-        let key = data_key(cmd.shard, cmd.op.key());
+        let key = data_key(cmd.shard, cmd.op.key().unwrap_or_default());
         Ok(match &cmd.op {
             Op::Put { value, .. } => {
                 self.write(key, Some(value.clone()));
@@ -82,6 +200,7 @@ impl<'a> ApplyBatch<'a> {
                 }
                 OpResult::CompareAndSwap { succeeded, previous }
             }
+            _ => unreachable!("only data operations are executed against the data"),
         })
     }
 

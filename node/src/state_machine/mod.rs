@@ -6,6 +6,7 @@
 
 mod apply;
 pub mod session;
+pub mod sharding;
 pub mod snapshot_file;
 mod snapshot_store;
 
@@ -27,6 +28,9 @@ pub use snapshot_store::SnapshotFile;
 pub use snapshot_store::SnapshotStore;
 
 use self::apply::ApplyBatch;
+use self::sharding::Role;
+use self::sharding::Sharding;
+use self::sharding::SharedSharding;
 use self::snapshot_file::RecordKind;
 use self::snapshot_file::SnapshotHeader;
 use self::snapshot_file::SnapshotReader;
@@ -34,6 +38,7 @@ use self::snapshot_file::SnapshotWriter;
 use crate::metrics::NodeMetrics;
 use crate::storage::CF_DATA;
 use crate::storage::CF_SESSIONS;
+use crate::storage::CF_SHARDS;
 use crate::storage::CF_SM_META;
 use crate::storage::cf;
 use crate::storage::io_err;
@@ -60,11 +65,19 @@ pub struct StateMachine {
     snapshots: SnapshotStore,
     applied: Option<LogId>,
     membership: StoredMembership,
+    sharding: SharedSharding,
+    shards: u32,
     metrics: Arc<NodeMetrics>,
 }
 
 impl StateMachine {
-    pub fn open(db: Arc<DB>, snapshots: SnapshotStore, metrics: Arc<NodeMetrics>) -> io::Result<Self> {
+    pub fn open(
+        db: Arc<DB>,
+        snapshots: SnapshotStore,
+        role: Role,
+        shards: u32,
+        metrics: Arc<NodeMetrics>,
+    ) -> io::Result<Self> {
         let meta_cf = cf(&db, CF_SM_META);
         if let Some(name) = db.get_cf(meta_cf, INSTALLING_KEY).map_err(io_err)? {
             let path = snapshots.dir().join(String::from_utf8_lossy(&name).as_ref());
@@ -72,7 +85,13 @@ impl StateMachine {
             load_snapshot(&db, &path)?;
         }
         let (applied, membership) = read_applied_state(|key| db.get_cf(meta_cf, key))?;
-        Ok(Self { db, snapshots, applied, membership, metrics })
+        let sharding = Arc::new(std::sync::RwLock::new(Sharding::load(&db, role, shards)?));
+        Ok(Self { db, snapshots, applied, membership, sharding, shards, metrics })
+    }
+
+    /// The sharding state as of the last applied entry, shared with request handlers.
+    pub fn sharding(&self) -> SharedSharding {
+        self.sharding.clone()
     }
 }
 
@@ -102,7 +121,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     where
         Strm: Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + OptionalSend,
     {
-        let mut batch = ApplyBatch::new(&self.db);
+        let mut batch = ApplyBatch::new(&self.db, &self.sharding);
         let mut replies = Vec::new();
         let mut count = 0u64;
         while let Some((entry, responder)) = entries.try_next().await? {
@@ -120,8 +139,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 replies.push((responder, result));
             }
         }
-        put_applied_state(&self.db, batch.batch_mut(), &self.applied, &self.membership);
-        self.db.write_opt(batch.into_write_batch(), &WriteOptions::default()).map_err(io_err)?;
+        let (mut write_batch, sharding) = batch.finish();
+        put_applied_state(&self.db, &mut write_batch, &self.applied, &self.membership);
+        self.db.write_opt(write_batch, &WriteOptions::default()).map_err(io_err)?;
+        ApplyBatch::publish(sharding, &self.sharding);
         self.metrics.applied_entries.inc_by(count);
         for (responder, result) in replies {
             responder.send(result);
@@ -157,6 +178,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .map_err(io::Error::other)??;
         self.applied = installed.meta.last_log_id;
         self.membership = installed.meta.last_membership;
+        let role = self.sharding.read().unwrap_or_else(std::sync::PoisonError::into_inner).role;
+        let reloaded = Sharding::load(&self.db, role, self.shards)?;
+        ApplyBatch::publish(Some(reloaded), &self.sharding);
         Ok(())
     }
 
@@ -168,14 +192,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 /// Replaces the state-machine contents with a snapshot file, streaming it in batches.
 fn load_snapshot(db: &DB, path: &std::path::Path) -> io::Result<()> {
     let mut reader = SnapshotReader::open(path)?;
-    let (data_cf, sessions_cf) = (cf(db, CF_DATA), cf(db, CF_SESSIONS));
+    let (data_cf, sessions_cf, shards_cf) = (cf(db, CF_DATA), cf(db, CF_SESSIONS), cf(db, CF_SHARDS));
     let mut batch = WriteBatch::default();
-    batch.delete_range_cf(data_cf, [].as_slice(), SHARD_KEYS_END.as_slice());
-    batch.delete_range_cf(sessions_cf, [].as_slice(), SHARD_KEYS_END.as_slice());
+    for target in [data_cf, sessions_cf, shards_cf] {
+        batch.delete_range_cf(target, [].as_slice(), SHARD_KEYS_END.as_slice());
+    }
     while let Some(record) = reader.next_record()? {
         let target = match record.kind {
             RecordKind::Data => data_cf,
             RecordKind::Session => sessions_cf,
+            RecordKind::Shards => shards_cf,
         };
         batch.put_cf(target, &record.key, &record.value);
         if batch.size_in_bytes() >= INSTALL_BATCH_BYTES {
@@ -226,7 +252,9 @@ fn write_snapshot(db: &DB, snapshots: &SnapshotStore) -> io::Result<Snapshot> {
     let header = SnapshotHeader { last_log_id, membership };
     let tmp = snapshots.temp_path();
     let mut writer = SnapshotWriter::create(&tmp, &header)?;
-    for (name, kind) in [(CF_DATA, RecordKind::Data), (CF_SESSIONS, RecordKind::Session)] {
+    for (name, kind) in
+        [(CF_DATA, RecordKind::Data), (CF_SESSIONS, RecordKind::Session), (CF_SHARDS, RecordKind::Shards)]
+    {
         for item in view.iterator_cf(cf(db, name), IteratorMode::Start) {
             let (key, value) = item.map_err(io_err)?;
             writer.record(kind, &key, &value)?;

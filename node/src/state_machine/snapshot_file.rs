@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! "SKVSNAP1" | u32 header_len | header (bincode: last log id, membership)
-//! records:  u8 kind (1 data, 2 session) | u32 key_len | u32 value_len | key | value
+//! records:  u8 kind (1 data, 2 session, 3 sharding state) | u32 key_len | u32 value_len | key | value
 //! trailer:  u8 0 | u64 record_count | u32 crc32 of every byte before the crc
 //! ```
 //! The checksum is verified before a snapshot is installed: a damaged file is refused.
@@ -34,6 +34,8 @@ const MAX_RECORD_PART: u32 = 64 << 20;
 pub enum RecordKind {
     Data = 1,
     Session = 2,
+    /// Sharding state: configs (meta group) or shard states (data group).
+    Shards = 3,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,6 +141,7 @@ impl SnapshotReader {
             }
             1 => RecordKind::Data,
             2 => RecordKind::Session,
+            3 => RecordKind::Shards,
             other => return Err(corrupt(format!("unknown record kind {other}"))),
         };
         let key_len = read_u32(&mut self.input, &mut self.crc)?;

@@ -34,6 +34,11 @@ pub fn session_key(shard: ShardId, client_id: u64) -> [u8; 12] {
     k
 }
 
+/// The key range `[start, end)` holding every data item or session of `shard`.
+pub fn shard_range(shard: ShardId) -> ([u8; 4], [u8; 4]) {
+    (shard.to_be_bytes(), (shard + 1).to_be_bytes())
+}
+
 /// An exclusive upper bound above every shard-prefixed key (shard ids stay far below u32::MAX).
 pub const SHARD_KEYS_END: [u8; 4] = [0xff; 4];
 

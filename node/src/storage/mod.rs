@@ -23,8 +23,10 @@ pub const CF_DATA: &str = "sm_data";
 pub const CF_SESSIONS: &str = "sm_sessions";
 /// State-machine metadata: last applied log id, membership, snapshot-install marker.
 pub const CF_SM_META: &str = "sm_meta";
+/// Replicated sharding state: the meta group's configs, a data group's shard states.
+pub const CF_SHARDS: &str = "sm_shards";
 
-const ALL_CFS: [&str; 5] = [CF_LOG, CF_RAFT_META, CF_DATA, CF_SESSIONS, CF_SM_META];
+const ALL_CFS: [&str; 6] = [CF_LOG, CF_RAFT_META, CF_DATA, CF_SESSIONS, CF_SM_META, CF_SHARDS];
 
 pub fn open_db(path: &Path) -> Result<Arc<DB>, rocksdb::Error> {
     let mut opts = Options::default();

@@ -1,0 +1,196 @@
+//! The meta group's gRPC service: Join, Leave and Move go through Raft; Query reads the
+//! configs. Also the conversions between configs and their wire form, shared with the data
+//! groups that fetch configs.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use openraft::ReadPolicy;
+use shardkv_proto::v1::ConfigResponse;
+use shardkv_proto::v1::GroupMembers;
+use shardkv_proto::v1::JoinRequest;
+use shardkv_proto::v1::LeaveRequest;
+use shardkv_proto::v1::MoveRequest;
+use shardkv_proto::v1::QueryRequest;
+use shardkv_proto::v1::ShardConfig;
+use shardkv_proto::v1::meta_server::Meta;
+use tonic::Request;
+use tonic::Response;
+use tonic::Status;
+
+use super::Config;
+use super::META_GROUP;
+use super::Member;
+use super::MetaChange;
+use crate::api::errors::raft_error;
+use crate::api::observed;
+use crate::context::NodeContext;
+use crate::state_machine::sharding::Role;
+use crate::state_machine::sharding::config_at;
+use crate::types::Command;
+use crate::types::Op;
+use crate::types::OpResult;
+
+pub struct MetaService {
+    ctx: Arc<NodeContext>,
+}
+
+impl MetaService {
+    pub fn new(ctx: Arc<NodeContext>) -> Self {
+        Self { ctx }
+    }
+
+    fn check_role(&self) -> Result<(), Status> {
+        match self.ctx.sharding().role {
+            Role::Meta => Ok(()),
+            _ => Err(Status::failed_precondition(format!(
+                "not a meta replica: node {} serves data group {}; ask the meta group's endpoints",
+                self.ctx.node_id, self.ctx.scope.group_id
+            ))),
+        }
+    }
+
+    async fn change(&self, change: MetaChange) -> Result<ConfigResponse, Status> {
+        self.check_role()?;
+        let cmd = Command { session: None, shard: 0, op: Op::Meta(change) };
+        let response = self.ctx.raft.client_write(cmd).await.map_err(raft_error)?;
+        match response.data {
+            OpResult::Config { num } => self.config_response(num),
+            OpResult::Refused(reason) => Err(Status::invalid_argument(reason)),
+            other => Err(Status::internal(format!("meta change applied as {other:?}"))),
+        }
+    }
+
+    fn config_response(&self, num: u64) -> Result<ConfigResponse, Status> {
+        let latest = self.ctx.sharding().latest;
+        let config = if num == 0 || num >= latest.num {
+            latest
+        } else {
+            config_at(&self.ctx.db, num)
+                .map_err(|e| Status::internal(format!("reading config {num}: {e}")))?
+                .ok_or_else(|| Status::internal(format!("config {num} is missing from the store")))?
+        };
+        Ok(ConfigResponse { config: Some(config_to_wire(&config)) })
+    }
+}
+
+fn group_of(id: u64) -> Result<u64, Status> {
+    if id == META_GROUP {
+        return Err(Status::invalid_argument("group 0 is the meta group; data groups are numbered from 1"));
+    }
+    Ok(id)
+}
+
+#[tonic::async_trait]
+impl Meta for MetaService {
+    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<ConfigResponse>, Status> {
+        observed(&self.ctx.metrics, "Join", async {
+            let group = request.into_inner().group.ok_or_else(|| Status::invalid_argument("join needs a group"))?;
+            let members = members_from_wire(&group)?;
+            self.change(MetaChange::Join { group: group_of(group.group_id)?, members }).await
+        })
+        .await
+    }
+
+    async fn leave(&self, request: Request<LeaveRequest>) -> Result<Response<ConfigResponse>, Status> {
+        observed(&self.ctx.metrics, "Leave", async {
+            self.change(MetaChange::Leave { group: group_of(request.into_inner().group_id)? }).await
+        })
+        .await
+    }
+
+    async fn r#move(&self, request: Request<MoveRequest>) -> Result<Response<ConfigResponse>, Status> {
+        observed(&self.ctx.metrics, "Move", async {
+            let req = request.into_inner();
+            self.change(MetaChange::Move { shard: req.shard, group: group_of(req.group_id)? }).await
+        })
+        .await
+    }
+
+    async fn query(&self, request: Request<QueryRequest>) -> Result<Response<ConfigResponse>, Status> {
+        observed(&self.ctx.metrics, "Query", async {
+            self.check_role()?;
+            let num = request.into_inner().num;
+            // A numbered config never changes once it exists, so any replica holding it may
+            // answer; "the latest" must come from the leader.
+            if num == 0 || num > self.ctx.sharding().latest.num {
+                self.ctx.raft.ensure_linearizable(ReadPolicy::ReadIndex).await.map_err(raft_error)?;
+            }
+            self.config_response(num)
+        })
+        .await
+    }
+}
+
+pub fn config_to_wire(config: &Config) -> ShardConfig {
+    ShardConfig {
+        num: config.num,
+        shard_groups: config.shards.iter().map(|owner| owner.unwrap_or(0)).collect(),
+        groups: config
+            .groups
+            .iter()
+            .map(|(&group_id, members)| GroupMembers {
+                group_id,
+                members: members
+                    .iter()
+                    .map(|m| shardkv_proto::v1::Member { node_id: m.node_id, addr: m.addr.clone() })
+                    .collect(),
+            })
+            .collect(),
+        pinned: config.pinned.keys().copied().collect(),
+    }
+}
+
+/// A config as a meta replica sent it; refused when it is not self-consistent.
+pub fn config_from_wire(wire: &ShardConfig) -> Result<Config, String> {
+    let mut groups = BTreeMap::new();
+    for group in &wire.groups {
+        let members = members_from_wire(group).map_err(|s| s.message().to_string())?;
+        groups.insert(group.group_id, members);
+    }
+    let shards: Vec<Option<u64>> = wire.shard_groups.iter().map(|&g| (g != 0).then_some(g)).collect();
+    if let Some(owner) = shards.iter().flatten().find(|g| !groups.contains_key(g)) {
+        return Err(format!("config {} gives shards to group {owner}, which it does not list", wire.num));
+    }
+    let pinned = wire
+        .pinned
+        .iter()
+        .filter_map(|&shard| shards.get(shard as usize).copied().flatten().map(|group| (shard, group)))
+        .collect();
+    Ok(Config { num: wire.num, shards, groups, pinned })
+}
+
+fn members_from_wire(group: &GroupMembers) -> Result<Vec<Member>, Status> {
+    group
+        .members
+        .iter()
+        .map(|m| {
+            if m.node_id == 0 || !m.addr.contains(':') {
+                return Err(Status::invalid_argument(format!(
+                    "group {} member {{node_id: {}, addr: {:?}}} needs a node id of 1 or more and a host:port address",
+                    group.group_id, m.node_id, m.addr
+                )));
+            }
+            Ok(Member { node_id: m.node_id, addr: m.addr.clone() })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configs_survive_the_wire() {
+        let members = vec![Member { node_id: 1, addr: "127.0.0.1:7100".into() }];
+        let config = Config::initial(6).join(1, members.clone()).unwrap().join(2, members).unwrap();
+        let config = config.move_shard(5, 1).unwrap();
+        assert_eq!(config_from_wire(&config_to_wire(&config)).unwrap(), config);
+    }
+
+    #[test]
+    fn a_config_naming_an_unlisted_group_is_refused() {
+        let wire = ShardConfig { num: 3, shard_groups: vec![4], groups: vec![], pinned: vec![] };
+        assert!(config_from_wire(&wire).unwrap_err().contains("group 4"));
+    }
+}

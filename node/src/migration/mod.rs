@@ -1,0 +1,12 @@
+//! Moving shards between data groups: the per-shard state machine (`shard_state`, pure), the
+//! leader's serialized task that advances it (`driver`), and the gRPC side a previous owner
+//! serves (`service`).
+
+pub mod driver;
+pub mod service;
+mod shard_state;
+
+pub use shard_state::Admission;
+pub use shard_state::ConfigRefusal;
+pub use shard_state::GroupShards;
+pub use shard_state::ShardState;

@@ -1,0 +1,293 @@
+//! The shards of one data group and the state of each: what applying a config does to them,
+//! and which requests they admit. Pure: the state machine persists it, the driver reads it.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde::Serialize;
+
+use crate::meta::Config;
+use crate::meta::GroupId;
+use crate::meta::Member;
+use crate::types::ShardId;
+
+/// Where one shard stands in this group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShardState {
+    /// Owned now; requests are served.
+    Serving,
+    /// Owned in the current config, owned by `from` in the previous one: the leader pulls it.
+    Pulling { from: GroupId, members: Vec<Member> },
+    /// Owned in the previous config, by `to` now: frozen until `to` confirms it installed it,
+    /// then deleted.
+    BePulled { to: GroupId, members: Vec<Member> },
+}
+
+impl ShardState {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ShardState::Serving => "serving",
+            ShardState::Pulling { .. } => "pulling",
+            ShardState::BePulled { .. } => "be_pulled",
+        }
+    }
+}
+
+/// How a request for a shard is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Serve,
+    /// The shard is being pulled into this group: retry shortly.
+    MovingIn,
+    /// Not this group's shard in its current config.
+    WrongGroup {
+        config_num: u64,
+    },
+}
+
+/// Why an ApplyConfig entry was not applied (every replica decides the same way).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigRefusal {
+    /// Configs are applied one number at a time.
+    OutOfOrder { current: u64, offered: u64 },
+    /// A shard of the current config is still moving.
+    Unsettled,
+}
+
+/// The replicated shard state of a data group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupShards {
+    pub group: GroupId,
+    /// The last config applied (number 0: none yet).
+    pub config: Config,
+    /// Every shard this group serves, pulls or still holds; absent shards are not ours.
+    pub shards: BTreeMap<ShardId, ShardState>,
+}
+
+impl GroupShards {
+    /// A group that has applied no config owns nothing.
+    pub fn new(group: GroupId, shards: u32) -> Self {
+        Self { group, config: Config::initial(shards), shards: BTreeMap::new() }
+    }
+
+    /// A group outside any sharded cluster: it serves all `shards` shards, always.
+    pub fn standalone(group: GroupId, shards: u32) -> Self {
+        Self { group, config: Config::initial(shards), shards: (0..shards).map(|s| (s, ShardState::Serving)).collect() }
+    }
+
+    pub fn config_num(&self) -> u64 {
+        self.config.num
+    }
+
+    pub fn admission(&self, shard: ShardId) -> Admission {
+        match self.shards.get(&shard) {
+            Some(ShardState::Serving) => Admission::Serve,
+            Some(ShardState::Pulling { .. }) => Admission::MovingIn,
+            Some(ShardState::BePulled { .. }) | None => Admission::WrongGroup { config_num: self.config.num },
+        }
+    }
+
+    /// Every shard has finished moving: the next config may be applied.
+    pub fn settled(&self) -> bool {
+        self.shards.values().all(|state| *state == ShardState::Serving)
+    }
+
+    pub fn serving(&self) -> impl Iterator<Item = ShardId> + '_ {
+        self.shards.iter().filter(|(_, state)| **state == ShardState::Serving).map(|(shard, _)| *shard)
+    }
+
+    /// Moves to `next`, which must be the config after the current one, with every shard
+    /// settled. Shards gained from another group start Pulling; shards gained from nobody (the
+    /// first config) start Serving empty; shards lost become BePulled.
+    pub fn apply_config(&mut self, next: Config) -> Result<(), ConfigRefusal> {
+        if next.num != self.config.num + 1 {
+            return Err(ConfigRefusal::OutOfOrder { current: self.config.num, offered: next.num });
+        }
+        if !self.settled() {
+            return Err(ConfigRefusal::Unsettled);
+        }
+        let me = Some(self.group);
+        let previous = &self.config;
+        let mut changes = Vec::new();
+        for shard in 0..next.shards.len() as ShardId {
+            let before = previous.shards.get(shard as usize).copied().flatten();
+            let after = next.shards[shard as usize];
+            let state = match (before == me, after == me) {
+                (true, true) => continue,
+                (false, true) => match before {
+                    None => ShardState::Serving,
+                    Some(from) => ShardState::Pulling { from, members: members_of(previous, from) },
+                },
+                (true, false) => match after {
+                    Some(to) => ShardState::BePulled { to, members: members_of(&next, to) },
+                    // Only reachable if every group left, which the meta group refuses; the data
+                    // would have no owner, so it is kept where it is.
+                    None => continue,
+                },
+                (false, false) => continue,
+            };
+            changes.push((shard, state));
+        }
+        self.shards.extend(changes);
+        self.config = next;
+        Ok(())
+    }
+
+    /// The last chunk of a pulled shard was applied: the shard serves from now on. False (and
+    /// nothing changes) for a stale or repeated completion.
+    pub fn finish_pull(&mut self, config_num: u64, shard: ShardId) -> bool {
+        self.transition(
+            config_num,
+            shard,
+            |state| matches!(state, ShardState::Pulling { .. }),
+            Some(ShardState::Serving),
+        )
+    }
+
+    /// The new owner confirmed it installed the shard: drop it. False for a stale or repeated
+    /// deletion, which must then delete nothing.
+    pub fn finish_handoff(&mut self, config_num: u64, shard: ShardId) -> bool {
+        self.transition(config_num, shard, |state| matches!(state, ShardState::BePulled { .. }), None)
+    }
+
+    /// Whether a chunk of `shard` for `config_num` may be written now.
+    pub fn accepts_chunk(&self, config_num: u64, shard: ShardId) -> bool {
+        config_num == self.config.num && matches!(self.shards.get(&shard), Some(ShardState::Pulling { .. }))
+    }
+
+    /// Whether this group has installed `shard` as of `config_num` (the question the previous
+    /// owner asks before deleting its copy).
+    pub fn installed(&self, config_num: u64, shard: ShardId) -> bool {
+        self.config.num > config_num
+            || (self.config.num == config_num && self.shards.get(&shard) == Some(&ShardState::Serving))
+    }
+
+    /// Whether `shard` is frozen here for its new owner at `config_num`, so its data is final.
+    pub fn handing_off(&self, config_num: u64, shard: ShardId) -> bool {
+        config_num == self.config.num && matches!(self.shards.get(&shard), Some(ShardState::BePulled { .. }))
+    }
+
+    fn transition(
+        &mut self,
+        config_num: u64,
+        shard: ShardId,
+        expected: impl Fn(&ShardState) -> bool,
+        next: Option<ShardState>,
+    ) -> bool {
+        if config_num != self.config.num || !self.shards.get(&shard).is_some_and(expected) {
+            return false;
+        }
+        match next {
+            Some(state) => self.shards.insert(shard, state),
+            None => self.shards.remove(&shard),
+        };
+        true
+    }
+}
+
+fn members_of(config: &Config, group: GroupId) -> Vec<Member> {
+    config.groups.get(&group).cloned().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(group: GroupId) -> Vec<Member> {
+        vec![Member { node_id: 1, addr: format!("127.0.0.{group}:7100") }]
+    }
+
+    fn configs() -> Vec<Config> {
+        let c0 = Config::initial(8);
+        let c1 = c0.join(1, member(1)).unwrap();
+        let c2 = c1.join(2, member(2)).unwrap();
+        vec![c0, c1, c2]
+    }
+
+    /// Groups 1 and 2 after group 2 joined (config 2), neither having moved anything yet.
+    fn after_second_join() -> (Vec<Config>, GroupShards, GroupShards) {
+        let c = configs();
+        let (mut one, mut two) = (GroupShards::new(1, 8), GroupShards::new(2, 8));
+        one.apply_config(c[1].clone()).unwrap();
+        two.config = c[1].clone();
+        one.apply_config(c[2].clone()).unwrap();
+        two.apply_config(c[2].clone()).unwrap();
+        (c, one, two)
+    }
+
+    #[test]
+    fn the_first_config_serves_its_shards_at_once() {
+        let c = configs();
+        let mut group = GroupShards::new(1, 8);
+        assert_eq!(group.admission(3), Admission::WrongGroup { config_num: 0 });
+        group.apply_config(c[1].clone()).unwrap();
+        assert_eq!(group.serving().count(), 8);
+        assert!(group.settled());
+    }
+
+    #[test]
+    fn a_join_freezes_the_giver_and_makes_the_taker_pull() {
+        let (c, mut one, mut two) = after_second_join();
+        let moved = c[2].shards_of(2);
+        assert_eq!(moved.len(), 4);
+        for &shard in &moved {
+            assert_eq!(one.admission(shard), Admission::WrongGroup { config_num: 2 });
+            assert!(one.handing_off(2, shard));
+            assert_eq!(two.admission(shard), Admission::MovingIn);
+            assert_eq!(two.shards[&shard], ShardState::Pulling { from: 1, members: member(1) });
+        }
+        for shard in c[2].shards_of(1) {
+            assert_eq!(one.admission(shard), Admission::Serve, "shards that stay keep serving");
+        }
+        assert!(!one.settled() && !two.settled());
+    }
+
+    #[test]
+    fn a_move_completes_only_through_its_own_config_and_only_once() {
+        let (c, mut one, mut two) = after_second_join();
+        let shard = c[2].shards_of(2)[0];
+        assert!(two.accepts_chunk(2, shard));
+        assert!(!two.accepts_chunk(1, shard), "a chunk fenced by another config is refused");
+        assert!(!two.installed(2, shard));
+        assert!(!two.finish_pull(1, shard), "stale completion");
+        assert!(two.finish_pull(2, shard));
+        assert!(!two.finish_pull(2, shard), "repeated completion");
+        assert!(!two.accepts_chunk(2, shard), "a serving shard takes no more chunks");
+        assert!(two.installed(2, shard));
+        assert!(!one.finish_handoff(1, shard));
+        assert!(one.finish_handoff(2, shard));
+        assert!(!one.finish_handoff(2, shard), "a repeated delete deletes nothing");
+        assert_eq!(one.admission(shard), Admission::WrongGroup { config_num: 2 });
+    }
+
+    #[test]
+    fn configs_apply_in_order_and_only_when_settled() {
+        let c = configs();
+        let mut one = GroupShards::new(1, 8);
+        assert_eq!(one.apply_config(c[2].clone()), Err(ConfigRefusal::OutOfOrder { current: 0, offered: 2 }));
+        one.apply_config(c[1].clone()).unwrap();
+        one.apply_config(c[2].clone()).unwrap();
+        let c3 = c[2].join(3, member(3)).unwrap();
+        assert_eq!(one.apply_config(c3.clone()), Err(ConfigRefusal::Unsettled));
+        for shard in c[2].shards_of(2) {
+            assert!(one.finish_handoff(2, shard));
+        }
+        one.apply_config(c3).unwrap();
+        assert_eq!(one.config_num(), 3);
+    }
+
+    #[test]
+    fn installed_stays_true_once_the_taker_moved_past_the_config() {
+        let mut two = GroupShards::new(2, 8);
+        two.config.num = 5;
+        assert!(two.installed(4, 0), "a later config implies every earlier move finished");
+        assert!(!two.installed(5, 0), "shard 0 is not served in config 5");
+    }
+
+    #[test]
+    fn a_standalone_group_serves_everything() {
+        let group = GroupShards::standalone(0, 4);
+        assert!((0..4).all(|s| group.admission(s) == Admission::Serve));
+        assert!(group.settled());
+    }
+}

@@ -1,0 +1,112 @@
+//! The replicated sharding state of a replica: the meta group's configs, or a data group's
+//! shard states. Applied entries change it; request handlers and the migration driver read
+//! the shared copy, which is replaced only after the batch that changed it is written.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::RwLock;
+
+use rocksdb::DB;
+use rocksdb::Direction;
+use rocksdb::IteratorMode;
+use rocksdb::WriteBatch;
+
+use crate::meta::Config;
+use crate::meta::GroupId;
+use crate::migration::GroupShards;
+use crate::storage::CF_SHARDS;
+use crate::storage::cf;
+use crate::storage::io_err;
+use crate::types::decode;
+use crate::types::encode;
+
+const GROUP_KEY: &[u8] = b"group";
+const CONFIG_PREFIX: &[u8] = b"config/";
+
+/// What a node is, fixed by its flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A replica of the meta group.
+    Meta,
+    /// A replica of data group `group`, which learns its shards from the meta group.
+    Sharded { group: GroupId },
+    /// A single group serving every shard, with no meta group.
+    Standalone { group: GroupId },
+}
+
+impl Role {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Role::Meta => "meta",
+            Role::Sharded { .. } | Role::Standalone { .. } => "data",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Sharding {
+    pub role: Role,
+    /// Data groups: their shards. A meta replica serves no shard.
+    pub group: GroupShards,
+    /// Meta group: the latest config (older ones are read from the store by number).
+    pub latest: Config,
+}
+
+pub type SharedSharding = Arc<RwLock<Sharding>>;
+
+impl Sharding {
+    /// The state as last written, or the initial one for a fresh replica.
+    pub fn load(db: &DB, role: Role, shards: u32) -> io::Result<Sharding> {
+        let initial = Self::initial(role, shards);
+        let shards_cf = cf(db, CF_SHARDS);
+        let group = match db.get_cf(shards_cf, GROUP_KEY).map_err(io_err)? {
+            Some(bytes) => decode(&bytes)?,
+            None => initial.group,
+        };
+        let latest = latest_config(db)?.unwrap_or(initial.latest);
+        Ok(Sharding { role, group, latest })
+    }
+
+    fn initial(role: Role, shards: u32) -> Sharding {
+        let group = match role {
+            Role::Meta => GroupShards::new(crate::meta::META_GROUP, shards),
+            Role::Sharded { group } => GroupShards::new(group, shards),
+            Role::Standalone { group } => GroupShards::standalone(group, shards),
+        };
+        Sharding { role, group, latest: Config::initial(shards) }
+    }
+
+    /// The config number clients and peers are told about.
+    pub fn config_num(&self) -> u64 {
+        match self.role {
+            Role::Meta => self.latest.num,
+            _ => self.group.config_num(),
+        }
+    }
+
+    pub fn write_group(&self, db: &DB, batch: &mut WriteBatch) {
+        batch.put_cf(cf(db, CF_SHARDS), GROUP_KEY, encode(&self.group));
+    }
+}
+
+pub fn write_config(db: &DB, batch: &mut WriteBatch, config: &Config) {
+    batch.put_cf(cf(db, CF_SHARDS), config_key(config.num), encode(config));
+}
+
+fn config_key(num: u64) -> Vec<u8> {
+    [CONFIG_PREFIX, &num.to_be_bytes()].concat()
+}
+
+/// The meta group's config `num`, if it exists.
+pub fn config_at(db: &DB, num: u64) -> io::Result<Option<Config>> {
+    db.get_cf(cf(db, CF_SHARDS), config_key(num)).map_err(io_err)?.map(|bytes| decode(&bytes)).transpose()
+}
+
+fn latest_config(db: &DB) -> io::Result<Option<Config>> {
+    let upper = config_key(u64::MAX);
+    let mut iter = db.iterator_cf(cf(db, CF_SHARDS), IteratorMode::From(&upper, Direction::Reverse));
+    match iter.next().transpose().map_err(io_err)? {
+        Some((key, value)) if key.starts_with(CONFIG_PREFIX) => Ok(Some(decode(&value)?)),
+        _ => Ok(None),
+    }
+}
