@@ -1,0 +1,550 @@
+//! The ShardCluster controller: observe (pods, StatefulSets, node Status, the shard map), plan
+//! (pure, in `plan`), act (server-side apply of owned objects, at most one membership step per
+//! group), report (status, Events). Level-triggered: every reconcile starts from what is there.
+
+use std::collections::BTreeSet;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+use std::time::Instant;
+
+use futures::StreamExt;
+use futures::future::join_all;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::jiff::Timestamp;
+use kube::Api;
+use kube::Client;
+use kube::Resource;
+use kube::ResourceExt;
+use kube::api::DeleteParams;
+use kube::api::ListParams;
+use kube::api::Patch;
+use kube::api::PatchParams;
+use kube::runtime::Controller;
+use kube::runtime::controller::Action;
+use kube::runtime::events::Event;
+use kube::runtime::events::EventType;
+use kube::runtime::events::Recorder;
+use kube::runtime::events::Reporter;
+use kube::runtime::finalizer;
+use kube::runtime::finalizer::Event as Finalized;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use shardkv_proto::v1::Member;
+use shardkv_proto::v1::ShardConfig;
+
+use crate::crd::FINALIZER;
+use crate::crd::ShardCluster;
+use crate::metrics::Metrics;
+use crate::nodes::NodeApi;
+use crate::plan::DataGroupView;
+use crate::plan::GroupStep;
+use crate::plan::GroupView;
+use crate::plan::MetaStep;
+use crate::plan::PodView;
+use crate::plan::plan_group;
+use crate::plan::plan_meta;
+use crate::resources;
+use crate::resources::ClusterNames;
+use crate::resources::GRPC_PORT;
+use crate::resources::LABEL_CLUSTER;
+use crate::resources::LABEL_GROUP;
+use crate::resources::LABEL_REVISION;
+use crate::resources::MANAGER;
+use crate::resources::META_GROUP;
+use crate::status;
+use crate::status::ObservedGroup;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<finalizer::Error<Error>>),
+    #[error("{0} has no namespace")]
+    NoNamespace(String),
+    #[error("node calls failed: {0}")]
+    Steps(String),
+}
+
+impl Error {
+    /// Label of the failures metric.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "Kube",
+            Error::Finalizer(_) => "Finalizer",
+            Error::NoNamespace(_) => "NoNamespace",
+            Error::Steps(_) => "NodeStep",
+        }
+    }
+}
+
+/// Tunables of the controller.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// DNS suffix of the Kubernetes cluster (peer addresses).
+    pub cluster_domain: String,
+    /// Log entries a learner may lag and still be promoted.
+    pub max_learner_lag: u64,
+    /// Requeue interval while an operation is in flight.
+    pub progress_interval: Duration,
+    /// Requeue interval of a settled cluster (a resync; changes also trigger reconciles).
+    pub settled_interval: Duration,
+    /// First retry delay after an error; doubles per consecutive error of the same object.
+    pub error_backoff: Duration,
+    pub max_error_backoff: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            cluster_domain: "cluster.local".into(),
+            max_learner_lag: 1_000,
+            progress_interval: Duration::from_secs(2),
+            settled_interval: Duration::from_secs(60),
+            error_backoff: Duration::from_secs(1),
+            max_error_backoff: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Shared by every reconcile.
+pub struct Context<N> {
+    pub client: Client,
+    pub nodes: N,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub settings: Settings,
+    /// Consecutive failures per object, for per-object exponential backoff.
+    failures: Mutex<HashMap<ObjectRef<ShardCluster>, u32>>,
+}
+
+impl<N: NodeApi> Context<N> {
+    pub fn new(client: Client, nodes: N, metrics: Arc<Metrics>, settings: Settings, reporter: Reporter) -> Self {
+        let recorder = Recorder::new(client.clone(), reporter);
+        Context { client, nodes, recorder, metrics, settings, failures: Mutex::default() }
+    }
+
+    /// Publishes an Event on the cluster, about one of its groups when `group` names one (the
+    /// group's StatefulSet is then the related object, so Events of different groups are not
+    /// folded into one series).
+    async fn publish(
+        &self,
+        cluster: &ShardCluster,
+        group: Option<String>,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let related = group.map(|name| ObjectReference {
+            api_version: Some("apps/v1".into()),
+            kind: Some("StatefulSet".into()),
+            name: Some(name),
+            namespace: cluster.namespace(),
+            ..Default::default()
+        });
+        let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: related };
+        if let Err(e) = self.recorder.publish(&event, &cluster.object_ref(&())).await {
+            tracing::warn!(error = %e, reason, "publishing an Event failed");
+        }
+    }
+}
+
+/// Runs the controller until the stream ends (the process is told to stop).
+pub async fn run<N: NodeApi>(ctx: Arc<Context<N>>) {
+    let clusters = Api::<ShardCluster>::all(ctx.client.clone());
+    let selector = watcher::Config::default().labels(LABEL_CLUSTER);
+    Controller::new(clusters, watcher::Config::default())
+        .owns(Api::<StatefulSet>::all(ctx.client.clone()), selector.clone())
+        .watches(Api::<Pod>::all(ctx.client.clone()), selector, |pod| {
+            let cluster = pod.labels().get(LABEL_CLUSTER)?;
+            Some(ObjectRef::new(cluster).within(&pod.namespace()?))
+        })
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(%object, "reconciled"),
+                Err(e) => tracing::warn!(error = %e, "reconcile failed"),
+            }
+        })
+        .await;
+}
+
+/// One reconcile of one ShardCluster.
+pub async fn reconcile<N: NodeApi>(cluster: Arc<ShardCluster>, ctx: Arc<Context<N>>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let namespace = cluster.namespace().ok_or_else(|| Error::NoNamespace(cluster.name_any()))?;
+    let api: Api<ShardCluster> = Api::namespaced(ctx.client.clone(), &namespace);
+    let result = finalizer::finalizer(&api, FINALIZER, cluster.clone(), |event| async {
+        match event {
+            Finalized::Apply(cluster) => apply(&cluster, &ctx).await,
+            Finalized::Cleanup(cluster) => cleanup(&cluster, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics.reconciled(started.elapsed());
+    if result.is_ok() {
+        ctx.failures.lock().expect("failures lock").remove(&ObjectRef::from_obj(&*cluster));
+    }
+    result
+}
+
+/// Retries a failed object with exponential backoff of its own.
+pub fn error_policy<N: NodeApi>(cluster: Arc<ShardCluster>, error: &Error, ctx: Arc<Context<N>>) -> Action {
+    ctx.metrics.failed(error.reason());
+    let failures = {
+        let mut all = ctx.failures.lock().expect("failures lock");
+        let n = all.entry(ObjectRef::from_obj(&*cluster)).or_default();
+        *n = n.saturating_add(1);
+        *n
+    };
+    let delay = backoff(&ctx.settings, failures);
+    tracing::warn!(cluster = %cluster.name_any(), error = %error, failures, ?delay, "reconcile failed; retrying");
+    Action::requeue(delay)
+}
+
+fn backoff(settings: &Settings, failures: u32) -> Duration {
+    let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(16));
+    settings.error_backoff.saturating_mul(factor).min(settings.max_error_backoff)
+}
+
+fn ordinal_of(pod: &Pod, statefulset: &str) -> Option<u32> {
+    pod.name_any().strip_prefix(statefulset)?.strip_prefix('-')?.parse().ok()
+}
+
+fn group_of<K: Resource>(object: &K) -> Option<u64> {
+    object.meta().labels.as_ref()?.get(LABEL_GROUP)?.parse().ok()
+}
+
+fn pod_ready(pod: &Pod) -> bool {
+    let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_ref());
+    conditions.is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn pod_endpoint(pod: &Pod) -> Option<String> {
+    let ip = pod.status.as_ref()?.pod_ip.as_ref()?;
+    (pod.meta().deletion_timestamp.is_none()).then(|| format!("{ip}:{GRPC_PORT}"))
+}
+
+async fn apply_object<K>(ctx: &Context<impl NodeApi>, namespace: &str, object: &K) -> Result<K, Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
+    let params = PatchParams::apply(MANAGER).force();
+    Ok(api.patch(&object.name_any(), &params, &Patch::Apply(object)).await?)
+}
+
+async fn delete_object<K>(ctx: &Context<impl NodeApi>, namespace: &str, name: &str) -> Result<(), Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
+    match api.delete(name, &DeleteParams::foreground()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn delete_group(ctx: &Context<impl NodeApi>, names: &ClusterNames, group_id: u64) -> Result<(), Error> {
+    let name = names.group(group_id);
+    delete_object::<StatefulSet>(ctx, &names.namespace, &name).await?;
+    delete_object::<PodDisruptionBudget>(ctx, &names.namespace, &name).await?;
+    delete_object::<Service>(ctx, &names.namespace, &name).await
+}
+
+/// The pods and node Status of one group.
+async fn observe_group(
+    ctx: &Context<impl NodeApi>,
+    cluster: &ShardCluster,
+    names: &ClusterNames,
+    group_id: u64,
+    pods: &[Pod],
+    statefulset_replicas: Option<u32>,
+) -> (GroupView, Vec<(u32, String)>) {
+    let statefulset = names.group(group_id);
+    let mut members: Vec<(u32, &Pod)> = pods
+        .iter()
+        .filter(|p| group_of(*p) == Some(group_id))
+        .filter_map(|p| ordinal_of(p, &statefulset).map(|o| (o, p)))
+        .collect();
+    members.sort_by_key(|(o, _)| *o);
+    let statuses = join_all(members.iter().map(|(_, pod)| async {
+        let endpoint = pod_endpoint(pod)?;
+        ctx.nodes.status(&endpoint).await.inspect_err(|e| tracing::debug!(%endpoint, error = %e, "no status")).ok()
+    }))
+    .await;
+    let revisions = members.iter().filter_map(|(o, p)| Some((*o, p.labels().get(LABEL_REVISION)?.clone()))).collect();
+    let pods = members
+        .iter()
+        .zip(statuses)
+        .map(|((ordinal, pod), status)| PodView {
+            ordinal: *ordinal,
+            peer_addr: names.peer_addr(group_id, *ordinal),
+            ready: pod_ready(pod),
+            status,
+        })
+        .collect();
+    let recorded_initialized =
+        cluster.status.as_ref().is_some_and(|s| s.groups.iter().any(|g| g.group_id == group_id && g.initialized));
+    let view = GroupView {
+        group_id,
+        desired_replicas: resources::desired_replicas(cluster, group_id),
+        recorded_initialized,
+        statefulset_replicas,
+        pods,
+    };
+    (view, revisions)
+}
+
+fn endpoint_of(view: &GroupView, pods: &[Pod], names: &ClusterNames, ordinal: u32) -> Option<String> {
+    let name = names.pod(view.group_id, ordinal);
+    pods.iter().find(|p| p.name_any() == name).and_then(pod_endpoint)
+}
+
+/// Takes a group's step (at most one node call) and publishes an Event saying what it did.
+async fn take_group_step(
+    ctx: &Context<impl NodeApi>,
+    cluster: &ShardCluster,
+    names: &ClusterNames,
+    view: &GroupView,
+    step: &GroupStep,
+    pods: &[Pod],
+) -> Result<(), String> {
+    let (ordinal, call) = match step {
+        GroupStep::Settled | GroupStep::Wait { .. } | GroupStep::Blocked { .. } => return Ok(()),
+        GroupStep::Initialize { ordinal, .. }
+        | GroupStep::AddLearner { leader: ordinal, .. }
+        | GroupStep::Promote { leader: ordinal, .. }
+        | GroupStep::TransferLeader { leader: ordinal, .. }
+        | GroupStep::RemoveVoters { leader: ordinal, .. } => (*ordinal, step.name()),
+    };
+    let group_id = view.group_id;
+    let endpoint = endpoint_of(view, pods, names, ordinal).ok_or_else(|| format!("pod {ordinal} has no IP"))?;
+    let result = match step {
+        GroupStep::Initialize { member, .. } => ctx.nodes.initialize(&endpoint, vec![member.clone()]).await,
+        GroupStep::AddLearner { member, .. } => ctx.nodes.add_learner(&endpoint, member.clone()).await,
+        GroupStep::Promote { voters, .. } | GroupStep::RemoveVoters { voters, .. } => {
+            ctx.nodes.change_membership(&endpoint, voters.clone()).await
+        }
+        GroupStep::TransferLeader { to, .. } => ctx.nodes.transfer_leader(&endpoint, *to).await,
+        GroupStep::Settled | GroupStep::Wait { .. } | GroupStep::Blocked { .. } => unreachable!("returned above"),
+    };
+    let operation = step.operation().map_or("Membership", |o| o.as_str());
+    ctx.metrics.step(operation, call);
+    match result {
+        Ok(()) => {
+            let note = format!("group {group_id}: {}", step.describe());
+            tracing::info!(cluster = %names.name, group_id, step = call, "{note}");
+            ctx.publish(cluster, Some(names.group(group_id)), EventType::Normal, call, operation, note).await;
+            Ok(())
+        }
+        Err(e) => {
+            let note = format!("group {group_id}: {} failed: {}", step.describe(), e.message());
+            ctx.publish(
+                cluster,
+                Some(names.group(group_id)),
+                EventType::Warning,
+                "StepFailed",
+                operation,
+                note.clone(),
+            )
+            .await;
+            Err(note)
+        }
+    }
+}
+
+/// Takes a shard-map step (a Meta call on the meta leader, or deleting a drained group).
+async fn take_meta_step(
+    ctx: &Context<impl NodeApi>,
+    cluster: &ShardCluster,
+    names: &ClusterNames,
+    meta_leader: Option<&str>,
+    step: &MetaStep,
+) -> Result<(), String> {
+    let result = match (step, meta_leader) {
+        (MetaStep::Wait { .. }, _) => return Ok(()),
+        (MetaStep::Join(group), Some(leader)) => {
+            ctx.nodes.join(leader, group.clone()).await.map_err(|e| e.message().to_string())
+        }
+        (MetaStep::Leave { group_id }, Some(leader)) => {
+            ctx.nodes.leave(leader, *group_id).await.map_err(|e| e.message().to_string())
+        }
+        (MetaStep::DeleteGroup { group_id }, _) => delete_group(ctx, names, *group_id).await.map_err(|e| e.to_string()),
+        (MetaStep::Join(_) | MetaStep::Leave { .. }, None) => Err("the meta group has no leader".to_string()),
+    };
+    ctx.metrics.step(step.operation(), step.name());
+    let group_id = step.group_id();
+    match result {
+        Ok(()) => {
+            let note = format!("group {group_id}: {}", step.describe());
+            tracing::info!(cluster = %names.name, group_id, step = step.name(), "{note}");
+            ctx.publish(cluster, Some(names.group(group_id)), EventType::Normal, step.name(), step.operation(), note)
+                .await;
+            Ok(())
+        }
+        Err(e) => {
+            let note = format!("group {group_id}: {} failed: {e}", step.describe());
+            ctx.publish(
+                cluster,
+                Some(names.group(group_id)),
+                EventType::Warning,
+                "StepFailed",
+                step.operation(),
+                note.clone(),
+            )
+            .await;
+            Err(note)
+        }
+    }
+}
+
+fn settled_voters(view: &GroupView, step: &GroupStep) -> Option<Vec<Member>> {
+    if *step != GroupStep::Settled {
+        return None;
+    }
+    let leader = view.leader()?;
+    let voters = leader.voters();
+    Some(
+        leader
+            .status
+            .members
+            .iter()
+            .filter(|m| voters.contains(&m.node_id))
+            .map(|m| Member { node_id: m.node_id, addr: m.addr.clone() })
+            .collect(),
+    )
+}
+
+async fn apply<N: NodeApi>(cluster: &ShardCluster, ctx: &Context<N>) -> Result<Action, Error> {
+    let names = ClusterNames::of(cluster, &ctx.settings.cluster_domain);
+    let namespace = names.namespace.clone();
+    let by_cluster = ListParams::default().labels(&names.cluster_selector());
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), &namespace).list(&by_cluster).await?.items;
+    let statefulsets = Api::<StatefulSet>::namespaced(ctx.client.clone(), &namespace).list(&by_cluster).await?.items;
+
+    // Wanted groups, plus data groups still running beyond spec.groups (being removed).
+    let desired_groups = u64::from(cluster.spec.groups);
+    let mut group_ids: BTreeSet<u64> = std::iter::once(META_GROUP).chain(resources::data_groups(cluster)).collect();
+    group_ids.extend(statefulsets.iter().filter_map(group_of));
+
+    let mut observed = Vec::new();
+    for group_id in &group_ids {
+        let replicas = statefulsets
+            .iter()
+            .find(|s| group_of(*s) == Some(*group_id))
+            .and_then(|s| s.spec.as_ref()?.replicas)
+            .and_then(|r| u32::try_from(r).ok());
+        let (view, revisions) = observe_group(ctx, cluster, &names, *group_id, &pods, replicas).await;
+        let plan = plan_group(&view, ctx.settings.max_learner_lag);
+        let initialized =
+            view.recorded_initialized || view.pods.iter().any(|p| p.status.as_ref().is_some_and(|s| s.initialized));
+        observed.push(ObservedGroup { statefulset: names.group(*group_id), view, plan, revisions, initialized });
+    }
+
+    let meta_leader = observed
+        .iter()
+        .find(|g| g.view.group_id == META_GROUP)
+        .and_then(|g| g.view.leader().map(|l| l.ordinal).and_then(|o| endpoint_of(&g.view, &pods, &names, o)));
+    let config: Option<ShardConfig> = match &meta_leader {
+        Some(leader) => {
+            ctx.nodes.query_config(leader).await.inspect_err(|e| tracing::debug!(error = %e, "no shard map")).ok()
+        }
+        None => None,
+    };
+    let data_views: Vec<DataGroupView> = observed
+        .iter()
+        .filter(|g| g.view.group_id != META_GROUP)
+        .map(|g| DataGroupView {
+            group_id: g.view.group_id,
+            settled_voters: settled_voters(&g.view, &g.plan.step),
+            held_shards: g.view.leader().map(|l| l.status.shards.len()),
+        })
+        .collect();
+    let meta_steps = plan_meta(desired_groups, &data_views, config.as_ref());
+
+    let mut failures = Vec::new();
+    if !cluster.spec.paused {
+        let deleting: BTreeSet<u64> =
+            meta_steps.iter().filter(|s| matches!(s, MetaStep::DeleteGroup { .. })).map(MetaStep::group_id).collect();
+        for group in observed.iter().filter(|g| !deleting.contains(&g.view.group_id)) {
+            let group_id = group.view.group_id;
+            apply_object(
+                ctx,
+                &namespace,
+                &resources::statefulset(cluster, &names, group_id, group.plan.statefulset_replicas),
+            )
+            .await?;
+            apply_object(ctx, &namespace, &resources::headless_service(cluster, &names, group_id)).await?;
+            apply_object(ctx, &namespace, &resources::pod_disruption_budget(cluster, &names, group_id)).await?;
+        }
+        apply_object(ctx, &namespace, &resources::client_service(cluster, &names)).await?;
+
+        for group in &mut observed {
+            match take_group_step(ctx, cluster, &names, &group.view, &group.plan.step, &pods).await {
+                Ok(()) => group.initialized |= matches!(group.plan.step, GroupStep::Initialize { .. }),
+                Err(e) => failures.push(e),
+            }
+        }
+        for step in &meta_steps {
+            if let Err(e) = take_meta_step(ctx, cluster, &names, meta_leader.as_deref(), step).await {
+                failures.push(e);
+            }
+        }
+    }
+
+    let status = status::build(&status::Observed {
+        generation: cluster.metadata.generation,
+        paused: cluster.spec.paused,
+        desired_groups,
+        groups: &observed,
+        config: config.as_ref(),
+        meta_steps: &meta_steps,
+        previous: cluster.status.as_ref(),
+        now: Timestamp::now(),
+    });
+    let in_flight = !status.operations.is_empty();
+    let api: Api<ShardCluster> = Api::namespaced(ctx.client.clone(), &namespace);
+    api.patch_status(&names.name, &PatchParams::default(), &Patch::Merge(json!({ "status": status }))).await?;
+
+    if !failures.is_empty() {
+        return Err(Error::Steps(failures.join("; ")));
+    }
+    let interval =
+        if in_flight && !cluster.spec.paused { ctx.settings.progress_interval } else { ctx.settings.settled_interval };
+    Ok(Action::requeue(interval))
+}
+
+/// Ordered cleanup on delete: data groups first, then the meta group, then the client Service.
+/// Volumes follow spec.pvcRetention.whenDeleted through the StatefulSets' retention policy.
+async fn cleanup<N: NodeApi>(cluster: &ShardCluster, ctx: &Context<N>) -> Result<Action, Error> {
+    let names = ClusterNames::of(cluster, &ctx.settings.cluster_domain);
+    let by_cluster = ListParams::default().labels(&names.cluster_selector());
+    let statefulsets =
+        Api::<StatefulSet>::namespaced(ctx.client.clone(), &names.namespace).list(&by_cluster).await?.items;
+    let mut data_groups: Vec<u64> = statefulsets.iter().filter_map(group_of).filter(|g| *g != META_GROUP).collect();
+    data_groups.sort_unstable_by(|a, b| b.cmp(a));
+    for group_id in data_groups.into_iter().chain([META_GROUP]) {
+        delete_group(ctx, &names, group_id).await?;
+    }
+    delete_object::<Service>(ctx, &names.namespace, &names.client_service()).await?;
+    let note =
+        format!("deleted the groups of {} (volumes: {})", names.name, cluster.spec.pvc_retention.when_deleted.as_str());
+    ctx.publish(cluster, None, EventType::Normal, "Deleted", "Cleanup", note).await;
+    Ok(Action::await_change())
+}

@@ -1,0 +1,506 @@
+//! Reconcile against a mocked Kubernetes API server (tower-test) and a fake set of nodes:
+//! create, bootstrap, scale up, scale down, pause and delete, asserting the requests made.
+
+use std::collections::BTreeSet;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+
+use http::Request;
+use http::Response;
+use kube::Client;
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use kube::runtime::events::Reporter;
+use serde_json::Value;
+use serde_json::json;
+use shardkv_operator::controller::Context;
+use shardkv_operator::controller::Settings;
+use shardkv_operator::controller::reconcile;
+use shardkv_operator::crd::ShardCluster;
+use shardkv_operator::metrics::Metrics;
+use shardkv_operator::nodes::NodeApi;
+use shardkv_proto::v1::GroupMembers;
+use shardkv_proto::v1::Member;
+use shardkv_proto::v1::ReplicaStatus;
+use shardkv_proto::v1::ShardConfig;
+use shardkv_proto::v1::StatusResponse;
+use tonic::Status;
+
+/// Everything the operator did, API requests and node calls in one sequence.
+type Log = Arc<Mutex<Vec<Call>>>;
+
+#[derive(Debug, Clone)]
+enum Call {
+    Api { method: String, path: String, query: String, body: Value },
+    Node { endpoint: String, call: String },
+}
+
+/// The cluster as the fake apiserver and fake nodes present it.
+#[derive(Clone, Default)]
+struct World {
+    cluster: Value,
+    pods: Vec<Value>,
+    statefulsets: Vec<Value>,
+    statuses: HashMap<String, StatusResponse>,
+    config: Option<ShardConfig>,
+}
+
+struct FakeNodes {
+    statuses: HashMap<String, StatusResponse>,
+    config: Option<ShardConfig>,
+    log: Log,
+}
+
+impl FakeNodes {
+    fn record(&self, endpoint: &str, call: String) {
+        self.log.lock().unwrap().push(Call::Node { endpoint: endpoint.to_string(), call });
+    }
+}
+
+impl NodeApi for FakeNodes {
+    async fn status(&self, endpoint: &str) -> Result<StatusResponse, Status> {
+        self.statuses.get(endpoint).cloned().ok_or_else(|| Status::unavailable("connection refused"))
+    }
+
+    async fn initialize(&self, endpoint: &str, members: Vec<Member>) -> Result<(), Status> {
+        let members: Vec<String> = members.iter().map(|m| format!("{}={}", m.node_id, m.addr)).collect();
+        self.record(endpoint, format!("initialize {}", members.join(",")));
+        Ok(())
+    }
+
+    async fn add_learner(&self, endpoint: &str, member: Member) -> Result<(), Status> {
+        self.record(endpoint, format!("add_learner {}={}", member.node_id, member.addr));
+        Ok(())
+    }
+
+    async fn change_membership(&self, endpoint: &str, voters: BTreeSet<u64>) -> Result<(), Status> {
+        self.record(endpoint, format!("change_membership {voters:?}"));
+        Ok(())
+    }
+
+    async fn transfer_leader(&self, endpoint: &str, to: u64) -> Result<(), Status> {
+        self.record(endpoint, format!("transfer_leader {to}"));
+        Ok(())
+    }
+
+    async fn query_config(&self, endpoint: &str) -> Result<ShardConfig, Status> {
+        let _ = endpoint;
+        self.config.clone().ok_or_else(|| Status::unavailable("no meta"))
+    }
+
+    async fn join(&self, endpoint: &str, group: GroupMembers) -> Result<(), Status> {
+        let ids: Vec<u64> = group.members.iter().map(|m| m.node_id).collect();
+        self.record(endpoint, format!("join {} {ids:?}", group.group_id));
+        Ok(())
+    }
+
+    async fn leave(&self, endpoint: &str, group_id: u64) -> Result<(), Status> {
+        self.record(endpoint, format!("leave {group_id}"));
+        Ok(())
+    }
+}
+
+/// Answers the operator's requests like an apiserver holding `world`, recording each one.
+async fn serve(mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>, world: World, log: Log) {
+    while let Some((request, respond)) = handle.next_request().await {
+        let method = request.method().to_string();
+        let path = request.uri().path().to_string();
+        let query = request.uri().query().unwrap_or_default().to_string();
+        let bytes = request.into_body().collect_bytes().await.unwrap();
+        let body: Value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
+        log.lock().unwrap().push(Call::Api { method: method.clone(), path: path.clone(), query, body: body.clone() });
+        let answer = match (method.as_str(), path.as_str()) {
+            ("GET", p) if p.ends_with("/pods") => {
+                json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": world.pods})
+            }
+            ("GET", p) if p.ends_with("/statefulsets") => {
+                json!({"apiVersion": "apps/v1", "kind": "StatefulSetList", "metadata": {}, "items": world.statefulsets})
+            }
+            ("PATCH", p) if p.ends_with("/shardclusters/demo/status") => {
+                let mut cluster = world.cluster.clone();
+                cluster["status"] = body["status"].clone();
+                cluster
+            }
+            ("PATCH", p) if p.ends_with("/shardclusters/demo") => world.cluster.clone(),
+            ("DELETE", _) => json!({"apiVersion": "v1", "kind": "Status", "status": "Success", "metadata": {}}),
+            // Server-side apply and Event creation answer with the object sent.
+            ("PATCH" | "POST", _) => body,
+            other => panic!("unexpected request {other:?}"),
+        };
+        respond.send_response(Response::builder().body(Body::from(serde_json::to_vec(&answer).unwrap())).unwrap());
+    }
+}
+
+struct Outcome {
+    action: Result<Action, String>,
+    calls: Vec<Call>,
+}
+
+impl Outcome {
+    fn api(&self, method: &str) -> Vec<(String, Value)> {
+        self.calls
+            .iter()
+            .filter_map(|c| match c {
+                Call::Api { method: m, path, body, .. } if m == method => Some((path.clone(), body.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn applied(&self, kind: &str, name: &str) -> Option<Value> {
+        let suffix = format!("/{kind}/{name}");
+        self.api("PATCH").into_iter().find(|(p, _)| p.ends_with(&suffix)).map(|(_, body)| body)
+    }
+
+    fn status(&self) -> Value {
+        self.api("PATCH").into_iter().find(|(p, _)| p.ends_with("/status")).expect("status was written").1["status"]
+            .clone()
+    }
+
+    fn node_calls(&self) -> Vec<(String, String)> {
+        self.calls
+            .iter()
+            .filter_map(|c| match c {
+                Call::Node { endpoint, call } => Some((endpoint.clone(), call.clone())),
+                Call::Api { .. } => None,
+            })
+            .collect()
+    }
+
+    fn event_reasons(&self) -> Vec<String> {
+        self.api("POST")
+            .into_iter()
+            .filter(|(p, _)| p.ends_with("/events"))
+            .map(|(_, body)| body["reason"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    fn condition(&self, type_: &str) -> Value {
+        let status = self.status();
+        status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == type_).cloned().unwrap()
+    }
+}
+
+async fn run(world: World) -> Outcome {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let log: Log = Arc::default();
+    let server = tokio::spawn(serve(handle, world.clone(), log.clone()));
+    let nodes = FakeNodes { statuses: world.statuses.clone(), config: world.config.clone(), log: log.clone() };
+    let ctx = Arc::new(Context::new(
+        Client::new(service, "default"),
+        nodes,
+        Arc::new(Metrics::default()),
+        Settings::default(),
+        Reporter { controller: "shardkv-operator".into(), instance: None },
+    ));
+    let cluster: ShardCluster = serde_json::from_value(world.cluster.clone()).unwrap();
+    let action = reconcile(Arc::new(cluster), ctx).await.map_err(|e| e.to_string());
+    // The context (and with it every client handle) is gone: the fake apiserver's stream ends.
+    server.await.unwrap();
+    let calls = log.lock().unwrap().clone();
+    Outcome { action, calls }
+}
+
+fn cluster(groups: u32, replicas: u32, meta_replicas: u32) -> Value {
+    json!({
+        "apiVersion": "shardkv.dev/v1alpha1",
+        "kind": "ShardCluster",
+        "metadata": {
+            "name": "demo", "namespace": "prod", "uid": "uid-1", "generation": 7,
+            "finalizers": ["shardkv.dev/cleanup"],
+        },
+        "spec": {
+            "image": "shardkv/node:test", "shards": 8, "groups": groups,
+            "replicasPerGroup": replicas, "meta": {"replicas": meta_replicas},
+        },
+    })
+}
+
+fn group_name(group: u64) -> String {
+    if group == 0 { "demo-meta".to_string() } else { format!("demo-g{group}") }
+}
+
+fn peer(group: u64, ordinal: u32) -> String {
+    let g = group_name(group);
+    format!("{g}-{ordinal}.{g}.prod.svc.cluster.local:7100")
+}
+
+fn endpoint(group: u64, ordinal: u32) -> String {
+    format!("10.0.{group}.{ordinal}:7100")
+}
+
+fn pod(group: u64, ordinal: u32) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "name": format!("{}-{ordinal}", group_name(group)), "namespace": "prod",
+            "labels": {"shardkv.dev/cluster": "demo", "shardkv.dev/group": group.to_string(), "controller-revision-hash": "rev-1"},
+        },
+        "status": {"podIP": format!("10.0.{group}.{ordinal}"), "conditions": [{"type": "Ready", "status": "True"}]},
+    })
+}
+
+fn statefulset(group: u64, replicas: u32) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": group_name(group), "namespace": "prod", "labels": {"shardkv.dev/cluster": "demo", "shardkv.dev/group": group.to_string()}},
+        "spec": {"replicas": replicas, "selector": {}, "template": {}, "serviceName": group_name(group)},
+    })
+}
+
+fn fresh() -> StatusResponse {
+    StatusResponse { state: "Learner".into(), ..Default::default() }
+}
+
+fn follower() -> StatusResponse {
+    StatusResponse { state: "Follower".into(), initialized: true, term: 1, ..Default::default() }
+}
+
+/// Leader of `group` on pod 0 with these voters (node ids), all caught up.
+fn leader(group: u64, voters: &[u64]) -> StatusResponse {
+    StatusResponse {
+        state: "Leader".into(),
+        initialized: true,
+        term: 1,
+        group_id: group,
+        last_log_index: 40,
+        members: voters
+            .iter()
+            .map(|id| ReplicaStatus {
+                node_id: *id,
+                addr: peer(group, u32::try_from(id - 1).unwrap()),
+                role: "voter".into(),
+                matched_index: Some(40),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn members(group: u64, ids: &[u64]) -> GroupMembers {
+    GroupMembers {
+        group_id: group,
+        members: ids
+            .iter()
+            .map(|id| Member { node_id: *id, addr: peer(group, u32::try_from(id - 1).unwrap()) })
+            .collect(),
+    }
+}
+
+/// A running cluster: a 1-replica meta group, data group 1 settled with `voters` and joined.
+fn running(spec_replicas: u32, statefulset_replicas: u32, voters: &[u64]) -> World {
+    let mut world = World { cluster: cluster(1, spec_replicas, 1), ..Default::default() };
+    world.pods.push(pod(0, 0));
+    world.statefulsets = vec![statefulset(0, 1), statefulset(1, statefulset_replicas)];
+    world.statuses.insert(endpoint(0, 0), leader(0, &[1]));
+    for ordinal in 0..statefulset_replicas {
+        world.pods.push(pod(1, ordinal));
+        let status = if ordinal == 0 { leader(1, voters) } else { follower() };
+        world.statuses.insert(endpoint(1, ordinal), status);
+    }
+    world.config =
+        Some(ShardConfig { num: 2, shard_groups: vec![1; 8], groups: vec![members(1, voters)], pinned: vec![] });
+    world
+}
+
+#[tokio::test]
+async fn create_applies_every_group_object_and_reports_bootstrapping() {
+    let out = run(World { cluster: cluster(2, 3, 3), ..Default::default() }).await;
+    assert_eq!(out.action, Ok(Action::requeue(Settings::default().progress_interval)));
+    for group in ["demo-meta", "demo-g1", "demo-g2"] {
+        let sts = out.applied("statefulsets", group).unwrap_or_else(|| panic!("no StatefulSet {group}"));
+        assert_eq!(sts["spec"]["replicas"], 3);
+        assert_eq!(sts["spec"]["updateStrategy"]["type"], "OnDelete");
+        assert_eq!(sts["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+        assert!(out.applied("services", group).is_some(), "headless Service {group}");
+        assert_eq!(out.applied("poddisruptionbudgets", group).unwrap()["spec"]["minAvailable"], 2);
+    }
+    assert!(out.applied("services", "demo").is_some(), "client Service");
+    let applies: Vec<&Call> = out
+        .calls
+        .iter()
+        .filter(|c| matches!(c, Call::Api { method, path, .. } if method == "PATCH" && !path.contains("shardclusters")))
+        .collect();
+    assert_eq!(applies.len(), 10);
+    assert!(
+        applies.iter().all(|c| matches!(c, Call::Api { query, .. } if query.contains("fieldManager=shardkv-operator") && query.contains("force=true"))),
+        "every owned object is server-side applied: {applies:?}"
+    );
+    assert_eq!(out.node_calls(), Vec::<(String, String)>::new(), "no pods yet, no node calls");
+    let status = out.status();
+    assert_eq!(status["observedGeneration"], 7);
+    assert_eq!(status["phase"], "Bootstrapping");
+    assert_eq!(out.condition("Progressing")["status"], "True");
+    assert_eq!(out.condition("Available")["status"], "False");
+}
+
+#[tokio::test]
+async fn bootstrap_initialises_each_group_once_on_pod_zero() {
+    let mut world = World { cluster: cluster(1, 3, 1), ..Default::default() };
+    world.statefulsets = vec![statefulset(0, 1), statefulset(1, 3)];
+    for (group, count) in [(0, 1), (1, 3)] {
+        for ordinal in 0..count {
+            world.pods.push(pod(group, ordinal));
+            world.statuses.insert(endpoint(group, ordinal), fresh());
+        }
+    }
+    let out = run(world.clone()).await;
+    assert_eq!(
+        out.node_calls(),
+        [
+            (endpoint(0, 0), format!("initialize 1={}", peer(0, 0))),
+            (endpoint(1, 0), format!("initialize 1={}", peer(1, 0))),
+        ]
+    );
+    assert_eq!(out.event_reasons(), ["Initialize", "Initialize"]);
+    let groups = out.status()["groups"].clone();
+    assert_eq!((groups[0]["initialized"].clone(), groups[1]["initialized"].clone()), (json!(true), json!(true)));
+
+    // The next reconcile reads status saying so; if the nodes then report nothing initialised
+    // (volumes lost), the operator does not initialise again and reports Degraded.
+    world.cluster["status"] = out.status();
+    let again = run(world).await;
+    assert_eq!(again.node_calls(), Vec::<(String, String)>::new());
+    assert_eq!(again.condition("Degraded")["status"], "True");
+}
+
+#[tokio::test]
+async fn bootstrap_continues_with_learners_once_a_leader_is_elected() {
+    let mut world = running(3, 3, &[1]);
+    world.statuses.insert(endpoint(1, 1), fresh());
+    world.statuses.insert(endpoint(1, 2), fresh());
+    let out = run(world).await;
+    assert_eq!(out.node_calls(), [(endpoint(1, 0), format!("add_learner 2={}", peer(1, 1)))]);
+    assert_eq!(out.event_reasons(), ["AddLearner"]);
+    assert_eq!(out.status()["operations"][0]["operation"], "ScaleUp");
+}
+
+#[tokio::test]
+async fn scale_up_grows_the_statefulset_then_adds_learners() {
+    let out = run(running(5, 3, &[1, 2, 3])).await;
+    assert_eq!(out.applied("statefulsets", "demo-g1").unwrap()["spec"]["replicas"], 5);
+    assert_eq!(out.applied("poddisruptionbudgets", "demo-g1").unwrap()["spec"]["minAvailable"], 3);
+    assert_eq!(out.node_calls(), Vec::<(String, String)>::new(), "pods 3 and 4 do not exist yet");
+    assert_eq!(out.status()["operations"][0]["message"], "waiting for pod 3 to answer on its Admin API");
+
+    let mut started = running(5, 3, &[1, 2, 3]);
+    for ordinal in [3, 4] {
+        started.pods.push(pod(1, ordinal));
+        started.statuses.insert(endpoint(1, ordinal), fresh());
+    }
+    let out = run(started).await;
+    assert_eq!(out.node_calls(), [(endpoint(1, 0), format!("add_learner 4={}", peer(1, 3)))]);
+}
+
+#[tokio::test]
+async fn scale_down_changes_membership_before_the_statefulset_shrinks() {
+    let out = run(running(3, 5, &[1, 2, 3, 4, 5])).await;
+    assert_eq!(out.node_calls(), [(endpoint(1, 0), "change_membership {1, 2, 3}".to_string())]);
+    assert_eq!(out.applied("statefulsets", "demo-g1").unwrap()["spec"]["replicas"], 5, "not before the change");
+    assert_eq!(out.event_reasons(), ["RemoveVoters"]);
+
+    // Once the leader reports three voters, the StatefulSet shrinks and meta learns the members.
+    let mut shrunk = running(3, 5, &[1, 2, 3]);
+    shrunk.config.as_mut().unwrap().groups = vec![members(1, &[1, 2, 3, 4, 5])];
+    let out = run(shrunk).await;
+    assert_eq!(out.applied("statefulsets", "demo-g1").unwrap()["spec"]["replicas"], 3);
+    assert_eq!(out.node_calls(), [(endpoint(0, 0), "join 1 [1, 2, 3]".to_string())]);
+    assert_eq!(out.event_reasons(), ["Join"]);
+}
+
+#[tokio::test]
+async fn settled_cluster_is_available_and_changes_nothing() {
+    let out = run(running(3, 3, &[1, 2, 3])).await;
+    assert_eq!(out.action, Ok(Action::requeue(Settings::default().settled_interval)));
+    assert_eq!(out.node_calls(), Vec::<(String, String)>::new());
+    assert_eq!(out.event_reasons(), Vec::<String>::new());
+    assert_eq!(out.condition("Available")["status"], "True");
+    let status = out.status();
+    assert_eq!((status["phase"].clone(), status["configNum"].clone()), (json!("Running"), json!(2)));
+}
+
+#[tokio::test]
+async fn paused_cluster_changes_nothing_and_says_so() {
+    let mut world = running(5, 3, &[1, 2, 3]);
+    world.cluster["spec"]["paused"] = json!(true);
+    let out = run(world).await;
+    assert!(out.applied("statefulsets", "demo-g1").is_none(), "no StatefulSet change while paused");
+    assert_eq!(out.node_calls(), Vec::<(String, String)>::new());
+    assert_eq!(out.condition("Paused")["status"], "True");
+    assert_eq!(out.status()["phase"], "Paused");
+}
+
+#[tokio::test]
+async fn delete_removes_data_groups_then_meta_then_the_finalizer() {
+    let mut world = World { cluster: cluster(2, 3, 3), ..Default::default() };
+    world.cluster["metadata"]["deletionTimestamp"] = json!("2026-11-23T16:00:00Z");
+    world.statefulsets = vec![statefulset(0, 3), statefulset(1, 3), statefulset(2, 3)];
+    let out = run(world).await;
+    let deleted: Vec<String> =
+        out.api("DELETE").into_iter().map(|(p, _)| p.rsplit_once("/prod/").unwrap().1.to_string()).collect();
+    assert_eq!(
+        deleted,
+        [
+            "statefulsets/demo-g2",
+            "poddisruptionbudgets/demo-g2",
+            "services/demo-g2",
+            "statefulsets/demo-g1",
+            "poddisruptionbudgets/demo-g1",
+            "services/demo-g1",
+            "statefulsets/demo-meta",
+            "poddisruptionbudgets/demo-meta",
+            "services/demo-meta",
+            "services/demo",
+        ]
+    );
+    let last = out.calls.last().unwrap();
+    assert!(
+        matches!(last, Call::Api { method, path, body, .. } if method == "PATCH" && path.ends_with("/shardclusters/demo") && body.to_string().contains("/metadata/finalizers")),
+        "the finalizer goes last: {last:?}"
+    );
+    assert_eq!(out.event_reasons(), ["Deleted"]);
+    assert_eq!(out.node_calls(), Vec::<(String, String)>::new());
+}
+
+/// Group 2 running beyond spec.groups = 1, settled with one voter.
+fn retiring(config_groups: &[u64], group_two_holds: usize) -> World {
+    let mut world = running(1, 1, &[1]);
+    world.statefulsets.push(statefulset(2, 1));
+    world.pods.push(pod(2, 0));
+    let mut status = leader(2, &[1]);
+    status.shards = (0..group_two_holds)
+        .map(|shard| shardkv_proto::v1::ShardStatus {
+            shard: shard as u32,
+            state: "be_pulled".into(),
+            ..Default::default()
+        })
+        .collect();
+    world.statuses.insert(endpoint(2, 0), status);
+    let config = world.config.as_mut().unwrap();
+    config.groups = config_groups.iter().map(|g| members(*g, &[1])).collect();
+    world
+}
+
+#[tokio::test]
+async fn removing_a_group_leaves_meta_then_deletes_it_once_drained() {
+    let out = run(retiring(&[1, 2], 4)).await;
+    assert_eq!(out.node_calls(), [(endpoint(0, 0), "leave 2".to_string())]);
+    assert!(out.applied("statefulsets", "demo-g2").is_some(), "kept while it holds shards");
+    assert_eq!(out.api("DELETE"), Vec::<(String, Value)>::new());
+
+    let out = run(retiring(&[1], 4)).await;
+    assert_eq!(out.node_calls(), Vec::<(String, String)>::new());
+    assert_eq!(out.api("DELETE"), Vec::<(String, Value)>::new(), "its shards are not garbage-collected yet");
+    assert_eq!(
+        out.status()["operations"][0]["message"],
+        "group 2 still holds 4 shards until their new owners pulled them"
+    );
+
+    let out = run(retiring(&[1], 0)).await;
+    assert!(out.applied("statefulsets", "demo-g2").is_none(), "not applied again while being deleted");
+    let deleted: Vec<String> =
+        out.api("DELETE").into_iter().map(|(p, _)| p.rsplit_once("/prod/").unwrap().1.to_string()).collect();
+    assert_eq!(deleted, ["statefulsets/demo-g2", "poddisruptionbudgets/demo-g2", "services/demo-g2"]);
+    assert_eq!(out.event_reasons(), ["DeleteGroup"]);
+}
