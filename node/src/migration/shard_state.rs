@@ -227,7 +227,7 @@ mod tests {
 
     #[test]
     fn a_join_freezes_the_giver_and_makes_the_taker_pull() {
-        let (c, mut one, mut two) = after_second_join();
+        let (c, one, two) = after_second_join();
         let moved = c[2].shards_of(2);
         assert_eq!(moved.len(), 4);
         for &shard in &moved {
