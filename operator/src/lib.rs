@@ -3,8 +3,10 @@
 
 pub mod controller;
 pub mod crd;
+pub mod leader;
 pub mod metrics;
 pub mod nodes;
 pub mod plan;
 pub mod resources;
 pub mod status;
+pub mod telemetry;
