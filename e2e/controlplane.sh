@@ -32,6 +32,9 @@ log() { echo "controlplane: $*" >&2; }
 
 SERVICE_CIDR=10.96.0.0/16
 SERVICE_FIRST_IP=10.96.0.1
+# The pod runner's node address (its pod bridge), from which pods reach the
+# API server through its forwarder: the serving certificate names it.
+POD_GATEWAY="${E2E_POD_GATEWAY:-10.213.0.1}"
 
 bin_dir() {
   if [[ -n "${E2E_BIN:-}" ]]; then echo "$E2E_BIN"; return; fi
@@ -120,7 +123,7 @@ gen_pki() {
     -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
     -out "$dir/pki/ca.crt" 2>/dev/null
   issue_serving_cert "$dir" apiserver kube-apiserver \
-    "IP:127.0.0.1,IP:$SERVICE_FIRST_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+    "IP:127.0.0.1,IP:$SERVICE_FIRST_IP,IP:$POD_GATEWAY,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
   issue_serving_cert "$dir" controller-manager-serving kube-controller-manager "IP:127.0.0.1,DNS:localhost"
   # Service-account token signing key pair.
   openssl ecparam -name prime256v1 -genkey -noout -out "$dir/pki/sa.key" 2>/dev/null

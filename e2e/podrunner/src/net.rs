@@ -1,0 +1,126 @@
+//! The pod network: one Linux bridge on the host holding the gateway address,
+//! and per pod a network namespace joined to it by a veth pair. Pod addresses
+//! are real (not loopback), so EndpointSlices accept them; every address lives
+//! in namespaces this process made, on this machine.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use anyhow::{Context, Result, bail};
+use tokio::process::Command;
+
+/// Runs `ip ARGS...`, failing with its stderr.
+pub async fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip").args(args).output().await.context("running ip (iproute2)")?;
+    if !out.status.success() {
+        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+pub struct PodNetwork {
+    pub bridge: String,
+    /// First two octets of the /16.
+    prefix: [u8; 2],
+    pub gateway: Ipv4Addr,
+    used: Mutex<BTreeSet<u16>>,
+}
+
+/// A pod's network: its namespace, host-side veth and address.
+#[derive(Clone, Debug)]
+pub struct PodNet {
+    pub netns: String,
+    pub veth: String,
+    pub ip: Ipv4Addr,
+    index: u16,
+}
+
+impl PodNetwork {
+    /// `cidr` must be `A.B.0.0/16`; the bridge gets `A.B.0.1`.
+    pub async fn create(bridge: &str, cidr: &str) -> Result<PodNetwork> {
+        let (addr, len) = cidr.split_once('/').context("pod CIDR must look like A.B.0.0/16")?;
+        let addr: Ipv4Addr = addr.parse().context("pod CIDR address")?;
+        if len != "16" || addr.octets()[2] != 0 || addr.octets()[3] != 0 {
+            bail!("pod CIDR must be a /16 of the form A.B.0.0/16, got {cidr}");
+        }
+        let [a, b, _, _] = addr.octets();
+        let gateway = Ipv4Addr::new(a, b, 0, 1);
+        // A bridge left by a runner that was killed is reused.
+        if ip(&["link", "show", bridge]).await.is_err() {
+            ip(&["link", "add", bridge, "type", "bridge"]).await?;
+        }
+        let gw = format!("{gateway}/16");
+        let _ = ip(&["addr", "add", &gw, "dev", bridge]).await; // may exist already
+        ip(&["link", "set", bridge, "up"]).await?;
+        Ok(PodNetwork { bridge: bridge.to_string(), prefix: [a, b], gateway, used: Mutex::new(BTreeSet::new()) })
+    }
+
+    fn allocate(&self) -> Result<u16> {
+        let mut used = self.used.lock().unwrap();
+        let index = (0..250 * 250u16).find(|i| !used.contains(i)).context("pod network addresses exhausted")?;
+        used.insert(index);
+        Ok(index)
+    }
+
+    fn address(&self, index: u16) -> Ipv4Addr {
+        // .0.1 is the gateway; pods get .X.2 to .X.251.
+        Ipv4Addr::new(self.prefix[0], self.prefix[1], (index / 250) as u8, (index % 250) as u8 + 2)
+    }
+
+    /// Creates the pod's namespace, veth pair and address, with a default
+    /// route through the gateway.
+    pub async fn add_pod(&self, tag: &str) -> Result<PodNet> {
+        let index = self.allocate()?;
+        let net = PodNet { netns: format!("skv-{tag}"), veth: format!("vskv{index}"), ip: self.address(index), index };
+        if let Err(e) = self.setup(&net).await {
+            self.remove_pod(&net).await;
+            return Err(e);
+        }
+        Ok(net)
+    }
+
+    async fn setup(&self, net: &PodNet) -> Result<()> {
+        let _ = ip(&["netns", "del", &net.netns]).await; // a leftover of a killed runner
+        ip(&["netns", "add", &net.netns]).await?;
+        ip(&["link", "add", &net.veth, "type", "veth", "peer", "name", "eth0", "netns", &net.netns]).await?;
+        ip(&["link", "set", &net.veth, "master", &self.bridge]).await?;
+        ip(&["link", "set", &net.veth, "up"]).await?;
+        let addr = format!("{}/16", net.ip);
+        let gw = self.gateway.to_string();
+        for args in [
+            vec!["addr", "add", addr.as_str(), "dev", "eth0"],
+            vec!["link", "set", "eth0", "up"],
+            vec!["link", "set", "lo", "up"],
+            vec!["route", "add", "default", "via", gw.as_str()],
+        ] {
+            let mut full = vec!["-n", net.netns.as_str()];
+            full.extend(args);
+            ip(&full).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes the pod's namespace (which takes its veth end along) and frees
+    /// its address. Errors are logged: teardown goes on.
+    pub async fn remove_pod(&self, net: &PodNet) {
+        if let Err(e) = ip(&["netns", "del", &net.netns]).await {
+            tracing::warn!(netns = %net.netns, error = %e, "removing pod network namespace");
+        }
+        let _ = ip(&["link", "del", &net.veth]).await;
+        let _ = std::fs::remove_dir_all(netns_etc(&net.netns));
+        self.used.lock().unwrap().remove(&net.index);
+    }
+
+    pub async fn destroy(&self) {
+        if let Err(e) = ip(&["link", "del", &self.bridge]).await {
+            tracing::warn!(bridge = %self.bridge, error = %e, "removing the pod bridge");
+        }
+    }
+}
+
+/// `ip netns exec NS` bind-mounts the files of this directory over /etc.
+pub fn netns_etc(netns: &str) -> PathBuf {
+    PathBuf::from("/etc/netns").join(netns)
+}

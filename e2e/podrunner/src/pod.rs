@@ -1,0 +1,648 @@
+//! One pod's life on this node: network, volumes, containers as processes,
+//! probes, status, restarts, and graceful deletion (preStop, SIGTERM, SIGKILL
+//! at the end of the grace period, then the pod object is deleted).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::{Container, LifecycleHandler, Pod, Probe};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::{Api, ResourceExt};
+use serde_json::{Value, json};
+use tokio::process::Command;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::net::PodNet;
+use crate::{Runner, probe, volumes};
+
+/// What the node loop tells a pod worker: the latest object, or None once the
+/// object is gone from the API (force-deleted).
+pub type PodUpdates = watch::Receiver<Option<Arc<Pod>>>;
+
+fn now() -> Value {
+    serde_json::to_value(Time(Timestamp::now())).unwrap()
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+#[derive(Default)]
+struct ProbeState {
+    successes: i32,
+    failures: i32,
+    next: Option<Instant>,
+}
+
+/// A container process ended: (container index, pid, exit code or 128+signal).
+type Exit = (usize, u32, Option<i32>);
+
+struct Ctr {
+    spec: Container,
+    pid: Option<u32>,
+    started_at: Option<Value>,
+    restarts: i32,
+    ready: bool,
+    started: bool,
+    last_terminated: Option<Value>,
+    terminated: Option<Value>,
+    waiting: Option<(String, String)>,
+    next_start: Option<Instant>,
+    backoff: Duration,
+    readiness: ProbeState,
+    liveness: ProbeState,
+    startup: ProbeState,
+}
+
+impl Ctr {
+    fn new(spec: Container) -> Ctr {
+        Ctr {
+            spec,
+            pid: None,
+            started_at: None,
+            restarts: 0,
+            ready: false,
+            started: false,
+            last_terminated: None,
+            terminated: None,
+            waiting: Some(("ContainerCreating".into(), String::new())),
+            next_start: Some(Instant::now()),
+            backoff: Duration::from_secs(1),
+            readiness: ProbeState::default(),
+            liveness: ProbeState::default(),
+            startup: ProbeState::default(),
+        }
+    }
+
+    fn status(&self, image_path: Option<&PathBuf>) -> Value {
+        let state = if self.pid.is_some() {
+            json!({"running": {"startedAt": self.started_at}})
+        } else if let Some(t) = &self.terminated {
+            json!({"terminated": t})
+        } else {
+            let (reason, message) = self.waiting.clone().unwrap_or_default();
+            json!({"waiting": {"reason": reason, "message": message}})
+        };
+        json!({
+            "name": self.spec.name,
+            "image": self.spec.image.clone().unwrap_or_default(),
+            "imageID": image_path.map(|p| format!("podrunner://{}", p.display())).unwrap_or_default(),
+            "containerID": self.pid.map(|p| format!("podrunner://{p}")),
+            "ready": self.ready,
+            "started": self.started,
+            "restartCount": self.restarts,
+            "state": state,
+            "lastState": self.last_terminated.as_ref().map(|t| json!({"terminated": t})).unwrap_or(json!({})),
+        })
+    }
+}
+
+struct Worker {
+    runner: Arc<Runner>,
+    pod: Arc<Pod>,
+    api: Api<Pod>,
+    key: String,
+    dir: PathBuf,
+    net: Option<PodNet>,
+    volumes: BTreeMap<String, PathBuf>,
+    ctrs: Vec<Ctr>,
+    exits: (mpsc::UnboundedSender<Exit>, mpsc::UnboundedReceiver<Exit>),
+    conditions: BTreeMap<&'static str, (bool, Value)>,
+    start_time: Option<Value>,
+    last_status: Value,
+    message: Option<String>,
+}
+
+/// Runs the pod until it is deleted, gone, finished, or the runner stops.
+pub async fn run(runner: Arc<Runner>, mut updates: PodUpdates) {
+    let Some(pod) = updates.borrow().clone() else { return };
+    let ns = pod.namespace().unwrap_or_default();
+    let key = format!("{ns}/{}", pod.name_any());
+    let uid = pod.uid().unwrap_or_default();
+    let dir = runner.work_dir.join("pods").join(format!("{ns}_{}_{}", pod.name_any(), &uid[..8.min(uid.len())]));
+    let ctrs = pod.spec.as_ref().map(|s| s.containers.clone()).unwrap_or_default().into_iter().map(Ctr::new).collect();
+    let mut w = Worker {
+        api: Api::namespaced(runner.client.clone(), &ns),
+        runner,
+        pod,
+        key,
+        dir,
+        net: None,
+        volumes: BTreeMap::new(),
+        ctrs,
+        exits: mpsc::unbounded_channel(),
+        conditions: BTreeMap::new(),
+        start_time: None,
+        last_status: Value::Null,
+        message: None,
+    };
+    tracing::info!(pod = %w.key, "starting pod");
+    let outcome = w.main_loop(&mut updates).await;
+    w.teardown(outcome).await;
+}
+
+enum Outcome {
+    Deleted,
+    Gone,
+    Finished,
+    Shutdown,
+}
+
+impl Worker {
+    fn spec_restart_policy(&self) -> String {
+        self.pod.spec.as_ref().and_then(|s| s.restart_policy.clone()).unwrap_or_else(|| "Always".into())
+    }
+
+    fn set_condition(&mut self, ty: &'static str, ok: bool) {
+        match self.conditions.get(ty) {
+            Some((cur, _)) if *cur == ok => {}
+            _ => {
+                self.conditions.insert(ty, (ok, now()));
+            }
+        }
+    }
+
+    async fn setup(&mut self) -> Result<()> {
+        let uid = self.pod.uid().unwrap_or_default();
+        std::fs::create_dir_all(&self.dir)?;
+        let net = self.runner.net.add_pod(&uid[..12.min(uid.len())]).await.context("pod network")?;
+        self.net = Some(net.clone());
+        self.runner.register_netns(&uid, &net);
+        self.start_time = Some(now());
+        let pod_ip = net.ip.to_string();
+        let host_ip = self.runner.net.gateway.to_string();
+        self.volumes = volumes::prepare(&self.runner.client, &self.pod, &self.dir, &pod_ip, &host_ip).await?;
+        self.set_condition("PodReadyToStartContainers", true);
+        Ok(())
+    }
+
+    async fn main_loop(&mut self, updates: &mut PodUpdates) -> Outcome {
+        self.set_condition("PodScheduled", true);
+        // Setup (network, volumes) is retried until it works or the pod goes.
+        let mut delay = Duration::from_millis(500);
+        loop {
+            if let Some(o) = self.deletion_or_gone(updates) {
+                return o;
+            }
+            match self.setup().await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(pod = %self.key, error = %format!("{e:#}"), "pod setup failed; retrying");
+                    self.message = Some(format!("pod runner: {e:#}"));
+                    self.push_status().await;
+                    if let Some(net) = self.net.take() {
+                        self.runner.net.remove_pod(&net).await;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = updates.changed() => {}
+                        _ = self.runner.shutdown.cancelled() => return Outcome::Shutdown,
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        self.message = None;
+        if self.pod.spec.as_ref().and_then(|s| s.init_containers.as_ref()).is_some_and(|v| !v.is_empty()) {
+            self.message = Some("init containers are not supported by the pod runner".into());
+            tracing::warn!(pod = %self.key, "init containers are not supported; running app containers directly");
+        }
+        self.set_condition("Initialized", true);
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            if let Some(o) = self.deletion_or_gone(updates) {
+                return o;
+            }
+            // Start (or restart) containers whose time has come.
+            for i in 0..self.ctrs.len() {
+                if self.ctrs[i].pid.is_none() && self.ctrs[i].next_start.is_some_and(|t| t <= Instant::now()) {
+                    self.start(i).await;
+                }
+            }
+            self.run_probes().await;
+            let all_ready = self.ctrs.iter().all(|c| c.ready);
+            self.set_condition("ContainersReady", all_ready);
+            self.set_condition("Ready", all_ready);
+            self.push_status().await;
+            if self.ctrs.iter().all(|c| c.pid.is_none() && c.next_start.is_none() && c.terminated.is_some()) {
+                return Outcome::Finished;
+            }
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = updates.changed() => {}
+                Some((i, pid, code)) = self.exits.1.recv() => self.exited(i, pid, code),
+                _ = self.runner.shutdown.cancelled() => return Outcome::Shutdown,
+            }
+        }
+    }
+
+    fn deletion_or_gone(&mut self, updates: &mut PodUpdates) -> Option<Outcome> {
+        match updates.borrow_and_update().clone() {
+            None => Some(Outcome::Gone),
+            Some(p) => {
+                let deleting = p.metadata.deletion_timestamp.is_some();
+                self.pod = p;
+                deleting.then_some(Outcome::Deleted)
+            }
+        }
+    }
+
+    fn image_path(&self, c: &Container) -> Option<PathBuf> {
+        c.image.as_ref().and_then(|i| self.runner.images.get(i).cloned())
+    }
+
+    async fn start(&mut self, i: usize) {
+        match self.spawn(i).await {
+            Ok(pid) => {
+                let c = &mut self.ctrs[i];
+                c.pid = Some(pid);
+                c.started_at = Some(now());
+                c.waiting = None;
+                c.terminated = None;
+                c.next_start = None;
+                c.ready = c.spec.readiness_probe.is_none();
+                c.started = c.spec.startup_probe.is_none();
+                c.readiness = ProbeState::default();
+                c.liveness = ProbeState::default();
+                c.startup = ProbeState::default();
+                tracing::info!(pod = %self.key, container = %c.spec.name, pid, "container started");
+            }
+            Err(e) => {
+                let c = &mut self.ctrs[i];
+                tracing::warn!(pod = %self.key, container = %c.spec.name, error = %format!("{e:#}"), "container start failed");
+                c.waiting = Some(("CreateContainerError".into(), format!("{e:#}")));
+                c.next_start = Some(Instant::now() + c.backoff);
+                c.backoff = (c.backoff * 2).min(Duration::from_secs(20));
+            }
+        }
+    }
+
+    async fn spawn(&mut self, i: usize) -> Result<u32> {
+        let spec = self.ctrs[i].spec.clone();
+        let net = self.net.clone().context("no pod network")?;
+        let image = spec.image.clone().unwrap_or_default();
+        let entry = self.image_path(&spec).with_context(|| {
+            format!(
+                "image {image} is not mapped to a binary (podrunner --image {image}=PATH; known: {:?})",
+                self.runner.images.keys().collect::<Vec<_>>()
+            )
+        })?;
+        let host_ip = self.runner.net.gateway.to_string();
+        let pod_ip = net.ip.to_string();
+        let mut base = BTreeMap::new();
+        base.insert("PATH".to_string(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string());
+        base.insert("HOSTNAME".to_string(), self.pod.name_any());
+        base.insert("KUBERNETES_SERVICE_HOST".to_string(), host_ip.clone());
+        base.insert("KUBERNETES_SERVICE_PORT".to_string(), self.runner.api_port.to_string());
+        base.insert("KUBERNETES_SERVICE_PORT_HTTPS".to_string(), self.runner.api_port.to_string());
+        let env = crate::env::container_env(&self.runner.client, &self.pod, &spec, base, &pod_ip, &host_ip).await?;
+        // command[0] names a binary of the image (its directory), else the host's.
+        let mut argv: Vec<String> = Vec::new();
+        let command = spec.command.clone().unwrap_or_default();
+        if let Some(first) = command.first() {
+            let first = crate::env::expand(first, &env);
+            let in_image = entry.parent().map(|d| d.join(std::path::Path::new(&first).file_name().unwrap_or_default()));
+            argv.push(match in_image {
+                Some(p) if p.is_file() => p.to_string_lossy().into_owned(),
+                _ => first,
+            });
+            argv.extend(command[1..].iter().map(|a| crate::env::expand(a, &env)));
+        } else {
+            argv.push(entry.to_string_lossy().into_owned());
+        }
+        argv.extend(spec.args.iter().flatten().map(|a| crate::env::expand(a, &env)));
+
+        // Mounts, shortest target first so nested mounts land on top.
+        let mut mounts = spec.volume_mounts.clone().unwrap_or_default();
+        mounts.sort_by_key(|m| m.mount_path.len());
+        let mut script = String::from("set -e\n");
+        for m in &mounts {
+            let mut src =
+                self.volumes.get(&m.name).with_context(|| format!("volumeMount {} names no volume", m.name))?.clone();
+            if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
+                src = src.join(sub);
+                std::fs::create_dir_all(&src)?;
+            }
+            let (s, t) = (shell_quote(&src.to_string_lossy()), shell_quote(&m.mount_path));
+            script.push_str(&format!("mkdir -p {t}\nmount --bind {s} {t}\n"));
+            if m.read_only == Some(true) {
+                script.push_str(&format!("mount -o remount,bind,ro {t}\n"));
+            }
+        }
+        if let Some(wd) = spec.working_dir.as_deref().filter(|s| !s.is_empty()) {
+            script.push_str(&format!("mkdir -p {0}\ncd {0}\n", shell_quote(wd)));
+        }
+        script.push_str("exec \"$@\"\n");
+
+        let log_dir = self.runner.work_dir.join("logs");
+        std::fs::create_dir_all(&log_dir)?;
+        let log_path = log_dir.join(format!(
+            "{}_{}_{}.log",
+            self.pod.namespace().unwrap_or_default(),
+            self.pod.name_any(),
+            spec.name
+        ));
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &net.netns, "/bin/sh", "-c", &script, "sh"])
+            .args(&argv)
+            .env_clear()
+            .envs(&env)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().with_context(|| format!("spawning {argv:?}"))?;
+        let pid = child.id().context("child exited at once")?;
+        let tx = self.exits.0.clone();
+        tokio::spawn(async move {
+            let status = child.wait().await.ok();
+            let _ = tx.send((
+                i,
+                pid,
+                status.and_then(|s| {
+                    s.code().or_else(|| std::os::unix::process::ExitStatusExt::signal(&s).map(|sig| 128 + sig))
+                }),
+            ));
+        });
+        Ok(pid)
+    }
+
+    fn exited(&mut self, i: usize, pid: u32, code: Option<i32>) {
+        let policy = self.spec_restart_policy();
+        let c = &mut self.ctrs[i];
+        if c.pid != Some(pid) {
+            return;
+        }
+        let code = code.unwrap_or(-1);
+        tracing::info!(pod = %self.key, container = %c.spec.name, pid, code, "container exited");
+        let term = json!({
+            "exitCode": code,
+            "reason": if code == 0 { "Completed" } else { "Error" },
+            "startedAt": c.started_at,
+            "finishedAt": now(),
+            "containerID": format!("podrunner://{pid}"),
+        });
+        c.pid = None;
+        c.ready = false;
+        let restart = policy == "Always" || (policy == "OnFailure" && code != 0);
+        if restart {
+            c.restarts += 1;
+            c.last_terminated = Some(term);
+            c.waiting =
+                Some(("CrashLoopBackOff".into(), format!("back-off {:?} restarting failed container", c.backoff)));
+            c.next_start = Some(Instant::now() + c.backoff);
+            c.backoff = (c.backoff * 2).min(Duration::from_secs(20));
+        } else {
+            c.terminated = Some(term);
+            c.next_start = None;
+        }
+    }
+
+    async fn run_probes(&mut self) {
+        let Some(net) = self.net.clone() else { return };
+        for i in 0..self.ctrs.len() {
+            let Some(pid) = self.ctrs[i].pid else { continue };
+            let spec = self.ctrs[i].spec.clone();
+            let started = self.ctrs[i].started;
+            if !started {
+                if let Some(p) = &spec.startup_probe
+                    && let Some(ok) = Self::probe_due(&mut self.ctrs[i].startup, &spec, net.ip, pid, p).await
+                {
+                    if ok {
+                        self.ctrs[i].started = true;
+                    } else {
+                        self.kill_for_restart(i, "startup probe failed");
+                    }
+                }
+                continue;
+            }
+            if let Some(p) = &spec.liveness_probe
+                && let Some(false) = Self::probe_due(&mut self.ctrs[i].liveness, &spec, net.ip, pid, p).await
+            {
+                self.kill_for_restart(i, "liveness probe failed");
+                continue;
+            }
+            if let Some(p) = &spec.readiness_probe
+                && let Some(ready) = Self::probe_due(&mut self.ctrs[i].readiness, &spec, net.ip, pid, p).await
+            {
+                self.ctrs[i].ready = ready;
+            }
+        }
+    }
+
+    /// Runs the probe if due; Some(verdict) once its success or failure
+    /// threshold is crossed.
+    async fn probe_due(
+        st: &mut ProbeState,
+        c: &Container,
+        ip: std::net::Ipv4Addr,
+        pid: u32,
+        p: &Probe,
+    ) -> Option<bool> {
+        let now = Instant::now();
+        let next =
+            *st.next.get_or_insert(now + Duration::from_secs(p.initial_delay_seconds.unwrap_or(0).max(0) as u64));
+        if now < next {
+            return None;
+        }
+        st.next = Some(now + Duration::from_secs(p.period_seconds.unwrap_or(10).max(1) as u64));
+        match probe::run(c, ip, pid, p).await {
+            Ok(()) => {
+                st.failures = 0;
+                st.successes += 1;
+                (st.successes >= p.success_threshold.unwrap_or(1)).then_some(true)
+            }
+            Err(e) => {
+                tracing::debug!(container = %c.name, error = %format!("{e:#}"), "probe failed");
+                st.successes = 0;
+                st.failures += 1;
+                (st.failures >= p.failure_threshold.unwrap_or(3)).then_some(false)
+            }
+        }
+    }
+
+    fn kill_for_restart(&mut self, i: usize, why: &str) {
+        if let Some(pid) = self.ctrs[i].pid {
+            tracing::info!(pod = %self.key, container = %self.ctrs[i].spec.name, why, "killing container");
+            signal_group(pid, libc::SIGKILL);
+        }
+    }
+
+    async fn push_status(&mut self) {
+        let finished = self.ctrs.iter().all(|c| c.terminated.is_some() && c.pid.is_none() && c.next_start.is_none());
+        let phase = if finished {
+            if self.ctrs.iter().all(|c| c.terminated.as_ref().and_then(|t| t["exitCode"].as_i64()) == Some(0)) {
+                "Succeeded"
+            } else {
+                "Failed"
+            }
+        } else if self.ctrs.iter().all(|c| c.pid.is_some() || c.restarts > 0) {
+            "Running"
+        } else {
+            "Pending"
+        };
+        let conditions: Vec<Value> = self
+            .conditions
+            .iter()
+            .map(|(ty, (ok, t))| json!({"type": ty, "status": if *ok { "True" } else { "False" }, "lastTransitionTime": t}))
+            .collect();
+        let gw = self.runner.net.gateway.to_string();
+        let mut status = json!({
+            "phase": phase,
+            "hostIP": gw, "hostIPs": [{"ip": gw}],
+            "startTime": self.start_time,
+            "conditions": conditions,
+            "message": self.message,
+            "containerStatuses": self.ctrs.iter().map(|c| c.status(self.image_path(&c.spec).as_ref())).collect::<Vec<_>>(),
+        });
+        if let Some(net) = &self.net {
+            status["podIP"] = json!(net.ip.to_string());
+            status["podIPs"] = json!([{"ip": net.ip.to_string()}]);
+        }
+        if status == self.last_status {
+            return;
+        }
+        match self
+            .api
+            .patch_status(&self.pod.name_any(), &PatchParams::default(), &Patch::Merge(json!({"status": status})))
+            .await
+        {
+            Ok(_) => self.last_status = status,
+            Err(e) => tracing::warn!(pod = %self.key, error = %e, "status update failed"),
+        }
+    }
+
+    async fn pre_stop(&self, i: usize, deadline: Instant) -> Result<()> {
+        let c = &self.ctrs[i];
+        let (Some(pid), Some(handler)) = (c.pid, c.spec.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref())) else {
+            return Ok(());
+        };
+        let net = self.net.as_ref().context("no network")?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let run = async {
+            match handler {
+                LifecycleHandler { http_get: Some(h), .. } => probe::http_get(&c.spec, net.ip, h, left).await,
+                LifecycleHandler { exec: Some(e), .. } => probe::exec(pid, e, left).await,
+                LifecycleHandler { sleep: Some(s), .. } => {
+                    tokio::time::sleep(Duration::from_secs(s.seconds.max(0) as u64)).await;
+                    Ok(())
+                }
+                _ => bail!("preStop handler type not supported"),
+            }
+        };
+        tokio::time::timeout(left, run).await.context("preStop hook did not finish within the grace period")?
+    }
+
+    /// Graceful termination of every running container: preStop, SIGTERM,
+    /// SIGKILL when the grace period ends.
+    async fn terminate(&mut self, grace: Duration, pre_stop: bool) {
+        let deadline = Instant::now() + grace;
+        let running: Vec<usize> = (0..self.ctrs.len()).filter(|&i| self.ctrs[i].pid.is_some()).collect();
+        let this = &*self;
+        let hooks = running.iter().filter(|_| pre_stop).map(|&i| async move { (i, this.pre_stop(i, deadline).await) });
+        for (i, r) in futures::future::join_all(hooks).await {
+            match r {
+                Ok(()) => tracing::info!(pod = %self.key, container = %self.ctrs[i].spec.name, "preStop done"),
+                Err(e) => {
+                    tracing::warn!(pod = %self.key, container = %self.ctrs[i].spec.name, error = %format!("{e:#}"), "preStop failed")
+                }
+            }
+        }
+        for &i in &running {
+            if let Some(pid) = self.ctrs[i].pid {
+                signal_group(pid, libc::SIGTERM);
+            }
+        }
+        // Kubelet gives at least 2 s after preStop before SIGKILL.
+        let deadline = deadline.max(Instant::now() + Duration::from_secs(2));
+        while self.ctrs.iter().any(|c| c.pid.is_some()) {
+            tokio::select! {
+                Some((i, pid, code)) = self.exits.1.recv() => { self.ctrs[i].next_start = None; self.exited_final(i, pid, code) },
+                _ = tokio::time::sleep_until(deadline) => {
+                    for c in &self.ctrs {
+                        if let Some(pid) = c.pid {
+                            tracing::warn!(pod = %self.key, container = %c.spec.name, "grace period over: SIGKILL");
+                            signal_group(pid, libc::SIGKILL);
+                        }
+                    }
+                    // Reap them (SIGKILL cannot be ignored), bounded all the same.
+                    let hard = Instant::now() + Duration::from_secs(10);
+                    while self.ctrs.iter().any(|c| c.pid.is_some()) {
+                        tokio::select! {
+                            Some((i, pid, code)) = self.exits.1.recv() => self.exited_final(i, pid, code),
+                            _ = tokio::time::sleep_until(hard) => break,
+                        }
+                    }
+                    break;
+                }
+            }
+        }
+    }
+
+    fn exited_final(&mut self, i: usize, pid: u32, code: Option<i32>) {
+        if self.ctrs[i].pid == Some(pid) {
+            tracing::info!(pod = %self.key, container = %self.ctrs[i].spec.name, pid, code, "container stopped");
+            self.ctrs[i].pid = None;
+            self.ctrs[i].ready = false;
+            self.ctrs[i].next_start = None;
+        }
+    }
+
+    async fn teardown(&mut self, outcome: Outcome) {
+        let grace = match outcome {
+            Outcome::Deleted => Duration::from_secs(
+                self.pod
+                    .metadata
+                    .deletion_grace_period_seconds
+                    .or(self.pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds))
+                    .unwrap_or(30)
+                    .max(0) as u64,
+            ),
+            Outcome::Shutdown => Duration::from_secs(5),
+            Outcome::Gone | Outcome::Finished => Duration::ZERO,
+        };
+        tracing::info!(pod = %self.key, ?grace, "stopping pod");
+        self.terminate(grace, matches!(outcome, Outcome::Deleted)).await;
+        if let Some(net) = self.net.take() {
+            self.runner.unregister_netns(&self.pod.uid().unwrap_or_default());
+            self.runner.net.remove_pod(&net).await;
+        }
+        if !matches!(outcome, Outcome::Shutdown) {
+            // Volumes that are directories of this pod go with it; PVC
+            // directories live elsewhere and stay.
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+        match outcome {
+            Outcome::Deleted => {
+                let dp = DeleteParams {
+                    grace_period_seconds: Some(0),
+                    preconditions: Some(Preconditions { uid: self.pod.uid(), resource_version: None }),
+                    ..DeleteParams::default()
+                };
+                match self.api.delete(&self.pod.name_any(), &dp).await {
+                    Ok(_) => tracing::info!(pod = %self.key, "pod deleted"),
+                    Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+                    Err(e) => tracing::warn!(pod = %self.key, error = %e, "final pod deletion failed"),
+                }
+            }
+            Outcome::Finished => self.push_status().await,
+            Outcome::Gone | Outcome::Shutdown => {}
+        }
+    }
+}
+
+/// Signals the container's process group (it leads one).
+pub fn signal_group(pid: u32, sig: i32) {
+    // SAFETY: kill(2) has no memory effects; a stale pid is an ESRCH error.
+    unsafe {
+        libc::kill(-(pid as i32), sig);
+    }
+}
