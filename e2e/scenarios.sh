@@ -171,3 +171,115 @@ check_rejection() {
     [[ "$out" == *"$e"* ]] || fail "$name: the rejection lacks the message '$e': $out"
   done
 }
+
+# --- podrunner ---------------------------------------------------------------
+
+# pod_field NS POD JSONPATH
+pod_field() { kubectl get pod -n "$1" "$2" -o jsonpath="$3"; }
+ready_pod_uid_is_not() {
+  [[ "$(pod_field "$1" "$2" '{.metadata.uid} {.status.containerStatuses[0].ready}')" == *" true" \
+    && "$(pod_field "$1" "$2" '{.metadata.uid}')" != "$3" ]]
+}
+restarted_and_ready() {
+  [[ "$(pod_field "$1" "$2" '{.status.containerStatuses[0].restartCount} {.status.containerStatuses[0].ready}')" == "1 true" ]]
+}
+# slice_has NS SERVICE IP...: the service's EndpointSlices list every IP.
+slice_has() {
+  local ns="$1" svc="$2" ip addrs; shift 2
+  addrs=" $(kubectl get endpointslices -n "$ns" -l kubernetes.io/service-name="$svc" -o jsonpath='{.items[*].endpoints[*].addresses[*]}') "
+  for ip in "$@"; do [[ "$addrs" == *" $ip "* ]] || return 1; done
+}
+
+# The kubelet stand-in itself: a StatefulSet of the test image gets real pod
+# addresses in EndpointSlices, the downward API, StatefulSet DNS names, a
+# service-account token the API server accepts, a volume that outlives the
+# pod, preStop then SIGTERM on deletion, a restart after SIGKILL, and claim
+# cleanup.
+scenario_podrunner() {
+  [[ "${E2E_PODRUNNER:-0}" == 1 ]] || skip "no pod runner (it needs root, ip netns and the local control plane)"
+  local ns; ns="$(new_namespace)"
+  step "StatefulSet of the test image (2 replicas) in $ns"
+  kubectl apply -n "$ns" -f - >&2 <<YAML
+apiVersion: v1
+kind: Service
+metadata: {name: t}
+spec:
+  clusterIP: None
+  selector: {app: t}
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: t}
+spec:
+  serviceName: t
+  replicas: 2
+  selector: {matchLabels: {app: t}}
+  template:
+    metadata: {labels: {app: t}}
+    spec:
+      terminationGracePeriodSeconds: 10
+      containers:
+      - name: t
+        image: e2e-test:latest
+        command: [python3, "$e2e/testimage/server.py"]
+        env:
+        - {name: POD_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}
+        - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+        - {name: POD_NAMESPACE, valueFrom: {fieldRef: {fieldPath: metadata.namespace}}}
+        - {name: DATA, value: /data}
+        ports: [{name: http, containerPort: 8080}]
+        readinessProbe: {httpGet: {path: /readyz, port: http}, periodSeconds: 1}
+        livenessProbe: {httpGet: {path: /healthz, port: http}, periodSeconds: 2}
+        lifecycle: {preStop: {httpGet: {path: /lifecycle/prestop, port: http}}}
+        volumeMounts: [{name: data, mountPath: /data}]
+  volumeClaimTemplates:
+  - metadata: {name: data}
+    spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Mi}}}
+YAML
+  wait_until 60 "t-0 created" kubectl get pod -n "$ns" t-0
+  kubectl wait -n "$ns" --for=condition=Ready pod/t-0 --timeout=60s >&2 || fail "t-0 not Ready"
+  wait_until 60 "t-1 created" kubectl get pod -n "$ns" t-1
+  kubectl wait -n "$ns" --for=condition=Ready pod/t-1 --timeout=60s >&2 || fail "t-1 not Ready"
+  local ip0 ip1
+  ip0="$(pod_field "$ns" t-0 '{.status.podIP}')"; ip1="$(pod_field "$ns" t-1 '{.status.podIP}')"
+  [[ -n "$ip0" && -n "$ip1" && "$ip0" != "$ip1" ]] || fail "pods have addresses '$ip0' and '$ip1'"
+  wait_until 30 "EndpointSlice of service t lists $ip0 and $ip1" slice_has "$ns" t "$ip0" "$ip1"
+
+  step "downward API, DNS, service-account token"
+  local who; who="$(curl -sf "http://$ip0:8080/whoami")"
+  [[ "$who" == "t-0 $ns $ip0" ]] || fail "t-0 /whoami answered '$who'"
+  local resolved; resolved="$(curl -sf "http://$ip0:8080/resolve?name=t-1.t.$ns.svc.cluster.local")"
+  [[ "$resolved" == "$ip1" ]] || fail "t-1.t.$ns.svc.cluster.local resolves to '$resolved' in t-0, not $ip1"
+  local api; api="$(curl -sf "http://$ip0:8080/api")"
+  # Authenticated as the pod's service account, which RBAC grants nothing: 403.
+  [[ "$api" == 403* && "$api" == *"system:serviceaccount:$ns:default"* ]] \
+    || fail "the API server did not authenticate t-0's token as system:serviceaccount:$ns:default: $api"
+
+  step "graceful deletion: preStop, then SIGTERM; the volume stays"
+  local uid0; uid0="$(pod_field "$ns" t-0 '{.metadata.uid}')"
+  kubectl delete pod -n "$ns" t-0 --timeout=60s >&2
+  wait_until 60 "t-0 recreated and Ready" ready_pod_uid_is_not "$ns" t-0 "$uid0"
+  ip0="$(pod_field "$ns" t-0 '{.status.podIP}')"
+  local events; events="$(curl -sf "http://$ip0:8080/data" | tr '\n' ',')"
+  [[ "$events" == "t-0 start,t-0 prestop,t-0 sigterm,t-0 start," ]] \
+    || fail "t-0's volume shows '$events', want start, prestop, sigterm, start"
+
+  step "SIGKILL: restartPolicy Always restarts the container"
+  local pid; pid="$(pod_field "$ns" t-1 '{.status.containerStatuses[0].containerID}')"
+  pid="${pid#podrunner://}"
+  [[ "$pid" =~ ^[0-9]+$ ]] || fail "t-1 has no process id ('$pid')"
+  kill -KILL "$pid"
+  wait_until 30 "t-1 restarted once and Ready again" restarted_and_ready "$ns" t-1
+  [[ "$(pod_field "$ns" t-1 '{.status.containerStatuses[0].lastState.terminated.exitCode}')" == 137 ]] \
+    || fail "t-1's last state is not 'terminated by SIGKILL (137)'"
+
+  step "claims deleted: volumes and their directories go"
+  kubectl delete statefulset -n "$ns" t --timeout=60s >&2
+  wait_until 60 "t's pods gone" count_is 0 kubectl get pods -n "$ns" -o name
+  kubectl delete pvc -n "$ns" --all --timeout=60s >&2
+  wait_until 60 "the volumes were deleted" count_is 0 kubectl get pv -o name
+  local left; left="$(find "$E2E_PODRUNNER_DIR/volumes" -mindepth 1 -maxdepth 1 | wc -l)"
+  ((left == 0)) || fail "$left volume directories left in $E2E_PODRUNNER_DIR/volumes"
+  delete_namespace "$ns"
+}
