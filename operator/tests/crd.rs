@@ -129,3 +129,11 @@ fn empty_storage_size_is_rejected() {
     let cluster = with(valid_cluster(), "/spec/storage/size", json!(""));
     assert_eq!(violations(&cluster, None), ["storage.size is required"]);
 }
+
+#[test]
+fn chart_example_cluster_is_valid_and_deserializes() {
+    let example: Value = serde_yaml::from_str(&read("charts/shardkv-operator/examples/shardcluster.yaml")).unwrap();
+    assert_eq!(violations(&example, None), Vec::<String>::new());
+    let cluster: shardkv_operator::crd::ShardCluster = serde_json::from_value(example).unwrap();
+    assert_eq!((cluster.spec.groups, cluster.spec.replicas_per_group, cluster.spec.meta.replicas), (2, 3, 3));
+}
