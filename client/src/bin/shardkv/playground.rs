@@ -621,10 +621,10 @@ fn summarize_report(body: &[u8]) -> String {
         .into_iter()
         .flatten()
         .map(|g| {
-            let role = if g["was_leader"] == Value::Bool(true) {
-                format!("led it, leadership moved to node {}", index(&g["new_leader"]))
-            } else {
-                "follower".to_string()
+            let role = match (g["was_leader"] == Value::Bool(true), g["new_leader"].as_u64()) {
+                (true, Some(new_leader)) => format!("led it, leadership moved to node {new_leader}"),
+                (true, None) => "led it, leadership stayed".to_string(),
+                (false, _) => "follower".to_string(),
             };
             let mut line = format!(
                 "group {}: {role}, snapshot at {}, log purged to {}",
@@ -728,6 +728,13 @@ mod tests {
             br#"{"clean":false,"total_ms":5,"groups":[{"group_id":0,"was_leader":false,"snapshot_error":"boom"}]}"#;
         assert!(summarize_report(failed).contains("follower, snapshot at ?, log purged to ?, snapshot_error: boom"));
         assert_eq!(summarize_report(b"plain text\n"), "plain text");
+        let alone = br#"{"clean":false,"total_ms":3,"groups":[{"group_id":1,"was_leader":true,"new_leader":null,
+            "snapshot_index":4,"purged_index":4,"transfer_error":"no other voter"}]}"#;
+        assert_eq!(
+            summarize_report(alone),
+            "group 1: led it, leadership stayed, snapshot at 4, log purged to 4, transfer_error: no other voter; \
+             clean=false in 3 ms"
+        );
     }
 
     #[test]
