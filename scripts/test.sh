@@ -6,3 +6,10 @@ source scripts/env.sh
 cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets -- -D warnings
 cargo test --release --workspace
+# The operator's Helm chart: lint, render, and the values schema refuses an unsafe setting.
+"$HELM" lint --strict charts/shardkv-operator
+"$HELM" template shardkv charts/shardkv-operator --namespace shardkv-system >/dev/null
+if "$HELM" template shardkv charts/shardkv-operator --set replicaCount=2 --set leaderElection=false >/dev/null 2>&1; then
+  echo "values.schema.json accepted two replicas without leader election" >&2
+  exit 1
+fi
