@@ -283,3 +283,32 @@ YAML
   ((left == 0)) || fail "$left volume directories left in $E2E_PODRUNNER_DIR/volumes"
   delete_namespace "$ns"
 }
+
+# --- install -----------------------------------------------------------------
+
+lease_held_by() {
+  [[ "$(kubectl get lease -n "$1" "$2" -o jsonpath='{.spec.holderIdentity}')" == "$3" ]]
+}
+
+# Install the way users do: the CRDs with kubectl, the operator with helm (its
+# pod runs through the pod runner under the chart's RBAC). The operator stays
+# installed for the scenarios after this one.
+scenario_install() {
+  [[ "${E2E_PODRUNNER:-0}" == 1 ]] || skip "no pod runner to run the operator's pod"
+  [[ -f "$root/charts/shardkv-operator/Chart.yaml" ]] || skip "no charts/shardkv-operator yet"
+  step "kubectl apply -f crds/"
+  kubectl apply -f "$root/crds/" >&2
+  kubectl wait --for condition=Established --timeout=60s crd/shardclusters.shardkv.dev >&2
+  step "helm install shardkv-operator"
+  helm lint "$root/charts/shardkv-operator" >&2
+  helm install shardkv-operator "$root/charts/shardkv-operator" -n shardkv-system --create-namespace \
+    --set image.repository=shardkv-operator --set image.tag=e2e --wait --timeout 120s >&2 \
+    || fail "helm install did not become ready within 120s (see the pod runner log)"
+  local pod
+  pod="$(kubectl get pods -n shardkv-system -l app.kubernetes.io/name=shardkv-operator -o jsonpath='{.items[0].metadata.name}')"
+  [[ -n "$pod" ]] || fail "no operator pod"
+  kubectl wait -n shardkv-system --for=condition=Ready "pod/$pod" --timeout=60s >&2 || fail "operator pod $pod not Ready"
+  step "the operator (as its service account) holds its Lease"
+  wait_until 60 "Lease shardkv-system/shardkv-operator held by $pod" lease_held_by shardkv-system shardkv-operator "$pod"
+  kubectl get pods,lease -n shardkv-system >&2
+}

@@ -25,6 +25,9 @@ use crate::{Runner, probe, volumes};
 /// object is gone from the API (force-deleted).
 pub type PodUpdates = watch::Receiver<Option<Arc<Pod>>>;
 
+/// Where a non-root container sees its image's directory.
+const IMAGE_MOUNT: &str = "/run/podrunner-image";
+
 fn now() -> Value {
     serde_json::to_value(Time(Timestamp::now())).unwrap()
 }
@@ -178,6 +181,26 @@ impl Worker {
         let pod_ip = net.ip.to_string();
         let host_ip = self.runner.net.gateway.to_string();
         self.volumes = volumes::prepare(&self.runner.client, &self.pod, &self.dir, &pod_ip, &host_ip).await?;
+        let spec = self.pod.spec.clone().unwrap_or_default();
+        let psc = spec.security_context.clone().unwrap_or_default();
+        // Like the kubelet: volumes belong to fsGroup (group-writable), and
+        // projected token files to the pods' user when every container has one.
+        let users: Vec<Option<i64>> = spec.containers.iter().map(|c| run_as(&psc, c).0).collect();
+        let token_owner = users.first().copied().flatten().filter(|u| users.iter().all(|x| *x == Some(*u)));
+        for v in spec.volumes.iter().flatten() {
+            let Some(path) = self.volumes.get(&v.name) else { continue };
+            if v.host_path.is_some() {
+                continue;
+            }
+            if let Some(g) = psc.fs_group {
+                volumes::give_to_group(path, g as u32)?;
+            }
+            if v.projected.is_some()
+                && let Some(u) = token_owner
+            {
+                volumes::give_to_user(path, u as u32)?;
+            }
+        }
         self.set_condition("PodReadyToStartContainers", true);
         Ok(())
     }
@@ -303,18 +326,28 @@ impl Worker {
         base.insert("KUBERNETES_SERVICE_PORT_HTTPS".to_string(), self.runner.api_port.to_string());
         let env = crate::env::container_env(&self.runner.client, &self.pod, &spec, base, &pod_ip, &host_ip).await?;
         // command[0] names a binary of the image (its directory), else the host's.
+        // A non-root container may not reach the image's host directory (under
+        // /root, say): it sees the directory bind-mounted at IMAGE_MOUNT.
+        let psc = self.pod.spec.as_ref().and_then(|s| s.security_context.clone()).unwrap_or_default();
+        let (user, group, non_root) = run_as(&psc, &spec);
+        let image_dir = entry.parent().context("image binary without a directory")?.to_path_buf();
+        let as_user = user.is_some_and(|u| u != 0);
+        let in_image = |name: &std::path::Path| {
+            let file = name.file_name().unwrap_or_default();
+            image_dir.join(file).is_file().then(|| {
+                if as_user { std::path::Path::new(IMAGE_MOUNT).join(file) } else { image_dir.join(file) }
+                    .to_string_lossy()
+                    .into_owned()
+            })
+        };
         let mut argv: Vec<String> = Vec::new();
         let command = spec.command.clone().unwrap_or_default();
         if let Some(first) = command.first() {
             let first = crate::env::expand(first, &env);
-            let in_image = entry.parent().map(|d| d.join(std::path::Path::new(&first).file_name().unwrap_or_default()));
-            argv.push(match in_image {
-                Some(p) if p.is_file() => p.to_string_lossy().into_owned(),
-                _ => first,
-            });
+            argv.push(in_image(std::path::Path::new(&first)).unwrap_or(first));
             argv.extend(command[1..].iter().map(|a| crate::env::expand(a, &env)));
         } else {
-            argv.push(entry.to_string_lossy().into_owned());
+            argv.push(in_image(&entry).context("image binary vanished")?);
         }
         argv.extend(spec.args.iter().flatten().map(|a| crate::env::expand(a, &env)));
 
@@ -322,6 +355,13 @@ impl Worker {
         let mut mounts = spec.volume_mounts.clone().unwrap_or_default();
         mounts.sort_by_key(|m| m.mount_path.len());
         let mut script = String::from("set -e\n");
+        if as_user {
+            script.push_str(&format!(
+                "mkdir -p {0}\nmount --bind {1} {0}\nmount -o remount,bind,ro {0}\n",
+                IMAGE_MOUNT,
+                shell_quote(&image_dir.to_string_lossy())
+            ));
+        }
         for m in &mounts {
             let mut src =
                 self.volumes.get(&m.name).with_context(|| format!("volumeMount {} names no volume", m.name))?.clone();
@@ -338,7 +378,28 @@ impl Worker {
         if let Some(wd) = spec.working_dir.as_deref().filter(|s| !s.is_empty()) {
             script.push_str(&format!("mkdir -p {0}\ncd {0}\n", shell_quote(wd)));
         }
-        script.push_str("exec \"$@\"\n");
+        if non_root && user.unwrap_or(0) == 0 {
+            bail!("runAsNonRoot is set but no non-zero runAsUser: the pod runner runs images as root otherwise");
+        }
+        if user.is_some() || group.is_some() {
+            let groups = match psc
+                .fs_group
+                .into_iter()
+                .chain(psc.supplemental_groups.iter().flatten().copied())
+                .map(|g| g.to_string())
+                .collect::<Vec<_>>()
+            {
+                g if g.is_empty() => "--clear-groups".to_string(),
+                g => format!("--groups={}", g.join(",")),
+            };
+            script.push_str(&format!(
+                "exec setpriv --reuid={} --regid={} {groups} -- \"$@\"\n",
+                user.unwrap_or(0),
+                group.or(user).unwrap_or(0)
+            ));
+        } else {
+            script.push_str("exec \"$@\"\n");
+        }
 
         let log_dir = self.runner.work_dir.join("logs");
         std::fs::create_dir_all(&log_dir)?;
@@ -637,6 +698,16 @@ impl Worker {
             Outcome::Gone | Outcome::Shutdown => {}
         }
     }
+}
+
+/// The container's (user, group, runAsNonRoot), container settings first.
+fn run_as(psc: &k8s_openapi::api::core::v1::PodSecurityContext, c: &Container) -> (Option<i64>, Option<i64>, bool) {
+    let csc = c.security_context.clone().unwrap_or_default();
+    (
+        csc.run_as_user.or(psc.run_as_user),
+        csc.run_as_group.or(psc.run_as_group),
+        csc.run_as_non_root.or(psc.run_as_non_root).unwrap_or(false),
+    )
 }
 
 /// Signals the container's process group (it leads one).

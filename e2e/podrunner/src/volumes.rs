@@ -299,3 +299,33 @@ async fn prepare_one(
     }
     Ok(vdir.to_path_buf())
 }
+
+fn walk(path: &Path, f: &mut dyn FnMut(&Path, bool) -> std::io::Result<()>) -> std::io::Result<()> {
+    let meta = std::fs::symlink_metadata(path)?;
+    f(path, meta.is_dir())?;
+    if meta.is_dir() {
+        for e in std::fs::read_dir(path)? {
+            walk(&e?.path(), f)?;
+        }
+    }
+    Ok(())
+}
+
+/// fsGroup: the volume's files belong to group `gid`, group-writable, and
+/// directories keep the group for new files (setgid).
+pub fn give_to_group(path: &Path, gid: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    walk(path, &mut |p, dir| {
+        std::os::unix::fs::lchown(p, None, Some(gid))?;
+        let mode = std::fs::symlink_metadata(p)?.permissions().mode();
+        let extra = if dir { 0o2070 } else { 0o060 };
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode | extra))
+    })
+    .with_context(|| format!("giving {} to group {gid}", path.display()))
+}
+
+/// Projected token files belong to the pod's user.
+pub fn give_to_user(path: &Path, uid: u32) -> Result<()> {
+    walk(path, &mut |p, _| std::os::unix::fs::lchown(p, Some(uid), None))
+        .with_context(|| format!("giving {} to user {uid}", path.display()))
+}
