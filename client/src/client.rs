@@ -675,7 +675,13 @@ impl Client {
 
     /// The topology, detected by the first caller (within its deadline) and then fixed.
     async fn topology_by(&self, deadline: Deadline) -> Result<Topology> {
-        self.shared.topology.get_or_try_init(|| self.detect_topology(deadline)).await.copied()
+        if let Some(topology) = self.shared.topology.get() {
+            return Ok(*topology);
+        }
+        // A concurrent first caller may be detecting it; waiting counts against our deadline.
+        let remaining = deadline.remaining().ok_or(Error::DeadlineExceeded)?;
+        let detection = self.shared.topology.get_or_try_init(|| self.detect_topology(deadline));
+        tokio::time::timeout(remaining, detection).await.map_err(|_elapsed| Error::DeadlineExceeded)?.copied()
     }
 
     /// Asks the configured endpoints for the latest shard map. A meta group answers with it;
@@ -772,7 +778,11 @@ impl Client {
     /// A shard map newer than `stale` if the meta group has one: concurrent callers share one
     /// query, and a map fetched in the last few milliseconds is reused.
     async fn refresh_after(&self, stale: u64, deadline: Deadline) -> Result<Arc<ShardMap>> {
-        let _single_flight = self.shared.refreshing.lock().await;
+        // Waiting for another caller's refresh counts against this caller's deadline too.
+        let remaining = deadline.remaining().ok_or(Error::DeadlineExceeded)?;
+        let _single_flight = tokio::time::timeout(remaining, self.shared.refreshing.lock())
+            .await
+            .map_err(|_elapsed| Error::DeadlineExceeded)?;
         if let Some((map, fetched)) = lock(&self.shared.shard_map).as_ref()
             && (map.num() > stale || fetched.elapsed() < MIN_REFRESH_INTERVAL)
         {
