@@ -25,6 +25,26 @@ use crate::{Runner, probe, volumes};
 /// object is gone from the API (force-deleted).
 pub type PodUpdates = watch::Receiver<Option<Arc<Pod>>>;
 
+/// Staging directories of a pod's bind mounts (empty directories on the host;
+/// the mounts exist only in the containers' mount namespaces). At the root,
+/// so no volume mount can hide them.
+fn stage_dir(netns: &str) -> PathBuf {
+    PathBuf::from("/.podrunner-stage").join(netns)
+}
+
+/// Removes staging directories bottom-up with rmdir only: should a staged
+/// mount ever be visible here, its content is never touched.
+fn remove_stage(dir: &std::path::Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir() && !t.is_symlink()) {
+                remove_stage(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
 /// Where a non-root container sees its image's directory.
 const IMAGE_MOUNT: &str = "/run/podrunner-image";
 
@@ -354,13 +374,13 @@ impl Worker {
         // Mounts, shortest target first so nested mounts land on top.
         let mut mounts = spec.volume_mounts.clone().unwrap_or_default();
         mounts.sort_by_key(|m| m.mount_path.len());
-        let mut script = String::from("set -e\n");
+        // Every source is first bind-mounted into a staging directory, so
+        // that a mount over, say, /tmp cannot hide a source below it.
+        let stage = stage_dir(&net.netns).join(&spec.name);
+        remove_stage(&stage);
+        let mut binds: Vec<(PathBuf, String, bool)> = Vec::new();
         if as_user {
-            script.push_str(&format!(
-                "mkdir -p {0}\nmount --bind {1} {0}\nmount -o remount,bind,ro {0}\n",
-                IMAGE_MOUNT,
-                shell_quote(&image_dir.to_string_lossy())
-            ));
+            binds.push((image_dir.clone(), IMAGE_MOUNT.to_string(), true));
         }
         for m in &mounts {
             let mut src =
@@ -369,9 +389,22 @@ impl Worker {
                 src = src.join(sub);
                 std::fs::create_dir_all(&src)?;
             }
-            let (s, t) = (shell_quote(&src.to_string_lossy()), shell_quote(&m.mount_path));
+            binds.push((src, m.mount_path.clone(), m.read_only == Some(true)));
+        }
+        let mut script = String::from("set -e\n");
+        for (i, (src, _, _)) in binds.iter().enumerate() {
+            let staged = stage.join(i.to_string());
+            std::fs::create_dir_all(&staged)?;
+            script.push_str(&format!(
+                "mount --bind {} {}\n",
+                shell_quote(&src.to_string_lossy()),
+                shell_quote(&staged.to_string_lossy())
+            ));
+        }
+        for (i, (_, target, ro)) in binds.iter().enumerate() {
+            let (s, t) = (shell_quote(&stage.join(i.to_string()).to_string_lossy()), shell_quote(target));
             script.push_str(&format!("mkdir -p {t}\nmount --bind {s} {t}\n"));
-            if m.read_only == Some(true) {
+            if *ro {
                 script.push_str(&format!("mount -o remount,bind,ro {t}\n"));
             }
         }
@@ -673,6 +706,7 @@ impl Worker {
         tracing::info!(pod = %self.key, ?grace, "stopping pod");
         self.terminate(grace, matches!(outcome, Outcome::Deleted)).await;
         if let Some(net) = self.net.take() {
+            remove_stage(&stage_dir(&net.netns));
             self.runner.unregister_netns(&self.pod.uid().unwrap_or_default());
             self.runner.net.remove_pod(&net).await;
         }
