@@ -295,6 +295,10 @@ lease_held_by() {
 # installed for the scenarios after this one.
 scenario_install() {
   [[ "${E2E_PODRUNNER:-0}" == 1 ]] || skip "no pod runner to run the operator's pod"
+  install_operator
+}
+
+install_operator() {
   [[ -f "$root/charts/shardkv-operator/Chart.yaml" ]] || skip "no charts/shardkv-operator yet"
   step "kubectl apply -f crds/"
   kubectl apply -f "$root/crds/" >&2
@@ -311,4 +315,148 @@ scenario_install() {
   step "the operator (as its service account) holds its Lease"
   wait_until 60 "Lease shardkv-system/shardkv-operator held by $pod" lease_held_by shardkv-system shardkv-operator "$pod"
   kubectl get pods,lease -n shardkv-system >&2
+}
+
+# --- a ShardCluster under load ---------------------------------------------
+
+CLUSTER_NS=e2e-cluster
+CLUSTER=demo
+
+need_cluster_prereqs() {
+  [[ "${E2E_PODRUNNER:-0}" == 1 ]] || skip "no pod runner"
+  [[ -n "${E2E_NODE_IMAGE:-}" ]] || skip "no shardkv-node binary (cargo build --release -p shardkv-node; or E2E_NODE_BIN)"
+  if ! helm status shardkv-operator -n shardkv-system >/dev/null 2>&1; then
+    step "the operator is not installed yet: installing it"
+    install_operator
+  fi
+}
+
+need_cluster() {
+  need_cluster_prereqs
+  kubectl get shardcluster -n "$CLUSTER_NS" "$CLUSTER" >/dev/null 2>&1 || skip "no ShardCluster $CLUSTER_NS/$CLUSTER (the cluster scenario creates it)"
+  wait_until 120 "ShardCluster $CLUSTER Available" cluster_available
+}
+
+cluster_available() {
+  [[ "$(kubectl get shardcluster -n "$CLUSTER_NS" "$CLUSTER" -o jsonpath='{.status.conditions[?(@.type=="Available")].status}')" == True ]]
+}
+
+# The client Service's endpoints (its EndpointSlices), as host:port,...
+client_endpoints() {
+  kubectl get endpointslices -n "$CLUSTER_NS" -l kubernetes.io/service-name="$CLUSTER" \
+    -o jsonpath='{range .items[*].endpoints[*]}{.addresses[0]}:7100,{end}' | sed 's/,$//'
+}
+
+# start_load NAME SECONDS: the load generator as a pod (so it resolves the
+# pods' DNS names like any in-cluster client), its history in SCENARIO_DIR.
+start_load() {
+  local name="$1" seconds="$2" eps
+  eps="$(client_endpoints)"
+  [[ -n "$eps" ]] || fail "the client Service $CLUSTER has no endpoints"
+  step "load '$name' for ${seconds}s through $eps"
+  kubectl apply -n "$CLUSTER_NS" -f - >&2 <<YAML
+apiVersion: v1
+kind: Pod
+metadata: {name: load-$name, labels: {app: e2e-load}}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 30
+  containers:
+  - name: load
+    image: e2e-load:latest
+    args: [--endpoints, "$eps", --duration, "$seconds", --clients, "8", --keys, "16",
+           --prefix, "$name", --history, /history/$name.jsonl]
+    volumeMounts: [{name: history, mountPath: /history}]
+  volumes:
+  - name: history
+    hostPath: {path: "$SCENARIO_DIR", type: Directory}
+YAML
+}
+
+load_done() {
+  local phase; phase="$(kubectl get pod -n "$CLUSTER_NS" "load-$1" -o jsonpath='{.status.phase}')"
+  [[ "$phase" == Succeeded ]] && return 0
+  [[ "$phase" == Failed ]] && { cat "$E2E_PODRUNNER_DIR/logs/${CLUSTER_NS}_load-$1_load.log" >&2; fail "load '$1' failed"; }
+  return 1
+}
+
+# finish_load NAME SECONDS: wait for the load pod, then check its history.
+finish_load() {
+  local name="$1" seconds="$2"
+  wait_until $((seconds + 90)) "load '$name' finished" load_done "$name"
+  cat "$E2E_PODRUNNER_DIR/logs/${CLUSTER_NS}_load-${name}_load.log" >&2
+  kubectl delete pod -n "$CLUSTER_NS" "load-$name" --wait=false >&2
+  step "checking the history of '$name'"
+  checker -timeout 120s -visualize "$SCENARIO_DIR/$name.html" "$SCENARIO_DIR/$name.jsonl" >&2 \
+    || fail "history '$name': not linearizable or a lost acknowledged write (see $SCENARIO_DIR/$name.html)"
+}
+
+scenario_cluster() {
+  need_cluster_prereqs
+  kubectl get namespace "$CLUSTER_NS" >/dev/null 2>&1 || kubectl create namespace "$CLUSTER_NS" >&2
+  step "ShardCluster $CLUSTER: meta 3, 2 groups x 3"
+  kubectl apply -n "$CLUSTER_NS" -f - >&2 <<YAML
+apiVersion: shardkv.dev/v1alpha1
+kind: ShardCluster
+metadata: {name: $CLUSTER}
+spec:
+  image: $E2E_NODE_IMAGE
+  shards: 16
+  groups: 2
+  replicasPerGroup: 3
+  meta: {replicas: 3}
+  storage: {size: 64Mi}
+  pvcRetention: {whenScaled: Delete, whenDeleted: Delete}
+YAML
+  wait_until 240 "ShardCluster $CLUSTER Available" cluster_available
+  kubectl get shardcluster,statefulsets,pods -n "$CLUSTER_NS" -o wide >&2
+  start_load steady 15
+  finish_load steady 15
+}
+
+history_has() { [[ -f "$1" && "$(wc -l <"$1")" -ge "$2" ]]; }
+restart_count_above() { (("$(pod_field "$1" "$2" '{.status.containerStatuses[0].restartCount}')" > "$3")); }
+
+pod_of_group_ready() { kubectl wait -n "$CLUSTER_NS" --for=condition=Ready "pod/$1" --timeout=1s; }
+
+scenario_kill() {
+  need_cluster
+  local pod="$CLUSTER-g1-0" pid restarts
+  restarts="$(pod_field "$CLUSTER_NS" "$pod" '{.status.containerStatuses[0].restartCount}')"
+  start_load kill 25
+  wait_until 30 "load 'kill' has recorded 2000 events" history_has "$SCENARIO_DIR/kill.jsonl" 2000
+  pid="$(pod_field "$CLUSTER_NS" "$pod" '{.status.containerStatuses[0].containerID}')"; pid="${pid#podrunner://}"
+  [[ "$pid" =~ ^[0-9]+$ ]] || fail "$pod has no process id"
+  step "SIGKILL $pod (pid $pid)"
+  kill -KILL "$pid"
+  wait_until 60 "$pod restarted" restart_count_above "$CLUSTER_NS" "$pod" "$restarts"
+  wait_until 120 "$pod Ready again (rejoined, caught up)" pod_of_group_ready "$pod"
+  finish_load kill 25
+  wait_until 120 "ShardCluster $CLUSTER Available" cluster_available
+}
+
+scenario_graceful() {
+  need_cluster
+  local pod="$CLUSTER-g2-0" uid
+  uid="$(pod_field "$CLUSTER_NS" "$pod" '{.metadata.uid}')"
+  start_load graceful 25
+  wait_until 30 "load 'graceful' has recorded 2000 events" history_has "$SCENARIO_DIR/graceful.jsonl" 2000
+  step "delete $pod (preStop, SIGTERM)"
+  kubectl delete pod -n "$CLUSTER_NS" "$pod" --timeout=120s >&2
+  wait_until 120 "$pod recreated and Ready" ready_pod_uid_is_not "$CLUSTER_NS" "$pod" "$uid"
+  local log="$E2E_PODRUNNER_DIR/logs/${CLUSTER_NS}_${pod}_node.log"
+  grep -qi prestop "$log" || fail "no preStop report in $log"
+  grep -i prestop "$log" | tail -n 3 >&2
+  finish_load graceful 25
+  wait_until 120 "ShardCluster $CLUSTER Available" cluster_available
+}
+
+scenario_delete() {
+  need_cluster
+  step "delete ShardCluster $CLUSTER (finalizer, garbage collection, pvcRetention Delete)"
+  kubectl delete shardcluster -n "$CLUSTER_NS" "$CLUSTER" --timeout=180s >&2 || fail "ShardCluster not deleted within 180s"
+  wait_until 120 "StatefulSets garbage collected" count_is 0 kubectl get statefulsets -n "$CLUSTER_NS" -o name
+  wait_until 120 "node pods gone" count_is 0 kubectl get pods -n "$CLUSTER_NS" -l shardkv.dev/cluster="$CLUSTER" -o name
+  wait_until 120 "PVCs deleted (pvcRetention whenDeleted: Delete)" count_is 0 kubectl get pvc -n "$CLUSTER_NS" -o name
+  delete_namespace "$CLUSTER_NS"
 }

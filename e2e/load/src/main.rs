@@ -1,0 +1,228 @@
+//! e2e-load: concurrent clients doing put/get/cas/delete on a small key space
+//! through the shardkv client, recording every operation as history events
+//! (JSON lines, the format e2e/README.md defines and e2e/checker checks).
+//!
+//! After the load (its duration, or SIGTERM), one more client reads every key:
+//! those final reads let the checker find acknowledged writes that were lost.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use rand::Rng;
+use serde_json::{Value, json};
+use shardkv_client::{Client, ClientOptions, Error};
+use tokio::sync::mpsc;
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Comma-separated endpoints of the cluster's client Service (host:port).
+    #[arg(long)]
+    endpoints: String,
+    /// Concurrent clients (one operation in flight each).
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// Number of keys (few keys: more contention, a sharper check).
+    #[arg(long, default_value_t = 16)]
+    keys: usize,
+    /// Seconds of load; SIGTERM also ends it.
+    #[arg(long, default_value_t = 20)]
+    duration: u64,
+    /// Deadline of each operation, retries included.
+    #[arg(long, default_value_t = 5000)]
+    timeout_ms: u64,
+    /// Key prefix (one per scenario keeps histories apart).
+    #[arg(long, default_value = "e2e")]
+    prefix: String,
+    /// The history file (JSON lines) to write.
+    #[arg(long)]
+    history: std::path::PathBuf,
+}
+
+struct Recorder {
+    start: Instant,
+    tx: mpsc::UnboundedSender<Value>,
+}
+
+impl Recorder {
+    fn ts(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+    fn invoke(&self, client: usize, op: &str, key: &str, value: Option<&str>, expected: Option<Option<&str>>) {
+        let mut ev = json!({"client": client, "kind": "invoke", "op": op, "key": key, "ts_ns": self.ts()});
+        if let Some(v) = value {
+            ev["value"] = json!(v);
+        }
+        if let Some(e) = expected {
+            ev["expected"] = json!(e);
+        }
+        let _ = self.tx.send(ev);
+    }
+    fn complete(&self, client: usize, op: &str, kind: &str, output: Value, error: Option<String>) {
+        let mut ev = json!({"client": client, "kind": kind, "op": op, "output": output, "ts_ns": self.ts()});
+        if let Some(e) = error {
+            ev["error"] = json!(e);
+        }
+        let _ = self.tx.send(ev);
+    }
+}
+
+/// An error is a definite failure only when the request was refused before
+/// it could apply; anything else leaves a write's outcome unknown.
+fn kind_of(e: &Error) -> &'static str {
+    match e {
+        Error::InvalidArgument(_) => "fail",
+        _ => "timeout",
+    }
+}
+
+fn text(v: Option<Vec<u8>>) -> Value {
+    v.map(|b| json!(String::from_utf8_lossy(&b))).unwrap_or(Value::Null)
+}
+
+async fn run_client(
+    id: usize,
+    client: Client,
+    rec: Arc<Recorder>,
+    keys: Vec<String>,
+    stop: Arc<AtomicBool>,
+) -> [u64; 3] {
+    let mut counts = [0u64; 3]; // ok, fail, timeout
+    let mut seq = 0u64;
+    let mut last_seen: Vec<Option<String>> = vec![None; keys.len()];
+    while !stop.load(Ordering::Relaxed) {
+        let (k, dice) = {
+            let mut rng = rand::rng();
+            (rng.random_range(0..keys.len()), rng.random_range(0..100u32))
+        };
+        let key = &keys[k];
+        seq += 1;
+        let value = format!("c{id}-{seq}");
+        let (op, result): (&str, Result<Value, Error>) = match dice {
+            0..40 => {
+                rec.invoke(id, "put", key, Some(&value), None);
+                ("put", client.put(key.as_bytes(), value.as_bytes()).await.map(|_| Value::Null))
+            }
+            40..80 => {
+                rec.invoke(id, "get", key, None, None);
+                ("get", client.get(key.as_bytes()).await.map(text))
+            }
+            80..95 => {
+                let expected = last_seen[k].clone();
+                rec.invoke(id, "cas", key, Some(&value), Some(expected.as_deref()));
+                let r =
+                    client.compare_and_swap(key.as_bytes(), expected.map(String::into_bytes), value.as_bytes()).await;
+                ("cas", r.map(|o| json!(o.succeeded)))
+            }
+            _ => {
+                rec.invoke(id, "delete", key, None, None);
+                ("delete", client.delete(key.as_bytes()).await.map(|existed| json!(existed)))
+            }
+        };
+        match result {
+            Ok(out) => {
+                counts[0] += 1;
+                last_seen[k] = match op {
+                    "put" => Some(value),
+                    "get" => out.as_str().map(str::to_string),
+                    "cas" if out == json!(true) => Some(value),
+                    "delete" => None,
+                    _ => last_seen[k].take(),
+                };
+                rec.complete(id, op, "ok", out, None);
+            }
+            Err(e) => {
+                let kind = kind_of(&e);
+                counts[if kind == "fail" { 1 } else { 2 }] += 1;
+                rec.complete(id, op, kind, Value::Null, Some(e.to_string()));
+            }
+        }
+    }
+    counts
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let endpoints = shardkv_client::parse_endpoint_list(&args.endpoints).context("--endpoints")?;
+    let options = ClientOptions { request_timeout: Duration::from_millis(args.timeout_ms), ..ClientOptions::default() };
+    let base = Client::with_options(endpoints, options).context("client")?;
+    let keys: Vec<String> = (0..args.keys).map(|i| format!("{}-k{i}", args.prefix)).collect();
+
+    let (tx, mut rx) = mpsc::unbounded_channel::<Value>();
+    let rec = Arc::new(Recorder { start: Instant::now(), tx });
+    let file = std::fs::File::create(&args.history).with_context(|| format!("creating {}", args.history.display()))?;
+    let writer = tokio::task::spawn_blocking(move || -> Result<u64> {
+        let mut out = std::io::BufWriter::new(file);
+        let mut n = 0;
+        while let Some(ev) = rx.blocking_recv() {
+            serde_json::to_writer(&mut out, &ev)?;
+            out.write_all(b"\n")?;
+            n += 1;
+            if n % 256 == 0 {
+                out.flush()?;
+            }
+        }
+        out.flush()?;
+        out.get_ref().sync_all()?;
+        Ok(n)
+    });
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for id in 0..args.clients {
+        tasks.push(tokio::spawn(run_client(id, base.new_session(), rec.clone(), keys.clone(), stop.clone())));
+    }
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::time::sleep(Duration::from_secs(args.duration)) => {}
+        _ = sigterm.recv() => eprintln!("e2e-load: SIGTERM, finishing in-flight operations"),
+        _ = tokio::signal::ctrl_c() => eprintln!("e2e-load: interrupted, finishing in-flight operations"),
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut totals = [0u64; 3];
+    for t in tasks {
+        let c = t.await?;
+        for i in 0..3 {
+            totals[i] += c[i];
+        }
+    }
+    // Final reads, by one more client, after every operation above returned.
+    let final_client = args.clients;
+    let reader = base.new_session();
+    let mut final_ok = 0;
+    for key in &keys {
+        rec.invoke(final_client, "get", key, None, None);
+        match reader.get(key.as_bytes()).await {
+            Ok(v) => {
+                final_ok += 1;
+                rec.complete(final_client, "get", "ok", text(v), None);
+            }
+            Err(e) => rec.complete(final_client, "get", kind_of(&e), Value::Null, Some(e.to_string())),
+        }
+    }
+    drop(rec);
+    let events = writer.await??;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "e2e-load: {} clients, {:.1}s: {} ok ({:.0}/s), {} failed, {} unknown outcome; {}/{} final reads; {} events in {}",
+        args.clients,
+        secs,
+        totals[0],
+        totals[0] as f64 / secs,
+        totals[1],
+        totals[2],
+        final_ok,
+        keys.len(),
+        events,
+        args.history.display()
+    );
+    if final_ok < keys.len() {
+        anyhow::bail!("only {final_ok} of {} final reads succeeded: the lost-write check is incomplete", keys.len());
+    }
+    Ok(())
+}
