@@ -64,9 +64,15 @@ impl Cluster {
     }
 
     pub fn new(net: u8, node_args: &[&str]) -> Self {
+        Self::in_cluster(net, &format!("test-{net}"), node_args)
+    }
+
+    /// A group of cluster `cluster_id` (a sharded cluster has several groups, each on its own
+    /// network).
+    pub fn in_cluster(net: u8, cluster_id: &str, node_args: &[&str]) -> Self {
         Self {
             dir: tempfile::tempdir().expect("temp dir"),
-            cluster_id: format!("test-{net}"),
+            cluster_id: cluster_id.to_string(),
             net,
             node_args: node_args.iter().map(|s| s.to_string()).collect(),
             children: BTreeMap::new(),
@@ -169,6 +175,11 @@ impl Cluster {
             }
         })
         .await
+    }
+
+    /// Ids of the nodes currently running.
+    pub fn running(&self) -> Vec<u64> {
+        self.children.keys().copied().collect()
     }
 
     pub fn client(&self) -> shardkv_client::Client {

@@ -6,3 +6,5 @@ mod harness;
 mod lifecycle;
 mod replication;
 mod scan;
+mod sharded;
+mod sharding;
