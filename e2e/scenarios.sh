@@ -419,9 +419,20 @@ restart_count_above() { (("$(pod_field "$1" "$2" '{.status.containerStatuses[0].
 
 pod_of_group_ready() { kubectl wait -n "$CLUSTER_NS" --for=condition=Ready "pod/$1" --timeout=1s; }
 
+# leader_pod GROUP_ID: the pod of the group's leader, from the ShardCluster status.
+leader_pod() {
+  local id
+  id="$(kubectl get shardcluster -n "$CLUSTER_NS" "$CLUSTER" -o jsonpath="{.status.groups[?(@.groupId==$1)].leader}")"
+  [[ -n "$id" ]] || return 1
+  kubectl get shardcluster -n "$CLUSTER_NS" "$CLUSTER" -o jsonpath="{.status.groups[?(@.groupId==$1)].members[?(@.nodeId==$id)].pod}"
+}
+
 scenario_kill() {
   need_cluster
-  local pod="$CLUSTER-g1-0" pid restarts
+  local pod pid restarts
+  pod="$(leader_pod 1)" || fail "group 1 reports no leader"
+  [[ -n "$pod" ]] || fail "group 1's leader has no pod in the status"
+  step "group 1's leader is $pod"
   restarts="$(pod_field "$CLUSTER_NS" "$pod" '{.status.containerStatuses[0].restartCount}')"
   start_load kill 25
   wait_until 30 "load 'kill' has recorded 2000 events" history_has "$SCENARIO_DIR/kill.jsonl" 2000
@@ -437,7 +448,10 @@ scenario_kill() {
 
 scenario_graceful() {
   need_cluster
-  local pod="$CLUSTER-g2-0" uid
+  local pod uid
+  pod="$(leader_pod 2)" || fail "group 2 reports no leader"
+  [[ -n "$pod" ]] || fail "group 2's leader has no pod in the status"
+  step "group 2's leader is $pod"
   uid="$(pod_field "$CLUSTER_NS" "$pod" '{.metadata.uid}')"
   start_load graceful 25
   wait_until 30 "load 'graceful' has recorded 2000 events" history_has "$SCENARIO_DIR/graceful.jsonl" 2000
@@ -447,8 +461,41 @@ scenario_graceful() {
   local log="$E2E_PODRUNNER_DIR/logs/${CLUSTER_NS}_${pod}_node.log"
   grep -qi prestop "$log" || fail "no preStop report in $log"
   grep -i prestop "$log" | tail -n 3 >&2
+  grep -q '\\"was_leader\\":true,\\"new_leader\\":[0-9]' "$log" || fail "the preStop report does not show leadership handed over"
+  # The restart replays only the log suffix after the preStop snapshot.
+  local ip entries
+  ip="$(pod_field "$CLUSTER_NS" "$pod" '{.status.podIP}')"
+  entries="$(curl -sf "http://$ip:7180/metrics" | awk '/^shardkv_startup_log_entries /{print $2}')"
+  [[ -n "$entries" ]] || fail "no shardkv_startup_log_entries metric on $pod"
+  step "$pod replayed $entries log entries at start-up"
+  ((entries < 2000)) || fail "$pod replayed $entries entries: not a short suffix"
   finish_load graceful 25
   wait_until 120 "ShardCluster $CLUSTER Available" cluster_available
+}
+
+all_voters() {
+  local roles
+  roles="$(kubectl get shardcluster -n "$CLUSTER_NS" "$CLUSTER" -o jsonpath='{.status.groups[*].members[*].role}')" || return 1
+  [[ -n "$roles" ]] && ! tr ' ' '\n' <<<"$roles" | grep -v '^$' | grep -qvx voter
+}
+
+cluster_ready_replicas_is() {
+  [[ "$(kubectl get shardcluster -n "$CLUSTER_NS" "$CLUSTER" -o jsonpath='{.status.readyReplicas}')" == "$1" ]] && cluster_available
+}
+
+scenario_scale() {
+  need_cluster
+  start_load scale 60
+  step "replicasPerGroup 3 -> 5"
+  kubectl patch shardcluster -n "$CLUSTER_NS" "$CLUSTER" --type merge -p '{"spec":{"replicasPerGroup":5}}' >&2
+  wait_until 180 "13 ready node pods (meta 3 + 2 x 5) and Available" cluster_ready_replicas_is 13
+  wait_until 60 "every group member a voter" all_voters
+  kubectl get shardcluster -n "$CLUSTER_NS" "$CLUSTER" -o jsonpath='{range .status.groups[*]}{.groupId}: {range .members[*]}{.pod}={.role} {end}{"\n"}{end}' >&2
+  step "replicasPerGroup 5 -> 3"
+  kubectl patch shardcluster -n "$CLUSTER_NS" "$CLUSTER" --type merge -p '{"spec":{"replicasPerGroup":3}}' >&2
+  wait_until 180 "9 node pods and Available" cluster_ready_replicas_is 9
+  wait_until 60 "group 1 back to 3 pods" count_is 3 kubectl get pods -n "$CLUSTER_NS" -l shardkv.dev/group=1 -o name
+  finish_load scale 60
 }
 
 scenario_delete() {
