@@ -303,6 +303,7 @@ async fn main() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     runner.net.destroy().await;
+    let _ = std::fs::remove_dir("/.podrunner-stage");
     tracing::info!(%gateway, "pod runner stopped");
     result
 }

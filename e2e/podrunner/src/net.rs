@@ -25,7 +25,10 @@ pub struct PodNetwork {
     /// First two octets of the /16.
     prefix: [u8; 2],
     pub gateway: Ipv4Addr,
-    used: Mutex<BTreeSet<u16>>,
+    /// Addresses in use, and where the next search starts: addresses are
+    /// handed out round-robin, so a deleted pod's address (and the host's
+    /// stale ARP entry for it) is not reused at once.
+    used: Mutex<(BTreeSet<u16>, u16)>,
 }
 
 /// A pod's network: its namespace, host-side veth and address.
@@ -47,20 +50,35 @@ impl PodNetwork {
         }
         let [a, b, _, _] = addr.octets();
         let gateway = Ipv4Addr::new(a, b, 0, 1);
-        // A bridge left by a runner that was killed is reused.
-        if ip(&["link", "show", bridge]).await.is_err() {
-            ip(&["link", "add", bridge, "type", "bridge"]).await?;
+        // What a killed runner left (its bridge, its pods' namespaces with
+        // their veths and addresses) would clash with new pods: start clean.
+        if ip(&["link", "show", bridge]).await.is_ok() {
+            tracing::warn!(bridge, "removing the pod bridge and pod namespaces a previous runner left");
+            ip(&["link", "del", bridge]).await?;
         }
-        let gw = format!("{gateway}/16");
-        let _ = ip(&["addr", "add", &gw, "dev", bridge]).await; // may exist already
+        let out = Command::new("ip").args(["netns", "list"]).output().await.context("ip netns list")?;
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if let Some(name) = line.split_whitespace().next().filter(|n| n.starts_with("skv-")) {
+                let _ = ip(&["netns", "del", name]).await;
+                let _ = std::fs::remove_dir_all(netns_etc(name));
+            }
+        }
+        ip(&["link", "add", bridge, "type", "bridge"]).await?;
+        ip(&["addr", "add", &format!("{gateway}/16"), "dev", bridge]).await?;
         ip(&["link", "set", bridge, "up"]).await?;
-        Ok(PodNetwork { bridge: bridge.to_string(), prefix: [a, b], gateway, used: Mutex::new(BTreeSet::new()) })
+        Ok(PodNetwork { bridge: bridge.to_string(), prefix: [a, b], gateway, used: Mutex::new((BTreeSet::new(), 0)) })
     }
 
     fn allocate(&self) -> Result<u16> {
-        let mut used = self.used.lock().unwrap();
-        let index = (0..250 * 250u16).find(|i| !used.contains(i)).context("pod network addresses exhausted")?;
+        const SIZE: u16 = 250 * 250;
+        let mut guard = self.used.lock().unwrap();
+        let (used, next) = &mut *guard;
+        let index = (0..SIZE)
+            .map(|i| (*next + i) % SIZE)
+            .find(|i| !used.contains(i))
+            .context("pod network addresses exhausted")?;
         used.insert(index);
+        *next = (index + 1) % SIZE;
         Ok(index)
     }
 
@@ -109,8 +127,9 @@ impl PodNetwork {
             tracing::warn!(netns = %net.netns, error = %e, "removing pod network namespace");
         }
         let _ = ip(&["link", "del", &net.veth]).await;
+        let _ = ip(&["neigh", "flush", "to", &net.ip.to_string(), "dev", &self.bridge]).await;
         let _ = std::fs::remove_dir_all(netns_etc(&net.netns));
-        self.used.lock().unwrap().remove(&net.index);
+        self.used.lock().unwrap().0.remove(&net.index);
     }
 
     pub async fn destroy(&self) {

@@ -453,6 +453,15 @@ impl Worker {
             .stderr(log)
             .process_group(0)
             .kill_on_drop(true);
+        // Should the runner die without stopping its pods, the kernel kills
+        // them (a container that changes its user loses this, though).
+        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
         let mut child = cmd.spawn().with_context(|| format!("spawning {argv:?}"))?;
         let pid = child.id().context("child exited at once")?;
         let tx = self.exits.0.clone();
