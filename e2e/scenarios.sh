@@ -294,6 +294,7 @@ lease_held_by() {
 # pod runs through the pod runner under the chart's RBAC). The operator stays
 # installed for the scenarios after this one.
 scenario_install() {
+  [[ "${E2E_USE_EXISTING_CLUSTER:-0}" != 1 ]] || skip "on an existing cluster: needs registry images of the operator, node and load generator (not supported yet)"
   [[ "${E2E_PODRUNNER:-0}" == 1 ]] || skip "no pod runner to run the operator's pod"
   install_operator
 }
@@ -323,6 +324,7 @@ CLUSTER_NS=e2e-cluster
 CLUSTER=demo
 
 need_cluster_prereqs() {
+  [[ "${E2E_USE_EXISTING_CLUSTER:-0}" != 1 ]] || skip "on an existing cluster: needs registry images of the operator, node and load generator (not supported yet)"
   [[ "${E2E_PODRUNNER:-0}" == 1 ]] || skip "no pod runner"
   [[ -n "${E2E_NODE_IMAGE:-}" ]] || skip "no shardkv-node binary (cargo build --release -p shardkv-node; or E2E_NODE_BIN)"
   if ! helm status shardkv-operator -n shardkv-system >/dev/null 2>&1; then
@@ -442,6 +444,14 @@ scenario_kill() {
   kill -KILL "$pid"
   wait_until 60 "$pod restarted" restart_count_above "$CLUSTER_NS" "$pod" "$restarts"
   wait_until 120 "$pod Ready again (rejoined, caught up)" pod_of_group_ready "$pod"
+  # A crash that takes the pod object along: a forced deletion (the pod runner
+  # SIGKILLs at once); the StatefulSet recreates the pod on the same volume.
+  local pod2 uid2
+  pod2="$(leader_pod 2)" || fail "group 2 reports no leader"
+  uid2="$(pod_field "$CLUSTER_NS" "$pod2" '{.metadata.uid}')"
+  step "force-delete group 2's leader $pod2 (SIGKILL, no preStop)"
+  kubectl delete pod -n "$CLUSTER_NS" "$pod2" --grace-period=0 --force >&2
+  wait_until 120 "$pod2 recreated by its StatefulSet and Ready" ready_pod_uid_is_not "$CLUSTER_NS" "$pod2" "$uid2"
   finish_load kill 25
   wait_until 120 "ShardCluster $CLUSTER Available" cluster_available
 }

@@ -650,7 +650,10 @@ impl Worker {
         let deadline = Instant::now() + grace;
         let running: Vec<usize> = (0..self.ctrs.len()).filter(|&i| self.ctrs[i].pid.is_some()).collect();
         let this = &*self;
-        let hooks = running.iter().filter(|_| pre_stop).map(|&i| async move { (i, this.pre_stop(i, deadline).await) });
+        let hooks = running
+            .iter()
+            .filter(|_| pre_stop && !grace.is_zero())
+            .map(|&i| async move { (i, this.pre_stop(i, deadline).await) });
         for (i, r) in futures::future::join_all(hooks).await {
             match r {
                 Ok(()) => tracing::info!(pod = %self.key, container = %self.ctrs[i].spec.name, "preStop done"),
@@ -659,13 +662,16 @@ impl Worker {
                 }
             }
         }
+        // No grace at all (the pod object vanished: a forced deletion): SIGKILL.
+        let sig = if grace.is_zero() { libc::SIGKILL } else { libc::SIGTERM };
         for &i in &running {
             if let Some(pid) = self.ctrs[i].pid {
-                signal_group(pid, libc::SIGTERM);
+                signal_group(pid, sig);
             }
         }
         // Kubelet gives at least 2 s after preStop before SIGKILL.
-        let deadline = deadline.max(Instant::now() + Duration::from_secs(2));
+        let deadline =
+            if grace.is_zero() { Instant::now() } else { deadline.max(Instant::now() + Duration::from_secs(2)) };
         while self.ctrs.iter().any(|c| c.pid.is_some()) {
             tokio::select! {
                 Some((i, pid, code)) = self.exits.1.recv() => { self.ctrs[i].next_start = None; self.exited_final(i, pid, code) },
