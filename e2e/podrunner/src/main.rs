@@ -67,6 +67,26 @@ struct Args {
     /// StorageClass (made default) whose claims this runner provisions.
     #[arg(long, default_value = "shardkv-e2e")]
     storage_class: String,
+    /// The kubelet's credentials (user system:node:NAME, group system:nodes),
+    /// held to the Node authorizer: node, lease, its pods' status, tokens,
+    /// and the objects its pods reference. Default: KUBECONFIG.
+    #[arg(long)]
+    node_kubeconfig: Option<PathBuf>,
+    /// The scheduler's credentials (system:kube-scheduler): watching pods and
+    /// binding them. Default: KUBECONFIG. The provisioner always uses KUBECONFIG.
+    #[arg(long)]
+    scheduler_kubeconfig: Option<PathBuf>,
+}
+
+async fn client_from(path: Option<&PathBuf>) -> Result<(Client, kube::Config)> {
+    let config = match path {
+        Some(p) => {
+            let kc = kube::config::Kubeconfig::read_from(p).with_context(|| format!("reading {}", p.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?
+        }
+        None => kube::Config::infer().await.context("loading the kubeconfig (KUBECONFIG)")?,
+    };
+    Ok((Client::try_from(config.clone())?, config))
 }
 
 fn parse_image(s: &str) -> Result<(String, PathBuf), String> {
@@ -77,6 +97,7 @@ fn parse_image(s: &str) -> Result<(String, PathBuf), String> {
 
 /// What pod workers share.
 pub struct Runner {
+    /// The kubelet's client (node credentials).
     pub client: Client,
     pub node: String,
     pub work_dir: PathBuf,
@@ -269,13 +290,14 @@ async fn main() -> Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let args = Args::parse();
-    let config = kube::Config::infer().await.context("loading the kubeconfig (KUBECONFIG)")?;
+    let (admin, config) = client_from(None).await?;
     let upstream = format!(
         "{}:{}",
         config.cluster_url.host().context("API server URL without host")?,
         config.cluster_url.port_u16().unwrap_or(443)
     );
-    let client = Client::try_from(config)?;
+    let (client, _) = client_from(args.node_kubeconfig.as_ref()).await?;
+    let (scheduler, _) = client_from(args.scheduler_kubeconfig.as_ref()).await?;
     let work_dir = std::path::absolute(&args.work_dir)?;
     std::fs::create_dir_all(work_dir.join("volumes"))?;
 
@@ -295,7 +317,7 @@ async fn main() -> Result<()> {
         netns: Mutex::new(HashMap::new()),
         hosts: Mutex::new(String::new()),
     });
-    let result = run(runner.clone(), &args, upstream).await;
+    let result = run(runner.clone(), &args, upstream, admin, scheduler).await;
     shutdown.cancel();
     // Pod workers stop their processes (bounded), then the bridge goes.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -311,7 +333,7 @@ async fn main() -> Result<()> {
 /// A pod worker's update channel and task, by pod uid.
 type PodWorker = (watch::Sender<Option<Arc<Pod>>>, tokio::task::JoinHandle<()>);
 
-async fn run(runner: Arc<Runner>, args: &Args, upstream: String) -> Result<()> {
+async fn run(runner: Arc<Runner>, args: &Args, upstream: String, admin: Client, scheduler: Client) -> Result<()> {
     let client = runner.client.clone();
     let gateway = runner.net.gateway;
     tokio::spawn({
@@ -323,13 +345,13 @@ async fn run(runner: Arc<Runner>, args: &Args, upstream: String) -> Result<()> {
         }
     });
     register_node(&client, &args.node_name, &gateway.to_string()).await?;
-    volumes::ensure_storage_class(&client, &args.storage_class).await?;
+    volumes::ensure_storage_class(&admin, &args.storage_class).await?;
     tokio::spawn(heartbeat(client.clone(), args.node_name.clone(), gateway.to_string(), runner.shutdown.clone()));
 
     let wake = Arc::new(Notify::new());
-    let pods = reflect(Api::<Pod>::all(client.clone()), wake.clone());
-    let pvcs = reflect(Api::<PersistentVolumeClaim>::all(client.clone()), wake.clone());
-    let pvs = reflect(Api::<PersistentVolume>::all(client.clone()), wake.clone());
+    let pods = reflect(Api::<Pod>::all(scheduler.clone()), wake.clone());
+    let pvcs = reflect(Api::<PersistentVolumeClaim>::all(admin.clone()), wake.clone());
+    let pvs = reflect(Api::<PersistentVolume>::all(admin.clone()), wake.clone());
     let volumes_dir = runner.work_dir.join("volumes");
     let mut workers: HashMap<String, PodWorker> = HashMap::new();
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -349,11 +371,10 @@ async fn run(runner: Arc<Runner>, args: &Args, upstream: String) -> Result<()> {
                 && !terminal
                 && spec.scheduler_name.as_deref().unwrap_or("default-scheduler") == "default-scheduler"
             {
-                bind(&client, p, &args.node_name).await;
+                bind(&scheduler, p, &args.node_name).await;
             }
         }
-        if let Err(e) =
-            volumes::provision(&client, &args.storage_class, &volumes_dir, &pvcs.state(), &pvs.state()).await
+        if let Err(e) = volumes::provision(&admin, &args.storage_class, &volumes_dir, &pvcs.state(), &pvs.state()).await
         {
             tracing::warn!(error = %format!("{e:#}"), "provisioning");
         }
