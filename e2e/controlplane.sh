@@ -324,6 +324,7 @@ case "${1:-}" in
     trap '((up_ok)) || { [[ -d "$up_dir" ]] && cmd_down "$up_dir"; }' EXIT
     trap 'exit 130' INT TERM
     cmd_up "${2:-}"
+    # shellcheck disable=SC2034 # read by the EXIT trap
     up_ok=1 ;;
   down) cmd_down "${2:-}" ;;
   run) [[ $# -ge 3 ]] || die "usage: $0 run DIR -- CMD ARGS..."; cmd_run "${@:2}" ;;

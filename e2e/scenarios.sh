@@ -4,6 +4,8 @@
 # returning 0, fails with `fail MSG` (or any failing command), and is skipped
 # with `skip REASON`.
 # shellcheck shell=bash
+# e2e/run defines these before sourcing this file.
+: "${e2e:?}" "${root:?}"
 
 fail() { echo "FAIL: $*" >&2; exit 1; }
 skip() { echo "$*" >"$SKIP_FILE"; echo "SKIP: $*" >&2; exit 77; }
@@ -31,7 +33,8 @@ absent() { ! "$@"; }
 
 # A fresh namespace for a scenario, deleted (and waited for) by the caller.
 new_namespace() {
-  local ns="e2e-$SCENARIO-$(date +%s)-$RANDOM"
+  local ns
+  ns="e2e-$SCENARIO-$(date +%s)-$RANDOM"
   kubectl create namespace "$ns" >&2
   echo "$ns" >>"$SCENARIO_DIR/namespaces" # e2e/run deletes leftovers of a failed scenario
   echo "$ns"
