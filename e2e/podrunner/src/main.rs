@@ -426,3 +426,37 @@ async fn run(runner: Arc<Runner>, args: &Args, upstream: String, admin: Client, 
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(ns: &str, name: &str, ip: Option<&str>, sts: Option<(&str, &str)>) -> Arc<Pod> {
+        let mut spec = json!({"containers": []});
+        if let Some((h, sub)) = sts {
+            spec["hostname"] = json!(h);
+            spec["subdomain"] = json!(sub);
+        }
+        let mut p = json!({"metadata": {"name": name, "namespace": ns}, "spec": spec});
+        if let Some(ip) = ip {
+            p["status"] = json!({"podIP": ip, "phase": "Running"});
+        }
+        Arc::new(serde_json::from_value(p).unwrap())
+    }
+
+    #[test]
+    fn hosts_file_names_statefulset_pods_and_skips_pods_without_address() {
+        let pods = vec![
+            pod("db", "demo-g1-0", Some("10.213.0.2"), Some(("demo-g1-0", "demo-g1"))),
+            pod("db", "loose", Some("10.213.0.3"), None),
+            pod("db", "pending", None, Some(("pending", "demo-g1"))),
+        ];
+        let hosts = hosts_file(&pods, "cluster.local");
+        assert!(hosts.contains("127.0.0.1\tlocalhost\n"));
+        assert!(hosts.contains(
+            "10.213.0.2\tdemo-g1-0.demo-g1.db.svc.cluster.local demo-g1-0.demo-g1.db.svc demo-g1-0.demo-g1.db demo-g1-0.demo-g1 10-213-0-2.db.pod.cluster.local\n"
+        ));
+        assert!(hosts.contains("10.213.0.3\t10-213-0-3.db.pod.cluster.local\n"));
+        assert!(!hosts.contains("pending"));
+    }
+}

@@ -143,3 +143,31 @@ impl PodNetwork {
 pub fn netns_etc(netns: &str) -> PathBuf {
     PathBuf::from("/etc/netns").join(netns)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn network() -> PodNetwork {
+        PodNetwork {
+            bridge: "test0".into(),
+            prefix: [10, 213],
+            gateway: Ipv4Addr::new(10, 213, 0, 1),
+            used: Mutex::new((BTreeSet::new(), 0)),
+        }
+    }
+
+    #[test]
+    fn addresses_skip_the_gateway_and_are_not_reused_at_once() {
+        let n = network();
+        let a = n.allocate().unwrap();
+        let b = n.allocate().unwrap();
+        assert_eq!(n.address(a), Ipv4Addr::new(10, 213, 0, 2));
+        assert_eq!(n.address(b), Ipv4Addr::new(10, 213, 0, 3));
+        n.used.lock().unwrap().0.remove(&a);
+        // The freed address comes back only after the rest of the range.
+        assert_eq!(n.address(n.allocate().unwrap()), Ipv4Addr::new(10, 213, 0, 4));
+        assert_eq!(n.address(249), Ipv4Addr::new(10, 213, 0, 251));
+        assert_eq!(n.address(250), Ipv4Addr::new(10, 213, 1, 2));
+    }
+}
