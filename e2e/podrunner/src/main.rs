@@ -108,6 +108,10 @@ pub struct Runner {
     /// uid -> network namespace of running pods, whose /etc/hosts the node loop keeps.
     netns: Mutex<HashMap<String, String>>,
     hosts: Mutex<String>,
+    /// Mount points that did not exist on the host before a container's
+    /// `mkdir -p` made them (empty there: the mounts live in the containers'
+    /// namespaces); removed with rmdir when the runner stops.
+    mountpoints: Mutex<std::collections::BTreeSet<PathBuf>>,
 }
 
 impl Runner {
@@ -117,6 +121,27 @@ impl Runner {
         let _ = std::fs::write(dir.join("hosts"), self.hosts.lock().unwrap().as_bytes());
         let _ = std::fs::write(dir.join("resolv.conf"), b"# pod runner: names resolve through /etc/hosts\n");
         self.netns.lock().unwrap().insert(uid.to_string(), net.netns.clone());
+    }
+
+    /// Records the directories `mkdir -p target` is about to create on the host.
+    pub fn note_mountpoint(&self, target: &std::path::Path) {
+        let mut set = self.mountpoints.lock().unwrap();
+        for dir in target.ancestors() {
+            if dir.as_os_str().is_empty() || dir.exists() {
+                break;
+            }
+            set.insert(dir.to_path_buf());
+        }
+    }
+
+    /// Removes the recorded mount points, deepest first, if empty.
+    fn remove_mountpoints(&self) {
+        let set = std::mem::take(&mut *self.mountpoints.lock().unwrap());
+        let mut dirs: Vec<_> = set.into_iter().collect();
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        for d in dirs {
+            let _ = std::fs::remove_dir(&d);
+        }
     }
 
     pub fn unregister_netns(&self, uid: &str) {
@@ -316,6 +341,7 @@ async fn main() -> Result<()> {
         shutdown: shutdown.clone(),
         netns: Mutex::new(HashMap::new()),
         hosts: Mutex::new(String::new()),
+        mountpoints: Mutex::new(Default::default()),
     });
     let result = run(runner.clone(), &args, upstream, admin, scheduler).await;
     shutdown.cancel();
@@ -325,6 +351,7 @@ async fn main() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     runner.net.destroy().await;
+    runner.remove_mountpoints();
     let _ = std::fs::remove_dir("/.podrunner-stage");
     tracing::info!(%gateway, "pod runner stopped");
     result

@@ -401,6 +401,9 @@ impl Worker {
                 shell_quote(&staged.to_string_lossy())
             ));
         }
+        for (_, target, _) in &binds {
+            self.runner.note_mountpoint(std::path::Path::new(target));
+        }
         for (i, (_, target, ro)) in binds.iter().enumerate() {
             let (s, t) = (shell_quote(&stage.join(i.to_string()).to_string_lossy()), shell_quote(target));
             script.push_str(&format!("mkdir -p {t}\nmount --bind {s} {t}\n"));
