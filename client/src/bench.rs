@@ -15,6 +15,7 @@ use crate::error::Error;
 
 #[cfg(feature = "etcd")]
 pub mod etcd;
+pub mod moves;
 
 /// A key-value store the benchmark can drive.
 pub trait KvTarget: Send + Sync + 'static {

@@ -1,6 +1,7 @@
 //! Human-readable and JSON renderings of command results.
 
 use serde_json::{Value, json};
+use shardkv_client::bench::moves::{MoveBenchReport, MoveEvent};
 use shardkv_client::bench::{BenchReport, Progress};
 use shardkv_client::cluster::{ClusterStatus, GroupStatus, MoveView};
 use shardkv_client::{Result, ShardConfig, StatusResponse};
@@ -382,6 +383,91 @@ pub fn bench_report_text(report: &BenchReport) -> String {
     }
     if let Some(error) = &report.first_error {
         text.push_str(&format!("first error: {error}\n"));
+    }
+    text
+}
+
+const MB: f64 = 1e6;
+
+pub fn move_event_line(event: &MoveEvent<'_>) -> String {
+    match event {
+        MoveEvent::Filling { written, total, elapsed } => {
+            format!("[fill {:>4.0}s] {written}/{total} values written", elapsed.as_secs_f64())
+        }
+        MoveEvent::Filled { bytes, elapsed } => format!(
+            "filled the shard with {:.1} MB in {:.1} s ({:.1} MB/s)",
+            *bytes as f64 / MB,
+            elapsed.as_secs_f64(),
+            *bytes as f64 / MB / elapsed.as_secs_f64().max(1e-9)
+        ),
+        MoveEvent::Moving { index, elapsed, state } => {
+            format!("[move {index} {:>5.1}s] {state}", elapsed.as_secs_f64())
+        }
+        MoveEvent::Moved(m) => format!(
+            "move {}: group {} -> {} (config {}) settled in {:.2} s = {:.1} MB/s; writes refused for {:.0} ms \
+             (baseline gap {:.0} ms; probe {} ok, {} failed)",
+            m.index,
+            m.from_group,
+            m.to_group,
+            m.config_num,
+            m.duration_secs,
+            m.mb_per_sec,
+            m.refused_window_ms,
+            m.baseline_gap_ms,
+            m.probe_ok,
+            m.probe_failed
+        ),
+    }
+}
+
+pub fn move_report_text(report: &MoveBenchReport) -> String {
+    let number = |v: Option<f64>, digits: usize| v.map_or_else(|| "-".to_string(), |v| format!("{v:.digits$}"));
+    let mut text = format!(
+        "shard {} of {} ({} values of {} B = {:.1} MB), moved between groups {} and {}\n",
+        report.shard,
+        report.shards,
+        report.fill_keys,
+        report.fill_value_size,
+        report.shard_bytes as f64 / MB,
+        report.groups.0,
+        report.groups.1
+    );
+    let mut rows = vec![
+        ["MOVE", "FROM", "TO", "CONFIG", "SECONDS", "MB/S", "REFUSED MS", "BASELINE GAP MS", "PROBE OK", "FAILED"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for m in &report.moves {
+        rows.push(vec![
+            m.index.to_string(),
+            m.from_group.to_string(),
+            m.to_group.to_string(),
+            m.config_num.to_string(),
+            format!("{:.2}", m.duration_secs),
+            format!("{:.1}", m.mb_per_sec),
+            format!("{:.0}", m.refused_window_ms),
+            format!("{:.0}", m.baseline_gap_ms),
+            m.probe_ok.to_string(),
+            m.probe_failed.to_string(),
+        ]);
+    }
+    text.push_str(&render_table(&rows));
+    text.push_str(&format!(
+        "move MB/s: p50 {}  min {}; seconds: p50 {}  max {}\n\
+         writes refused ms: p50 {}  p99 {}  max {} (baseline gap without a move: max {})\n\
+         {} filled keys read back after the moves\n",
+        number(report.mb_per_sec_p50, 1),
+        number(report.mb_per_sec_min, 1),
+        number(report.duration_secs_p50, 2),
+        number(report.duration_secs_max, 2),
+        number(report.refused_ms_p50, 0),
+        number(report.refused_ms_p99, 0),
+        number(report.refused_ms_max, 0),
+        number(report.baseline_gap_ms_max, 0),
+        report.verified_keys
+    ));
+    if let Some(error) = report.moves.iter().find_map(|m| m.probe_first_error.as_ref()) {
+        text.push_str(&format!("first probe error: {error}\n"));
     }
     text
 }
