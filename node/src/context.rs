@@ -1,6 +1,7 @@
 //! What every request handler of a node shares.
 
 use openraft::async_runtime::WatchReceiver;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
@@ -36,6 +37,8 @@ pub struct NodeContext {
     pub sharding: SharedSharding,
     /// Progress of the shard pulls this replica leads.
     pub moves: MoveProgress,
+    /// Where identity records live (see `identity`).
+    pub data_dir: PathBuf,
     /// Set by preStop: the node stops reporting ready and is on its way out.
     stopping: AtomicBool,
     /// Set once the state machine has re-applied what was committed before a restart; local
@@ -54,6 +57,7 @@ impl NodeContext {
         db: Arc<DB>,
         metrics: Arc<NodeMetrics>,
         sharding: SharedSharding,
+        data_dir: PathBuf,
     ) -> Self {
         Self {
             node_id,
@@ -65,6 +69,7 @@ impl NodeContext {
             metrics,
             sharding,
             moves: MoveProgress::default(),
+            data_dir,
             stopping: AtomicBool::new(false),
             recovered: AtomicBool::new(false),
         }

@@ -116,6 +116,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         db.clone(),
         metrics,
         sharding,
+        args.data_dir.clone(),
     ));
     let prestop = Arc::new(Prestop::default());
     // Recovery needs the leader to confirm the commit index, so it runs while the node serves
@@ -133,7 +134,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let grpc = tokio::spawn(serve_grpc(grpc_listener, ctx.clone(), snapshots, shutdown_rx.clone()));
+    let grpc = tokio::spawn(serve_grpc(grpc_listener, ctx.clone(), snapshots, channels.clone(), shutdown_rx.clone()));
     if let Role::Sharded { .. } = role {
         tokio::spawn(Driver::new(ctx.clone(), args.meta_endpoints.clone(), channels).run(shutdown_rx.clone()));
     }
@@ -169,6 +170,7 @@ async fn serve_grpc(
     listener: TcpListener,
     ctx: Arc<NodeContext>,
     snapshots: SnapshotStore,
+    channels: Channels,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -184,7 +186,7 @@ async fn serve_grpc(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(KvServer::new(KvService::new(ctx.clone())))
-        .add_service(AdminServer::new(AdminService::new(ctx.clone())))
+        .add_service(AdminServer::new(AdminService::new(ctx.clone(), channels)))
         .add_service(MetaServer::new(MetaService::new(ctx.clone())))
         .add_service(MigrationServer::new(MigrationService::new(ctx)).max_encoding_message_size(MAX_MESSAGE_BYTES))
         .add_service(

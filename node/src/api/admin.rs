@@ -15,6 +15,8 @@ use shardkv_proto::v1::ChangeMembershipRequest;
 use shardkv_proto::v1::InitializeRequest;
 use shardkv_proto::v1::InitializeResponse;
 use shardkv_proto::v1::MembershipResponse;
+use shardkv_proto::v1::RemovedRequest;
+use shardkv_proto::v1::RemovedResponse;
 use shardkv_proto::v1::ReplicaStatus;
 use shardkv_proto::v1::ShardStatus;
 use shardkv_proto::v1::StatusRequest;
@@ -32,22 +34,26 @@ use super::errors::not_leader;
 use super::errors::raft_error;
 use super::observed;
 use crate::context::NodeContext;
+use crate::identity;
 use crate::lifecycle::leadership::TransferError;
 use crate::lifecycle::leadership::transfer_leadership;
 use crate::lifecycle::snapshot::snapshot_and_purge;
 use crate::migration::ShardState;
+use crate::network::channels::Channels;
 use crate::types::index_of;
 
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(10);
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
+const REMOVED_NOTICE_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct AdminService {
     ctx: Arc<NodeContext>,
+    channels: Channels,
 }
 
 impl AdminService {
-    pub fn new(ctx: Arc<NodeContext>) -> Self {
-        Self { ctx }
+    pub fn new(ctx: Arc<NodeContext>, channels: Channels) -> Self {
+        Self { ctx, channels }
     }
 
     fn status(&self, initialized: bool) -> StatusResponse {
@@ -107,6 +113,30 @@ impl AdminService {
             role: sharding.role.name().to_string(),
             config_num: sharding.config_num(),
             shards,
+        }
+    }
+}
+
+impl AdminService {
+    /// Tells a node it was removed, so it records that it left. Best effort: a node that cannot
+    /// be reached is down, and a removed node gets no more log entries either way.
+    async fn tell_removed(&self, node_id: u64, addr: &str, membership_index: u64) {
+        let request = RemovedRequest {
+            cluster_id: self.ctx.scope.cluster_id.clone(),
+            group_id: self.ctx.scope.group_id,
+            membership_index,
+        };
+        let told = async {
+            let channel = self.channels.get(addr).map_err(|e| e.to_string())?;
+            let mut admin = shardkv_proto::v1::admin_client::AdminClient::new(channel);
+            let mut request = Request::new(request);
+            request.set_timeout(REMOVED_NOTICE_TIMEOUT);
+            admin.removed(request).await.map_err(|s| s.message().to_string())
+        }
+        .await;
+        match told {
+            Ok(_) => tracing::info!(node = node_id, addr, "told the removed node it left"),
+            Err(e) => tracing::warn!(node = node_id, addr, error = %e, "could not tell a removed node it left"),
         }
     }
 }
@@ -182,8 +212,38 @@ impl Admin for AdminService {
                 return Err(Status::invalid_argument("a group needs at least one voter"));
             }
             let voters: BTreeSet<u64> = req.voters.iter().copied().collect();
+            let before = self.ctx.raft.metrics().borrow_watched().membership_config.membership().clone();
             let resp = self.ctx.raft.change_membership(voters, req.retain).await.map_err(raft_error)?;
-            Ok(MembershipResponse { log_index: resp.log_id.index() })
+            let log_index = resp.log_id.index();
+            if let Some(after) = &resp.membership {
+                let removed = before.nodes().filter(|(id, _)| after.get_node(id).is_none());
+                for (id, node) in removed {
+                    self.tell_removed(*id, &node.addr, log_index).await;
+                }
+            }
+            Ok(MembershipResponse { log_index })
+        })
+        .await
+    }
+
+    async fn removed(&self, request: Request<RemovedRequest>) -> Result<Response<RemovedResponse>, Status> {
+        let req = request.into_inner();
+        observed(&self.ctx.metrics, "Removed", async {
+            let scope = &self.ctx.scope;
+            if req.cluster_id != scope.cluster_id || req.group_id != scope.group_id {
+                return Err(Status::failed_precondition(format!(
+                    "wrong cluster: this node belongs to cluster {:?} group {}, the caller to cluster {:?} group {}",
+                    scope.cluster_id, scope.group_id, req.cluster_id, req.group_id
+                )));
+            }
+            tracing::warn!(
+                membership_index = req.membership_index,
+                "removed from the group; will not rejoin by itself"
+            );
+            self.ctx.set_stopping();
+            identity::record_left(&self.ctx.data_dir, &identity::Left { membership_index: req.membership_index })
+                .map_err(|e| Status::internal(format!("recording that this node left: {e}")))?;
+            Ok(RemovedResponse {})
         })
         .await
     }

@@ -10,6 +10,7 @@ use tonic::Status;
 use tonic::metadata::MetadataValue;
 
 use crate::migration::Admission;
+use crate::types::NodeId;
 use crate::types::OpResult;
 use crate::types::ShardId;
 use crate::types::TypeConfig;
@@ -23,13 +24,17 @@ pub fn not_leader(forward: &ForwardToLeader<TypeConfig>) -> Status {
     };
     let mut status = Status::unavailable(message);
     if let (Some(id), Some(addr)) = (forward.leader_id, leader_addr) {
-        let md = status.metadata_mut();
-        md.insert(LEADER_ID_HEADER, MetadataValue::from(id));
-        if let Ok(v) = addr.parse() {
-            md.insert(LEADER_ADDR_HEADER, v);
-        }
+        add_leader_hint(&mut status, id, &addr);
     }
     status
+}
+
+fn add_leader_hint(status: &mut Status, id: NodeId, addr: &str) {
+    let md = status.metadata_mut();
+    md.insert(LEADER_ID_HEADER, MetadataValue::from(id));
+    if let Ok(v) = addr.parse() {
+        md.insert(LEADER_ADDR_HEADER, v);
+    }
 }
 
 /// Any Raft API error: forwarding becomes UNAVAILABLE with a hint, the rest keeps its text.
@@ -48,12 +53,21 @@ where
 
 /// Ok when this group serves `shard` now; otherwise WrongGroup (FAILED_PRECONDITION with the
 /// group's config number, so the client refreshes its shard map) or, while the shard is moving
-/// in, UNAVAILABLE (retry here shortly).
-pub fn admit(admission: Admission, shard: ShardId) -> Result<(), Status> {
+/// in, UNAVAILABLE naming the leader, so the client waits there instead of trying other
+/// replicas. `leader` is only asked for in that case.
+pub fn admit(
+    admission: Admission,
+    shard: ShardId,
+    leader: impl FnOnce() -> Option<(NodeId, String)>,
+) -> Result<(), Status> {
     match admission {
         Admission::Serve => Ok(()),
         Admission::MovingIn => {
-            Err(Status::unavailable(format!("shard {shard} is moving into this group; retry shortly")))
+            let mut status = Status::unavailable(format!("shard {shard} is moving into this group; retry shortly"));
+            if let Some((id, addr)) = leader() {
+                add_leader_hint(&mut status, id, &addr);
+            }
+            Err(status)
         }
         Admission::WrongGroup { config_num } => {
             let mut status = Status::failed_precondition(format!(
@@ -66,10 +80,14 @@ pub fn admit(admission: Admission, shard: ShardId) -> Result<(), Status> {
 }
 
 /// The admission an applied data operation reported, if it was refused.
-pub fn refused_at_apply(result: &OpResult, shard: ShardId) -> Result<(), Status> {
+pub fn refused_at_apply(
+    result: &OpResult,
+    shard: ShardId,
+    leader: impl FnOnce() -> Option<(NodeId, String)>,
+) -> Result<(), Status> {
     match result {
-        OpResult::WrongGroup { config_num } => admit(Admission::WrongGroup { config_num: *config_num }, shard),
-        OpResult::MovingIn => admit(Admission::MovingIn, shard),
+        OpResult::WrongGroup { config_num } => admit(Admission::WrongGroup { config_num: *config_num }, shard, leader),
+        OpResult::MovingIn => admit(Admission::MovingIn, shard, leader),
         _ => Ok(()),
     }
 }

@@ -84,10 +84,10 @@ impl KvService {
         let shard = shard_for_key(key, self.ctx.shards);
         // Refuse early what this group cannot serve; the apply path checks again, at the entry's
         // position in the log, which is what decides.
-        admit(self.ctx.admission(shard), shard)?;
+        admit(self.ctx.admission(shard), shard, || self.ctx.leader())?;
         let cmd = Command { session: Some(session), shard, op };
         let response = self.ctx.raft.client_write(cmd).await.map_err(raft_error)?;
-        refused_at_apply(&response.data, shard)?;
+        refused_at_apply(&response.data, shard, || self.ctx.leader())?;
         if response.data == OpResult::SessionExpired {
             return Err(Status::failed_precondition(format!(
                 "session expired: sequence {} of client {} is below what the client already acknowledged",
@@ -111,7 +111,7 @@ impl KvService {
                     self.ctx.shards
                 )));
             }
-            admit(sharding.group.admission(shard), shard)?;
+            admit(sharding.group.admission(shard), shard, || self.ctx.leader())?;
         }
         let mut shards = requested.to_vec();
         shards.sort_unstable();
@@ -139,7 +139,7 @@ impl Kv for KvService {
             self.read_barrier(req.consistency()).await?;
             let applied = index_of(&self.ctx.raft.metrics().borrow_watched().last_applied);
             let shard = shard_for_key(&req.key, self.ctx.shards);
-            admit(self.ctx.admission(shard), shard)?;
+            admit(self.ctx.admission(shard), shard, || self.ctx.leader())?;
             let key = data_key(shard, &req.key);
             let value = self
                 .ctx

@@ -63,3 +63,29 @@ async fn prestop_hands_over_and_the_restart_replays_a_short_suffix() {
     );
     assert_eq!(cluster.client_for([leader]).get_serializable("w7-149").await.unwrap().as_deref(), Some(&b"v"[..]));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_removed_node_records_that_it_left_and_does_not_rejoin() {
+    let mut cluster = Cluster::start(40, 3, &[]).await;
+    let client = cluster.client();
+    client.put("before", "removal").await.unwrap();
+    client.change_membership(vec![1, 2], false).await.unwrap();
+
+    wait_for("node 3 to stop reporting ready", WAIT, || async {
+        (cluster.http_get(3, "/readyz").await.0 == 503).then_some(())
+    })
+    .await;
+    assert!(cluster.data_dir(3).join("left.json").exists(), "the removal is recorded on disk");
+    assert!(cluster.terminate(3).success());
+
+    let mut restarted = cluster.node_command(3, &cluster.cluster_id.clone()).spawn().unwrap();
+    let exit = wait_for("the removed node to refuse to start", WAIT, || {
+        let status = restarted.try_wait().unwrap();
+        async move { status }
+    })
+    .await;
+    assert_eq!(exit.code(), Some(2), "exits with the configuration-error code");
+    let log = cluster.log(3);
+    assert!(log.contains("node 3 was removed from group 0"), "the refusal explains itself:\n{log}");
+    assert_eq!(client.get("before").await.unwrap().as_deref(), Some(&b"removal"[..]), "the group serves on");
+}
