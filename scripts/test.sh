@@ -13,3 +13,8 @@ if "$HELM" template shardkv charts/shardkv-operator --set replicaCount=2 --set l
   echo "values.schema.json accepted two replicas without leader election" >&2
   exit 1
 fi
+# End to end on a real Kubernetes control plane: etcd, kube-apiserver and kube-controller-manager
+# built from their Go modules (cached by version), the operator installed with helm, the pod
+# runner standing in for the kubelet; every client history checked by porcupine.
+(cd e2e/checker && go test ./...)
+E2E_CARGO_TARGET_DIR="$CARGO_TARGET_DIR" E2E_CARGO_PROFILE=release e2e/run
