@@ -250,5 +250,26 @@ pub struct OperationStatus {
 /// The CustomResourceDefinition as YAML, exactly as checked in under `crds/`.
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
     use kube::CustomResourceExt;
-    serde_yaml::to_string(&ShardCluster::crd())
+    let mut crd = serde_json::to_value(ShardCluster::crd()).expect("a CRD serializes to JSON");
+    use_kubernetes_integer_formats(&mut crd);
+    serde_yaml::to_string(&crd)
+}
+
+/// schemars names Rust's unsigned integers `uint32`/`uint64`, formats Kubernetes' OpenAPI does
+/// not know (kubectl warns on every apply); the lower bound stays in `minimum`.
+fn use_kubernetes_integer_formats(schema: &mut serde_json::Value) {
+    match schema {
+        serde_json::Value::Object(fields) => {
+            if let Some(serde_json::Value::String(format)) = fields.get_mut("format") {
+                match format.as_str() {
+                    "uint32" => *format = "int32".to_string(),
+                    "uint64" => *format = "int64".to_string(),
+                    _ => {}
+                }
+            }
+            fields.values_mut().for_each(use_kubernetes_integer_formats);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(use_kubernetes_integer_formats),
+        _ => {}
+    }
 }
