@@ -34,7 +34,11 @@ use crate::types::OpResult;
 use crate::types::Record;
 use crate::types::ShardId;
 
-const TICK: Duration = Duration::from_millis(100);
+/// How often a settled group asks the meta group for the next config.
+const POLL: Duration = Duration::from_millis(100);
+/// How soon a step of a move in progress is retried (a peer not ready yet, a shard not yet
+/// installed): writes to a moving shard wait for it, so this is kept short.
+const MOVE_RETRY: Duration = Duration::from_millis(20);
 /// Chunks of one pull proposed to Raft at the same time.
 const CHUNKS_IN_FLIGHT: usize = 4;
 
@@ -112,23 +116,30 @@ impl Driver {
     }
 
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pause = POLL;
         let mut last_error = String::new();
         loop {
             tokio::select! {
-                _ = tick.tick() => {}
+                _ = tokio::time::sleep(pause) => {}
                 _ = shutdown.wait_for(|stop| *stop) => return,
             }
+            pause = POLL;
             if self.ctx.raft.metrics().borrow_watched().state != ServerState::Leader {
                 continue;
             }
-            let plan = plan(&self.ctx.sharding().group);
-            let outcome = match plan {
+            let before = self.ctx.sharding().group;
+            let outcome = match plan(&before) {
                 Plan::FetchConfig { num } => self.next_config(num).await,
-                Plan::Move { config_num, pulls, handoffs } => self.move_shards(config_num, &pulls, &handoffs).await,
+                Plan::Move { config_num, pulls, handoffs } => {
+                    pause = MOVE_RETRY;
+                    self.move_shards(config_num, &pulls, &handoffs).await
+                }
             };
-            // Retried every tick; log a failure once until it changes.
+            // A step that changed the shard state is followed at once by the next one.
+            if self.ctx.sharding().group != before {
+                pause = Duration::ZERO;
+            }
+            // Log a failure once until it changes.
             match outcome {
                 Err(e) if e != last_error => {
                     tracing::info!(error = %e, "shard move step will be retried");
