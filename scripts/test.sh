@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The project's checks: formatting, lints, then every test (unit, storage suite, process-level
-# cluster tests with real nodes on loopback).
+# The project's checks: formatting, lints, every test (unit, storage suite, process-level
+# cluster tests with real nodes on loopback, operator), the Helm chart, then end to end on a
+# local Kubernetes control plane.
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 cargo fmt --all -- --check
