@@ -331,7 +331,8 @@ async fn take_group_step(
         | GroupStep::AddLearner { leader: ordinal, .. }
         | GroupStep::Promote { leader: ordinal, .. }
         | GroupStep::TransferLeader { leader: ordinal, .. }
-        | GroupStep::RemoveVoters { leader: ordinal, .. } => (*ordinal, step.name()),
+        | GroupStep::RemoveVoters { leader: ordinal, .. }
+        | GroupStep::RemoveLearners { leader: ordinal, .. } => (*ordinal, step.name()),
     };
     let group_id = view.group_id;
     let endpoint = endpoint_of(view, pods, names, ordinal).ok_or_else(|| format!("pod {ordinal} has no IP"))?;
@@ -342,6 +343,7 @@ async fn take_group_step(
             ctx.nodes.change_membership(&endpoint, voters.clone()).await
         }
         GroupStep::TransferLeader { to, .. } => ctx.nodes.transfer_leader(&endpoint, *to).await,
+        GroupStep::RemoveLearners { learners, .. } => ctx.nodes.remove_learners(&endpoint, learners.clone()).await,
         GroupStep::Settled | GroupStep::Wait { .. } | GroupStep::Blocked { .. } => unreachable!("returned above"),
     };
     let operation = step.operation().map_or("Membership", |o| o.as_str());

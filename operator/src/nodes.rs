@@ -14,6 +14,7 @@ use shardkv_proto::v1::JoinRequest;
 use shardkv_proto::v1::LeaveRequest;
 use shardkv_proto::v1::Member;
 use shardkv_proto::v1::QueryRequest;
+use shardkv_proto::v1::RemoveLearnersRequest;
 use shardkv_proto::v1::ShardConfig;
 use shardkv_proto::v1::StatusRequest;
 use shardkv_proto::v1::StatusResponse;
@@ -35,6 +36,12 @@ pub trait NodeApi: Send + Sync + 'static {
         &self,
         endpoint: &str,
         voters: BTreeSet<u64>,
+    ) -> impl Future<Output = Result<(), Status>> + Send;
+    /// Removes learners; removed nodes are told so and never rejoin by themselves.
+    fn remove_learners(
+        &self,
+        endpoint: &str,
+        learners: BTreeSet<u64>,
     ) -> impl Future<Output = Result<(), Status>> + Send;
     fn transfer_leader(&self, endpoint: &str, to: u64) -> impl Future<Output = Result<(), Status>> + Send;
     /// The latest shard map.
@@ -89,6 +96,12 @@ impl NodeApi for GrpcNodes {
     async fn change_membership(&self, endpoint: &str, voters: BTreeSet<u64>) -> Result<(), Status> {
         let request = ChangeMembershipRequest { voters: voters.into_iter().collect(), retain: false };
         self.admin(endpoint).await?.change_membership(request).await?;
+        Ok(())
+    }
+
+    async fn remove_learners(&self, endpoint: &str, learners: BTreeSet<u64>) -> Result<(), Status> {
+        let request = RemoveLearnersRequest { node_ids: learners.into_iter().collect() };
+        self.admin(endpoint).await?.remove_learners(request).await?;
         Ok(())
     }
 

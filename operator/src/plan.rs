@@ -164,6 +164,11 @@ pub enum GroupStep {
         leader: u32,
         voters: BTreeSet<u64>,
     },
+    /// Learners beyond the desired size (added, then the spec shrank before they were promoted).
+    RemoveLearners {
+        leader: u32,
+        learners: BTreeSet<u64>,
+    },
 }
 
 impl GroupStep {
@@ -173,7 +178,9 @@ impl GroupStep {
             GroupStep::Wait { operation, .. } => Some(*operation),
             GroupStep::Initialize { .. } => Some(Operation::Bootstrap),
             GroupStep::AddLearner { .. } | GroupStep::Promote { .. } => Some(Operation::ScaleUp),
-            GroupStep::TransferLeader { .. } | GroupStep::RemoveVoters { .. } => Some(Operation::ScaleDown),
+            GroupStep::TransferLeader { .. } | GroupStep::RemoveVoters { .. } | GroupStep::RemoveLearners { .. } => {
+                Some(Operation::ScaleDown)
+            }
         }
     }
 
@@ -188,6 +195,7 @@ impl GroupStep {
             GroupStep::Promote { .. } => "Promote",
             GroupStep::TransferLeader { .. } => "TransferLeader",
             GroupStep::RemoveVoters { .. } => "RemoveVoters",
+            GroupStep::RemoveLearners { .. } => "RemoveLearners",
         }
     }
 
@@ -201,6 +209,7 @@ impl GroupStep {
             GroupStep::Promote { voters, .. } => format!("promoting caught-up learners: voters become {voters:?}"),
             GroupStep::TransferLeader { to, .. } => format!("moving leadership to node {to} before scale-in"),
             GroupStep::RemoveVoters { voters, .. } => format!("removing voters: voters become {voters:?}"),
+            GroupStep::RemoveLearners { learners, .. } => format!("removing learners {learners:?} beyond the size"),
         }
     }
 }
@@ -281,6 +290,10 @@ fn membership_step(
             return GroupStep::TransferLeader { leader: leader.ordinal, to };
         }
         return GroupStep::RemoveVoters { leader: leader.ordinal, voters: remaining };
+    }
+    let stray: BTreeSet<u64> = members.difference(voters).filter(|id| !desired.contains(id)).copied().collect();
+    if !stray.is_empty() {
+        return GroupStep::RemoveLearners { leader: leader.ordinal, learners: stray };
     }
 
     // Scale-out: caught-up learners become voters; missing nodes join as learners.
@@ -571,6 +584,17 @@ mod tests {
         let plan = plan_group(&view, 100);
         assert_eq!(plan.step, wait(Operation::ScaleUp, "waiting for pod 3 to answer on its Admin API"));
         assert_eq!(plan.statefulset_replicas, 5);
+    }
+
+    #[test]
+    fn learners_beyond_the_size_are_removed() {
+        let status =
+            leader(2, 50, &[(1, true, Some(50)), (2, true, Some(50)), (3, true, Some(50)), (4, false, Some(10))]);
+        let pods: Vec<PodView> =
+            (0..4).map(|o| pod(o, Some(if o == 0 { status.clone() } else { follower(2) }))).collect();
+        let plan = plan_group(&group(3, pods), 100);
+        assert_eq!(plan.step, GroupStep::RemoveLearners { leader: 0, learners: BTreeSet::from([4]) });
+        assert_eq!(plan.step.operation(), Some(Operation::ScaleDown));
     }
 
     #[test]

@@ -79,6 +79,11 @@ impl NodeApi for FakeNodes {
         Ok(())
     }
 
+    async fn remove_learners(&self, endpoint: &str, learners: BTreeSet<u64>) -> Result<(), Status> {
+        self.record(endpoint, format!("remove_learners {learners:?}"));
+        Ok(())
+    }
+
     async fn transfer_leader(&self, endpoint: &str, to: u64) -> Result<(), Status> {
         self.record(endpoint, format!("transfer_leader {to}"));
         Ok(())

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::BasicNode;
+use openraft::ChangeMembers;
 use openraft::error::ForwardToLeader;
 use openraft::error::InitializeError;
 use shardkv_proto::v1::AddLearnerRequest;
@@ -15,6 +16,7 @@ use shardkv_proto::v1::ChangeMembershipRequest;
 use shardkv_proto::v1::InitializeRequest;
 use shardkv_proto::v1::InitializeResponse;
 use shardkv_proto::v1::MembershipResponse;
+use shardkv_proto::v1::RemoveLearnersRequest;
 use shardkv_proto::v1::RemovedRequest;
 use shardkv_proto::v1::RemovedResponse;
 use shardkv_proto::v1::ReplicaStatus;
@@ -118,6 +120,20 @@ impl AdminService {
 }
 
 impl AdminService {
+    /// Changes the membership, then tells every node no longer in it that it was removed.
+    async fn change_and_tell(&self, change: ChangeMembers<u64, BasicNode>, retain: bool) -> Result<u64, Status> {
+        let before = self.ctx.raft.metrics().borrow_watched().membership_config.membership().clone();
+        let resp = self.ctx.raft.change_membership(change, retain).await.map_err(raft_error)?;
+        let log_index = resp.log_id.index();
+        if let Some(after) = &resp.membership {
+            let removed = before.nodes().filter(|(id, _)| after.get_node(id).is_none());
+            for (id, node) in removed {
+                self.tell_removed(*id, &node.addr, log_index).await;
+            }
+        }
+        Ok(log_index)
+    }
+
     /// Tells a node it was removed, so it records that it left. Best effort: a node that cannot
     /// be reached is down, and a removed node gets no more log entries either way.
     async fn tell_removed(&self, node_id: u64, addr: &str, membership_index: u64) {
@@ -212,15 +228,30 @@ impl Admin for AdminService {
                 return Err(Status::invalid_argument("a group needs at least one voter"));
             }
             let voters: BTreeSet<u64> = req.voters.iter().copied().collect();
-            let before = self.ctx.raft.metrics().borrow_watched().membership_config.membership().clone();
-            let resp = self.ctx.raft.change_membership(voters, req.retain).await.map_err(raft_error)?;
-            let log_index = resp.log_id.index();
-            if let Some(after) = &resp.membership {
-                let removed = before.nodes().filter(|(id, _)| after.get_node(id).is_none());
-                for (id, node) in removed {
-                    self.tell_removed(*id, &node.addr, log_index).await;
-                }
+            let log_index = self.change_and_tell(ChangeMembers::ReplaceAllVoters(voters), req.retain).await?;
+            Ok(MembershipResponse { log_index })
+        })
+        .await
+    }
+
+    async fn remove_learners(
+        &self,
+        request: Request<RemoveLearnersRequest>,
+    ) -> Result<Response<MembershipResponse>, Status> {
+        let req = request.into_inner();
+        observed(&self.ctx.metrics, "RemoveLearners", async {
+            let learners: BTreeSet<u64> = req.node_ids.iter().copied().collect();
+            if learners.is_empty() {
+                return Err(Status::invalid_argument("name at least one learner to remove"));
             }
+            let metrics = self.ctx.raft.metrics().borrow_watched().clone();
+            let membership = metrics.membership_config.membership();
+            if let Some(voter) = membership.voter_ids().find(|id| learners.contains(id)) {
+                return Err(Status::invalid_argument(format!(
+                    "node {voter} is a voter; remove voters with ChangeMembership"
+                )));
+            }
+            let log_index = self.change_and_tell(ChangeMembers::RemoveNodes(learners), false).await?;
             Ok(MembershipResponse { log_index })
         })
         .await

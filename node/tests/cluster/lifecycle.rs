@@ -1,6 +1,8 @@
 //! preStop: readiness off, leadership moved, snapshot taken and log purged, clean exit on
 //! SIGTERM, and a restart that replays only a short log suffix.
 
+use shardkv_proto::v1::RemoveLearnersRequest;
+
 use crate::harness::Cluster;
 use crate::harness::WAIT;
 use crate::harness::wait_for;
@@ -88,4 +90,27 @@ async fn a_removed_node_records_that_it_left_and_does_not_rejoin() {
     let log = cluster.log(3);
     assert!(log.contains("node 3 was removed from group 0"), "the refusal explains itself:\n{log}");
     assert_eq!(client.get("before").await.unwrap().as_deref(), Some(&b"removal"[..]), "the group serves on");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_learner_can_be_removed_and_is_told_it_left() {
+    let mut cluster = Cluster::start(41, 1, &[]).await;
+    cluster.start_node(2);
+    let client = cluster.client();
+    client.add_learner(2, cluster.grpc_addr(2), true).await.unwrap();
+    wait_for("node 2 to replicate as a learner", WAIT, || async {
+        (cluster.status(2).await?.state == "Learner").then_some(())
+    })
+    .await;
+    let mut admin = cluster.admin(1).await;
+
+    let refused = admin.remove_learners(RemoveLearnersRequest { node_ids: vec![1] }).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(refused.message().contains("node 1 is a voter"), "{}", refused.message());
+
+    admin.remove_learners(RemoveLearnersRequest { node_ids: vec![2] }).await.unwrap();
+    let status = cluster.status(1).await.unwrap();
+    assert_eq!(status.members.iter().map(|m| m.node_id).collect::<Vec<_>>(), [1], "only the voter is left");
+    assert!(cluster.data_dir(2).join("left.json").exists(), "the removed learner recorded that it left");
+    assert_eq!(cluster.http_get(2, "/readyz").await.0, 503);
 }
