@@ -236,17 +236,34 @@ async fn a_group_joins_then_another_leaves_under_load() {
     check(&client, &reports, &moved).await;
 }
 
+/// Group 1 holds the bulk data and serves a running load; group 2 has joined and its leader is
+/// pulling shards in.
+struct MidMove {
+    cluster: ShardedCluster,
+    client: Client,
+    /// The config before the join.
+    first: ShardConfig,
+    load: Load,
+    receiving_leader: u64,
+}
+
+impl MidMove {
+    async fn start(net: u8) -> MidMove {
+        let mut cluster = ShardedCluster::start(net, 3, SHARDS, &[1]).await;
+        let client = cluster.client();
+        load_bulk(&client).await;
+        let first = cluster.wait_settled().await;
+        let load = Load::start(&client, 4, 8, 100_000, Duration::from_secs(120));
+        cluster.start_group(2).await;
+        cluster.join(2).await;
+        let receiving_leader = leader_while_pulling(&cluster, 2).await;
+        MidMove { cluster, client, first, load, receiving_leader }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn killing_the_receiving_leader_mid_move_loses_nothing() {
-    let mut cluster = ShardedCluster::start(25, 3, SHARDS, &[1]).await;
-    let client = cluster.client();
-    load_bulk(&client).await;
-    let first = cluster.wait_settled().await;
-    let load = Load::start(&client, 4, 8, 100_000, Duration::from_secs(120));
-
-    cluster.start_group(2).await;
-    cluster.join(2).await;
-    let leader = leader_while_pulling(&cluster, 2).await;
+    let MidMove { mut cluster, client, first, load, receiving_leader: leader } = MidMove::start(25).await;
     let receiver = cluster.groups.get_mut(&2).unwrap();
     receiver.kill9(leader);
     let after = cluster.wait_settled().await;
@@ -259,15 +276,7 @@ async fn killing_the_receiving_leader_mid_move_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn restarting_the_sending_group_mid_move_loses_nothing() {
-    let mut cluster = ShardedCluster::start(29, 3, SHARDS, &[1]).await;
-    let client = cluster.client();
-    load_bulk(&client).await;
-    let first = cluster.wait_settled().await;
-    let load = Load::start(&client, 4, 8, 100_000, Duration::from_secs(120));
-
-    cluster.start_group(2).await;
-    cluster.join(2).await;
-    leader_while_pulling(&cluster, 2).await;
+    let MidMove { mut cluster, client, first, load, .. } = MidMove::start(29).await;
     let sender = cluster.groups.get_mut(&1).unwrap();
     for id in sender.running() {
         sender.kill9(id);
