@@ -202,12 +202,7 @@ pub fn statefulset(cluster: &ShardCluster, names: &ClusterNames, group_id: u64, 
     typed(json!({
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
-        "metadata": {
-            "name": group,
-            "namespace": names.namespace,
-            "labels": labels,
-            "ownerReferences": [owner(cluster)],
-        },
+        "metadata": owned_metadata(cluster, names, &group, &labels),
         "spec": {
             "replicas": replicas,
             "serviceName": group,
@@ -266,18 +261,28 @@ pub fn statefulset(cluster: &ShardCluster, names: &ClusterNames, group_id: u64, 
     }))
 }
 
+/// Metadata of an object the ShardCluster owns (garbage collected with it).
+fn owned_metadata(
+    cluster: &ShardCluster,
+    names: &ClusterNames,
+    name: &str,
+    labels: impl serde::Serialize,
+) -> serde_json::Value {
+    json!({
+        "name": name,
+        "namespace": names.namespace,
+        "labels": labels,
+        "ownerReferences": [owner(cluster)],
+    })
+}
+
 /// The headless Service giving each pod of a group its stable DNS name. Not-ready pods are
 /// published too: peers must resolve each other before they can become ready.
 pub fn headless_service(cluster: &ShardCluster, names: &ClusterNames, group_id: u64) -> Service {
     typed(json!({
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {
-            "name": names.group(group_id),
-            "namespace": names.namespace,
-            "labels": names.labels(group_id),
-            "ownerReferences": [owner(cluster)],
-        },
+        "metadata": owned_metadata(cluster, names, &names.group(group_id), names.labels(group_id)),
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": true,
@@ -295,12 +300,7 @@ pub fn pod_disruption_budget(cluster: &ShardCluster, names: &ClusterNames, group
     typed(json!({
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": {
-            "name": names.group(group_id),
-            "namespace": names.namespace,
-            "labels": names.labels(group_id),
-            "ownerReferences": [owner(cluster)],
-        },
+        "metadata": owned_metadata(cluster, names, &names.group(group_id), names.labels(group_id)),
         "spec": {
             "minAvailable": quorum(desired_replicas(cluster, group_id)),
             "selector": {"matchLabels": names.selector(group_id)},
@@ -316,12 +316,7 @@ pub fn client_service(cluster: &ShardCluster, names: &ClusterNames) -> Service {
     typed(json!({
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {
-            "name": names.client_service(),
-            "namespace": names.namespace,
-            "labels": labels,
-            "ownerReferences": [owner(cluster)],
-        },
+        "metadata": owned_metadata(cluster, names, &names.client_service(), labels),
         "spec": {
             "selector": names.selector(META_GROUP),
             "ports": [{"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc"}],
