@@ -168,21 +168,14 @@ impl Driver {
 
     /// Config `num` from any meta replica that has it; None while it does not exist yet.
     async fn fetch_config(&self, num: u64) -> Result<Option<Config>, String> {
-        let mut errors = Vec::new();
-        for addr in &self.meta_endpoints {
-            let result = async {
-                let mut client = MetaClient::new(self.channel(addr)?);
-                let response = client.query(QueryRequest { num }).await.map_err(|s| s.message().to_string())?;
-                response.into_inner().config.ok_or_else(|| "empty answer".to_string())
-            }
-            .await;
-            match result {
-                Ok(wire) if wire.num == num => return config_from_wire(&wire).map(Some),
-                Ok(_) => return Ok(None),
-                Err(e) => errors.push(format!("{addr}: {e}")),
-            }
-        }
-        Err(format!("no meta replica answered for config {num}: {}", errors.join("; ")))
+        let wire = first_answer(&self.channels, self.meta_endpoints.iter().map(String::as_str), |channel| async move {
+            let response =
+                MetaClient::new(channel).query(QueryRequest { num }).await.map_err(|s| s.message().to_string())?;
+            response.into_inner().config.ok_or_else(|| "empty answer".to_string())
+        })
+        .await
+        .map_err(|e| format!("no meta replica answered for config {num}: {e}"))?;
+        if wire.num == num { config_from_wire(&wire).map(Some) } else { Ok(None) }
     }
 
     async fn move_shards(&self, config_num: u64, pulls: &[Transfer], handoffs: &[Transfer]) -> Result<(), String> {
@@ -199,26 +192,15 @@ impl Driver {
     async fn pull(&self, config_num: u64, transfer: &Transfer) -> Result<(), String> {
         let shard = transfer.shard;
         let request = PullShardRequest { cluster_id: self.ctx.scope.cluster_id.clone(), config_num, shard };
-        let mut errors = Vec::new();
-        let mut stream = None;
-        for member in &transfer.members {
-            let result = async {
-                let mut client =
-                    MigrationClient::new(self.channel(&member.addr)?).max_decoding_message_size(MAX_MESSAGE_BYTES);
-                client.pull_shard(request.clone()).await.map_err(|s| s.message().to_string())
+        let stream = first_answer(&self.channels, member_addrs(transfer), |channel| {
+            let request = request.clone();
+            async move {
+                let mut client = MigrationClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+                client.pull_shard(request).await.map(|r| r.into_inner()).map_err(|s| s.message().to_string())
             }
-            .await;
-            match result {
-                Ok(response) => {
-                    stream = Some(response.into_inner());
-                    break;
-                }
-                Err(e) => errors.push(format!("{}: {e}", member.addr)),
-            }
-        }
-        let Some(stream) = stream else {
-            return Err(format!("pulling shard {shard} (config {config_num}): {}", errors.join("; ")));
-        };
+        })
+        .await
+        .map_err(|e| format!("pulling shard {shard} (config {config_num}): {e}"))?;
         let started = std::time::Instant::now();
         self.ctx.moves.clear(shard);
         stream
@@ -261,23 +243,20 @@ impl Driver {
     async fn hand_off(&self, config_num: u64, transfer: &Transfer) -> Result<(), String> {
         let shard = transfer.shard;
         let request = ShardInstalledRequest { cluster_id: self.ctx.scope.cluster_id.clone(), config_num, shard };
-        let mut errors = Vec::new();
-        for member in &transfer.members {
-            let result = async {
-                let mut client = MigrationClient::new(self.channel(&member.addr)?);
-                client.shard_installed(request.clone()).await.map_err(|s| s.message().to_string())
+        first_answer(&self.channels, member_addrs(transfer), |channel| {
+            let request = request.clone();
+            async move {
+                let response = MigrationClient::new(channel)
+                    .shard_installed(request)
+                    .await
+                    .map_err(|s| s.message().to_string())?;
+                // A replica that says no may lag; another may already have applied the install.
+                if response.into_inner().installed { Ok(()) } else { Err("not installed yet".to_string()) }
             }
-            .await;
-            match result {
-                Ok(response) if response.get_ref().installed => {
-                    return self.expect_applied(shard, Op::DropShard { config_num }).await;
-                }
-                // That replica may lag; another may already have applied the install.
-                Ok(_) => errors.push(format!("{}: not installed yet", member.addr)),
-                Err(e) => errors.push(format!("{}: {e}", member.addr)),
-            }
-        }
-        Err(format!("handing off shard {shard} (config {config_num}): {}", errors.join("; ")))
+        })
+        .await
+        .map_err(|e| format!("handing off shard {shard} (config {config_num}): {e}"))?;
+        self.expect_applied(shard, Op::DropShard { config_num }).await
     }
 
     async fn expect_applied(&self, shard: ShardId, op: Op) -> Result<(), String> {
@@ -291,10 +270,35 @@ impl Driver {
         let cmd = Command { session: None, shard, op };
         self.ctx.raft.client_write(cmd).await.map(|r| r.data).map_err(|e| format!("proposing: {e}"))
     }
+}
 
-    fn channel(&self, addr: &str) -> Result<Channel, String> {
-        self.channels.get(addr).map_err(|e| format!("bad address {addr:?}: {e}"))
+fn member_addrs(transfer: &Transfer) -> impl Iterator<Item = &str> {
+    transfer.members.iter().map(|m| m.addr.as_str())
+}
+
+/// The first answer `ask` accepts, trying the replicas at `addrs` in order (any replica of a
+/// group can answer these questions); otherwise every replica's refusal, "addr: reason; ...".
+async fn first_answer<'a, T, F, Fut>(
+    channels: &Channels,
+    addrs: impl IntoIterator<Item = &'a str>,
+    ask: F,
+) -> Result<T, String>
+where
+    F: Fn(Channel) -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let mut errors = Vec::new();
+    for addr in addrs {
+        let answer = match channels.get(addr) {
+            Ok(channel) => ask(channel).await,
+            Err(e) => Err(format!("bad address: {e}")),
+        };
+        match answer {
+            Ok(value) => return Ok(value),
+            Err(e) => errors.push(format!("{addr}: {e}")),
+        }
     }
+    Err(errors.join("; "))
 }
 
 #[cfg(test)]
