@@ -260,13 +260,7 @@ impl Admin for AdminService {
     async fn removed(&self, request: Request<RemovedRequest>) -> Result<Response<RemovedResponse>, Status> {
         let req = request.into_inner();
         observed(&self.ctx.metrics, "Removed", async {
-            let scope = &self.ctx.scope;
-            if req.cluster_id != scope.cluster_id || req.group_id != scope.group_id {
-                return Err(Status::failed_precondition(format!(
-                    "wrong cluster: this node belongs to cluster {:?} group {}, the caller to cluster {:?} group {}",
-                    scope.cluster_id, scope.group_id, req.cluster_id, req.group_id
-                )));
-            }
+            self.ctx.scope.admit("a Removed notice", &req.cluster_id, req.group_id)?;
             tracing::warn!(
                 membership_index = req.membership_index,
                 "removed from the group; will not rejoin by itself"

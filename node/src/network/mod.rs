@@ -17,3 +17,18 @@ pub struct GroupScope {
     pub cluster_id: String,
     pub group_id: u64,
 }
+
+impl GroupScope {
+    /// Refuses (FAILED_PRECONDITION, logged as "refused `what` from another cluster") a request
+    /// naming another cluster or group.
+    pub fn admit(&self, what: &str, cluster_id: &str, group_id: u64) -> Result<(), tonic::Status> {
+        if cluster_id != self.cluster_id || group_id != self.group_id {
+            tracing::warn!(peer_cluster = cluster_id, peer_group = group_id, "refused {what} from another cluster");
+            return Err(tonic::Status::failed_precondition(format!(
+                "wrong cluster: this node belongs to cluster {:?} group {}, the caller to cluster {:?} group {}",
+                self.cluster_id, self.group_id, cluster_id, group_id
+            )));
+        }
+        Ok(())
+    }
+}

@@ -33,20 +33,9 @@ impl RaftService {
         Self { raft, scope, snapshots }
     }
 
-    fn check_scope(&self, cluster_id: &str, group_id: u64) -> Result<(), Status> {
-        if cluster_id != self.scope.cluster_id || group_id != self.scope.group_id {
-            tracing::warn!(peer_cluster = cluster_id, peer_group = group_id, "refused Raft RPC from another cluster");
-            return Err(Status::failed_precondition(format!(
-                "wrong cluster: this node belongs to cluster {:?} group {}, the peer sent cluster {:?} group {}",
-                self.scope.cluster_id, self.scope.group_id, cluster_id, group_id
-            )));
-        }
-        Ok(())
-    }
-
     fn decode_request<T: for<'de> serde::Deserialize<'de>>(&self, request: Request<RaftRequest>) -> Result<T, Status> {
         let request = request.into_inner();
-        self.check_scope(&request.cluster_id, request.group_id)?;
+        self.scope.admit("Raft RPC", &request.cluster_id, request.group_id)?;
         decode(&request.payload).map_err(|e| Status::invalid_argument(format!("malformed Raft message: {e}")))
     }
 }
@@ -84,7 +73,7 @@ impl RaftRpc for RaftService {
     ) -> Result<Response<RaftReply>, Status> {
         let mut chunks = request.into_inner();
         let first = chunks.next().await.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
-        self.check_scope(&first.cluster_id, first.group_id)?;
+        self.scope.admit("Raft RPC", &first.cluster_id, first.group_id)?;
         let (vote, meta): (Vote, SnapshotMeta) =
             decode(&first.header).map_err(|e| Status::invalid_argument(format!("malformed snapshot header: {e}")))?;
         let path = self.snapshots.temp_path();
