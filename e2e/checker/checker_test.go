@@ -447,3 +447,309 @@ func TestRunExitCodes(t *testing.T) {
 		t.Fatalf("missing: rc %d", rc)
 	}
 }
+
+// writeHistory writes lines as a history file in dir.
+func writeHistory(t *testing.T, dir, name string, lines ...string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// runChecker runs the command and returns its exit status and output.
+func runChecker(t *testing.T, args ...string) (int, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	rc := run(args, &out, &errb)
+	return rc, out.String() + errb.String()
+}
+
+func TestMultipleFilesAreOneHistory(t *testing.T) {
+	dir := t.TempDir()
+	// The load: client 0 writes x twice, the final reader (client 8) reads
+	// it; client 1's put of y is still in flight at the end of the file.
+	a := writeHistory(t, dir, "a.jsonl",
+		invPut(0, "x", "1", 10),
+		ok(0, 20, nil),
+		invPut(0, "x", "2", 30),
+		ok(0, 40, nil),
+		invPut(1, "y", "c1-1", 45),
+		invGet(8, "x", 50),
+		ok(8, 60, "2"),
+	)
+	// The read-back (client 9); client 1's put completes here.
+	good := writeHistory(t, dir, "good.jsonl",
+		ok(1, 65, nil),
+		invGet(9, "x", 70),
+		ok(9, 80, "2"),
+		invGet(9, "y", 90),
+		ok(9, 100, "c1-1"),
+	)
+	// A read-back that misses the second acknowledged write of x: only the
+	// concatenation shows the write was lost.
+	stale := writeHistory(t, dir, "stale.jsonl",
+		ok(1, 65, nil),
+		invGet(9, "x", 70),
+		ok(9, 80, "1"),
+	)
+	h, err := ReadHistoryFiles([]string{a, good})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.Invokes != 6 || h.Oks != 6 || h.Unfinished != 0 || len(h.Ops) != 6 {
+		t.Fatalf("invokes %d oks %d unfinished %d ops %d, want 6 6 0 6", h.Invokes, h.Oks, h.Unfinished, len(h.Ops))
+	}
+	if rc, out := runChecker(t, a, good); rc != 0 || !strings.Contains(out, "summary: ok=6/6 ") {
+		t.Fatalf("a + good: rc %d\n%s", rc, out)
+	}
+	rc, out := runChecker(t, a, stale)
+	if rc != 1 {
+		t.Fatalf("a + stale: rc %d, want 1\n%s", rc, out)
+	}
+	// The lost write is named by its file and line.
+	for _, want := range []string{"LOST ACKNOWLEDGED WRITE", a + " line 3", stale + " line 2", a + " + " + stale} {
+		if !strings.Contains(out, want) {
+			t.Errorf("a + stale: output lacks %q:\n%s", want, out)
+		}
+	}
+	// Alone, the first file has an operation in flight; the second one
+	// completes an operation it never invoked.
+	if h, err := ReadHistoryFiles([]string{a}); err != nil || h.Unfinished != 1 {
+		t.Fatalf("a alone: %v, unfinished %d", err, h.Unfinished)
+	}
+	if _, err := ReadHistoryFiles([]string{good}); err == nil {
+		t.Fatal("good alone: a completion without its invoke was accepted")
+	}
+}
+
+func TestMultipleFilesInFlightConflict(t *testing.T) {
+	dir := t.TempDir()
+	a := writeHistory(t, dir, "a.jsonl",
+		invPut(0, "x", "1", 10),
+		ok(0, 20, nil),
+		invPut(3, "x", "2", 30), // never completes in a.jsonl
+	)
+	conflict := writeHistory(t, dir, "b.jsonl", invGet(3, "x", 50), ok(3, 60, "2"))
+	other := writeHistory(t, dir, "c.jsonl", invGet(4, "x", 50), ok(4, 60, "2"))
+	_, err := ReadHistoryFiles([]string{a, conflict})
+	if err == nil {
+		t.Fatal("client 3 invoking in b.jsonl while its put from a.jsonl is in flight was accepted")
+	}
+	for _, want := range []string{conflict + ": line 1:", "client 3 invokes get", "put from " + a + " line 3"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q: %v", want, err)
+		}
+	}
+	if rc, out := runChecker(t, a, conflict); rc != 2 {
+		t.Fatalf("rc %d, want 2\n%s", rc, out)
+	}
+	// Another client is no conflict; client 3's put stays unknown.
+	h, err := ReadHistoryFiles([]string{a, other})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.Unfinished != 1 {
+		t.Fatalf("unfinished %d, want 1", h.Unfinished)
+	}
+	if rc, out := runChecker(t, a, filepath.Join(dir, "missing.jsonl")); rc != 2 {
+		t.Fatalf("missing second file: rc %d\n%s", rc, out)
+	}
+}
+
+const msNs = int64(time.Millisecond)
+
+// epoch is an epoch-nanosecond base for hand-made histories.
+const epoch = int64(1_700_000_000) * int64(time.Second)
+
+func at(ms int64) int64 { return epoch + ms*msNs }
+
+// summaryHistory: 7 operations on k1 and k2, 5 of them ok, with latencies
+// 10, 30, 4, 20 and 100 ms; the history spans 0..3300 ms.
+func summaryHistory() []string {
+	return []string{
+		invPut(0, "k1", "v1", at(0)),
+		invGet(1, "k2", at(5)),
+		ok(0, at(10), nil), // k1 ok at 10, latency 10
+		invPut(0, "k1", "v2", at(20)),
+		ok(0, at(50), nil), // k1 ok at 50, latency 30
+		invGet(2, "k1", at(60)),
+		fail(2, at(61)),
+		invGet(0, "k1", at(100)),
+		ok(0, at(104), "v2"), // k1 ok at 104, latency 4
+		timeout(1, at(3005)),
+		invGet(1, "k2", at(3100)),
+		ok(1, at(3120), nil), // k2 ok at 3120, latency 20
+		invGet(0, "k1", at(3200)),
+		ok(0, at(3300), "v2"), // k1 ok at 3300, latency 100
+	}
+}
+
+func TestSummaryNumbers(t *testing.T) {
+	lines := summaryHistory()
+	h, err := ReadHistory(strings.NewReader(strings.Join(lines, "\n")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := Summarize(h)
+	// k1's longest gap is 104..3300 ms (3196 ms); k2's is 0..3120 ms.
+	if s.Ok != 5 || s.Total != 7 || s.GapKey != "k1" || s.GapStart != at(104) || s.GapEnd != at(3300) ||
+		s.Start != at(0) || s.End != at(3300) || s.P50 != 20*time.Millisecond || s.P99 != 100*time.Millisecond {
+		t.Fatalf("summary %+v", s)
+	}
+	want := "summary: ok=5/7 (71.4%) longest_gap=3.2s key=k1 p50=20.0ms p99=100.0ms"
+	if got := s.String(); got != want {
+		t.Fatalf("got  %s\nwant %s", got, want)
+	}
+	// A key that never had an ok operation (an unfinished put) has the whole
+	// span as its gap, and the unfinished operation counts as not ok.
+	lines = append(lines, invPut(3, "k3", "v", at(200)))
+	h, err = ReadHistory(strings.NewReader(strings.Join(lines, "\n")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = "summary: ok=5/8 (62.5%) longest_gap=3.3s key=k3 p50=20.0ms p99=100.0ms"
+	if got := Summarize(h).String(); got != want {
+		t.Fatalf("got  %s\nwant %s", got, want)
+	}
+	// The command prints it.
+	p := writeHistory(t, t.TempDir(), "h.jsonl", lines...)
+	rc, out := runChecker(t, p)
+	if rc != 0 || !strings.Contains(out, "\n"+want+"\n") {
+		t.Fatalf("rc %d, output lacks %q:\n%s", rc, want, out)
+	}
+	// An empty history.
+	if got := Summarize(&History{}).String(); got != "summary: ok=0/0 (0.0%) longest_gap=0.0s key=- p50=0.0ms p99=0.0ms" {
+		t.Fatalf("empty: %s", got)
+	}
+}
+
+func TestPercentile(t *testing.T) {
+	vals := make([]int64, 100)
+	for i := range vals {
+		vals[i] = int64(i + 1)
+	}
+	for _, c := range []struct {
+		vals []int64
+		p    int
+		want int64
+	}{{vals, 50, 50}, {vals, 99, 99}, {vals, 100, 100}, {vals[:1], 99, 1}, {vals[:2], 50, 1}, {vals[:3], 50, 2}} {
+		if got := percentile(c.vals, c.p); got != time.Duration(c.want) {
+			t.Errorf("p%d of %d values: %d, want %d", c.p, len(c.vals), got, c.want)
+		}
+	}
+}
+
+// loadHistory: ok operations on x at [0.5 s, 1.0 s], [2.0 s, 2.5 s] and
+// [4.0 s, 4.5 s], and a failed one at [2.7 s, 2.8 s].
+func loadHistory(t *testing.T) string {
+	return writeHistory(t, t.TempDir(), "load.jsonl",
+		invPut(0, "x", "a", at(500)),
+		ok(0, at(1000), nil),
+		invGet(0, "x", at(2000)),
+		ok(0, at(2500), "a"),
+		invPut(1, "x", "b", at(2700)),
+		fail(1, at(2800)),
+		invGet(0, "x", at(4000)),
+		ok(0, at(4500), "a"),
+	)
+}
+
+func fault(fromMs, toMs int64) string { return fmt.Sprintf("%d:%d", at(fromMs), at(toMs)) }
+
+func TestFaultOverlap(t *testing.T) {
+	p := loadHistory(t)
+	cases := []struct {
+		name   string
+		window string
+		line   string
+		miss   string // "" passes
+	}{
+		{"overlapped", fault(1500, 3000), "fault 1: 1 ok before, 1 ok during (1.5s), 1 ok after", ""},
+		{"nothing before", fault(800, 3000), "fault 1: 0 ok before, 2 ok during (2.2s), 1 ok after", "no successful operation completed before it started"},
+		// The failed operation inside the window does not count.
+		{"nothing during", fault(2600, 3500), "fault 1: 2 ok before, 0 ok during (0.9s), 1 ok after", "no successful operation completed during it"},
+		// The last operation began before the window ended.
+		{"nothing after", fault(1500, 4200), "fault 1: 1 ok before, 1 ok during (2.7s), 0 ok after", "no successful operation invoked after it ended"},
+	}
+	for _, c := range cases {
+		rc, out := runChecker(t, "-fault", c.window, p)
+		if !strings.Contains(out, "\n"+c.line+"\n") {
+			t.Errorf("%s: output lacks %q:\n%s", c.name, c.line, out)
+		}
+		if c.miss == "" {
+			if rc != 0 || strings.Contains(out, "LOAD DID NOT OVERLAP") {
+				t.Errorf("%s: rc %d, want 0:\n%s", c.name, rc, out)
+			}
+			continue
+		}
+		head := fmt.Sprintf("LOAD DID NOT OVERLAP FAULT 1 (%s..%s, ", strings.Split(c.window, ":")[0], strings.Split(c.window, ":")[1])
+		if rc != 1 || !strings.Contains(out, head) || !strings.Contains(out, "): "+c.miss+"\n") ||
+			strings.Count(out, "LOAD DID NOT OVERLAP") != 1 || !strings.Contains(out, "checker: FAIL") {
+			t.Errorf("%s: rc %d, want 1 and exactly %q:\n%s", c.name, rc, head+"...): "+c.miss, out)
+		}
+	}
+	// Several windows are numbered in order; only the second one is missed.
+	rc, out := runChecker(t, "-fault", fault(1500, 3000), "-fault", fault(2600, 3500), p)
+	if rc != 1 || !strings.Contains(out, "fault 2: 2 ok before, 0 ok during") || !strings.Contains(out, "LOAD DID NOT OVERLAP FAULT 2 (") ||
+		strings.Contains(out, "FAULT 1 (") {
+		t.Errorf("two windows: rc %d\n%s", rc, out)
+	}
+	// The window in relative seconds.
+	if !strings.Contains(out, "+2.1s..+3.0s from the history's first invoke") {
+		t.Errorf("two windows: no relative times\n%s", out)
+	}
+	for _, bad := range []string{"1:", "x:2", "5:3", "12"} {
+		if rc, out := runChecker(t, "-fault", bad, p); rc != 2 {
+			t.Errorf("-fault %q: rc %d, want 2\n%s", bad, rc, out)
+		}
+	}
+}
+
+func TestMaxGap(t *testing.T) {
+	p := loadHistory(t)
+	// x's gaps: 0.5..1.0 s, 1.0..2.5 s, 2.5..4.5 s: the longest is 2.0 s,
+	// from +2.0 s to +4.0 s after the first invoke (0.5 s).
+	if rc, out := runChecker(t, "-max-gap", "2s", p); rc != 0 || !strings.Contains(out, "longest_gap=2.0s key=x ") {
+		t.Errorf("-max-gap 2s: rc %d, want 0\n%s", rc, out)
+	}
+	rc, out := runChecker(t, "-max-gap", "1900ms", p)
+	want := "GAP TOO LONG: key x had no successful operation for 2.0s, from +2.0s to +4.0s after the history's first invoke (-max-gap 1.9s)"
+	if rc != 1 || !strings.Contains(out, want) {
+		t.Errorf("-max-gap 1900ms: rc %d, want 1 and %q\n%s", rc, want, out)
+	}
+}
+
+func TestMinSuccess(t *testing.T) {
+	p := loadHistory(t) // 3 ok of 4
+	if rc, out := runChecker(t, "-min-success", "0.75", p); rc != 0 || !strings.Contains(out, "summary: ok=3/4 (75.0%)") {
+		t.Errorf("-min-success 0.75: rc %d, want 0\n%s", rc, out)
+	}
+	rc, out := runChecker(t, "-min-success", "0.8", p)
+	want := "SUCCESS RATE TOO LOW: ok=3/4 (75.0%) is below -min-success 0.8"
+	if rc != 1 || !strings.Contains(out, want) {
+		t.Errorf("-min-success 0.8: rc %d, want 1 and %q\n%s", rc, want, out)
+	}
+	if rc, out := runChecker(t, "-min-success", "1.5", p); rc != 2 {
+		t.Errorf("-min-success 1.5: rc %d, want 2\n%s", rc, out)
+	}
+}
+
+func TestOverallVerdict(t *testing.T) {
+	for _, c := range []struct {
+		history  Verdict
+		problems []string
+		want     Verdict
+	}{
+		{Pass, nil, Pass},
+		{Inconclusive, nil, Inconclusive},
+		{Violation, nil, Violation},
+		{Pass, []string{"gap"}, Violation},
+		{Inconclusive, []string{"gap"}, Violation},
+	} {
+		if got := overall(c.history, c.problems); got != c.want {
+			t.Errorf("overall(%v, %v) = %v, want %v", c.history, c.problems, got, c.want)
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"os"
 	"sort"
 )
 
@@ -60,8 +61,29 @@ type Op struct {
 	Input  Input
 	Output Output
 	Call   int64
-	Return int64 // math.MaxInt64 when the outcome is unknown
-	Line   int   // line of the invoke event, for messages
+	Return int64  // math.MaxInt64 when the outcome is unknown
+	Line   int    // line of the invoke event, for messages
+	File   string // file of the invoke event when the history has several, else ""
+}
+
+// Where names the invoke event of op: "line 12", or "b.jsonl line 12" in a
+// history read from several files.
+func (op Op) Where() string { return where(op.File, op.Line) }
+
+func where(file string, line int) string {
+	if file == "" {
+		return fmt.Sprintf("line %d", line)
+	}
+	return fmt.Sprintf("%s line %d", file, line)
+}
+
+// Attempt is any invoked operation, whatever became of it: the load summary
+// (summary.go) counts them.
+type Attempt struct {
+	Key     string
+	Call    int64
+	Return  int64  // the completion's time; 0 when Outcome is "unfinished"
+	Outcome string // "ok", "fail", "timeout" or "unfinished"
 }
 
 // Infinity is the return time of an operation whose outcome is unknown.
@@ -74,6 +96,9 @@ type History struct {
 	// because they cannot affect the state.
 	Invokes, Oks, Fails, Timeouts, Unfinished int
 	DroppedReads                              int
+	// Every invoked operation, in the order of their completions (unfinished
+	// ones last).
+	Attempts []Attempt
 }
 
 func isWrite(op string) bool { return op == "put" || op == "cas" || op == "delete" }
@@ -83,12 +108,64 @@ func isWrite(op string) bool { return op == "put" || op == "cas" || op == "delet
 // pending "invoke". An invoke with no completion (the client was killed) is
 // an unknown outcome.
 func ReadHistory(r io.Reader) (*History, error) {
-	h := &History{}
-	type pending struct {
-		ev   Event
-		line int
+	p := newParser()
+	if err := p.read(r, ""); err != nil {
+		return nil, err
 	}
-	inflight := map[int]pending{}
+	return p.finish(), nil
+}
+
+// ReadHistoryFiles parses the concatenation of the files, in order, as one
+// history: clients are the same clients in every file, and a client's
+// operation invoked in one file may complete in a later one. An error names
+// the file and line.
+func ReadHistoryFiles(paths []string) (*History, error) {
+	p := newParser()
+	for _, path := range paths {
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, err
+		}
+		name := ""
+		if len(paths) > 1 {
+			name = path
+		}
+		err = p.read(f, name)
+		f.Close()
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+	}
+	return p.finish(), nil
+}
+
+type pending struct {
+	ev   Event
+	file string
+	line int
+}
+
+// parser reads one or more files of a history, keeping the operations in
+// flight from one file to the next.
+type parser struct {
+	h        *History
+	inflight map[int]pending
+}
+
+func newParser() *parser { return &parser{h: &History{}, inflight: map[int]pending{}} }
+
+// read parses one file (named file in messages about other files' lines;
+// "" for a single history).
+func (p *parser) read(r io.Reader, file string) error {
+	h := p.h
+	inflight := p.inflight
+	// at: where a pending invoke was, as seen from a line of this file.
+	at := func(q pending) string {
+		if q.file == file {
+			return fmt.Sprintf("line %d", q.line)
+		}
+		return where(q.file, q.line)
+	}
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 1<<20), 64<<20)
 	line := 0
@@ -100,72 +177,81 @@ func ReadHistory(r io.Reader) (*History, error) {
 		}
 		var ev Event
 		if err := json.Unmarshal(b, &ev); err != nil {
-			return nil, fmt.Errorf("line %d: not a JSON event: %v", line, err)
+			return fmt.Errorf("line %d: not a JSON event: %v", line, err)
 		}
 		switch ev.Kind {
 		case "invoke":
 			if err := validateInvoke(ev); err != nil {
-				return nil, fmt.Errorf("line %d: %v", line, err)
+				return fmt.Errorf("line %d: %v", line, err)
 			}
-			if p, ok := inflight[ev.Client]; ok {
-				return nil, fmt.Errorf("line %d: client %d invokes %s while its %s from line %d has not completed (one operation in flight per client)",
-					line, ev.Client, ev.Op, p.ev.Op, p.line)
+			if q, ok := inflight[ev.Client]; ok {
+				return fmt.Errorf("line %d: client %d invokes %s while its %s from %s has not completed (one operation in flight per client)",
+					line, ev.Client, ev.Op, q.ev.Op, at(q))
 			}
-			inflight[ev.Client] = pending{ev, line}
+			inflight[ev.Client] = pending{ev, file, line}
 			h.Invokes++
 		case "ok", "fail", "timeout":
-			p, ok := inflight[ev.Client]
+			q, ok := inflight[ev.Client]
 			if !ok {
-				return nil, fmt.Errorf("line %d: %q event for client %d, which has no operation in flight", line, ev.Kind, ev.Client)
+				return fmt.Errorf("line %d: %q event for client %d, which has no operation in flight", line, ev.Kind, ev.Client)
 			}
 			delete(inflight, ev.Client)
-			if ev.Op != "" && ev.Op != p.ev.Op {
-				return nil, fmt.Errorf("line %d: client %d completes a %s but invoked a %s on line %d", line, ev.Client, ev.Op, p.ev.Op, p.line)
+			if ev.Op != "" && ev.Op != q.ev.Op {
+				return fmt.Errorf("line %d: client %d completes a %s but invoked a %s on %s", line, ev.Client, ev.Op, q.ev.Op, at(q))
 			}
-			if ev.TsNs < p.ev.TsNs {
-				return nil, fmt.Errorf("line %d: completion at ts_ns %d is before its invoke at %d (line %d)", line, ev.TsNs, p.ev.TsNs, p.line)
+			if ev.TsNs < q.ev.TsNs {
+				return fmt.Errorf("line %d: completion at ts_ns %d is before its invoke at %d (%s)", line, ev.TsNs, q.ev.TsNs, at(q))
 			}
+			h.Attempts = append(h.Attempts, Attempt{Key: q.ev.Key, Call: q.ev.TsNs, Return: ev.TsNs, Outcome: ev.Kind})
 			switch ev.Kind {
 			case "ok":
 				h.Oks++
-				out, err := parseOutput(p.ev.Op, ev.Output)
+				out, err := parseOutput(q.ev.Op, ev.Output)
 				if err != nil {
-					return nil, fmt.Errorf("line %d: %v", line, err)
+					return fmt.Errorf("line %d: %v", line, err)
 				}
-				h.Ops = append(h.Ops, Op{Client: ev.Client, Input: inputOf(p.ev), Output: out, Call: p.ev.TsNs, Return: ev.TsNs, Line: p.line})
+				h.Ops = append(h.Ops, Op{Client: ev.Client, Input: inputOf(q.ev), Output: out, Call: q.ev.TsNs, Return: ev.TsNs, Line: q.line, File: q.file})
 			case "fail":
 				// Known not to have taken effect: it cannot constrain anything.
 				h.Fails++
 			case "timeout":
 				h.Timeouts++
-				h.addUnknown(p.ev, p.line)
+				h.addUnknown(q)
 			}
 		default:
-			return nil, fmt.Errorf("line %d: kind %q is none of invoke, ok, fail, timeout", line, ev.Kind)
+			return fmt.Errorf("line %d: kind %q is none of invoke, ok, fail, timeout", line, ev.Kind)
 		}
 	}
-	if err := sc.Err(); err != nil {
-		return nil, err
-	}
-	clients := make([]int, 0, len(inflight))
-	for c := range inflight {
+	return sc.Err()
+}
+
+// finish: the invokes still in flight at the end of the last file are
+// unknown outcomes.
+func (p *parser) finish() *History {
+	h := p.h
+	clients := make([]int, 0, len(p.inflight))
+	for c := range p.inflight {
 		clients = append(clients, c)
 	}
 	sort.Ints(clients)
 	for _, c := range clients {
+		q := p.inflight[c]
 		h.Unfinished++
-		h.addUnknown(inflight[c].ev, inflight[c].line)
+		h.Attempts = append(h.Attempts, Attempt{Key: q.ev.Key, Call: q.ev.TsNs, Outcome: "unfinished"})
+		h.addUnknown(q)
 	}
-	return h, nil
+	p.inflight = map[int]pending{}
+	return h
 }
 
-func (h *History) addUnknown(inv Event, line int) {
+func (h *History) addUnknown(q pending) {
+	inv := q.ev
 	if !isWrite(inv.Op) {
 		// A read with no answer observed nothing.
 		h.DroppedReads++
 		return
 	}
-	h.Ops = append(h.Ops, Op{Client: inv.Client, Input: inputOf(inv), Output: Output{Outcome: Unknown}, Call: inv.TsNs, Return: Infinity, Line: line})
+	h.Ops = append(h.Ops, Op{Client: inv.Client, Input: inputOf(inv), Output: Output{Outcome: Unknown}, Call: inv.TsNs, Return: Infinity, Line: q.line, File: q.file})
 }
 
 func inputOf(ev Event) Input {

@@ -18,10 +18,10 @@ type LostWrite struct {
 }
 
 func (l LostWrite) String() string {
-	s := fmt.Sprintf("key %q: read by client %d (line %d, invoked at %d ns) returned %s, after every write of the key had completed; acknowledged write(s) lost:",
-		l.Key, l.Read.Client, l.Read.Line, l.Read.Call, state{l.Read.Output.Found, l.Read.Output.Value})
+	s := fmt.Sprintf("key %q: read by client %d (%s, invoked at %d ns) returned %s, after every write of the key had completed; acknowledged write(s) lost:",
+		l.Key, l.Read.Client, l.Read.Where(), l.Read.Call, state{l.Read.Output.Found, l.Read.Output.Value})
 	for _, w := range l.Lost {
-		s += fmt.Sprintf("\n    client %d (line %d): %s, acknowledged at %d ns", w.Client, w.Line, describe(w.Input, w.Output), w.Return)
+		s += fmt.Sprintf("\n    client %d (%s): %s, acknowledged at %d ns", w.Client, w.Where(), describe(w.Input, w.Output), w.Return)
 	}
 	return s
 }

@@ -1,11 +1,17 @@
 // Command checker reads a client history (JSON lines, see e2e/README.md) and
 // checks it for linearizability against a key-value model partitioned by key
-// (porcupine), and for lost acknowledged writes.
+// (porcupine), and for lost acknowledged writes. Several files are checked as
+// their concatenation, one history. It prints a summary of the load and, on
+// request, checks the load itself: that it overlapped fault windows, its
+// longest gap per key, its success rate.
 //
-//	checker [-timeout 60s] [-visualize out.html] HISTORY.jsonl
+//	checker [-timeout 60s] [-visualize out.html] [-fault START_NS:END_NS]...
+//	        [-max-gap 10s] [-min-success 0.9] HISTORY.jsonl [MORE.jsonl...]
 //
-// Exit status: 0 linearizable and nothing lost; 1 a violation (printed);
-// 2 unreadable or malformed history; 3 inconclusive (the check timed out).
+// Exit status: 0 linearizable, nothing lost, load criteria met; 1 a violation
+// of any of these (printed); 2 unreadable or malformed history, or bad
+// flags; 3 inconclusive (the linearizability search timed out, and nothing
+// else is wrong).
 package main
 
 import (
@@ -66,29 +72,36 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	timeout := fs.Duration("timeout", 60*time.Second, "give up on the linearizability search after this long (0: no limit)")
 	vis := fs.String("visualize", "", "write porcupine's HTML visualization of the history to this file")
+	var crit LoadCriteria
+	fs.Var((*windows)(&crit.Faults), "fault", "`START_NS:END_NS`: a fault window (epoch nanoseconds) the load must overlap: an ok operation completed before it, one completed within it, one invoked after it (repeatable)")
+	fs.DurationVar(&crit.MaxGap, "max-gap", 0, "violation if a key goes longer than this without an ok operation (0: no limit)")
+	fs.Float64Var(&crit.MinSuccess, "min-success", 0, "violation if fewer than this `fraction` of the operations are ok (0: no minimum)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	if fs.NArg() != 1 {
-		fmt.Fprintln(stderr, "usage: checker [-timeout 60s] [-visualize out.html] HISTORY.jsonl")
+	if fs.NArg() < 1 {
+		fmt.Fprintln(stderr, "usage: checker [-timeout 60s] [-visualize out.html] [-fault START_NS:END_NS]... [-max-gap 10s] [-min-success 0.9] HISTORY.jsonl [MORE.jsonl...]")
 		return 2
 	}
-	path := fs.Arg(0)
-	f, err := os.Open(path)
+	if crit.MaxGap < 0 || crit.MinSuccess < 0 || crit.MinSuccess > 1 {
+		fmt.Fprintln(stderr, "checker: -max-gap must be >= 0 and -min-success within [0, 1]")
+		return 2
+	}
+	paths := fs.Args()
+	h, err := ReadHistoryFiles(paths)
 	if err != nil {
 		fmt.Fprintf(stderr, "checker: %v\n", err)
-		return 2
-	}
-	defer f.Close()
-	h, err := ReadHistory(f)
-	if err != nil {
-		fmt.Fprintf(stderr, "checker: %s: %v\n", path, err)
 		return 2
 	}
 	start := time.Now()
 	r := Check(h, *timeout)
 	fmt.Fprintf(stdout, "checker: %s: %d events (%d ok, %d fail, %d timeout, %d unfinished), %d operations on %d keys checked in %s\n",
-		path, h.Invokes+h.Oks+h.Fails+h.Timeouts, h.Oks, h.Fails, h.Timeouts, h.Unfinished, r.Operations, r.Keys, time.Since(start).Round(time.Millisecond))
+		strings.Join(paths, " + "), h.Invokes+h.Oks+h.Fails+h.Timeouts, h.Oks, h.Fails, h.Timeouts, h.Unfinished, r.Operations, r.Keys, time.Since(start).Round(time.Millisecond))
+	lr := CheckLoad(h, crit)
+	fmt.Fprintln(stdout, lr.Summary)
+	for i, f := range lr.Faults {
+		fmt.Fprintln(stdout, f.Line(i))
+	}
 	if *vis != "" {
 		if err := porcupine.VisualizePath(kvModel, r.Info, *vis); err != nil {
 			fmt.Fprintf(stderr, "checker: visualization: %v\n", err)
@@ -105,7 +118,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case porcupine.Unknown:
 		fmt.Fprintf(stdout, "INCONCLUSIVE: the linearizability search did not finish within %s\n", *timeout)
 	}
-	switch r.Verdict {
+	for _, p := range lr.Problems {
+		fmt.Fprintln(stdout, p)
+	}
+	switch overall(r.Verdict, lr.Problems) {
 	case Violation:
 		fmt.Fprintln(stdout, "checker: FAIL")
 		return 1
@@ -113,8 +129,22 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, "checker: INCONCLUSIVE")
 		return 3
 	}
-	fmt.Fprintln(stdout, "checker: PASS (linearizable, no acknowledged write lost)")
+	if crit.any() {
+		fmt.Fprintln(stdout, "checker: PASS (linearizable, no acknowledged write lost, load criteria met)")
+	} else {
+		fmt.Fprintln(stdout, "checker: PASS (linearizable, no acknowledged write lost)")
+	}
 	return 0
+}
+
+// overall combines the history's verdict with the load criteria it missed:
+// any of those is a violation, so the verdict is inconclusive only when the
+// unfinished linearizability search is the one problem.
+func overall(history Verdict, loadProblems []string) Verdict {
+	if len(loadProblems) > 0 {
+		return Violation
+	}
+	return history
 }
 
 // illegalDetail names each key whose sub-history has no linearization, with
@@ -157,7 +187,7 @@ func illegalDetail(ops []Op, info porcupine.LinearizationInfo) string {
 				fmt.Fprintf(&b, "\n    ...")
 				break
 			}
-			fmt.Fprintf(&b, "\n    client %d (line %d) [%d, %s]: %s", op.Client, op.Line, op.Call, retString(op.Return), describe(op.Input, op.Output))
+			fmt.Fprintf(&b, "\n    client %d (%s) [%d, %s]: %s", op.Client, op.Where(), op.Call, retString(op.Return), describe(op.Input, op.Output))
 			shown++
 		}
 	}

@@ -2,13 +2,21 @@
 //! through the shardkv client, recording every operation as history events
 //! (JSON lines, the format e2e/README.md defines and e2e/checker checks).
 //!
-//! After the load (its duration, or SIGTERM), one more client reads every key:
-//! those final reads let the checker find acknowledged writes that were lost.
+//! After the load (its duration, `--stop-file` appearing, or SIGTERM), one more
+//! client (id `--clients`) reads every key: those final reads let the checker
+//! find acknowledged writes that were lost. `--read-back` runs only those final
+//! reads, as client `--clients + 1`, so its history can be appended to an
+//! earlier history of the same prefix.
+//!
+//! Event times (`ts_ns`) are nanoseconds since the UNIX epoch: the wall clock
+//! read once at start plus the monotonic time since, so they never go back
+//! within a run and compare with `date +%s%N` taken by the scenarios.
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -28,9 +36,19 @@ struct Args {
     /// Number of keys (few keys: more contention, a sharper check).
     #[arg(long, default_value_t = 16)]
     keys: usize,
-    /// Seconds of load; SIGTERM also ends it.
+    /// Seconds of load at most (the hard bound); `--stop-file` and SIGTERM
+    /// may end it sooner.
     #[arg(long, default_value_t = 20)]
     duration: u64,
+    /// End the load as soon as this file exists (checked every 100 ms), or
+    /// when `--duration` runs out, whichever comes first.
+    #[arg(long)]
+    stop_file: Option<PathBuf>,
+    /// No load: only the final read of every key of the prefix, as client
+    /// `--clients + 1` (to append to an earlier history of the same prefix and
+    /// `--keys`, whose final reader was client `--clients`).
+    #[arg(long)]
+    read_back: bool,
     /// Deadline of each operation, retries included.
     #[arg(long, default_value_t = 5000)]
     timeout_ms: u64,
@@ -39,17 +57,21 @@ struct Args {
     prefix: String,
     /// The history file (JSON lines) to write.
     #[arg(long)]
-    history: std::path::PathBuf,
+    history: PathBuf,
 }
 
 struct Recorder {
+    /// The wall clock at `start`, in nanoseconds since the UNIX epoch.
+    epoch_ns: u64,
     start: Instant,
     tx: mpsc::UnboundedSender<Value>,
 }
 
 impl Recorder {
+    /// Nanoseconds since the UNIX epoch, monotonic: the wall clock is read
+    /// once, at start, and the monotonic clock's elapsed time is added.
     fn ts(&self) -> u64 {
-        self.start.elapsed().as_nanos() as u64
+        self.epoch_ns + self.start.elapsed().as_nanos() as u64
     }
     fn invoke(&self, client: usize, op: &str, key: &str, value: Option<&str>, expected: Option<Option<&str>>) {
         let mut ev = json!({"client": client, "kind": "invoke", "op": op, "key": key, "ts_ns": self.ts()});
@@ -76,6 +98,37 @@ fn kind_of(e: &Error) -> &'static str {
     match e {
         Error::InvalidArgument(_) => "fail",
         _ => "timeout",
+    }
+}
+
+/// What ended the load.
+#[derive(Clone, Copy, Debug)]
+enum Ended {
+    Duration,
+    StopFile,
+    Sigterm,
+    Interrupt,
+    /// `--read-back`: there was no load.
+    ReadBack,
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Ended::Duration => "ended by duration",
+            Ended::StopFile => "ended by stop-file",
+            Ended::Sigterm => "ended by SIGTERM",
+            Ended::Interrupt => "ended by interrupt",
+            Ended::ReadBack => "read-back only",
+        })
+    }
+}
+
+/// Returns once `path` exists (polled every 100 ms); never without a path.
+async fn stop_file_appears(path: Option<&Path>) {
+    let Some(path) = path else { return std::future::pending().await };
+    while !path.exists() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -153,7 +206,10 @@ async fn main() -> Result<()> {
     let keys: Vec<String> = (0..args.keys).map(|i| format!("{}-k{i}", args.prefix)).collect();
 
     let (tx, mut rx) = mpsc::unbounded_channel::<Value>();
-    let rec = Arc::new(Recorder { start: Instant::now(), tx });
+    let start = Instant::now();
+    let epoch_ns = SystemTime::now().duration_since(UNIX_EPOCH).context("the system clock is before 1970")?.as_nanos();
+    let rec =
+        Arc::new(Recorder { epoch_ns: u64::try_from(epoch_ns).context("the system clock is past 2554")?, start, tx });
     let file = std::fs::File::create(&args.history).with_context(|| format!("creating {}", args.history.display()))?;
     let writer = tokio::task::spawn_blocking(move || -> Result<u64> {
         let mut out = std::io::BufWriter::new(file);
@@ -171,28 +227,40 @@ async fn main() -> Result<()> {
         Ok(n)
     });
 
-    let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    for id in 0..args.clients {
-        tasks.push(tokio::spawn(run_client(id, base.new_session(), rec.clone(), keys.clone(), stop.clone())));
-    }
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::time::sleep(Duration::from_secs(args.duration)) => {}
-        _ = sigterm.recv() => eprintln!("e2e-load: SIGTERM, finishing in-flight operations"),
-        _ = tokio::signal::ctrl_c() => eprintln!("e2e-load: interrupted, finishing in-flight operations"),
-    }
-    stop.store(true, Ordering::Relaxed);
     let mut totals = [0u64; 3];
-    for t in tasks {
-        let c = t.await?;
-        for i in 0..3 {
-            totals[i] += c[i];
+    let (load_clients, stopped, final_client) = if args.read_back {
+        (0, Ended::ReadBack, args.clients + 1)
+    } else {
+        if let Some(p) = args.stop_file.as_deref().filter(|p| p.exists()) {
+            eprintln!("e2e-load: the stop file {} exists already: the load ends at once", p.display());
         }
-    }
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for id in 0..args.clients {
+            tasks.push(tokio::spawn(run_client(id, base.new_session(), rec.clone(), keys.clone(), stop.clone())));
+        }
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let stopped = tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(args.duration)) => Ended::Duration,
+            _ = stop_file_appears(args.stop_file.as_deref()) => Ended::StopFile,
+            _ = sigterm.recv() => Ended::Sigterm,
+            _ = tokio::signal::ctrl_c() => Ended::Interrupt,
+        };
+        eprintln!(
+            "e2e-load: load {stopped} after {:.1}s, finishing in-flight operations",
+            started.elapsed().as_secs_f64()
+        );
+        stop.store(true, Ordering::Relaxed);
+        for t in tasks {
+            let c = t.await?;
+            for i in 0..3 {
+                totals[i] += c[i];
+            }
+        }
+        (args.clients, stopped, args.clients)
+    };
     // Final reads, by one more client, after every operation above returned.
-    let final_client = args.clients;
     let reader = base.new_session();
     let mut final_ok = 0;
     for key in &keys {
@@ -209,9 +277,10 @@ async fn main() -> Result<()> {
     let events = writer.await??;
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "e2e-load: {} clients, {:.1}s: {} ok ({:.0}/s), {} failed, {} unknown outcome; {}/{} final reads; {} events in {}",
-        args.clients,
+        "e2e-load: {} clients, {:.1}s ({}): {} ok ({:.0}/s), {} failed, {} unknown outcome; {}/{} final reads; {} events in {}",
+        load_clients,
         secs,
+        stopped,
         totals[0],
         totals[0] as f64 / secs,
         totals[1],
