@@ -4,6 +4,7 @@
 # directory on stdout as its last line. A binary already present is not rebuilt.
 #
 #   e2e/build-binaries.sh            # build what is missing, print the bin dir
+#   e2e/build-binaries.sh helm       # only these binaries (scripts/env.sh needs only helm)
 #   E2E_BIN_CACHE=/some/dir e2e/build-binaries.sh
 #
 # GOCACHE and GOMODCACHE stay at Go's persistent defaults, so a rebuild after a
@@ -37,9 +38,14 @@ for p in "${ver_pkgs[@]}"; do
   k8s_ldflags+=" -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
 done
 
-# build NAME CMD...: runs CMD (which writes $bin/NAME.tmp) unless NAME exists.
+wanted=("$@")
+# build NAME CMD...: runs CMD (which writes $bin/NAME.tmp) unless NAME exists or
+# was not asked for.
 build() {
   local name="$1"; shift
+  if ((${#wanted[@]})) && [[ " ${wanted[*]} " != *" $name "* ]]; then
+    return
+  fi
   if [[ -x "$bin/$name" ]]; then
     echo "build-binaries: $name cached" >&2
     return

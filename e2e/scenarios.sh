@@ -1,11 +1,13 @@
-# Scenarios of e2e/run, sourced by it. Each scenario_NAME runs in a subshell
-# with `set -euo pipefail`, KUBECONFIG pointing at the cluster, kubectl/helm and
-# the history checker on PATH, and SCENARIO_DIR for its files. It passes by
-# returning 0, fails with `fail MSG` (or any failing command), and is skipped
-# with `skip REASON`.
+# Scenarios of e2e/run, sourced by it. Each scenario_NAME (a dash in the
+# scenario's name is an underscore here) runs as its own `bash -euo pipefail`
+# process with inherit_errexit, KUBECONFIG pointing at the cluster,
+# kubectl/helm and the history checker on PATH, SHARDKV_BIN (the workspace's
+# release binaries), SCENARIO_DIR for its files and NOTE_FILE for lines of its
+# table row. It passes by returning 0, fails with `fail MSG` or any failing
+# command, and is skipped with `skip REASON` (a failure under CI=true).
 # shellcheck shell=bash
 # e2e/run defines these before sourcing this file.
-: "${e2e:?}" "${root:?}"
+: "${e2e:?}" "${root:?}" "${work:?}"
 
 fail() { echo "FAIL: $*" >&2; exit 1; }
 skip() { echo "$*" >"$SKIP_FILE"; echo "SKIP: $*" >&2; exit 77; }
@@ -325,11 +327,22 @@ install_operator() {
 
 CLUSTER_NS=e2e-cluster
 CLUSTER=demo
+SHARDS=16
+LOAD_KEYS=16
+# What every disruptive scenario asserts from its history's timestamps (besides
+# linearizability and no lost write): the load ran before, during and after
+# each fault; no key went longer than MAX_GAP without a successful operation
+# (every group keeps a quorum in these scenarios); at least MIN_SUCCESS of the
+# operations succeeded.
+MAX_GAP=10s
+MIN_SUCCESS=0.9
+# A node stopped through preStop replays at most this many log entries at its
+# next start: what the load appended between the preStop snapshot and the exit.
+MAX_REPLAY_AFTER_PRESTOP=500
 
 need_cluster_prereqs() {
   [[ "${E2E_USE_EXISTING_CLUSTER:-0}" != 1 ]] || skip "on an existing cluster: needs registry images of the operator, node and load generator (not supported yet)"
   [[ "${E2E_PODRUNNER:-0}" == 1 ]] || skip "no pod runner"
-  [[ -n "${E2E_NODE_IMAGE:-}" ]] || skip "no shardkv-node binary (cargo build --release -p shardkv-node; or E2E_NODE_BIN)"
   if ! helm status shardkv-operator -n shardkv-system >/dev/null 2>&1; then
     step "the operator is not installed yet: installing it"
     install_operator
@@ -346,19 +359,24 @@ cluster_available() {
   [[ "$(kubectl get shardcluster -n "$CLUSTER_NS" "$CLUSTER" -o jsonpath='{.status.conditions[?(@.type=="Available")].status}')" == True ]]
 }
 
+# A line for this scenario's row in e2e/run's table.
+note() { echo "$*" >>"$NOTE_FILE"; }
+epoch_ns() { date +%s%N; }
+
 # The client Service's endpoints (its EndpointSlices), as host:port,...
 client_endpoints() {
   kubectl get endpointslices -n "$CLUSTER_NS" -l kubernetes.io/service-name="$CLUSTER" \
     -o jsonpath='{range .items[*].endpoints[*]}{.addresses[0]}:7100,{end}' | sed 's/,$//'
 }
 
-# start_load NAME SECONDS: the load generator as a pod (so it resolves the
-# pods' DNS names like any in-cluster client), its history in SCENARIO_DIR.
-start_load() {
-  local name="$1" seconds="$2" eps
+# load_pod NAME ARGS...: the load generator as a pod named load-NAME (so it
+# resolves the pods' DNS names like any in-cluster client), SCENARIO_DIR
+# mounted at /history.
+load_pod() {
+  local name="$1" eps arg args=""; shift
   eps="$(client_endpoints)"
   [[ -n "$eps" ]] || fail "the client Service $CLUSTER has no endpoints"
-  step "load '$name' for ${seconds}s through $eps"
+  for arg in --endpoints "$eps" "$@"; do args+="\"$arg\", "; done
   kubectl apply -n "$CLUSTER_NS" -f - >&2 <<YAML
 apiVersion: v1
 kind: Pod
@@ -369,13 +387,23 @@ spec:
   containers:
   - name: load
     image: e2e-load:latest
-    args: [--endpoints, "$eps", --duration, "$seconds", --clients, "8", --keys, "16",
-           --prefix, "$name", --history, /history/$name.jsonl]
+    args: [${args%, }]
     volumeMounts: [{name: history, mountPath: /history}]
   volumes:
   - name: history
     hostPath: {path: "$SCENARIO_DIR", type: Directory}
 YAML
+}
+
+# start_load NAME MAX_SECONDS: load on its own key prefix until finish_load
+# stops it (MAX_SECONDS bounds it should the scenario die), its history in
+# SCENARIO_DIR/NAME.jsonl. The durability scenario reads every prefix back.
+start_load() {
+  local name="$1" seconds="$2"
+  step "load '$name' (at most ${seconds}s)"
+  load_pod "$name" --duration "$seconds" --stop-file "/history/$name.stop" --clients 8 --keys "$LOAD_KEYS" \
+    --prefix "$name" --history "/history/$name.jsonl"
+  echo "$name $SCENARIO_DIR/$name.jsonl" >>"$work/loads"
 }
 
 load_done() {
@@ -385,16 +413,126 @@ load_done() {
   return 1
 }
 
-# finish_load NAME SECONDS: wait for the load pod, then check its history.
+history_has() { [[ -f "$1" && "$(wc -l <"$1")" -ge "$2" ]]; }
+
+# wait_load_progress NAME EVENTS: the load recorded EVENTS more events from now on.
+wait_load_progress() {
+  local file="$SCENARIO_DIR/$1.jsonl" have=0
+  [[ -f "$file" ]] && have="$(wc -l <"$file")"
+  wait_until 90 "load '$1' recorded $2 more events" history_has "$file" $((have + $2))
+}
+
+# run_checker LABEL CHECKER_ARGS...: check a history (linearizable, nothing
+# lost, and what the flags ask); fail with the checker's finding. Sets SUMMARY.
+run_checker() {
+  local label="$1" out rc=0; shift
+  step "checking the history of '$label'"
+  out="$(checker -timeout 120s -visualize "$SCENARIO_DIR/$label.html" "$@")" || rc=$?
+  echo "$out" >&2
+  SUMMARY="$(sed -n 's/^summary: //p' <<<"$out" | tail -n1)"
+  ((rc == 0)) || fail "history '$label': $(grep -E '^[A-Z][A-Z ]+[A-Z0-9]' <<<"$out" | head -n1 | cut -c1-160) (see $SCENARIO_DIR/$label.html)"
+}
+
+# finish_load NAME CHECKER_FLAGS...: stop the load, wait for its pod, check its
+# history; the checker's summary goes into the table.
 finish_load() {
-  local name="$1" seconds="$2"
-  wait_until $((seconds + 90)) "load '$name' finished" load_done "$name"
+  local name="$1"; shift
+  touch "$SCENARIO_DIR/$name.stop"
+  wait_until 90 "load '$name' finished" load_done "$name"
   cat "$E2E_PODRUNNER_DIR/logs/${CLUSTER_NS}_load-${name}_load.log" >&2
   kubectl delete pod -n "$CLUSTER_NS" "load-$name" --wait=false >&2
-  step "checking the history of '$name'"
-  checker -timeout 120s -visualize "$SCENARIO_DIR/$name.html" "$SCENARIO_DIR/$name.jsonl" >&2 \
-    || fail "history '$name': not linearizable or a lost acknowledged write (see $SCENARIO_DIR/$name.html)"
+  run_checker "$name" "$@" "$SCENARIO_DIR/$name.jsonl"
+  note "$name: $SUMMARY"
 }
+
+# finish_disruptive_load NAME FAULT_START_NS FAULT_END_NS...: finish_load with
+# the overlap, gap and success-share checks for each fault window.
+finish_disruptive_load() {
+  local name="$1" flags=(-max-gap "$MAX_GAP" -min-success "$MIN_SUCCESS"); shift
+  while (($#)); do flags+=(-fault "$1:$2"); shift 2; done
+  finish_load "$name" "${flags[@]}"
+}
+
+# --- what the nodes say about themselves -----------------------------------
+
+pod_ip() { pod_field "$CLUSTER_NS" "$1" '{.status.podIP}'; }
+
+# node_status POD: the node's own Admin Status (JSON), asked at its address.
+node_status() {
+  local ip; ip="$(pod_ip "$1")"
+  [[ -n "$ip" ]] || return 1
+  "$SHARDKV_BIN/shardkv" --endpoints "$ip:7100" --timeout-ms 2000 status --json | jq -ce '.[0].status // empty'
+}
+
+# status_field POD JQ: one field of the node's own status.
+status_field() { local s; s="$(node_status "$1")" && jq -r "$2" <<<"$s"; }
+
+group_pods() {
+  kubectl get pods -n "$CLUSTER_NS" -l "shardkv.dev/group=$1" -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}'
+}
+
+# pod_of GROUP NODE_ID: node ids are pod ordinals + 1.
+pod_of() { echo "$CLUSTER-g$1-$(($2 - 1))"; }
+
+# node_leader GROUP: the pod whose node says it leads the group.
+node_leader() {
+  local p
+  for p in $(group_pods "$1"); do
+    [[ "$(status_field "$p" .state 2>/dev/null)" == Leader ]] && { echo "$p"; return 0; }
+  done
+  return 1
+}
+
+# new_leader_elected GROUP OLD_POD: every other member of the group answers and
+# names one leader, not OLD_POD's node.
+new_leader_elected() {
+  local g="$1" old="$2" p leader seen=""
+  for p in $(group_pods "$g"); do
+    [[ "$p" == "$old" ]] && continue
+    leader="$(status_field "$p" '.leader_id // empty')" || return 1
+    [[ -n "$leader" && "$(pod_of "$g" "$leader")" != "$old" ]] || return 1
+    [[ -z "$seen" || "$seen" == "$leader" ]] || return 1
+    seen="$leader"
+  done
+  [[ -n "$seen" ]]
+}
+
+# group_converged GROUP: every member answers, Ready, and names the same leader.
+group_converged() {
+  local g="$1" p leader seen=""
+  for p in $(group_pods "$g"); do
+    pod_of_group_ready "$p" || return 1
+    leader="$(status_field "$p" '.leader_id // empty')" || return 1
+    [[ -n "$leader" && (-z "$seen" || "$seen" == "$leader") ]] || return 1
+    seen="$leader"
+  done
+  [[ -n "$seen" ]]
+}
+
+# members_of GROUP: the node ids in the group's membership (voters and
+# learners), by its leader's own account, as "1,2,3".
+members_of() {
+  local leader; leader="$(node_leader "$1")" || return 1
+  status_field "$leader" '[.members[].node_id] | sort | map(tostring) | join(",")'
+}
+voters_of() {
+  local leader; leader="$(node_leader "$1")" || return 1
+  status_field "$leader" '[.members[] | select(.role == "voter") | .node_id] | sort | map(tostring) | join(",")'
+}
+members_are() { [[ "$(members_of "$1")" == "$2" && "$(voters_of "$1")" == "$2" ]]; }
+
+pod_of_group_ready() { kubectl wait -n "$CLUSTER_NS" --for=condition=Ready "pod/$1" --timeout=1s; }
+restart_count_above() { (("$(pod_field "$1" "$2" '{.status.containerStatuses[0].restartCount}')" > "$3")); }
+
+# container_pid POD: the pid of the pod's container process (the pod runner's containerID).
+container_pid() {
+  local pid; pid="$(pod_field "$CLUSTER_NS" "$1" '{.status.containerStatuses[0].containerID}')"
+  pid="${pid#podrunner://}"
+  [[ "$pid" =~ ^[0-9]+$ ]] || fail "$1 has no process id ('$pid')"
+  echo "$pid"
+}
+
+# --- scenarios on the shared ShardCluster -----------------------------------
 
 scenario_cluster() {
   need_cluster_prereqs
@@ -406,7 +544,7 @@ kind: ShardCluster
 metadata: {name: $CLUSTER}
 spec:
   image: $E2E_NODE_IMAGE
-  shards: 16
+  shards: $SHARDS
   groups: 2
   replicasPerGroup: 3
   meta: {replicas: 3}
@@ -415,76 +553,234 @@ spec:
 YAML
   wait_until 240 "ShardCluster $CLUSTER Available" cluster_available
   kubectl get shardcluster,statefulsets,pods -n "$CLUSTER_NS" -o wide >&2
-  start_load steady 15
-  finish_load steady 15
-}
-
-history_has() { [[ -f "$1" && "$(wc -l <"$1")" -ge "$2" ]]; }
-restart_count_above() { (("$(pod_field "$1" "$2" '{.status.containerStatuses[0].restartCount}')" > "$3")); }
-
-pod_of_group_ready() { kubectl wait -n "$CLUSTER_NS" --for=condition=Ready "pod/$1" --timeout=1s; }
-
-# leader_pod GROUP_ID: the pod of the group's leader, from the ShardCluster status.
-leader_pod() {
-  local id
-  id="$(kubectl get shardcluster -n "$CLUSTER_NS" "$CLUSTER" -o jsonpath="{.status.groups[?(@.groupId==$1)].leader}")"
-  [[ -n "$id" ]] || return 1
-  kubectl get shardcluster -n "$CLUSTER_NS" "$CLUSTER" -o jsonpath="{.status.groups[?(@.groupId==$1)].members[?(@.nodeId==$id)].pod}"
+  start_load steady 120
+  wait_load_progress steady 3000
+  finish_load steady
 }
 
 scenario_kill() {
   need_cluster
-  local pod pid restarts
-  pod="$(leader_pod 1)" || fail "group 1 reports no leader"
-  [[ -n "$pod" ]] || fail "group 1's leader has no pod in the status"
-  step "group 1's leader is $pod"
+  start_load kill 300
+  wait_load_progress kill 2000
+  local pod pid restarts t_fault t_healed
+  pod="$(node_leader 1)" || fail "no node of group 1 says it leads"
+  step "group 1's leader, by its own Status: $pod"
   restarts="$(pod_field "$CLUSTER_NS" "$pod" '{.status.containerStatuses[0].restartCount}')"
-  start_load kill 25
-  wait_until 30 "load 'kill' has recorded 2000 events" history_has "$SCENARIO_DIR/kill.jsonl" 2000
-  pid="$(pod_field "$CLUSTER_NS" "$pod" '{.status.containerStatuses[0].containerID}')"; pid="${pid#podrunner://}"
-  [[ "$pid" =~ ^[0-9]+$ ]] || fail "$pod has no process id"
+  pid="$(container_pid "$pod")"
+  t_fault="$(epoch_ns)"
   step "SIGKILL $pod (pid $pid)"
   kill -KILL "$pid"
+  wait_until 30 "group 1 elected a leader other than $pod" new_leader_elected 1 "$pod"
   wait_until 60 "$pod restarted" restart_count_above "$CLUSTER_NS" "$pod" "$restarts"
   wait_until 120 "$pod Ready again (rejoined, caught up)" pod_of_group_ready "$pod"
   # A crash that takes the pod object along: a forced deletion (the pod runner
   # SIGKILLs at once); the StatefulSet recreates the pod on the same volume.
   local pod2 uid2
-  pod2="$(leader_pod 2)" || fail "group 2 reports no leader"
+  pod2="$(node_leader 2)" || fail "no node of group 2 says it leads"
   uid2="$(pod_field "$CLUSTER_NS" "$pod2" '{.metadata.uid}')"
   step "force-delete group 2's leader $pod2 (SIGKILL, no preStop)"
   kubectl delete pod -n "$CLUSTER_NS" "$pod2" --grace-period=0 --force >&2
+  wait_until 30 "group 2 elected a leader other than $pod2" new_leader_elected 2 "$pod2"
   wait_until 120 "$pod2 recreated by its StatefulSet and Ready" ready_pod_uid_is_not "$CLUSTER_NS" "$pod2" "$uid2"
-  finish_load kill 25
+  t_healed="$(epoch_ns)"
+  wait_load_progress kill 2000
+  finish_disruptive_load kill "$t_fault" "$t_healed"
   wait_until 120 "ShardCluster $CLUSTER Available" cluster_available
+}
+
+# prestop_report LOG FROM_LINE: the first preStop report the node logged after that line.
+prestop_report() {
+  tail -n "+$2" "$1" | grep -m1 'preStop finished' | jq -ce '.fields.report | fromjson'
 }
 
 scenario_graceful() {
   need_cluster
-  local pod uid
-  pod="$(leader_pod 2)" || fail "group 2 reports no leader"
-  [[ -n "$pod" ]] || fail "group 2's leader has no pod in the status"
-  step "group 2's leader is $pod"
+  start_load graceful 300
+  wait_load_progress graceful 2000
+  local pod uid before log from report
+  pod="$(node_leader 2)" || fail "no node of group 2 says it leads"
+  step "group 2's leader, by its own Status: $pod"
   uid="$(pod_field "$CLUSTER_NS" "$pod" '{.metadata.uid}')"
-  start_load graceful 25
-  wait_until 30 "load 'graceful' has recorded 2000 events" history_has "$SCENARIO_DIR/graceful.jsonl" 2000
+  before="$(node_status "$pod")" || fail "no status from $pod"
+  log="$E2E_PODRUNNER_DIR/logs/${CLUSTER_NS}_${pod}_node.log"
+  from=$(($(wc -l <"$log") + 1))
+  local t_fault t_healed; t_fault="$(epoch_ns)"
   step "delete $pod (preStop, SIGTERM)"
   kubectl delete pod -n "$CLUSTER_NS" "$pod" --timeout=120s >&2
   wait_until 120 "$pod recreated and Ready" ready_pod_uid_is_not "$CLUSTER_NS" "$pod" "$uid"
-  local log="$E2E_PODRUNNER_DIR/logs/${CLUSTER_NS}_${pod}_node.log"
-  grep -qi prestop "$log" || fail "no preStop report in $log"
-  grep -i prestop "$log" | tail -n 3 >&2
-  grep -q '\\"was_leader\\":true,\\"new_leader\\":[0-9]' "$log" || fail "the preStop report does not show leadership handed over"
-  # The restart replays only the log suffix after the preStop snapshot.
-  local ip entries
-  ip="$(pod_field "$CLUSTER_NS" "$pod" '{.status.podIP}')"
-  entries="$(curl -sf "http://$ip:7180/metrics" | awk '/^shardkv_startup_log_entries /{print $2}')"
-  [[ -n "$entries" ]] || fail "no shardkv_startup_log_entries metric on $pod"
-  step "$pod replayed $entries log entries at start-up"
-  ((entries < 2000)) || fail "$pod replayed $entries entries: not a short suffix"
-  finish_load graceful 25
+  t_healed="$(epoch_ns)"
+  report="$(prestop_report "$log" "$from")" || fail "no preStop report in $log after line $from (this incarnation)"
+  step "preStop report of that incarnation: $report"
+  local applied_before; applied_before="$(jq .applied_index <<<"$before")"
+  jq -e '.clean == true' <<<"$report" >/dev/null || fail "the preStop report is not clean: $report"
+  jq -e '.groups[0] | .was_leader and .new_leader != null and .transfer_error == null' <<<"$report" >/dev/null \
+    || fail "the preStop report does not show leadership handed over: $report"
+  jq -e --argjson a "$applied_before" '.groups[0] | .snapshot_error == null and .snapshot_index >= $a and .purged_index == .snapshot_index' \
+    <<<"$report" >/dev/null || fail "the preStop snapshot does not cover the log applied before the deletion (index $applied_before): $report"
+  # The restart replays only the log suffix written after the preStop snapshot.
+  local on_disk replayed
+  on_disk=$(jq '.last_log_index - .purged_index' <<<"$before")
+  replayed="$(status_field "$pod" .startup_log_entries)" || fail "no status from the new $pod"
+  step "$pod replayed $replayed log entries at start-up; $on_disk were on disk before the preStop"
+  note "replayed $replayed of $on_disk entries"
+  ((replayed <= MAX_REPLAY_AFTER_PRESTOP)) \
+    || fail "$pod replayed $replayed entries after a clean preStop (bound $MAX_REPLAY_AFTER_PRESTOP; $on_disk were on disk before)"
+  wait_load_progress graceful 2000
+  finish_disruptive_load graceful "$t_fault" "$t_healed"
   wait_until 120 "ShardCluster $CLUSTER Available" cluster_available
 }
+
+# --- partitions and pauses --------------------------------------------------
+
+# pod_netns POD: the network namespace the pod runner made for the pod.
+pod_netns() { local uid; uid="$(pod_field "$CLUSTER_NS" "$1" '{.metadata.uid}')"; echo "skv-${uid:0:12}"; }
+
+# isolate POD / heal POD: take every route out of the pod's namespace, and put
+# them back. Isolated, the pod keeps its address and loopback, but no packet
+# of its leaves: no peer, client or probe hears from it.
+isolate() {
+  local netns; netns="$(pod_netns "$1")"
+  ip -n "$netns" -o route show >"$SCENARIO_DIR/routes-$1"
+  grep -q '^default' "$SCENARIO_DIR/routes-$1" || fail "no default route in $netns"
+  echo "$1" >>"$SCENARIO_DIR/isolated"
+  ip -n "$netns" route flush table main
+}
+heal() {
+  local netns r; netns="$(pod_netns "$1")"
+  # The link route first: the default route's gateway must be reachable.
+  while read -r r; do
+    # shellcheck disable=SC2086 # a route is a list of words
+    ip -n "$netns" route replace $r
+  done < <(grep -v '^default' "$SCENARIO_DIR/routes-$1"; grep '^default' "$SCENARIO_DIR/routes-$1")
+  sed -i "/^$1\$/d" "$SCENARIO_DIR/isolated"
+}
+# heal_all: heal every pod still isolated (the partition scenario's exit trap).
+heal_all() {
+  local p
+  [[ -f "$SCENARIO_DIR/isolated" ]] || return 0
+  for p in $(cat "$SCENARIO_DIR/isolated"); do heal "$p" || true; done
+}
+
+# in_pod POD CMD...: CMD on the host, inside the pod's network namespace (and its /etc/hosts).
+in_pod() { local netns; netns="$(pod_netns "$1")"; shift; ip netns exec "$netns" "$@"; }
+
+# key_served_by POD: a key whose shard the pod's group serves now.
+key_served_by() {
+  local shards i key
+  shards=" $(status_field "$1" '[.shards[] | select(.state == "serving") | .shard] | map(tostring) | join(" ")') "
+  for i in $(seq 0 99); do
+    key="probe-$i"
+    [[ "$shards" == *" $(shard_of "$key") "* ]] && { echo "$key"; return 0; }
+  done
+  fail "no probe key falls in a shard $1 serves ($shards)"
+}
+
+# shard_of KEY: the key's shard (FNV-1a 64 modulo SHARDS, as proto/src/lib.rs).
+shard_of() {
+  python3 -c 'import sys
+h = 0xcbf29ce484222325
+for b in sys.argv[1].encode(): h = ((h ^ b) * 0x100000001b3) % 2**64
+print(h % int(sys.argv[2]))' "$1" "$SHARDS"
+}
+
+# direct POD CMD...: the shardkv CLI run inside POD's network namespace against
+# POD's own address only (a standalone client: no routing elsewhere).
+direct() {
+  local pod="$1" ip; shift
+  ip="$(pod_ip "$pod")"
+  in_pod "$pod" "$SHARDKV_BIN/shardkv" --endpoints "$ip:7100" --timeout-ms 3000 "$@"
+}
+
+# isolated_serves_nothing POD KEY: linearizable reads and writes at the isolated
+# node fail (it cannot reach a quorum, so it must not answer).
+isolated_serves_nothing() {
+  local pod="$1" key="$2" out
+  if out="$(direct "$pod" get "$key" 2>&1)"; then fail "isolated $pod answered a linearizable read of $key: $out"; fi
+  step "isolated $pod refused a linearizable read: $out"
+  if out="$(direct "$pod" put "$key" "written-while-isolated" 2>&1)"; then fail "isolated $pod acknowledged a write of $key: $out"; fi
+  step "isolated $pod refused a write: $out"
+}
+
+# partition_one GROUP POD: isolate POD past the election timeout, assert what
+# must hold while it is cut off, heal it, and wait for the group to converge.
+partition_one() {
+  local g="$1" pod="$2" key was_leader=0
+  [[ "$(status_field "$pod" .state)" == Leader ]] && was_leader=1
+  key="$(key_served_by "$pod")"
+  # The probe works before the partition: what fails later fails because of it.
+  direct "$pod" put "$key" "before-partition" >&2 || fail "$pod did not serve $key before the partition"
+  direct "$pod" get "$key" >&2 || fail "$pod did not read $key before the partition"
+  step "isolate $pod (group $g, $( ((was_leader)) && echo leader || echo follower))"
+  isolate "$pod"
+  if ((was_leader)); then
+    wait_until 30 "the majority of group $g elected a leader other than $pod" new_leader_elected "$g" "$pod"
+  else
+    sleep_past_election_timeout
+  fi
+  isolated_serves_nothing "$pod" "$key"
+  step "heal $pod"
+  heal "$pod"
+  wait_until 120 "group $g converged (every member Ready, one leader)" group_converged "$g"
+  direct "$pod" get "$key" >&2 || fail "$pod does not serve linearizable reads after healing"
+}
+
+# Waiting out the election timeout is the point of the step (an isolated
+# follower must outlast it), not a stand-in for a condition.
+sleep_past_election_timeout() { sleep 3; }
+
+scenario_partition() {
+  need_cluster
+  # Never leave a pod cut off, whatever fails.
+  trap heal_all EXIT
+  start_load partition 300
+  wait_load_progress partition 2000
+  local leader follower p t1 t2 t3 t4
+  leader="$(node_leader 1)" || fail "no node of group 1 says it leads"
+  t1="$(epoch_ns)"
+  partition_one 1 "$leader"
+  t2="$(epoch_ns)"
+  wait_load_progress partition 1000
+  leader="$(node_leader 1)" || fail "no node of group 1 says it leads after healing"
+  for p in $(group_pods 1); do [[ "$p" != "$leader" ]] && { follower="$p"; break; }; done
+  t3="$(epoch_ns)"
+  partition_one 1 "$follower"
+  t4="$(epoch_ns)"
+  wait_load_progress partition 2000
+  finish_disruptive_load partition "$t1" "$t2" "$t3" "$t4"
+  wait_until 120 "ShardCluster $CLUSTER Available" cluster_available
+}
+
+scenario_pause() {
+  need_cluster
+  start_load pause 300
+  wait_load_progress pause 2000
+  local pod pid t_fault t_healed
+  pod="$(node_leader 2)" || fail "no node of group 2 says it leads"
+  pid="$(container_pid "$pod")"
+  # Never leave the node stopped, whatever fails.
+  trap 'kill -CONT '"$pid"' 2>/dev/null || true' EXIT
+  t_fault="$(epoch_ns)"
+  step "SIGSTOP $pod (pid $pid), group 2's leader"
+  kill -STOP "$pid"
+  wait_until 30 "group 2 elected a leader other than the paused $pod" new_leader_elected 2 "$pod"
+  sleep_past_election_timeout
+  step "SIGCONT $pod"
+  kill -CONT "$pid"
+  wait_until 60 "$pod stepped down and follows the new leader" follows_other "$pod" 2
+  wait_until 120 "group 2 converged (every member Ready, one leader)" group_converged 2
+  t_healed="$(epoch_ns)"
+  wait_load_progress pause 2000
+  finish_disruptive_load pause "$t_fault" "$t_healed"
+  wait_until 120 "ShardCluster $CLUSTER Available" cluster_available
+}
+
+# follows_other POD GROUP: the node is not the leader and names a leader other than itself.
+follows_other() {
+  local s; s="$(node_status "$1")" || return 1
+  jq -e --arg me "$(jq .node_id <<<"$s")" '.state != "Leader" and .leader_id != null and (.leader_id | tostring) != $me' <<<"$s" >/dev/null
+}
+
+# --- membership changes ------------------------------------------------------
 
 all_voters() {
   local roles
@@ -496,27 +792,176 @@ cluster_ready_replicas_is() {
   [[ "$(kubectl get shardcluster -n "$CLUSTER_NS" "$CLUSTER" -o jsonpath='{.status.readyReplicas}')" == "$1" ]] && cluster_available
 }
 
+set_replicas() {
+  step "replicasPerGroup -> $1"
+  kubectl patch shardcluster -n "$CLUSTER_NS" "$CLUSTER" --type merge -p "{\"spec\":{\"replicasPerGroup\":$1}}" >&2
+}
+
+# expect_members N: both data groups' memberships are exactly voters 1..N, by their leaders.
+expect_members() {
+  local want g; want="$(seq -s, 1 "$1")"
+  for g in 1 2; do
+    wait_until 60 "group $g's members are exactly voters $want" members_are "$g" "$want"
+  done
+}
+
+# removals_ordered GROUPS ORDINALS: true once the pods of ORDINALS are gone from
+# every group of GROUPS; fails the scenario if such a pod was seen terminating or
+# gone while its group's leader still had its node as a member: a member must
+# leave the membership before its pod goes. (The pod is looked at first, so a
+# membership that still lists it afterwards is a real violation.)
+removals_ordered() {
+  local groups="$1" ordinals="$2" g o pod state members gone=0 total=0
+  for g in $groups; do
+    for o in $ordinals; do
+      pod="$CLUSTER-g$g-$o"; total=$((total + 1))
+      state="$(kubectl get pod -n "$CLUSTER_NS" "$pod" --ignore-not-found -o jsonpath='{.metadata.name}/{.metadata.deletionTimestamp}')"
+      [[ -n "$state" && "$state" == */ ]] && continue # still running, not being deleted
+      members="$(members_of "$g")" || return 1
+      [[ ",$members," == *",$((o + 1)),"* ]] \
+        && fail "$pod was ${state:+terminating}${state:-gone} while node $((o + 1)) was still a member of group $g ($members)"
+      [[ -z "$state" ]] && gone=$((gone + 1))
+    done
+  done
+  ((gone == total))
+}
+
+# left_recorded POD: the removed node logged that it was told it left.
+left_recorded() {
+  grep -q 'removed from the group; will not rejoin by itself' "$E2E_PODRUNNER_DIR/logs/${CLUSTER_NS}_$1_node.log" \
+    || fail "$1 never logged that it was removed from its group (Admin Removed)"
+}
+
 scenario_scale() {
   need_cluster
-  start_load scale 60
-  step "replicasPerGroup 3 -> 5"
-  kubectl patch shardcluster -n "$CLUSTER_NS" "$CLUSTER" --type merge -p '{"spec":{"replicasPerGroup":5}}' >&2
+  start_load scale 400
+  wait_load_progress scale 1000
+  local t_fault t_healed g o
+  t_fault="$(epoch_ns)"
+  set_replicas 5
   wait_until 180 "13 ready node pods (meta 3 + 2 x 5) and Available" cluster_ready_replicas_is 13
   wait_until 60 "every group member a voter" all_voters
-  kubectl get shardcluster -n "$CLUSTER_NS" "$CLUSTER" -o jsonpath='{range .status.groups[*]}{.groupId}: {range .members[*]}{.pod}={.role} {end}{"\n"}{end}' >&2
-  step "replicasPerGroup 5 -> 3"
-  kubectl patch shardcluster -n "$CLUSTER_NS" "$CLUSTER" --type merge -p '{"spec":{"replicasPerGroup":3}}' >&2
+  expect_members 5
+  set_replicas 3
+  wait_until 180 "pods 3 and 4 of both groups gone, each after its node left the membership" removals_ordered "1 2" "3 4"
   wait_until 180 "9 node pods and Available" cluster_ready_replicas_is 9
+  expect_members 3
+  for g in 1 2; do for o in 3 4; do left_recorded "$CLUSTER-g$g-$o"; done; done
+  t_healed="$(epoch_ns)"
+  wait_load_progress scale 1000
+  finish_disruptive_load scale "$t_fault" "$t_healed"
+}
+
+operator_pod() {
+  kubectl get pods -n shardkv-system -l app.kubernetes.io/name=shardkv-operator \
+    --field-selector=status.phase=Running -o jsonpath='{.items[0].metadata.name}'
+}
+lease_holder() { kubectl get lease -n shardkv-system shardkv-operator -o jsonpath='{.spec.holderIdentity}'; }
+lease_held_by_other() { local h; h="$(lease_holder)" && [[ -n "$h" && "$h" != "$1" ]] && [[ "$(operator_pod)" == "$h" ]]; }
+pod_exists() { kubectl get pod -n "$CLUSTER_NS" "$1" >/dev/null 2>&1; }
+
+# node_pod_incarnations: every node pod as name=uid/restarts, sorted.
+node_pod_incarnations() {
+  kubectl get pods -n "$CLUSTER_NS" -l shardkv.dev/cluster="$CLUSTER" \
+    -o jsonpath='{range .items[*]}{.metadata.name}={.metadata.uid}/{.status.containerStatuses[0].restartCount}{"\n"}{end}' | sort
+}
+
+# The operator dies in the middle of a scale-up; the next one (a new pod that
+# takes the Lease, or the same pod's restarted container) finishes it from
+# what it observes, adding no extra member and touching no other pod.
+scenario_operator_crash() {
+  need_cluster
+  start_load opcrash 500
+  wait_load_progress opcrash 1000
+  local before op pid restarts t_fault t_healed
+  before="$(node_pod_incarnations)"
+  t_fault="$(epoch_ns)"
+
+  set_replicas 4
+  wait_until 60 "the scale-up has begun ($CLUSTER-g1-3 exists)" pod_exists "$CLUSTER-g1-3"
+  op="$(operator_pod)"; [[ -n "$op" && "$(lease_holder)" == "$op" ]] || fail "operator pod '$op' does not hold the Lease"
+  step "delete the operator pod $op mid scale-up"
+  kubectl delete pod -n shardkv-system "$op" --wait=false >&2
+  wait_until 120 "a new operator pod holds the Lease" lease_held_by_other "$op"
+  wait_until 240 "11 ready node pods (meta 3 + 2 x 4) and Available" cluster_ready_replicas_is 11
+  expect_members 4
+
+  set_replicas 5
+  wait_until 60 "the scale-up has begun ($CLUSTER-g1-4 exists)" pod_exists "$CLUSTER-g1-4"
+  op="$(operator_pod)"
+  restarts="$(pod_field shardkv-system "$op" '{.status.containerStatuses[0].restartCount}')"
+  pid="$(pod_field shardkv-system "$op" '{.status.containerStatuses[0].containerID}')"; pid="${pid#podrunner://}"
+  [[ "$pid" =~ ^[0-9]+$ ]] || fail "operator pod $op has no process id"
+  step "SIGKILL the operator ($op, pid $pid) mid scale-up"
+  kill -KILL "$pid"
+  wait_until 60 "the operator's container restarted" restart_count_above shardkv-system "$op" "$restarts"
+  wait_until 240 "13 ready node pods (meta 3 + 2 x 5) and Available" cluster_ready_replicas_is 13
+  expect_members 5
+
+  set_replicas 3
+  wait_until 240 "9 node pods and Available" cluster_ready_replicas_is 9
   wait_until 60 "group 1 back to 3 pods" count_is 3 kubectl get pods -n "$CLUSTER_NS" -l shardkv.dev/group=1 -o name
-  finish_load scale 60
+  expect_members 3
+  t_healed="$(epoch_ns)"
+  local after; after="$(node_pod_incarnations)"
+  [[ "$after" == "$before" ]] || fail "node pods were restarted or replaced during the scaling: before $before; after $after"
+  wait_load_progress opcrash 1000
+  finish_disruptive_load opcrash "$t_fault" "$t_healed"
+}
+
+# --- durability and deletion ---------------------------------------------------
+
+# Every key every earlier load wrote, read back after all the faults: each
+# history, with its read-back appended, must still be linearizable with no
+# acknowledged write lost.
+scenario_durability() {
+  need_cluster
+  [[ -s "$work/loads" ]] || fail "no earlier load to read back: run the load scenarios first"
+  local name hist n=0
+  while read -r name hist; do
+    [[ -f "$hist" ]] || fail "the history of load '$name' ($hist) is gone"
+    cp "$hist" "$SCENARIO_DIR/$name.jsonl"
+    load_pod "readback-$name" --read-back --keys "$LOAD_KEYS" --prefix "$name" --history "/history/readback-$name.jsonl"
+    wait_until 120 "read-back of '$name' finished" load_done "readback-$name"
+    kubectl delete pod -n "$CLUSTER_NS" "load-readback-$name" --wait=false >&2
+    run_checker "readback-$name" "$SCENARIO_DIR/$name.jsonl" "$SCENARIO_DIR/readback-$name.jsonl"
+    n=$((n + 1))
+  done <"$work/loads"
+  note "read back $((n * LOAD_KEYS)) keys of $n loads"
 }
 
 scenario_delete() {
   need_cluster
-  step "delete ShardCluster $CLUSTER (finalizer, garbage collection, pvcRetention Delete)"
+  # A watch delivers events in the order etcd committed them: it shows the
+  # order in which the finalizer deleted the groups.
+  local watch_pid
+  kubectl get statefulsets -n "$CLUSTER_NS" -l shardkv.dev/cluster="$CLUSTER" --watch-only --output-watch-events \
+    -o jsonpath='{.type} {.object.metadata.name}{"\n"}' >"$SCENARIO_DIR/statefulset-events" 2>&1 &
+  watch_pid=$!
+  trap 'kill "$watch_pid" 2>/dev/null || true' EXIT
+  step "delete ShardCluster $CLUSTER (finalizer: data groups, then meta; pvcRetention Delete)"
   kubectl delete shardcluster -n "$CLUSTER_NS" "$CLUSTER" --timeout=180s >&2 || fail "ShardCluster not deleted within 180s"
-  wait_until 120 "StatefulSets garbage collected" count_is 0 kubectl get statefulsets -n "$CLUSTER_NS" -o name
+  wait_until 120 "StatefulSets deleted" count_is 0 kubectl get statefulsets -n "$CLUSTER_NS" -o name
+  wait_until 30 "the watch saw the meta group's StatefulSet deleted" grep -q "^DELETED $CLUSTER-meta\$" "$SCENARIO_DIR/statefulset-events"
+  local order; order="$(sed -n 's/^DELETED //p' "$SCENARIO_DIR/statefulset-events" | tr '\n' ' ')"
+  step "StatefulSets deleted in this order: $order"
+  [[ "$order" =~ ^($CLUSTER-g[0-9]+\ )+$CLUSTER-meta\ $ ]] \
+    || fail "the finalizer did not delete every data group before the meta group: $order"
+  kubectl get events -n "$CLUSTER_NS" --field-selector reason=Deleted -o jsonpath='{.items[*].message}' | grep -q "deleted the groups of $CLUSTER" \
+    || fail "no 'Deleted' Event from the finalizer's cleanup"
   wait_until 120 "node pods gone" count_is 0 kubectl get pods -n "$CLUSTER_NS" -l shardkv.dev/cluster="$CLUSTER" -o name
   wait_until 120 "PVCs deleted (pvcRetention whenDeleted: Delete)" count_is 0 kubectl get pvc -n "$CLUSTER_NS" -o name
   delete_namespace "$CLUSTER_NS"
+}
+
+# --- the runner's self-test ---------------------------------------------------
+
+# e2e/run runs this first and expects it to fail at the kubectl call: were a
+# failing command ignored, every scenario could pass while proving nothing.
+selftest_step() {
+  kubectl get namespace e2e-selftest-does-not-exist -o name >&2
+}
+scenario_selftest() {
+  selftest_step
+  touch "$SCENARIO_DIR/reached"
 }

@@ -6,7 +6,7 @@
 set -euo pipefail
 
 need_pkgs=()
-for pkg in libclang-dev protobuf-compiler; do
+for pkg in libclang-dev protobuf-compiler jq; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done
 if ((${#need_pkgs[@]})); then
@@ -21,13 +21,3 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/shardkv/target}"
 mkdir -p "$CARGO_TARGET_DIR"
 SHARDKV_BIN="$CARGO_TARGET_DIR/release"
 export SHARDKV_BIN
-
-# helm, for the chart checks: built once from its Go module into a per-version cache dir (a
-# go-installed helm does not report its patch version).
-HELM_VERSION=v3.21.4
-HELM="$HOME/.cache/shardkv/helm-$HELM_VERSION/helm"
-if ! [ -x "$HELM" ]; then
-  echo "installing helm $HELM_VERSION" >&2
-  GOBIN="$(dirname "$HELM")" go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
-fi
-export HELM
