@@ -21,7 +21,8 @@
 # build-binaries.sh), E2E_READY_TIMEOUT (seconds, default 120),
 # E2E_ETCD_UNSAFE_NO_FSYNC=1 (etcd skips fsync: faster, not crash-safe).
 #
-# Everything listens on 127.0.0.1 only, on ports picked free at start-up. The
+# Everything listens on 127.0.0.1 only, on ports picked free at start-up, from
+# outside the kernel's ephemeral port range (see free_port). The
 # service cluster IP range (10.96.0.0/16) exists only as API data: nothing here
 # routes or dials it (there is no kube-proxy).
 set -euo pipefail
@@ -43,20 +44,43 @@ bin_dir() {
 
 # --- ports -------------------------------------------------------------------
 
+# Ports come from outside the kernel's ephemeral range
+# (/proc/sys/net/ipv4/ip_local_port_range), where it picks the local port of
+# every outgoing connection: a port found free in there can be taken by some
+# client's connection before the component binds it (kube-apiserver once
+# failed so). Outside it only an explicit bind takes a port; should one do so
+# all the same, `up` starts again with other ports (up_with_retry).
 declare -A taken_ports=()
-# free_port VAR: set VAR to a TCP port nothing listens on (and not handed out
-# by this run: hence no command substitution, which would lose taken_ports).
+port_lo=0 port_hi=0
+# port_range: port_lo..port_hi = 20000 up to the ephemeral range, or, if that
+# leaves fewer than 1000 ports, above the range.
+port_range() {
+  local eph_lo=32768 eph_hi=60999
+  read -r eph_lo eph_hi </proc/sys/net/ipv4/ip_local_port_range || true
+  if ((eph_lo - 20000 >= 1000)); then
+    port_lo=20000 port_hi=$((eph_lo - 1))
+  elif ((65535 - eph_hi >= 1000)); then
+    port_lo=$((eph_hi + 1)) port_hi=65535
+  else
+    die "fewer than 1000 ports outside the ephemeral range $eph_lo-$eph_hi (net.ipv4.ip_local_port_range)"
+  fi
+}
+
+# free_port VAR: set VAR to a TCP port outside the ephemeral range that no
+# socket uses (and not handed out by this run: hence no command substitution,
+# which would lose taken_ports).
 free_port() {
-  local var="$1" listening p i
-  listening=" $(ss -Htln 2>/dev/null | awk '{n=split($4,a,":"); print a[n]}' | tr '\n' ' ') "
+  local var="$1" used p i
+  ((port_lo)) || port_range
+  used=" $(ss -Htan 2>/dev/null | awk '{n=split($4,a,":"); print a[n]}' | tr '\n' ' ') "
   for ((i = 0; i < 200; i++)); do
-    p=$((20000 + RANDOM % 30000))
-    [[ "$listening" == *" $p "* || -n "${taken_ports[$p]:-}" ]] && continue
+    p=$((port_lo + (RANDOM * 32768 + RANDOM) % (port_hi - port_lo + 1)))
+    [[ "$used" == *" $p "* || -n "${taken_ports[$p]:-}" ]] && continue
     taken_ports[$p]=1
     printf -v "$var" '%s' "$p"
     return
   done
-  die "no free port found"
+  die "no free port found in $port_lo-$port_hi"
 }
 
 # --- certificates ------------------------------------------------------------
@@ -268,6 +292,26 @@ cmd_up() {
   echo "KUBECONFIG=$dir/admin.kubeconfig"
 }
 
+# up_with_retry DIR: cmd_up; should a component fail to bind its port (its log
+# says "address already in use": something bound the port after free_port
+# found it free), stop what was started and start again with other ports, at
+# most 3 times in all. The logs of a failed attempt stay as NAME.log.attemptN.
+up_with_retry() {
+  local dir="$1" attempt rc f
+  for attempt in 1 2 3; do
+    set +e
+    (set -e; cmd_up "$dir")
+    rc=$?
+    set -e
+    if ((rc == 0)); then return 0; fi
+    if ((attempt == 3)) || ! grep -qs 'address already in use' "$dir"/logs/*.log; then return "$rc"; fi
+    log "a component could not bind its port (taken after it was found free); starting again with other ports"
+    cmd_down "$dir"
+    for f in "$dir"/logs/*.log; do mv "$f" "$f.attempt$attempt"; done
+    rm -rf "$dir/etcd-data"
+  done
+}
+
 cmd_down() {
   local dir="$1"
   [[ -n "$dir" && -d "$dir" ]] || die "usage: $0 down DIR (an existing directory)"
@@ -301,7 +345,7 @@ cmd_run() {
   run_dir="$dir" # a global: the trap may run inside any function
   trap 'cmd_down "$run_dir"' EXIT
   trap 'exit 130' INT TERM
-  cmd_up "$dir" >/dev/null
+  up_with_retry "$dir" >/dev/null
   local rc=0
   KUBECONFIG="$dir/admin.kubeconfig" "$@" || rc=$?
   exit "$rc"
@@ -323,7 +367,7 @@ case "${1:-}" in
     up_ok=0 up_dir="${2:-}"
     trap '((up_ok)) || { [[ -d "$up_dir" ]] && cmd_down "$up_dir"; }' EXIT
     trap 'exit 130' INT TERM
-    cmd_up "${2:-}"
+    up_with_retry "${2:-}"
     # shellcheck disable=SC2034 # read by the EXIT trap
     up_ok=1 ;;
   down) cmd_down "${2:-}" ;;

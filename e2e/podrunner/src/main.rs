@@ -5,9 +5,10 @@
 //! provisions claims as directories, and runs every container of its pods as a
 //! local process in the pod's own network namespace (a real address on a
 //! bridge), with env, the downward API, volumes bind-mounted at their mount
-//! paths, StatefulSet DNS names in the pod's /etc/hosts, probes, restarts,
-//! and graceful deletion. See e2e/README.md.
+//! paths, cluster DNS names from Services in the pod's /etc/hosts, probes,
+//! restarts, and graceful deletion. See e2e/README.md.
 
+mod dns;
 mod env;
 mod forward;
 mod net;
@@ -15,7 +16,7 @@ mod pod;
 mod probe;
 mod volumes;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -25,7 +26,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams, PostParams};
@@ -105,9 +106,10 @@ pub struct Runner {
     pub net: PodNetwork,
     pub api_port: u16,
     pub shutdown: CancellationToken,
-    /// uid -> network namespace of running pods, whose /etc/hosts the node loop keeps.
-    netns: Mutex<HashMap<String, String>>,
-    hosts: Mutex<String>,
+    /// Cluster DNS domain.
+    pub cluster_domain: String,
+    /// The cluster DNS, and the running pods whose /etc/hosts it feeds.
+    dns: Mutex<Dns>,
     /// Mount points that did not exist on the host before a container's
     /// `mkdir -p` made them (empty there: the mounts live in the containers'
     /// namespaces); removed with rmdir when the runner stops.
@@ -115,12 +117,19 @@ pub struct Runner {
 }
 
 impl Runner {
-    pub fn register_netns(&self, uid: &str, net: &PodNet) {
+    /// Writes the pod's /etc/hosts and resolv.conf (`ip netns exec` mounts
+    /// them) and keeps the hosts file current from now on.
+    pub fn register_netns(&self, uid: &str, net: &PodNet, pod: &Pod) {
         let dir = net::netns_etc(&net.netns);
         let _ = std::fs::create_dir_all(&dir);
-        let _ = std::fs::write(dir.join("hosts"), self.hosts.lock().unwrap().as_bytes());
         let _ = std::fs::write(dir.join("resolv.conf"), b"# pod runner: names resolve through /etc/hosts\n");
-        self.netns.lock().unwrap().insert(uid.to_string(), net.netns.clone());
+        let me = dns::PodIdentity::of(pod, &net.ip.to_string(), &self.cluster_domain);
+        let mut dns = self.dns.lock().unwrap();
+        let content = dns::hosts_file(&dns.records, &me, &self.cluster_domain);
+        if let Err(e) = std::fs::write(dir.join("hosts"), content.as_bytes()) {
+            tracing::warn!(netns = %net.netns, error = %e, "writing pod hosts file");
+        }
+        dns.pods.insert(uid.to_string(), PodHosts { netns: net.netns.clone(), me, written: content });
     }
 
     /// Records the directories `mkdir -p target` is about to create on the host.
@@ -145,58 +154,50 @@ impl Runner {
     }
 
     pub fn unregister_netns(&self, uid: &str) {
-        self.netns.lock().unwrap().remove(uid);
+        self.dns.lock().unwrap().pods.remove(uid);
     }
 
-    /// Rewrites every pod's hosts file in place (it is bind-mounted over
-    /// /etc/hosts, so the inode must stay) when the content changes.
-    fn update_hosts(&self, content: String) {
-        let mut cur = self.hosts.lock().unwrap();
-        if *cur == content {
+    /// Rewrites the hosts files whose content the new cluster DNS changes, in
+    /// place (`ip netns exec` bind-mounts them over /etc/hosts: the inode
+    /// must stay).
+    fn update_dns(&self, records: Vec<dns::Record>) {
+        let mut guard = self.dns.lock().unwrap();
+        if guard.records == records {
             return;
         }
-        *cur = content;
-        for netns in self.netns.lock().unwrap().values() {
-            let p = net::netns_etc(netns).join("hosts");
-            if let Err(e) = std::fs::OpenOptions::new().write(true).truncate(true).open(&p).and_then(|mut f| {
+        let dns = &mut *guard;
+        dns.records = records;
+        for pod in dns.pods.values_mut() {
+            let content = dns::hosts_file(&dns.records, &pod.me, &self.cluster_domain);
+            if content == pod.written {
+                continue;
+            }
+            let p = net::netns_etc(&pod.netns).join("hosts");
+            match std::fs::OpenOptions::new().write(true).truncate(true).open(&p).and_then(|mut f| {
                 use std::io::Write;
-                f.write_all(cur.as_bytes())
+                f.write_all(content.as_bytes())
             }) {
-                tracing::warn!(file = %p.display(), error = %e, "updating pod hosts file");
+                Ok(()) => pod.written = content,
+                Err(e) => tracing::warn!(file = %p.display(), error = %e, "updating pod hosts file"),
             }
         }
     }
 }
 
-/// /etc/hosts for pods: every pod with an address, by StatefulSet name
-/// (hostname.subdomain.namespace.svc.DOMAIN) and pod name.
-fn hosts_file(pods: &[Arc<Pod>], domain: &str) -> String {
-    let mut lines = BTreeMap::new();
-    for p in pods {
-        let Some(ip) = p.status.as_ref().and_then(|s| s.pod_ip.clone()) else { continue };
-        if p.metadata.deletion_timestamp.is_some()
-            && p.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Running")
-        {
-            continue;
-        }
-        let ns = p.namespace().unwrap_or_default();
-        let spec = p.spec.clone().unwrap_or_default();
-        let mut names = vec![];
-        if let (Some(h), Some(sub)) = (&spec.hostname, &spec.subdomain) {
-            names.push(format!("{h}.{sub}.{ns}.svc.{domain}"));
-            names.push(format!("{h}.{sub}.{ns}.svc"));
-            names.push(format!("{h}.{sub}.{ns}"));
-            names.push(format!("{h}.{sub}"));
-        }
-        names.push(format!("{}.{ns}.pod.{domain}", ip.replace('.', "-")));
-        lines.insert(format!("{ns}/{}", p.name_any()), format!("{ip}\t{}", names.join(" ")));
-    }
-    let mut s = String::from("# managed by the shardkv e2e pod runner\n127.0.0.1\tlocalhost\n::1\tlocalhost\n");
-    for l in lines.values() {
-        s.push_str(l);
-        s.push('\n');
-    }
-    s
+/// The cluster DNS (from the API's pods and Services) and the pods it serves.
+#[derive(Default)]
+struct Dns {
+    records: Vec<dns::Record>,
+    /// By pod uid.
+    pods: HashMap<String, PodHosts>,
+}
+
+/// A running pod's hosts file.
+struct PodHosts {
+    netns: String,
+    me: dns::PodIdentity,
+    /// What the file holds now.
+    written: String,
 }
 
 async fn register_node(client: &Client, name: &str, gateway: &str) -> Result<()> {
@@ -339,20 +340,20 @@ async fn main() -> Result<()> {
         net,
         api_port: args.api_port,
         shutdown: shutdown.clone(),
-        netns: Mutex::new(HashMap::new()),
-        hosts: Mutex::new(String::new()),
+        cluster_domain: args.cluster_domain.clone(),
+        dns: Mutex::new(Dns::default()),
         mountpoints: Mutex::new(Default::default()),
     });
     let result = run(runner.clone(), &args, upstream, admin, scheduler).await;
     shutdown.cancel();
     // Pod workers stop their processes (bounded), then the bridge goes.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !runner.netns.lock().unwrap().is_empty() && tokio::time::Instant::now() < deadline {
+    while !runner.dns.lock().unwrap().pods.is_empty() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     runner.net.destroy().await;
     runner.remove_mountpoints();
-    let _ = std::fs::remove_dir("/.podrunner-stage");
+    let _ = std::fs::remove_dir(pod::STAGE_ROOT);
     tracing::info!(%gateway, "pod runner stopped");
     result
 }
@@ -377,6 +378,9 @@ async fn run(runner: Arc<Runner>, args: &Args, upstream: String, admin: Client, 
 
     let wake = Arc::new(Notify::new());
     let pods = reflect(Api::<Pod>::all(scheduler.clone()), wake.clone());
+    // The kubelet's own read of Services (the Node authorizer's static node
+    // rules allow get/list/watch of services cluster-wide).
+    let services = reflect(Api::<Service>::all(client.clone()), wake.clone());
     let pvcs = reflect(Api::<PersistentVolumeClaim>::all(admin.clone()), wake.clone());
     let pvs = reflect(Api::<PersistentVolume>::all(admin.clone()), wake.clone());
     let volumes_dir = runner.work_dir.join("volumes");
@@ -405,7 +409,7 @@ async fn run(runner: Arc<Runner>, args: &Args, upstream: String, admin: Client, 
         {
             tracing::warn!(error = %format!("{e:#}"), "provisioning");
         }
-        runner.update_hosts(hosts_file(&mine, &args.cluster_domain));
+        runner.update_dns(dns::records(&all, &services.state()));
         // Pod workers: start new ones, feed updates, tell the gone.
         let mut seen = std::collections::HashSet::new();
         for p in &mine {
@@ -452,38 +456,4 @@ async fn run(runner: Arc<Runner>, args: &Args, upstream: String, admin: Client, 
         let _ = tokio::time::timeout(Duration::from_secs(20), h).await;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn pod(ns: &str, name: &str, ip: Option<&str>, sts: Option<(&str, &str)>) -> Arc<Pod> {
-        let mut spec = json!({"containers": []});
-        if let Some((h, sub)) = sts {
-            spec["hostname"] = json!(h);
-            spec["subdomain"] = json!(sub);
-        }
-        let mut p = json!({"metadata": {"name": name, "namespace": ns}, "spec": spec});
-        if let Some(ip) = ip {
-            p["status"] = json!({"podIP": ip, "phase": "Running"});
-        }
-        Arc::new(serde_json::from_value(p).unwrap())
-    }
-
-    #[test]
-    fn hosts_file_names_statefulset_pods_and_skips_pods_without_address() {
-        let pods = vec![
-            pod("db", "demo-g1-0", Some("10.213.0.2"), Some(("demo-g1-0", "demo-g1"))),
-            pod("db", "loose", Some("10.213.0.3"), None),
-            pod("db", "pending", None, Some(("pending", "demo-g1"))),
-        ];
-        let hosts = hosts_file(&pods, "cluster.local");
-        assert!(hosts.contains("127.0.0.1\tlocalhost\n"));
-        assert!(hosts.contains(
-            "10.213.0.2\tdemo-g1-0.demo-g1.db.svc.cluster.local demo-g1-0.demo-g1.db.svc demo-g1-0.demo-g1.db demo-g1-0.demo-g1 10-213-0-2.db.pod.cluster.local\n"
-        ));
-        assert!(hosts.contains("10.213.0.3\t10-213-0-3.db.pod.cluster.local\n"));
-        assert!(!hosts.contains("pending"));
-    }
 }

@@ -29,8 +29,10 @@ pub type PodUpdates = watch::Receiver<Option<Arc<Pod>>>;
 /// the mounts exist only in the containers' mount namespaces). At the root,
 /// so no volume mount can hide them.
 fn stage_dir(netns: &str) -> PathBuf {
-    PathBuf::from("/.podrunner-stage").join(netns)
+    PathBuf::from(STAGE_ROOT).join(netns)
 }
+
+pub const STAGE_ROOT: &str = "/.podrunner-stage";
 
 /// Removes staging directories bottom-up with rmdir only: should a staged
 /// mount ever be visible here, its content is never touched.
@@ -196,7 +198,7 @@ impl Worker {
         std::fs::create_dir_all(&self.dir)?;
         let net = self.runner.net.add_pod(&uid[..12.min(uid.len())]).await.context("pod network")?;
         self.net = Some(net.clone());
-        self.runner.register_netns(&uid, &net);
+        self.runner.register_netns(&uid, &net, &self.pod);
         self.start_time = Some(now());
         let pod_ip = net.ip.to_string();
         let host_ip = self.runner.net.gateway.to_string();
@@ -371,71 +373,41 @@ impl Worker {
         }
         argv.extend(spec.args.iter().flatten().map(|a| crate::env::expand(a, &env)));
 
-        // Mounts, shortest target first so nested mounts land on top.
-        let mut mounts = spec.volume_mounts.clone().unwrap_or_default();
-        mounts.sort_by_key(|m| m.mount_path.len());
         // Every source is first bind-mounted into a staging directory, so
         // that a mount over, say, /tmp cannot hide a source below it.
         let stage = stage_dir(&net.netns).join(&spec.name);
         remove_stage(&stage);
-        let mut binds: Vec<(PathBuf, String, bool)> = Vec::new();
+        let mut binds: Vec<Bind> = Vec::new();
         if as_user {
-            binds.push((image_dir.clone(), IMAGE_MOUNT.to_string(), true));
+            binds.push(Bind { source: image_dir.clone(), target: IMAGE_MOUNT.to_string(), read_only: true });
         }
-        for m in &mounts {
-            let mut src =
+        for m in spec.volume_mounts.iter().flatten() {
+            let mut source =
                 self.volumes.get(&m.name).with_context(|| format!("volumeMount {} names no volume", m.name))?.clone();
             if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
-                src = src.join(sub);
-                std::fs::create_dir_all(&src)?;
+                source = source.join(sub);
+                std::fs::create_dir_all(&source)?;
             }
-            binds.push((src, m.mount_path.clone(), m.read_only == Some(true)));
+            binds.push(Bind { source, target: m.mount_path.clone(), read_only: m.read_only == Some(true) });
         }
-        let mut script = String::from("set -e\n");
-        for (i, (src, _, _)) in binds.iter().enumerate() {
-            let staged = stage.join(i.to_string());
-            std::fs::create_dir_all(&staged)?;
-            script.push_str(&format!(
-                "mount --bind {} {}\n",
-                shell_quote(&src.to_string_lossy()),
-                shell_quote(&staged.to_string_lossy())
-            ));
-        }
-        for (_, target, _) in &binds {
-            self.runner.note_mountpoint(std::path::Path::new(target));
-        }
-        for (i, (_, target, ro)) in binds.iter().enumerate() {
-            let (s, t) = (shell_quote(&stage.join(i.to_string()).to_string_lossy()), shell_quote(target));
-            script.push_str(&format!("mkdir -p {t}\nmount --bind {s} {t}\n"));
-            if *ro {
-                script.push_str(&format!("mount -o remount,bind,ro {t}\n"));
-            }
-        }
-        if let Some(wd) = spec.working_dir.as_deref().filter(|s| !s.is_empty()) {
-            script.push_str(&format!("mkdir -p {0}\ncd {0}\n", shell_quote(wd)));
+        // Shortest target first, so nested mounts land on top.
+        binds.sort_by_key(|b| b.target.len());
+        for (i, b) in binds.iter().enumerate() {
+            std::fs::create_dir_all(stage.join(i.to_string()))?;
+            self.runner.note_mountpoint(std::path::Path::new(&b.target));
         }
         if non_root && user.unwrap_or(0) == 0 {
             bail!("runAsNonRoot is set but no non-zero runAsUser: the pod runner runs images as root otherwise");
         }
-        if user.is_some() || group.is_some() {
-            let groups = match psc
-                .fs_group
-                .into_iter()
-                .chain(psc.supplemental_groups.iter().flatten().copied())
-                .map(|g| g.to_string())
-                .collect::<Vec<_>>()
-            {
-                g if g.is_empty() => "--clear-groups".to_string(),
-                g => format!("--groups={}", g.join(",")),
-            };
-            script.push_str(&format!(
-                "exec setpriv --reuid={} --regid={} {groups} -- \"$@\"\n",
-                user.unwrap_or(0),
-                group.or(user).unwrap_or(0)
-            ));
-        } else {
-            script.push_str("exec \"$@\"\n");
-        }
+        let groups = psc.fs_group.into_iter().chain(psc.supplemental_groups.iter().flatten().copied()).collect();
+        let script = container_script(&Launch {
+            stage,
+            binds,
+            read_only_root: spec.security_context.as_ref().and_then(|s| s.read_only_root_filesystem) == Some(true),
+            working_dir: spec.working_dir.clone().filter(|s| !s.is_empty()),
+            run_as: (user.is_some() || group.is_some())
+                .then(|| (user.unwrap_or(0), group.or(user).unwrap_or(0), groups)),
+        });
 
         let log_dir = self.runner.work_dir.join("logs");
         std::fs::create_dir_all(&log_dir)?;
@@ -752,6 +724,112 @@ impl Worker {
     }
 }
 
+/// A bind mount of a container: the host directory `source` at `target`.
+struct Bind {
+    source: PathBuf,
+    target: String,
+    read_only: bool,
+}
+
+/// How a container starts: what [container_script] needs.
+struct Launch {
+    /// The container's staging directory: bind `i` is staged at `stage/i`.
+    stage: PathBuf,
+    /// Shortest target first.
+    binds: Vec<Bind>,
+    /// securityContext.readOnlyRootFilesystem.
+    read_only_root: bool,
+    working_dir: Option<String>,
+    /// (uid, gid, supplementary groups) for setpriv.
+    run_as: Option<(i64, i64, Vec<i64>)>,
+}
+
+/// Is `path` strictly below one of `targets`?
+fn below_a_target<'a>(path: &str, mut targets: impl Iterator<Item = &'a str>) -> bool {
+    let p = std::path::Path::new(path);
+    targets.any(|t| {
+        let t = std::path::Path::new(t);
+        p != t && p.starts_with(t)
+    })
+}
+
+/// The script `ip netns exec NETNS /bin/sh -c SCRIPT sh ARGV...` runs to
+/// start a container: in the mount namespace `ip netns exec` made (a slave of
+/// the host's: no mount made here propagates back), it mounts the volumes,
+/// makes the rest read-only for readOnlyRootFilesystem, and execs ARGV.
+///
+/// Read-only root: every mount of the namespace is remounted read-only with
+/// `remount,bind,ro`, which changes that mount of this namespace only (a
+/// remount without `bind` would change the file system itself, for the host
+/// too), except what a container runtime leaves writable (/dev, /dev/shm,
+/// /proc, and the kubelet's /etc/hosts and /etc/resolv.conf). Volumes are
+/// mounted afterwards, so they stay writable unless `readOnly`; /tmp is
+/// writable only with a volume there. Mount points on the root file system
+/// (and the working directory) are made before it turns read-only; those
+/// below another volume are made in that volume, once mounted.
+fn container_script(l: &Launch) -> String {
+    let q = |p: &std::path::Path| shell_quote(&p.to_string_lossy());
+    let staged = |i: usize| q(&l.stage.join(i.to_string()));
+    let targets = || l.binds.iter().map(|b| b.target.as_str());
+    let mut s = String::from("set -e\n");
+    for (i, b) in l.binds.iter().enumerate() {
+        s.push_str(&format!("mount --bind {} {}\n", q(&b.source), staged(i)));
+    }
+    for b in &l.binds {
+        if !below_a_target(&b.target, targets()) {
+            s.push_str(&format!("mkdir -p {}\n", shell_quote(&b.target)));
+        }
+    }
+    let wd_in_volume = l.working_dir.as_deref().is_some_and(|wd| below_a_target(wd, targets()));
+    if let Some(wd) = l.working_dir.as_deref().filter(|_| !wd_in_volume) {
+        s.push_str(&format!("mkdir -p {}\n", shell_quote(wd)));
+    }
+    if l.read_only_root {
+        let stage_root = shell_quote(STAGE_ROOT);
+        s.push_str(&format!(
+            "# readOnlyRootFilesystem\n\
+             set -f\n\
+             for m in $(cut -d' ' -f5 /proc/self/mountinfo); do\n\
+             \x20 m=$(printf '%b' \"$m\")\n\
+             \x20 case \"$m\" in\n\
+             \x20   /dev|/dev/*|/proc|/proc/*|/etc/hosts|/etc/resolv.conf|{stage_root}|{stage_root}/*) ;;\n\
+             \x20   /) mount -o remount,bind,ro / ;;\n\
+             \x20   *) mount -o remount,bind,ro \"$m\" || echo \"podrunner: $m stays writable\" >&2 ;;\n\
+             \x20 esac\n\
+             done\n\
+             set +f\n"
+        ));
+    }
+    for (i, b) in l.binds.iter().enumerate() {
+        let t = shell_quote(&b.target);
+        if below_a_target(&b.target, targets()) {
+            s.push_str(&format!("mkdir -p {t}\n"));
+        }
+        s.push_str(&format!("mount --bind {} {t}\n", staged(i)));
+        if b.read_only {
+            s.push_str(&format!("mount -o remount,bind,ro {t}\n"));
+        }
+    }
+    if let Some(wd) = &l.working_dir {
+        if wd_in_volume {
+            s.push_str(&format!("mkdir -p {}\n", shell_quote(wd)));
+        }
+        s.push_str(&format!("cd {}\n", shell_quote(wd)));
+    }
+    match &l.run_as {
+        Some((uid, gid, groups)) => {
+            let groups = if groups.is_empty() {
+                "--clear-groups".to_string()
+            } else {
+                format!("--groups={}", groups.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(","))
+            };
+            s.push_str(&format!("exec setpriv --reuid={uid} --regid={gid} {groups} -- \"$@\"\n"));
+        }
+        None => s.push_str("exec \"$@\"\n"),
+    }
+    s
+}
+
 /// The container's (user, group, runAsNonRoot), container settings first.
 fn run_as(psc: &k8s_openapi::api::core::v1::PodSecurityContext, c: &Container) -> (Option<i64>, Option<i64>, bool) {
     let csc = c.security_context.clone().unwrap_or_default();
@@ -767,5 +845,147 @@ pub fn signal_group(pid: u32, sig: i32) {
     // SAFETY: kill(2) has no memory effects; a stale pid is an ESRCH error.
     unsafe {
         libc::kill(-(pid as i32), sig);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn launch(read_only_root: bool) -> Launch {
+        let bind =
+            |source: &str, target: &str, read_only| Bind { source: source.into(), target: target.into(), read_only };
+        Launch {
+            stage: PathBuf::from("/.podrunner-stage/skv-1/c"),
+            binds: vec![
+                bind("/w/tmp", "/tmp", false),
+                bind("/w/data", "/var/lib/app", false),
+                bind("/w/token", "/var/lib/app/token", true),
+            ],
+            read_only_root,
+            working_dir: Some("/var/lib/app/work".into()),
+            run_as: Some((10001, 10001, vec![10001])),
+        }
+    }
+
+    /// The index of the line of `script` that is `line`.
+    fn at(script: &str, line: &str) -> usize {
+        script.lines().position(|l| l == line).unwrap_or_else(|| panic!("no line {line:?} in:\n{script}"))
+    }
+
+    #[test]
+    fn read_only_root_comes_after_mount_points_and_before_the_volumes() {
+        let s = container_script(&launch(true));
+        let ro_root = at(&s, "    /) mount -o remount,bind,ro / ;;");
+        // Volumes are staged, and mount points on the root made, while it is writable.
+        assert!(at(&s, "mount --bind '/w/data' '/.podrunner-stage/skv-1/c/1'") < ro_root);
+        assert!(at(&s, "mkdir -p '/var/lib/app'") < ro_root);
+        assert!(at(&s, "mkdir -p '/tmp'") < ro_root);
+        // Volumes are mounted over the read-only root, so they stay writable
+        // (unless readOnly); a mount point below a volume is made in it.
+        assert!(ro_root < at(&s, "mount --bind '/.podrunner-stage/skv-1/c/0' '/tmp'"));
+        assert!(
+            at(&s, "mount --bind '/.podrunner-stage/skv-1/c/1' '/var/lib/app'")
+                < at(&s, "mkdir -p '/var/lib/app/token'")
+        );
+        assert!(
+            at(&s, "mkdir -p '/var/lib/app/token'")
+                < at(&s, "mount --bind '/.podrunner-stage/skv-1/c/2' '/var/lib/app/token'")
+        );
+        assert!(
+            at(&s, "mount --bind '/.podrunner-stage/skv-1/c/2' '/var/lib/app/token'")
+                < at(&s, "mount -o remount,bind,ro '/var/lib/app/token'")
+        );
+        // The working directory is in a volume: made there.
+        assert!(
+            at(&s, "mount --bind '/.podrunner-stage/skv-1/c/1' '/var/lib/app'")
+                < at(&s, "mkdir -p '/var/lib/app/work'")
+        );
+        assert!(at(&s, "mkdir -p '/var/lib/app/work'") < at(&s, "cd '/var/lib/app/work'"));
+        // What a runtime leaves writable, and the staged volumes, are not touched.
+        assert!(s.contains(
+            "/dev|/dev/*|/proc|/proc/*|/etc/hosts|/etc/resolv.conf|'/.podrunner-stage'|'/.podrunner-stage'/*) ;;"
+        ));
+        assert!(s.ends_with("exec setpriv --reuid=10001 --regid=10001 --groups=10001 -- \"$@\"\n"));
+        // Never a remount of a file system itself (that would reach the host): always `bind`.
+        for l in s.lines().filter(|l| l.contains("remount")) {
+            assert!(l.contains("remount,bind,ro"), "{l}");
+        }
+    }
+
+    #[test]
+    fn without_read_only_root_the_root_stays_as_it_is() {
+        let s = container_script(&Launch { run_as: None, ..launch(false) });
+        assert!(!s.contains("mountinfo"));
+        assert_eq!(s.matches("remount").count(), 1, "only the readOnly volume:\n{s}");
+        assert!(at(&s, "mkdir -p '/tmp'") < at(&s, "mount --bind '/.podrunner-stage/skv-1/c/0' '/tmp'"));
+        assert!(s.ends_with("cd '/var/lib/app/work'\nexec \"$@\"\n"));
+    }
+
+    #[test]
+    fn below_a_target_compares_whole_components() {
+        let targets = ["/data", "/tmp"];
+        assert!(below_a_target("/data/x", targets.iter().copied()));
+        assert!(!below_a_target("/data", targets.iter().copied()));
+        assert!(!below_a_target("/database", targets.iter().copied()));
+    }
+
+    /// Runs a container script for real, as root (`cargo test -p
+    /// shardkv-e2e-podrunner -- --ignored`): in a mount namespace like the
+    /// one `ip netns exec` makes, with a read-only root, a writable and a
+    /// read-only volume. The host's root must still be writable afterwards.
+    #[test]
+    #[ignore = "needs root: mounts in a new mount namespace"]
+    fn read_only_root_for_real() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: not root");
+            return;
+        }
+        let id = std::process::id();
+        let base = std::env::temp_dir().join(format!("podrunner-ro-test-{id}"));
+        let stage = PathBuf::from(STAGE_ROOT).join(format!("test-{id}"));
+        let (rw, ro) = (base.join("rw"), base.join("ro"));
+        let (mnt_rw, mnt_ro) = (base.join("mnt/rw"), base.join("mnt/ro"));
+        for d in [&rw, &ro, &stage.join("0"), &stage.join("1")] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let s = |p: &PathBuf| p.to_string_lossy().into_owned();
+        let script = container_script(&Launch {
+            stage: stage.clone(),
+            binds: vec![
+                Bind { source: rw.clone(), target: s(&mnt_rw), read_only: false },
+                Bind { source: ro.clone(), target: s(&mnt_ro), read_only: true },
+            ],
+            read_only_root: true,
+            working_dir: Some(s(&mnt_rw)),
+            run_as: None,
+        });
+        let probe = format!(
+            "fail() {{ echo \"$*\" >&2; exit 1; }}\n\
+             echo ok > written\n\
+             if touch {ro}/x 2>/dev/null; then fail 'the readOnly volume is writable'; fi\n\
+             if touch /.podrunner-ro-test 2>/dev/null; then fail 'the root is writable'; fi\n\
+             if touch {base}/outside 2>/dev/null; then fail '{base} is writable'; fi\n\
+             echo x > /dev/null\n\
+             touch /dev/shm/podrunner-ro-test-{id} || fail '/dev/shm is not writable'\n\
+             rm /dev/shm/podrunner-ro-test-{id}\n",
+            ro = s(&mnt_ro),
+            base = s(&base),
+        );
+        let out = std::process::Command::new("unshare")
+            .args(["--mount", "--propagation", "slave", "/bin/sh", "-c", &script, "sh", "/bin/sh", "-ec", &probe])
+            .output()
+            .unwrap();
+        let host_root_writable = std::fs::File::create("/.podrunner-ro-test-host").is_ok();
+        let _ = std::fs::remove_file("/.podrunner-ro-test-host");
+        let written = std::fs::read_to_string(rw.join("written"));
+        let _ = std::fs::remove_file("/.podrunner-ro-test"); // should the probe have made it
+        let _ = std::fs::remove_dir_all(&base);
+        remove_stage(&stage);
+        let _ = std::fs::remove_dir(STAGE_ROOT);
+        assert!(out.status.success(), "{}\n{script}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(written.unwrap(), "ok\n");
+        assert!(host_root_writable, "the host's root is no longer writable");
     }
 }
