@@ -50,6 +50,11 @@ pub struct ClientOptions {
     pub admin_timeout: Duration,
     /// Time allowed to open a connection to one endpoint.
     pub connect_timeout: Duration,
+    /// Longest wait for one node's answer to a KV request or shard-map query before the
+    /// client tries another replica (within `request_timeout`). A leader that is paused or cut
+    /// off from its peers never answers; without this bound it would hold every request until
+    /// its deadline. A write retried this way keeps its sequence number, so it applies once.
+    pub attempt_timeout: Duration,
     /// What the endpoints are; `None` detects it on first use.
     pub topology: Option<Topology>,
 }
@@ -60,6 +65,7 @@ impl Default for ClientOptions {
             request_timeout: Duration::from_secs(5),
             admin_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(1),
+            attempt_timeout: Duration::from_secs(2),
             topology: None,
         }
     }
@@ -192,6 +198,21 @@ fn give_up(last: tonic::Status, timeout: Duration) -> Error {
             Error::Transport(format!("no endpoint reachable within {timeout:?}; last error: {msg}"))
         }
         other => other,
+    }
+}
+
+/// How long a call to a group may take in all, and how long one attempt at one node may take.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    total: Duration,
+    per_attempt: Duration,
+}
+
+impl Limits {
+    /// No bound per attempt but the call's own: for admin calls that may legitimately wait
+    /// (a membership change waits for a learner to catch up).
+    fn whole(total: Duration) -> Self {
+        Self { total, per_attempt: total }
     }
 }
 
@@ -446,7 +467,7 @@ impl Client {
                 async move {
                     let deadline = Deadline::after(self.request_timeout());
                     let page = self
-                        .call_group(leader, deadline, self.request_timeout(), |channel, timeout| {
+                        .call_group(leader, deadline, self.kv_limits(), |channel, timeout| {
                             let message = message.clone();
                             async move { Ok(KvClient::new(channel).scan(request(message, timeout)).await?.into_inner()) }
                         })
@@ -529,7 +550,7 @@ impl Client {
         let deadline = Deadline::after(self.admin_timeout());
         self.require_sharded(deadline).await?;
         let reply = self
-            .call_group(&self.shared.seeds, deadline, self.admin_timeout(), |channel, timeout| {
+            .call_group(&self.shared.seeds, deadline, Limits::whole(self.admin_timeout()), |channel, timeout| {
                 let call = attempt(channel, timeout);
                 async move { Ok(call.await?.into_inner()) }
             })
@@ -650,6 +671,11 @@ impl Client {
         self.shared.options.admin_timeout
     }
 
+    /// A KV request or shard-map query: `request_timeout` in all, `attempt_timeout` per node.
+    fn kv_limits(&self) -> Limits {
+        Limits { total: self.request_timeout(), per_attempt: self.shared.options.attempt_timeout }
+    }
+
     fn write_header(&self, ticket: &WriteTicket, config_num: u64) -> RequestHeader {
         RequestHeader {
             client_id: self.session.client_id(),
@@ -688,9 +714,8 @@ impl Client {
     /// a data node answers that it is not a meta replica (FAILED_PRECONDITION), and a node
     /// without the Meta service (UNIMPLEMENTED) can only be a standalone group.
     async fn detect_topology(&self, deadline: Deadline) -> Result<Topology> {
-        let timeout = self.request_timeout();
         let answer = self
-            .call_group(&self.shared.seeds, deadline, timeout, |channel, timeout| async move {
+            .call_group(&self.shared.seeds, deadline, self.kv_limits(), |channel, timeout| async move {
                 match MetaClient::new(channel).query(request(QueryRequest { num: 0 }, timeout)).await {
                     Ok(reply) => Ok(Some(reply.into_inner())),
                     Err(status)
@@ -733,7 +758,7 @@ impl Client {
     /// Shard map `num` (0: the latest) from the meta group's leader.
     async fn query_meta(&self, num: u64, deadline: Deadline) -> Result<ShardConfig> {
         let reply = self
-            .call_group(&self.shared.seeds, deadline, self.request_timeout(), |channel, timeout| async move {
+            .call_group(&self.shared.seeds, deadline, self.kv_limits(), |channel, timeout| async move {
                 Ok(MetaClient::new(channel).query(request(QueryRequest { num }, timeout)).await?.into_inner())
             })
             .await
@@ -808,9 +833,10 @@ impl Client {
         Fut: Future<Output = std::result::Result<T, tonic::Status>>,
     {
         let deadline = Deadline::after(timeout);
+        let limits = Limits { total: timeout, ..self.kv_limits() };
         let topology = self.topology_by(deadline).await?;
         if topology == Topology::Standalone {
-            return match self.call_group(&self.shared.seeds, deadline, timeout, |ch, t| attempt(ch, t, 0)).await {
+            return match self.call_group(&self.shared.seeds, deadline, limits, |ch, t| attempt(ch, t, 0)).await {
                 Ok(reply) => Ok(reply),
                 Err(GroupError::Failed(error)) => Err(error),
                 Err(GroupError::WrongGroup(status)) => Err(standalone_wrong_group(status)),
@@ -827,7 +853,7 @@ impl Client {
                 Ok((_shard, group)) => {
                     let leader = self.group_leader(&map, group);
                     let num = map.num();
-                    match self.call_group(&leader, deadline, timeout, |ch, t| attempt(ch, t, num)).await {
+                    match self.call_group(&leader, deadline, limits, |ch, t| attempt(ch, t, num)).await {
                         Ok(reply) => return Ok(reply),
                         Err(GroupError::Failed(error)) => return Err(error),
                         Err(GroupError::WrongGroup(status)) => RouteFailure::WrongGroup(status),
@@ -852,19 +878,20 @@ impl Client {
         F: FnMut(Channel, Duration) -> Fut,
         Fut: Future<Output = std::result::Result<T, tonic::Status>>,
     {
-        self.call_group(&self.shared.seeds, Deadline::after(timeout), timeout, attempt)
+        self.call_group(&self.shared.seeds, Deadline::after(timeout), Limits::whole(timeout), attempt)
             .await
             .map_err(|e| self.meta_error(e))
     }
 
     /// Runs `attempt` against the leader of one group until it succeeds, fails for good, is
-    /// refused with WrongGroup, or `deadline` passes (`timeout` is its length, for messages).
-    /// Each attempt gets the remaining time as its gRPC deadline.
+    /// refused with WrongGroup, or `deadline` passes (`limits.total` is its length, for
+    /// messages). Each attempt gets at most `limits.per_attempt` of the remaining time as its
+    /// gRPC deadline; a node that does not answer within it is passed over for the next replica.
     async fn call_group<T, F, Fut>(
         &self,
         leader: &Leader,
         deadline: Deadline,
-        timeout: Duration,
+        limits: Limits,
         mut attempt: F,
     ) -> std::result::Result<T, GroupError>
     where
@@ -881,12 +908,20 @@ impl Client {
             };
             let target = leader.target();
             let channel = self.channel(&target)?;
-            let status = match tokio::time::timeout(remaining, attempt(channel, remaining)).await {
+            let limit = remaining.min(limits.per_attempt);
+            let status = match tokio::time::timeout(limit, attempt(channel, limit)).await {
                 Ok(Ok(reply)) => return Ok(reply),
                 Ok(Err(status)) => status,
-                Err(_elapsed) => return Err(Error::DeadlineExceeded.into()),
+                Err(_elapsed) => tonic::Status::deadline_exceeded(format!("{target} did not answer within {limit:?}")),
             };
-            match next_step(&status) {
+            let step = match status.code() {
+                // Only this attempt ran out of time (its own bound, or the node gave up on it):
+                // another replica may answer before the request's deadline.
+                tonic::Code::DeadlineExceeded if deadline.remaining().is_some() => NextStep::Rotate,
+                tonic::Code::DeadlineExceeded => return Err(Error::DeadlineExceeded.into()),
+                _ => next_step(&status),
+            };
+            match step {
                 NextStep::Fail => return Err(Error::from_status(status).into()),
                 NextStep::WrongGroup(_) => return Err(GroupError::WrongGroup(status)),
                 NextStep::Redirect(addr) if addr != target && !redirected_since_sleep => {
@@ -903,7 +938,7 @@ impl Client {
                     tokio::time::sleep(pause).await;
                     redirected_since_sleep = false;
                 }
-                None => return Err(give_up(status, timeout).into()),
+                None => return Err(give_up(status, limits.total).into()),
             }
         }
     }

@@ -85,9 +85,10 @@ pub enum NextStep {
 
 /// Decides the next step from the status of a failed attempt. INVALID_ARGUMENT and
 /// FAILED_PRECONDITION are never retried at the same group (a FAILED_PRECONDITION carrying a
-/// config number is WrongGroup, retried at the shard's owner); neither is DEADLINE_EXCEEDED,
-/// since the caller's deadline is also the request's. UNAVAILABLE covers both "not the
-/// leader" and "the shard is moving into this group"; both are retried.
+/// config number is WrongGroup, retried at the shard's owner). DEADLINE_EXCEEDED fails here:
+/// the caller, which knows whether only one attempt or the whole request ran out of time,
+/// decides on it before asking. UNAVAILABLE covers both "not the leader" and "the shard is
+/// moving into this group"; both are retried.
 pub fn next_step(status: &tonic::Status) -> NextStep {
     use tonic::Code;
     match status.code() {

@@ -198,6 +198,21 @@ impl Cluster {
         child.wait().expect("reaping killed node");
     }
 
+    /// SIGSTOP (`pause`) / SIGCONT (`resume`): the node keeps its sockets but answers nothing.
+    pub fn pause(&self, id: u64) {
+        self.signal(id, "-STOP");
+    }
+
+    pub fn resume(&self, id: u64) {
+        self.signal(id, "-CONT");
+    }
+
+    fn signal(&self, id: u64, signal: &str) {
+        let pid = self.children.get(&id).expect("node is running").id();
+        let sent = Command::new("kill").arg(signal).arg(pid.to_string()).status().expect("kill");
+        assert!(sent.success(), "kill {signal} {pid}");
+    }
+
     /// SIGTERM, then waits for the process to exit on its own.
     pub fn terminate(&mut self, id: u64) -> ExitStatus {
         let mut child = self.children.remove(&id).expect("node is running");

@@ -128,3 +128,19 @@ async fn a_linearizable_read_right_after_a_leader_change_sees_the_last_write() {
     cluster.kill9(new_leader);
     assert_eq!(client.get("x").await.unwrap().as_deref(), Some(&b"2"[..]));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_leader_does_not_hold_requests_until_their_deadline() {
+    let cluster = Cluster::start(50, 3, &[]).await;
+    let client = cluster.client();
+    client.put(b"k", b"before").await.unwrap();
+    let leader = cluster.leader().await;
+    // The client's next attempt goes to the leader it knows, which no longer answers.
+    cluster.pause(leader);
+    let started = Instant::now();
+    let write = client.put(b"k", b"during").await;
+    let read = client.get(b"k").await;
+    cluster.resume(leader);
+    write.unwrap_or_else(|e| panic!("write with node {leader} paused failed after {:?}: {e}", started.elapsed()));
+    assert_eq!(read.unwrap().as_deref(), Some(&b"during"[..]));
+}
