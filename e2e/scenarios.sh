@@ -13,6 +13,12 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 skip() { echo "$*" >"$SKIP_FILE"; echo "SKIP: $*" >&2; exit 77; }
 step() { echo "[$(date +%T)] $*" >&2; }
 
+# on_exit CMD: run CMD when the scenario ends, however it ends (after the
+# commands registered before it).
+ON_EXIT=()
+on_exit() { ON_EXIT+=("$1"); trap run_on_exit EXIT; }
+run_on_exit() { local c; for c in "${ON_EXIT[@]}"; do eval "$c" || true; done; }
+
 # wait_until TIMEOUT_SECONDS DESCRIPTION CMD...: poll CMD every 0.25 s until it
 # succeeds; fail with DESCRIPTION when the deadline passes.
 wait_until() {
@@ -403,7 +409,8 @@ start_load() {
   step "load '$name' (at most ${seconds}s)"
   load_pod "$name" --duration "$seconds" --stop-file "/history/$name.stop" --clients 8 --keys "$LOAD_KEYS" \
     --prefix "$name" --history "/history/$name.jsonl"
-  echo "$name $SCENARIO_DIR/$name.jsonl" >>"$work/loads"
+  # A scenario that fails does not leave its load running into the next one.
+  on_exit "touch '$SCENARIO_DIR/$name.stop'"
 }
 
 load_done() {
@@ -443,6 +450,8 @@ finish_load() {
   kubectl delete pod -n "$CLUSTER_NS" "load-$name" --wait=false >&2
   run_checker "$name" "$@" "$SCENARIO_DIR/$name.jsonl"
   note "$name: $SUMMARY"
+  # Checked and complete: the durability scenario reads its keys back.
+  echo "$name $SCENARIO_DIR/$name.jsonl" >>"$work/loads"
 }
 
 # finish_disruptive_load NAME FAULT_START_NS FAULT_END_NS...: finish_load with
@@ -481,6 +490,22 @@ node_leader() {
     [[ "$(status_field "$p" .state 2>/dev/null)" == Leader ]] && { echo "$p"; return 0; }
   done
   return 1
+}
+
+# reelected GROUP OLD_POD OLD_TERM: every other member of the group answers, is
+# in a term after OLD_TERM and names one leader. A killed leader that restarts
+# quickly may win that election itself (it has the whole log): what counts is
+# that the group chose a leader again after it went, not stale leadership.
+reelected() {
+  local g="$1" old="$2" term="$3" p s seen=""
+  for p in $(group_pods "$g"); do
+    [[ "$p" == "$old" ]] && continue
+    s="$(node_status "$p")" || return 1
+    jq -e --argjson t "$term" '.term > $t and .leader_id != null' <<<"$s" >/dev/null || return 1
+    [[ -z "$seen" || "$seen" == "$(jq .leader_id <<<"$s")" ]] || return 1
+    seen="$(jq .leader_id <<<"$s")"
+  done
+  [[ -n "$seen" ]]
 }
 
 # new_leader_elected GROUP OLD_POD: every other member of the group answers and
@@ -562,25 +587,29 @@ scenario_kill() {
   need_cluster
   start_load kill 300
   wait_load_progress kill 2000
-  local pod pid restarts t_fault t_healed
+  local pod pid restarts term t_fault t_healed
   pod="$(node_leader 1)" || fail "no node of group 1 says it leads"
-  step "group 1's leader, by its own Status: $pod"
+  term="$(status_field "$pod" .term)"
+  step "group 1's leader, by its own Status: $pod (term $term)"
   restarts="$(pod_field "$CLUSTER_NS" "$pod" '{.status.containerStatuses[0].restartCount}')"
   pid="$(container_pid "$pod")"
   t_fault="$(epoch_ns)"
   step "SIGKILL $pod (pid $pid)"
   kill -KILL "$pid"
-  wait_until 30 "group 1 elected a leader other than $pod" new_leader_elected 1 "$pod"
+  wait_until 30 "group 1 elected a leader in a term after $term" reelected 1 "$pod" "$term"
+  note "group 1 led by node $(status_field "$(group_pods 1 | grep -vx "$pod" | head -n1)" .leader_id) after $pod was killed"
   wait_until 60 "$pod restarted" restart_count_above "$CLUSTER_NS" "$pod" "$restarts"
   wait_until 120 "$pod Ready again (rejoined, caught up)" pod_of_group_ready "$pod"
   # A crash that takes the pod object along: a forced deletion (the pod runner
   # SIGKILLs at once); the StatefulSet recreates the pod on the same volume.
-  local pod2 uid2
+  local pod2 uid2 term2
   pod2="$(node_leader 2)" || fail "no node of group 2 says it leads"
+  term2="$(status_field "$pod2" .term)"
   uid2="$(pod_field "$CLUSTER_NS" "$pod2" '{.metadata.uid}')"
-  step "force-delete group 2's leader $pod2 (SIGKILL, no preStop)"
+  step "force-delete group 2's leader $pod2 (SIGKILL, no preStop; term $term2)"
   kubectl delete pod -n "$CLUSTER_NS" "$pod2" --grace-period=0 --force >&2
-  wait_until 30 "group 2 elected a leader other than $pod2" new_leader_elected 2 "$pod2"
+  wait_until 30 "group 2 elected a leader in a term after $term2" reelected 2 "$pod2" "$term2"
+  note "group 2 led by node $(status_field "$(group_pods 2 | grep -vx "$pod2" | head -n1)" .leader_id) after $pod2 was deleted"
   wait_until 120 "$pod2 recreated by its StatefulSet and Ready" ready_pod_uid_is_not "$CLUSTER_NS" "$pod2" "$uid2"
   t_healed="$(epoch_ns)"
   wait_load_progress kill 2000
@@ -731,7 +760,7 @@ sleep_past_election_timeout() { sleep 3; }
 scenario_partition() {
   need_cluster
   # Never leave a pod cut off, whatever fails.
-  trap heal_all EXIT
+  on_exit heal_all
   start_load partition 300
   wait_load_progress partition 2000
   local leader follower p t1 t2 t3 t4
@@ -758,7 +787,7 @@ scenario_pause() {
   pod="$(node_leader 2)" || fail "no node of group 2 says it leads"
   pid="$(container_pid "$pod")"
   # Never leave the node stopped, whatever fails.
-  trap 'kill -CONT '"$pid"' 2>/dev/null || true' EXIT
+  on_exit "kill -CONT $pid 2>/dev/null"
   t_fault="$(epoch_ns)"
   step "SIGSTOP $pod (pid $pid), group 2's leader"
   kill -STOP "$pid"
@@ -869,25 +898,29 @@ node_pod_incarnations() {
 # The operator dies in the middle of a scale-up; the next one (a new pod that
 # takes the Lease, or the same pod's restarted container) finishes it from
 # what it observes, adding no extra member and touching no other pod.
+# (replicasPerGroup must be odd: 3 -> 5 each time, and back to 3.)
 scenario_operator_crash() {
   need_cluster
-  start_load opcrash 500
+  start_load opcrash 600
   wait_load_progress opcrash 1000
   local before op pid restarts t_fault t_healed
   before="$(node_pod_incarnations)"
   t_fault="$(epoch_ns)"
 
-  set_replicas 4
+  set_replicas 5
   wait_until 60 "the scale-up has begun ($CLUSTER-g1-3 exists)" pod_exists "$CLUSTER-g1-3"
   op="$(operator_pod)"; [[ -n "$op" && "$(lease_holder)" == "$op" ]] || fail "operator pod '$op' does not hold the Lease"
   step "delete the operator pod $op mid scale-up"
   kubectl delete pod -n shardkv-system "$op" --wait=false >&2
   wait_until 120 "a new operator pod holds the Lease" lease_held_by_other "$op"
-  wait_until 240 "11 ready node pods (meta 3 + 2 x 4) and Available" cluster_ready_replicas_is 11
-  expect_members 4
+  wait_until 240 "13 ready node pods (meta 3 + 2 x 5) and Available" cluster_ready_replicas_is 13
+  expect_members 5
+  set_replicas 3
+  wait_until 240 "9 node pods and Available" cluster_ready_replicas_is 9
+  expect_members 3
 
   set_replicas 5
-  wait_until 60 "the scale-up has begun ($CLUSTER-g1-4 exists)" pod_exists "$CLUSTER-g1-4"
+  wait_until 60 "the scale-up has begun ($CLUSTER-g1-3 exists)" pod_exists "$CLUSTER-g1-3"
   op="$(operator_pod)"
   restarts="$(pod_field shardkv-system "$op" '{.status.containerStatuses[0].restartCount}')"
   pid="$(pod_field shardkv-system "$op" '{.status.containerStatuses[0].containerID}')"; pid="${pid#podrunner://}"
@@ -897,12 +930,12 @@ scenario_operator_crash() {
   wait_until 60 "the operator's container restarted" restart_count_above shardkv-system "$op" "$restarts"
   wait_until 240 "13 ready node pods (meta 3 + 2 x 5) and Available" cluster_ready_replicas_is 13
   expect_members 5
-
   set_replicas 3
   wait_until 240 "9 node pods and Available" cluster_ready_replicas_is 9
   wait_until 60 "group 1 back to 3 pods" count_is 3 kubectl get pods -n "$CLUSTER_NS" -l shardkv.dev/group=1 -o name
   expect_members 3
   t_healed="$(epoch_ns)"
+
   local after; after="$(node_pod_incarnations)"
   [[ "$after" == "$before" ]] || fail "node pods were restarted or replaced during the scaling: before $before; after $after"
   wait_load_progress opcrash 1000
@@ -938,7 +971,7 @@ scenario_delete() {
   kubectl get statefulsets -n "$CLUSTER_NS" -l shardkv.dev/cluster="$CLUSTER" --watch-only --output-watch-events \
     -o jsonpath='{.type} {.object.metadata.name}{"\n"}' >"$SCENARIO_DIR/statefulset-events" 2>&1 &
   watch_pid=$!
-  trap 'kill "$watch_pid" 2>/dev/null || true' EXIT
+  on_exit "kill $watch_pid 2>/dev/null"
   step "delete ShardCluster $CLUSTER (finalizer: data groups, then meta; pvcRetention Delete)"
   kubectl delete shardcluster -n "$CLUSTER_NS" "$CLUSTER" --timeout=180s >&2 || fail "ShardCluster not deleted within 180s"
   wait_until 120 "StatefulSets deleted" count_is 0 kubectl get statefulsets -n "$CLUSTER_NS" -o name
