@@ -6,17 +6,21 @@
 //! local process in the pod's own network namespace (a real address on a
 //! bridge), with env, the downward API, volumes bind-mounted at their mount
 //! paths, cluster DNS names from Services in the pod's /etc/hosts, probes,
-//! restarts, and graceful deletion. See e2e/README.md.
+//! restarts, and graceful deletion. Containers run from an OCI image
+//! (`--oci-image`, chrooted into its unpacked root file system, as a runtime
+//! runs them) or, for test-only images, as a host binary (`--image`). See
+//! e2e/README.md.
 
 mod dns;
 mod env;
 mod forward;
 mod net;
+mod oci;
 mod pod;
 mod probe;
 mod volumes;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -48,8 +52,15 @@ struct Args {
     /// Pod directories, claim directories and container logs (logs/).
     #[arg(long)]
     work_dir: PathBuf,
-    /// IMAGE=PATH: containers of IMAGE run the binary PATH (repeatable). A
-    /// container `command` names a binary in PATH's directory.
+    /// IMAGE=OCI_LAYOUT_DIR[:REF]: containers of IMAGE run from this OCI
+    /// image (repeatable), unpacked once into WORK/images/ with umoci, each
+    /// in its own overlay of it, with the image's Entrypoint, Cmd, Env,
+    /// WorkingDir and User (Kubernetes rules).
+    #[arg(long = "oci-image", value_parser = oci::parse_spec)]
+    oci_images: Vec<(String, PathBuf, Option<String>)>,
+    /// IMAGE=PATH: containers of IMAGE run the host binary PATH (repeatable),
+    /// in the host's file system: the fallback for test-only images that have
+    /// no OCI image. A container `command` names a binary in PATH's directory.
     #[arg(long = "image", value_parser = parse_image)]
     images: Vec<(String, PathBuf)>,
     /// Pod network, a /16; the bridge holds its .0.1 (the node address).
@@ -58,6 +69,11 @@ struct Args {
     /// Name of the bridge.
     #[arg(long, default_value = "skve2e0")]
     bridge: String,
+    /// Pod network namespaces are named PREFIX<pod uid>; at start the runner
+    /// removes every namespace so named (a killed runner's). A second runner
+    /// on the machine needs its own prefix, bridge and --pod-cidr.
+    #[arg(long, default_value = "skv-")]
+    netns_prefix: String,
     /// Port on the node address forwarded to the API server for pods
     /// (KUBERNETES_SERVICE_HOST/PORT point there).
     #[arg(long, default_value_t = 6443)]
@@ -102,7 +118,12 @@ pub struct Runner {
     pub client: Client,
     pub node: String,
     pub work_dir: PathBuf,
+    /// Host-binary images (--image).
     pub images: HashMap<String, PathBuf>,
+    /// OCI images (--oci-image), unpacked.
+    pub oci: HashMap<String, Arc<oci::OciImage>>,
+    /// This binary: `container-exec` enters an OCI container's root.
+    pub helper: PathBuf,
     pub net: PodNetwork,
     pub api_port: u16,
     pub shutdown: CancellationToken,
@@ -309,8 +330,39 @@ where
     store
 }
 
+fn main() -> Result<()> {
+    let mut argv = std::env::args_os().skip(1);
+    if argv.next().is_some_and(|a| a == oci::EXEC_HELPER) {
+        std::process::exit(oci::exec_helper(&argv.collect::<Vec<_>>()));
+    }
+    runner_main()
+}
+
+/// Unpacks the OCI images (once per digest) and checks no image is mapped twice.
+async fn load_images(args: &Args, work_dir: &std::path::Path) -> Result<HashMap<String, Arc<oci::OciImage>>> {
+    let mut loaded: HashMap<String, Arc<oci::OciImage>> = HashMap::new();
+    let mut by_name = HashMap::new();
+    for (name, layout, reference) in &args.oci_images {
+        if args.images.iter().any(|(n, _)| n == name) || by_name.contains_key(name) {
+            anyhow::bail!("image {name} is mapped twice (--oci-image, --image)");
+        }
+        let key = format!("{}:{}", layout.display(), reference.as_deref().unwrap_or(""));
+        let image = match loaded.get(&key) {
+            Some(i) => i.clone(),
+            None => {
+                let i = Arc::new(oci::load(layout, reference.as_deref(), &work_dir.join("images")).await?);
+                tracing::info!(image = %name, source = %i.source, digest = %i.digest, rootfs = %i.rootfs.display(), "OCI image unpacked");
+                loaded.insert(key, i.clone());
+                i
+            }
+        };
+        by_name.insert(name.clone(), image);
+    }
+    Ok(by_name)
+}
+
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn runner_main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
@@ -326,8 +378,9 @@ async fn main() -> Result<()> {
     let (scheduler, _) = client_from(args.scheduler_kubeconfig.as_ref()).await?;
     let work_dir = std::path::absolute(&args.work_dir)?;
     std::fs::create_dir_all(work_dir.join("volumes"))?;
+    let oci = load_images(&args, &work_dir).await?;
 
-    let net = PodNetwork::create(&args.bridge, &args.pod_cidr)
+    let net = PodNetwork::create(&args.bridge, &args.pod_cidr, &args.netns_prefix)
         .await
         .context("creating the pod network (needs root and iproute2)")?;
     let gateway = net.gateway;
@@ -337,6 +390,8 @@ async fn main() -> Result<()> {
         node: args.node_name.clone(),
         work_dir: work_dir.clone(),
         images: args.images.iter().cloned().collect(),
+        oci,
+        helper: std::env::current_exe().context("the runner's own path")?,
         net,
         api_port: args.api_port,
         shutdown: shutdown.clone(),
@@ -386,7 +441,8 @@ async fn run(runner: Arc<Runner>, args: &Args, upstream: String, admin: Client, 
     let volumes_dir = runner.work_dir.join("volumes");
     let mut workers: HashMap<String, PodWorker> = HashMap::new();
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tracing::info!(node = %args.node_name, %gateway, images = ?runner.images, "pod runner ready");
+    let oci: BTreeMap<_, _> = runner.oci.iter().map(|(n, i)| (n, &i.digest)).collect();
+    tracing::info!(node = %args.node_name, %gateway, images = ?runner.images, ?oci, "pod runner ready");
     loop {
         let all = pods.state();
         let mine: Vec<_> = all

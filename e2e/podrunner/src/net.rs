@@ -22,6 +22,9 @@ pub async fn ip(args: &[&str]) -> Result<()> {
 
 pub struct PodNetwork {
     pub bridge: String,
+    /// Names of pod network namespaces start with it; host-side veths with
+    /// `v` and it without dashes. The runner owns every namespace so named.
+    netns_prefix: String,
     /// First two octets of the /16.
     prefix: [u8; 2],
     pub gateway: Ipv4Addr,
@@ -42,7 +45,8 @@ pub struct PodNet {
 
 impl PodNetwork {
     /// `cidr` must be `A.B.0.0/16`; the bridge gets `A.B.0.1`.
-    pub async fn create(bridge: &str, cidr: &str) -> Result<PodNetwork> {
+    pub async fn create(bridge: &str, cidr: &str, netns_prefix: &str) -> Result<PodNetwork> {
+        check_netns_prefix(netns_prefix)?;
         let (addr, len) = cidr.split_once('/').context("pod CIDR must look like A.B.0.0/16")?;
         let addr: Ipv4Addr = addr.parse().context("pod CIDR address")?;
         if len != "16" || addr.octets()[2] != 0 || addr.octets()[3] != 0 {
@@ -58,7 +62,7 @@ impl PodNetwork {
         }
         let out = Command::new("ip").args(["netns", "list"]).output().await.context("ip netns list")?;
         for line in String::from_utf8_lossy(&out.stdout).lines() {
-            if let Some(name) = line.split_whitespace().next().filter(|n| n.starts_with("skv-")) {
+            if let Some(name) = line.split_whitespace().next().filter(|n| n.starts_with(netns_prefix)) {
                 let _ = ip(&["netns", "del", name]).await;
                 let _ = std::fs::remove_dir_all(netns_etc(name));
             }
@@ -66,7 +70,13 @@ impl PodNetwork {
         ip(&["link", "add", bridge, "type", "bridge"]).await?;
         ip(&["addr", "add", &format!("{gateway}/16"), "dev", bridge]).await?;
         ip(&["link", "set", bridge, "up"]).await?;
-        Ok(PodNetwork { bridge: bridge.to_string(), prefix: [a, b], gateway, used: Mutex::new((BTreeSet::new(), 0)) })
+        Ok(PodNetwork {
+            bridge: bridge.to_string(),
+            netns_prefix: netns_prefix.to_string(),
+            prefix: [a, b],
+            gateway,
+            used: Mutex::new((BTreeSet::new(), 0)),
+        })
     }
 
     fn allocate(&self) -> Result<u16> {
@@ -91,7 +101,12 @@ impl PodNetwork {
     /// route through the gateway.
     pub async fn add_pod(&self, tag: &str) -> Result<PodNet> {
         let index = self.allocate()?;
-        let net = PodNet { netns: format!("skv-{tag}"), veth: format!("vskv{index}"), ip: self.address(index), index };
+        let net = PodNet {
+            netns: format!("{}{tag}", self.netns_prefix),
+            veth: format!("v{}{index}", self.netns_prefix.replace('-', "")),
+            ip: self.address(index),
+            index,
+        };
         if let Err(e) = self.setup(&net).await {
             self.remove_pod(&net).await;
             return Err(e);
@@ -139,6 +154,17 @@ impl PodNetwork {
     }
 }
 
+/// A namespace prefix keeps runners apart: letters and digits, then `-`, so
+/// that no prefix is the start of another's names; short enough that
+/// `v` + prefix + a 5-digit index fits an interface name (15 bytes).
+pub fn check_netns_prefix(p: &str) -> Result<()> {
+    let body = p.strip_suffix('-').unwrap_or_default();
+    if body.is_empty() || body.len() > 8 || !body.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        bail!("netns prefix {p:?}: 1 to 8 letters or digits, then '-'");
+    }
+    Ok(())
+}
+
 /// `ip netns exec NS` bind-mounts the files of this directory over /etc.
 pub fn netns_etc(netns: &str) -> PathBuf {
     PathBuf::from("/etc/netns").join(netns)
@@ -151,6 +177,7 @@ mod tests {
     fn network() -> PodNetwork {
         PodNetwork {
             bridge: "test0".into(),
+            netns_prefix: "skv-".into(),
             prefix: [10, 213],
             gateway: Ipv4Addr::new(10, 213, 0, 1),
             used: Mutex::new((BTreeSet::new(), 0)),
@@ -169,5 +196,14 @@ mod tests {
         assert_eq!(n.address(n.allocate().unwrap()), Ipv4Addr::new(10, 213, 0, 4));
         assert_eq!(n.address(249), Ipv4Addr::new(10, 213, 0, 251));
         assert_eq!(n.address(250), Ipv4Addr::new(10, 213, 1, 2));
+    }
+
+    #[test]
+    fn netns_prefixes_keep_runners_apart() {
+        check_netns_prefix("skv-").unwrap();
+        check_netns_prefix("skvimg1-").unwrap();
+        for bad in ["skv", "-", "", "s_v-", "skvimage12-", "skv--"] {
+            assert!(check_netns_prefix(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -83,6 +83,9 @@ struct Ctr {
     readiness: ProbeState,
     liveness: ProbeState,
     startup: ProbeState,
+    /// An OCI container's user and group: exec probes and hooks enter its
+    /// root as them. None for a host-binary container.
+    exec_as: Option<(u32, u32)>,
 }
 
 impl Ctr {
@@ -102,10 +105,11 @@ impl Ctr {
             readiness: ProbeState::default(),
             liveness: ProbeState::default(),
             startup: ProbeState::default(),
+            exec_as: None,
         }
     }
 
-    fn status(&self, image_path: Option<&PathBuf>) -> Value {
+    fn status(&self, image_id: String) -> Value {
         let state = if self.pid.is_some() {
             json!({"running": {"startedAt": self.started_at}})
         } else if let Some(t) = &self.terminated {
@@ -117,7 +121,7 @@ impl Ctr {
         json!({
             "name": self.spec.name,
             "image": self.spec.image.clone().unwrap_or_default(),
-            "imageID": image_path.map(|p| format!("podrunner://{}", p.display())).unwrap_or_default(),
+            "imageID": image_id,
             "containerID": self.pid.map(|p| format!("podrunner://{p}")),
             "ready": self.ready,
             "started": self.started,
@@ -302,6 +306,20 @@ impl Worker {
         c.image.as_ref().and_then(|i| self.runner.images.get(i).cloned())
     }
 
+    /// What a container status reports as imageID: NAME@DIGEST for an OCI
+    /// image (as a kubelet does), podrunner://PATH for a host binary.
+    fn image_id(&self, c: &Container) -> String {
+        let name = c.image.clone().unwrap_or_default();
+        if let Some(img) = self.runner.oci.get(&name) {
+            let repo = match name.rsplit_once(':') {
+                Some((repo, tag)) if !tag.contains('/') => repo,
+                _ => name.as_str(),
+            };
+            return format!("{repo}@{}", img.digest);
+        }
+        self.image_path(c).map(|p| format!("podrunner://{}", p.display())).unwrap_or_default()
+    }
+
     async fn start(&mut self, i: usize) {
         match self.spawn(i).await {
             Ok(pid) => {
@@ -332,55 +350,43 @@ impl Worker {
         let spec = self.ctrs[i].spec.clone();
         let net = self.net.clone().context("no pod network")?;
         let image = spec.image.clone().unwrap_or_default();
-        let entry = self.image_path(&spec).with_context(|| {
-            format!(
-                "image {image} is not mapped to a binary (podrunner --image {image}=PATH; known: {:?})",
-                self.runner.images.keys().collect::<Vec<_>>()
-            )
-        })?;
+        let oci = self.runner.oci.get(&image).cloned();
+        let entry = match &oci {
+            Some(_) => None,
+            None => Some(self.image_path(&spec).with_context(|| {
+                format!(
+                    "image {image} is neither an OCI image (podrunner --oci-image {image}=LAYOUT:REF; known: {:?}) \
+                     nor mapped to a binary (--image {image}=PATH; known: {:?})",
+                    self.runner.oci.keys().collect::<Vec<_>>(),
+                    self.runner.images.keys().collect::<Vec<_>>()
+                )
+            })?),
+        };
         let host_ip = self.runner.net.gateway.to_string();
         let pod_ip = net.ip.to_string();
         let mut base = BTreeMap::new();
-        base.insert("PATH".to_string(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string());
+        if oci.is_none() {
+            // An OCI image brings its own PATH (Env).
+            base.insert("PATH".to_string(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string());
+        }
         base.insert("HOSTNAME".to_string(), self.pod.name_any());
         base.insert("KUBERNETES_SERVICE_HOST".to_string(), host_ip.clone());
         base.insert("KUBERNETES_SERVICE_PORT".to_string(), self.runner.api_port.to_string());
         base.insert("KUBERNETES_SERVICE_PORT_HTTPS".to_string(), self.runner.api_port.to_string());
         let env = crate::env::container_env(&self.runner.client, &self.pod, &spec, base, &pod_ip, &host_ip).await?;
-        // command[0] names a binary of the image (its directory), else the host's.
-        // A non-root container may not reach the image's host directory (under
-        // /root, say): it sees the directory bind-mounted at IMAGE_MOUNT.
+        let command: Vec<String> = spec.command.iter().flatten().map(|a| crate::env::expand(a, &env)).collect();
+        let args: Vec<String> = spec.args.iter().flatten().map(|a| crate::env::expand(a, &env)).collect();
         let psc = self.pod.spec.as_ref().and_then(|s| s.security_context.clone()).unwrap_or_default();
         let (user, group, non_root) = run_as(&psc, &spec);
-        let image_dir = entry.parent().context("image binary without a directory")?.to_path_buf();
-        let as_user = user.is_some_and(|u| u != 0);
-        let in_image = |name: &std::path::Path| {
-            let file = name.file_name().unwrap_or_default();
-            image_dir.join(file).is_file().then(|| {
-                if as_user { std::path::Path::new(IMAGE_MOUNT).join(file) } else { image_dir.join(file) }
-                    .to_string_lossy()
-                    .into_owned()
-            })
-        };
-        let mut argv: Vec<String> = Vec::new();
-        let command = spec.command.clone().unwrap_or_default();
-        if let Some(first) = command.first() {
-            let first = crate::env::expand(first, &env);
-            argv.push(in_image(std::path::Path::new(&first)).unwrap_or(first));
-            argv.extend(command[1..].iter().map(|a| crate::env::expand(a, &env)));
-        } else {
-            argv.push(in_image(&entry).context("image binary vanished")?);
-        }
-        argv.extend(spec.args.iter().flatten().map(|a| crate::env::expand(a, &env)));
+        let groups: Vec<i64> =
+            psc.fs_group.into_iter().chain(psc.supplemental_groups.iter().flatten().copied()).collect();
+        let read_only_root = spec.security_context.as_ref().and_then(|s| s.read_only_root_filesystem) == Some(true);
 
         // Every source is first bind-mounted into a staging directory, so
         // that a mount over, say, /tmp cannot hide a source below it.
         let stage = stage_dir(&net.netns).join(&spec.name);
         remove_stage(&stage);
         let mut binds: Vec<Bind> = Vec::new();
-        if as_user {
-            binds.push(Bind { source: image_dir.clone(), target: IMAGE_MOUNT.to_string(), read_only: true });
-        }
         for m in spec.volume_mounts.iter().flatten() {
             let mut source =
                 self.volumes.get(&m.name).with_context(|| format!("volumeMount {} names no volume", m.name))?.clone();
@@ -390,25 +396,104 @@ impl Worker {
             }
             binds.push(Bind { source, target: m.mount_path.clone(), read_only: m.read_only == Some(true) });
         }
-        // Shortest target first, so nested mounts land on top.
-        binds.sort_by_key(|b| b.target.len());
-        for (i, b) in binds.iter().enumerate() {
-            std::fs::create_dir_all(stage.join(i.to_string()))?;
-            self.runner.note_mountpoint(std::path::Path::new(&b.target));
-        }
-        if non_root && user.unwrap_or(0) == 0 {
-            bail!("runAsNonRoot is set but no non-zero runAsUser: the pod runner runs images as root otherwise");
-        }
-        let groups = psc.fs_group.into_iter().chain(psc.supplemental_groups.iter().flatten().copied()).collect();
-        let script = container_script(&Launch {
-            stage,
-            binds,
-            read_only_root: spec.security_context.as_ref().and_then(|s| s.read_only_root_filesystem) == Some(true),
-            working_dir: spec.working_dir.clone().filter(|s| !s.is_empty()),
-            run_as: (user.is_some() || group.is_some())
-                .then(|| (user.unwrap_or(0), group.or(user).unwrap_or(0), groups)),
-        });
 
+        let (argv, env, launch) = match (oci, entry) {
+            (Some(img), _) => {
+                // An OCI container: its image's root (an overlay), process, env and user.
+                let argv = crate::oci::argv(&img.config, &command, &args)?;
+                let etc = |f: &str| std::fs::read_to_string(img.rootfs.join("etc").join(f)).unwrap_or_default();
+                let (uid, gid) =
+                    crate::oci::user(&img.config.user, user, group, non_root, &etc("passwd"), &etc("group"))?;
+                let mut supplementary: Vec<u32> = Vec::new();
+                for g in &groups {
+                    let g = u32::try_from(*g).context("fsGroup/supplementalGroups out of range")?;
+                    if !supplementary.contains(&g) {
+                        supplementary.push(g);
+                    }
+                }
+                let cwd = spec
+                    .working_dir
+                    .clone()
+                    .filter(|w| !w.is_empty())
+                    .or_else(|| Some(img.config.working_dir.clone()).filter(|w| !w.is_empty()))
+                    .unwrap_or_else(|| "/".to_string());
+                // A fresh writable layer at every start, as a runtime makes a new container.
+                let layer = self.dir.join("containers").join(&spec.name);
+                let _ = std::fs::remove_dir_all(&layer);
+                let (upper, work) = (layer.join("upper"), layer.join("work"));
+                std::fs::create_dir_all(&upper)?;
+                std::fs::create_dir_all(&work)?;
+                let mount = stage.join("root");
+                std::fs::create_dir_all(&mount)?;
+                for p in [&img.rootfs, &upper, &work] {
+                    if p.to_string_lossy().contains([',', ':']) {
+                        bail!("overlay paths cannot hold ',' or ':': {}", p.display());
+                    }
+                }
+                self.ctrs[i].exec_as = Some((uid, gid));
+                let exec = crate::oci::ExecSpec {
+                    root: mount.clone(),
+                    cwd: cwd.clone(),
+                    uid,
+                    gid,
+                    groups: supplementary,
+                    no_new_privs: spec.security_context.as_ref().and_then(|s| s.allow_privilege_escalation)
+                        == Some(false),
+                };
+                let root =
+                    RootFs { image: img.rootfs.clone(), upper, work, mount, helper: self.runner.helper.clone(), exec };
+                (
+                    argv,
+                    crate::oci::env(&img.config, env),
+                    Launch::new(stage, binds, read_only_root, Some(cwd), None, Some(root)),
+                )
+            }
+            (None, Some(entry)) => {
+                // A host binary. command[0] names a binary of the image (its
+                // directory), else the host's. A non-root container may not reach
+                // the image's host directory (under /root, say): it sees the
+                // directory bind-mounted at IMAGE_MOUNT.
+                self.ctrs[i].exec_as = None;
+                let image_dir = entry.parent().context("image binary without a directory")?.to_path_buf();
+                let as_user = user.is_some_and(|u| u != 0);
+                let in_image = |name: &std::path::Path| {
+                    let file = name.file_name().unwrap_or_default();
+                    image_dir.join(file).is_file().then(|| {
+                        if as_user { std::path::Path::new(IMAGE_MOUNT).join(file) } else { image_dir.join(file) }
+                            .to_string_lossy()
+                            .into_owned()
+                    })
+                };
+                let mut argv: Vec<String> = Vec::new();
+                if let Some(first) = command.first() {
+                    argv.push(in_image(std::path::Path::new(first)).unwrap_or(first.clone()));
+                    argv.extend(command[1..].iter().cloned());
+                } else {
+                    argv.push(in_image(&entry).context("image binary vanished")?);
+                }
+                argv.extend(args);
+                if as_user {
+                    binds.push(Bind { source: image_dir.clone(), target: IMAGE_MOUNT.to_string(), read_only: true });
+                }
+                for b in &binds {
+                    self.runner.note_mountpoint(std::path::Path::new(&b.target));
+                }
+                if non_root && user.unwrap_or(0) == 0 {
+                    bail!(
+                        "runAsNonRoot is set but no non-zero runAsUser: the pod runner runs images as root otherwise"
+                    );
+                }
+                let run_as = (user.is_some() || group.is_some())
+                    .then(|| (user.unwrap_or(0), group.or(user).unwrap_or(0), groups));
+                let wd = spec.working_dir.clone().filter(|s| !s.is_empty());
+                (argv, env, Launch::new(stage, binds, read_only_root, wd, run_as, None))
+            }
+            (None, None) => unreachable!("an image is either OCI or a host binary"),
+        };
+        for (i, _) in launch.binds.iter().enumerate() {
+            std::fs::create_dir_all(launch.stage.join(i.to_string()))?;
+        }
+        let script = container_script(&launch);
         let log_dir = self.runner.work_dir.join("logs");
         std::fs::create_dir_all(&log_dir)?;
         let log_path = log_dir.join(format!(
@@ -489,10 +574,11 @@ impl Worker {
         for i in 0..self.ctrs.len() {
             let Some(pid) = self.ctrs[i].pid else { continue };
             let spec = self.ctrs[i].spec.clone();
+            let as_ = self.ctrs[i].exec_as;
             let started = self.ctrs[i].started;
             if !started {
                 if let Some(p) = &spec.startup_probe
-                    && let Some(ok) = Self::probe_due(&mut self.ctrs[i].startup, &spec, net.ip, pid, p).await
+                    && let Some(ok) = Self::probe_due(&mut self.ctrs[i].startup, &spec, net.ip, pid, as_, p).await
                 {
                     if ok {
                         self.ctrs[i].started = true;
@@ -503,13 +589,13 @@ impl Worker {
                 continue;
             }
             if let Some(p) = &spec.liveness_probe
-                && let Some(false) = Self::probe_due(&mut self.ctrs[i].liveness, &spec, net.ip, pid, p).await
+                && let Some(false) = Self::probe_due(&mut self.ctrs[i].liveness, &spec, net.ip, pid, as_, p).await
             {
                 self.kill_for_restart(i, "liveness probe failed");
                 continue;
             }
             if let Some(p) = &spec.readiness_probe
-                && let Some(ready) = Self::probe_due(&mut self.ctrs[i].readiness, &spec, net.ip, pid, p).await
+                && let Some(ready) = Self::probe_due(&mut self.ctrs[i].readiness, &spec, net.ip, pid, as_, p).await
             {
                 self.ctrs[i].ready = ready;
             }
@@ -523,6 +609,7 @@ impl Worker {
         c: &Container,
         ip: std::net::Ipv4Addr,
         pid: u32,
+        exec_as: Option<(u32, u32)>,
         p: &Probe,
     ) -> Option<bool> {
         let now = Instant::now();
@@ -532,7 +619,7 @@ impl Worker {
             return None;
         }
         st.next = Some(now + Duration::from_secs(p.period_seconds.unwrap_or(10).max(1) as u64));
-        match probe::run(c, ip, pid, p).await {
+        match probe::run(c, ip, pid, exec_as, p).await {
             Ok(()) => {
                 st.failures = 0;
                 st.successes += 1;
@@ -579,7 +666,7 @@ impl Worker {
             "startTime": self.start_time,
             "conditions": conditions,
             "message": self.message,
-            "containerStatuses": self.ctrs.iter().map(|c| c.status(self.image_path(&c.spec).as_ref())).collect::<Vec<_>>(),
+            "containerStatuses": self.ctrs.iter().map(|c| c.status(self.image_id(&c.spec))).collect::<Vec<_>>(),
         });
         if let Some(net) = &self.net {
             status["podIP"] = json!(net.ip.to_string());
@@ -608,7 +695,7 @@ impl Worker {
         let run = async {
             match handler {
                 LifecycleHandler { http_get: Some(h), .. } => probe::http_get(&c.spec, net.ip, h, left).await,
-                LifecycleHandler { exec: Some(e), .. } => probe::exec(pid, e, left).await,
+                LifecycleHandler { exec: Some(e), .. } => probe::exec(pid, c.exec_as, e, left).await,
                 LifecycleHandler { sleep: Some(s), .. } => {
                     tokio::time::sleep(Duration::from_secs(s.seconds.max(0) as u64)).await;
                     Ok(())
@@ -731,6 +818,20 @@ struct Bind {
     read_only: bool,
 }
 
+/// An OCI container's root file system: an overlay of the unpacked image.
+struct RootFs {
+    /// The unpacked image: the overlay's lower layer, never written.
+    image: PathBuf,
+    /// This start's writable layer, and overlayfs's work directory.
+    upper: PathBuf,
+    work: PathBuf,
+    /// Where the root is mounted (an empty directory on the host).
+    mount: PathBuf,
+    /// `podrunner` itself, whose `container-exec` enters the root.
+    helper: PathBuf,
+    exec: crate::oci::ExecSpec,
+}
+
 /// How a container starts: what [container_script] needs.
 struct Launch {
     /// The container's staging directory: bind `i` is staged at `stage/i`.
@@ -740,8 +841,25 @@ struct Launch {
     /// securityContext.readOnlyRootFilesystem.
     read_only_root: bool,
     working_dir: Option<String>,
-    /// (uid, gid, supplementary groups) for setpriv.
+    /// (uid, gid, supplementary groups) for setpriv (host-binary containers).
     run_as: Option<(i64, i64, Vec<i64>)>,
+    /// An OCI container's root; None: the host's file system.
+    root: Option<RootFs>,
+}
+
+impl Launch {
+    fn new(
+        stage: PathBuf,
+        mut binds: Vec<Bind>,
+        read_only_root: bool,
+        working_dir: Option<String>,
+        run_as: Option<(i64, i64, Vec<i64>)>,
+        root: Option<RootFs>,
+    ) -> Launch {
+        // Shortest target first, so nested mounts land on top.
+        binds.sort_by_key(|b| b.target.len());
+        Launch { stage, binds, read_only_root, working_dir, run_as, root }
+    }
 }
 
 /// Is `path` strictly below one of `targets`?
@@ -753,12 +871,17 @@ fn below_a_target<'a>(path: &str, mut targets: impl Iterator<Item = &'a str>) ->
     })
 }
 
+/// What a runtime mounts in a container's /dev (a tmpfs): these device nodes
+/// of the host, bind-mounted.
+const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
 /// The script `ip netns exec NETNS /bin/sh -c SCRIPT sh ARGV...` runs to
 /// start a container: in the mount namespace `ip netns exec` made (a slave of
 /// the host's: no mount made here propagates back), it mounts the volumes,
 /// makes the rest read-only for readOnlyRootFilesystem, and execs ARGV.
 ///
-/// Read-only root: every mount of the namespace is remounted read-only with
+/// Host-binary container: the container sees the host's file system. Read-only
+/// root: every mount of the namespace is remounted read-only with
 /// `remount,bind,ro`, which changes that mount of this namespace only (a
 /// remount without `bind` would change the file system itself, for the host
 /// too), except what a container runtime leaves writable (/dev, /dev/shm,
@@ -767,41 +890,100 @@ fn below_a_target<'a>(path: &str, mut targets: impl Iterator<Item = &'a str>) ->
 /// writable only with a volume there. Mount points on the root file system
 /// (and the working directory) are made before it turns read-only; those
 /// below another volume are made in that volume, once mounted.
+///
+/// OCI container: its root is an overlay of the unpacked image (this start's
+/// own writable layer on top) mounted at an empty directory; mount points are
+/// made in it, then it turns read-only for readOnlyRootFilesystem (that mount
+/// only), then what a runtime provides goes on top (/proc, a read-only /sys,
+/// a tmpfs /dev with the usual devices and /dev/shm, the pod's /etc/hosts and
+/// /etc/resolv.conf), then the volumes, and `podrunner container-exec`
+/// chroots into it, changes to the working directory and the user, and execs
+/// ARGV with the container's PATH.
 fn container_script(l: &Launch) -> String {
     let q = |p: &std::path::Path| shell_quote(&p.to_string_lossy());
     let staged = |i: usize| q(&l.stage.join(i.to_string()));
     let targets = || l.binds.iter().map(|b| b.target.as_str());
+    // Where a path of the container is in this mount namespace.
+    let at = |path: &str| match &l.root {
+        Some(r) => q(&r.mount.join(path.trim_start_matches('/'))),
+        None => shell_quote(path),
+    };
     let mut s = String::from("set -e\n");
     for (i, b) in l.binds.iter().enumerate() {
         s.push_str(&format!("mount --bind {} {}\n", q(&b.source), staged(i)));
     }
+    if let Some(r) = &l.root {
+        s.push_str(&format!(
+            "# the container's root: an overlay of the image\n\
+             mount -t overlay overlay -o lowerdir={},upperdir={},workdir={} {}\n\
+             mkdir -p {} {} {} {}\n\
+             for f in hosts resolv.conf; do [ -e {}/\"$f\" ] || : > {}/\"$f\"; done\n",
+            r.image.display(),
+            r.upper.display(),
+            r.work.display(),
+            q(&r.mount),
+            at("/proc"),
+            at("/sys"),
+            at("/dev"),
+            at("/etc"),
+            at("/etc"),
+            at("/etc"),
+        ));
+    }
     for b in &l.binds {
         if !below_a_target(&b.target, targets()) {
-            s.push_str(&format!("mkdir -p {}\n", shell_quote(&b.target)));
+            s.push_str(&format!("mkdir -p {}\n", at(&b.target)));
         }
     }
     let wd_in_volume = l.working_dir.as_deref().is_some_and(|wd| below_a_target(wd, targets()));
     if let Some(wd) = l.working_dir.as_deref().filter(|_| !wd_in_volume) {
-        s.push_str(&format!("mkdir -p {}\n", shell_quote(wd)));
+        s.push_str(&format!("mkdir -p {}\n", at(wd)));
     }
-    if l.read_only_root {
-        let stage_root = shell_quote(STAGE_ROOT);
+    match (&l.root, l.read_only_root) {
+        (Some(r), true) => s.push_str(&format!("# readOnlyRootFilesystem\nmount -o remount,bind,ro {}\n", q(&r.mount))),
+        (None, true) => {
+            let stage_root = shell_quote(STAGE_ROOT);
+            s.push_str(&format!(
+                "# readOnlyRootFilesystem\n\
+                 set -f\n\
+                 for m in $(cut -d' ' -f5 /proc/self/mountinfo); do\n\
+                 \x20 m=$(printf '%b' \"$m\")\n\
+                 \x20 case \"$m\" in\n\
+                 \x20   /dev|/dev/*|/proc|/proc/*|/etc/hosts|/etc/resolv.conf|{stage_root}|{stage_root}/*) ;;\n\
+                 \x20   /) mount -o remount,bind,ro / ;;\n\
+                 \x20   *) mount -o remount,bind,ro \"$m\" || echo \"podrunner: $m stays writable\" >&2 ;;\n\
+                 \x20 esac\n\
+                 done\n\
+                 set +f\n"
+            ));
+        }
+        (_, false) => {}
+    }
+    if l.root.is_some() {
+        let dev = at("/dev");
         s.push_str(&format!(
-            "# readOnlyRootFilesystem\n\
-             set -f\n\
-             for m in $(cut -d' ' -f5 /proc/self/mountinfo); do\n\
-             \x20 m=$(printf '%b' \"$m\")\n\
-             \x20 case \"$m\" in\n\
-             \x20   /dev|/dev/*|/proc|/proc/*|/etc/hosts|/etc/resolv.conf|{stage_root}|{stage_root}/*) ;;\n\
-             \x20   /) mount -o remount,bind,ro / ;;\n\
-             \x20   *) mount -o remount,bind,ro \"$m\" || echo \"podrunner: $m stays writable\" >&2 ;;\n\
-             \x20 esac\n\
-             done\n\
-             set +f\n"
+            "# what a runtime provides\n\
+             mount -t proc -o nosuid,nodev,noexec proc {}\n\
+             mount -t sysfs -o ro,nosuid,nodev,noexec sysfs {}\n\
+             mount -t tmpfs -o nosuid,mode=0755,size=65536k tmpfs {dev}\n\
+             for d in {}; do : > {dev}/\"$d\"; mount --bind /dev/\"$d\" {dev}/\"$d\"; done\n\
+             mkdir {dev}/shm\n\
+             mount -t tmpfs -o nosuid,nodev,noexec,mode=1777,size=65536k shm {dev}/shm\n\
+             ln -s /proc/self/fd {dev}/fd\n\
+             ln -s /proc/self/fd/0 {dev}/stdin\n\
+             ln -s /proc/self/fd/1 {dev}/stdout\n\
+             ln -s /proc/self/fd/2 {dev}/stderr\n\
+             mount --bind /etc/hosts {}\n\
+             mount --bind /etc/resolv.conf {}\n",
+            at("/proc"),
+            at("/sys"),
+            DEVICES.join(" "),
+            at("/etc/hosts"),
+            at("/etc/resolv.conf"),
         ));
     }
     for (i, b) in l.binds.iter().enumerate() {
-        let t = shell_quote(&b.target);
+        let t = at(&b.target);
         if below_a_target(&b.target, targets()) {
             s.push_str(&format!("mkdir -p {t}\n"));
         }
@@ -812,12 +994,18 @@ fn container_script(l: &Launch) -> String {
     }
     if let Some(wd) = &l.working_dir {
         if wd_in_volume {
-            s.push_str(&format!("mkdir -p {}\n", shell_quote(wd)));
+            s.push_str(&format!("mkdir -p {}\n", at(wd)));
         }
-        s.push_str(&format!("cd {}\n", shell_quote(wd)));
+        if l.root.is_none() {
+            s.push_str(&format!("cd {}\n", shell_quote(wd)));
+        }
     }
-    match &l.run_as {
-        Some((uid, gid, groups)) => {
+    match (&l.root, &l.run_as) {
+        (Some(r), _) => {
+            let args: Vec<String> = r.exec.args().iter().map(|a| shell_quote(a)).collect();
+            s.push_str(&format!("exec {} {} -- \"$@\"\n", q(&r.helper), args.join(" ")));
+        }
+        (None, Some((uid, gid, groups))) => {
             let groups = if groups.is_empty() {
                 "--clear-groups".to_string()
             } else {
@@ -825,11 +1013,10 @@ fn container_script(l: &Launch) -> String {
             };
             s.push_str(&format!("exec setpriv --reuid={uid} --regid={gid} {groups} -- \"$@\"\n"));
         }
-        None => s.push_str("exec \"$@\"\n"),
+        (None, None) => s.push_str("exec \"$@\"\n"),
     }
     s
 }
-
 /// The container's (user, group, runAsNonRoot), container settings first.
 fn run_as(psc: &k8s_openapi::api::core::v1::PodSecurityContext, c: &Container) -> (Option<i64>, Option<i64>, bool) {
     let csc = c.security_context.clone().unwrap_or_default();
@@ -865,6 +1052,7 @@ mod tests {
             read_only_root,
             working_dir: Some("/var/lib/app/work".into()),
             run_as: Some((10001, 10001, vec![10001])),
+            root: None,
         }
     }
 
@@ -922,6 +1110,92 @@ mod tests {
         assert!(s.ends_with("cd '/var/lib/app/work'\nexec \"$@\"\n"));
     }
 
+    const ROOT: &str = "/.podrunner-stage/skv-1/node/root";
+
+    fn oci_launch(read_only_root: bool) -> Launch {
+        let bind =
+            |source: &str, target: &str, read_only| Bind { source: source.into(), target: target.into(), read_only };
+        let exec = crate::oci::ExecSpec {
+            root: ROOT.into(),
+            cwd: "/var/lib/shardkv".into(),
+            uid: 10001,
+            gid: 10001,
+            groups: vec![10001],
+            no_new_privs: true,
+        };
+        Launch::new(
+            "/.podrunner-stage/skv-1/node".into(),
+            vec![
+                bind("/w/data", "/var/lib/shardkv", false),
+                bind("/w/token", "/var/lib/shardkv/token", true),
+                bind("/w/tmp", "/tmp", false),
+            ],
+            read_only_root,
+            Some("/var/lib/shardkv".into()),
+            None,
+            Some(RootFs {
+                image: "/w/images/sha256-ab/rootfs".into(),
+                upper: "/w/pods/p/containers/node/upper".into(),
+                work: "/w/pods/p/containers/node/work".into(),
+                mount: ROOT.into(),
+                helper: "/bin/podrunner".into(),
+                exec,
+            }),
+        )
+    }
+
+    #[test]
+    fn an_oci_container_runs_in_an_overlay_of_its_image() {
+        let s = container_script(&oci_launch(true));
+        let r = |p: &str| format!("'{ROOT}{p}'");
+        let overlay = at(
+            &s,
+            &format!(
+                "mount -t overlay overlay -o lowerdir=/w/images/sha256-ab/rootfs,\
+                 upperdir=/w/pods/p/containers/node/upper,workdir=/w/pods/p/containers/node/work '{ROOT}'"
+            ),
+        );
+        let ro_root = at(&s, &format!("mount -o remount,bind,ro '{ROOT}'"));
+        // Mount points are made in the overlay (never in the image), before
+        // the root turns read-only; the volumes' below another one after it.
+        assert!(overlay < at(&s, &format!("mkdir -p {} {} {} {}", r("/proc"), r("/sys"), r("/dev"), r("/etc"))));
+        assert!(overlay < at(&s, &format!("mkdir -p {}", r("/tmp"))));
+        assert!(at(&s, &format!("mkdir -p {}", r("/tmp"))) < ro_root);
+        assert!(at(&s, &format!("mkdir -p {}", r("/var/lib/shardkv"))) < ro_root);
+        // Then what a runtime provides, and the volumes, on top.
+        for line in [
+            format!("mount -t proc -o nosuid,nodev,noexec proc {}", r("/proc")),
+            format!("mount -t sysfs -o ro,nosuid,nodev,noexec sysfs {}", r("/sys")),
+            format!("mount -t tmpfs -o nosuid,mode=0755,size=65536k tmpfs {}", r("/dev")),
+            format!("mount --bind /etc/hosts {}", r("/etc/hosts")),
+            format!("mount --bind /etc/resolv.conf {}", r("/etc/resolv.conf")),
+            format!("mount --bind '/.podrunner-stage/skv-1/node/0' {}", r("/tmp")),
+            format!("mount --bind '/.podrunner-stage/skv-1/node/1' {}", r("/var/lib/shardkv")),
+        ] {
+            assert!(ro_root < at(&s, &line), "{line}");
+        }
+        let token = r("/var/lib/shardkv/token");
+        assert!(
+            at(&s, &format!("mount --bind '/.podrunner-stage/skv-1/node/1' {}", r("/var/lib/shardkv")))
+                < at(&s, &format!("mkdir -p {token}"))
+        );
+        assert!(
+            at(&s, &format!("mount --bind '/.podrunner-stage/skv-1/node/2' {token}"))
+                < at(&s, &format!("mount -o remount,bind,ro {token}"))
+        );
+        // The host's mounts are left alone; the helper changes directory
+        // inside the root, then the user, then execs.
+        assert!(!s.contains("mountinfo"));
+        assert!(!s.lines().any(|l| l.starts_with("cd ")));
+        assert!(s.ends_with(&format!(
+            "exec '/bin/podrunner' 'container-exec' '--root={ROOT}' '--cwd=/var/lib/shardkv' '--user=10001:10001' \
+             '--groups=10001' '--no-new-privs' -- \"$@\"\n"
+        )));
+        let rw = container_script(&oci_launch(false));
+        assert!(!rw.contains(&format!("remount,bind,ro '{ROOT}'")));
+        assert_eq!(rw.matches("remount").count(), 1, "only the readOnly volume:\n{rw}");
+    }
+
     #[test]
     fn below_a_target_compares_whole_components() {
         let targets = ["/data", "/tmp"];
@@ -960,6 +1234,7 @@ mod tests {
             read_only_root: true,
             working_dir: Some(s(&mnt_rw)),
             run_as: None,
+            root: None,
         });
         let probe = format!(
             "fail() {{ echo \"$*\" >&2; exit 1; }}\n\
@@ -987,5 +1262,111 @@ mod tests {
         assert!(out.status.success(), "{}\n{script}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(written.unwrap(), "ok\n");
         assert!(host_root_writable, "the host's root is no longer writable");
+    }
+
+    /// Runs an OCI container for real, as root (`cargo build -p
+    /// shardkv-e2e-podrunner && cargo test -p shardkv-e2e-podrunner --
+    /// --ignored`: `container-exec` is the built binary): a root file system
+    /// holding only dash and libc, read-only and then writable, a volume, a
+    /// user, supplementary groups and no_new_privs, in a mount namespace like
+    /// the one `ip netns exec` makes. The image must stay as it was.
+    #[test]
+    #[ignore = "needs root: overlay and bind mounts in a new mount namespace"]
+    fn oci_container_for_real() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: not root");
+            return;
+        }
+        let helper = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("podrunner");
+        assert!(helper.is_file(), "{} missing: cargo build -p shardkv-e2e-podrunner first", helper.display());
+        let id = std::process::id();
+        let base = std::env::temp_dir().join(format!("podrunner-oci-real-{id}"));
+        let image = base.join("rootfs");
+        for d in ["usr/bin", "usr/lib/x86_64-linux-gnu", "usr/lib64", "etc"] {
+            std::fs::create_dir_all(image.join(d)).unwrap();
+        }
+        std::fs::copy("/usr/bin/dash", image.join("usr/bin/dash")).unwrap();
+        std::os::unix::fs::symlink("dash", image.join("usr/bin/sh")).unwrap();
+        for lib in ["usr/lib/x86_64-linux-gnu/libc.so.6", "usr/lib64/ld-linux-x86-64.so.2"] {
+            std::fs::copy(std::fs::canonicalize(PathBuf::from("/").join(lib)).unwrap(), image.join(lib)).unwrap();
+        }
+        for (link, to) in [("bin", "usr/bin"), ("lib", "usr/lib"), ("lib64", "usr/lib64")] {
+            std::os::unix::fs::symlink(to, image.join(link)).unwrap();
+        }
+        std::fs::create_dir_all(image.join("tmp")).unwrap();
+        std::fs::set_permissions(image.join("tmp"), std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
+        let vol = base.join("vol");
+        std::fs::create_dir_all(&vol).unwrap();
+        std::os::unix::fs::chown(&vol, Some(65534), Some(65534)).unwrap();
+        let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+        let hosts_first = hosts.lines().next().unwrap_or_default().to_string();
+        let probe = r#"fail() { echo "$*" >&2; exit 1; }
+            [ "$(pwd)" = /data ] || fail "working directory $(pwd)"
+            while read -r k a b; do case "$k" in Uid:) uid=$a;; Gid:) gid=$a;; Groups:) groups="$a $b";;
+              NoNewPrivs:) nnp=$a;; esac; done < /proc/self/status
+            [ "$uid" = 65534 ] && [ "$gid" = 65534 ] || fail "uid $uid gid $gid"
+            [ "$groups" = "4242 " ] || fail "groups '$groups'"
+            [ "$nnp" = 1 ] || fail "no_new_privs $nnp"
+            [ -e /usr/bin/dash ] && [ ! -e /etc/debian_version ] || fail "not in the image's root"
+            read -r line < /etc/hosts || true
+            [ "$line" = "$HOSTS_FIRST" ] || fail "/etc/hosts: $line"
+            echo ok > /data/written || fail "the volume is not writable"
+            echo x > /dev/null || fail "/dev/null"
+            : > /dev/shm/x || fail "/dev/shm is not writable"
+            if [ "$READ_ONLY" = 1 ]; then
+              if (: > /tmp/x) 2>/dev/null; then fail "/tmp is writable with a read-only root"; fi
+            else
+              : > /tmp/x || fail "/tmp is not writable"
+            fi"#;
+        for read_only_root in [true, false] {
+            let stage = PathBuf::from(STAGE_ROOT).join(format!("test-oci-{id}"));
+            let (upper, work, mount) = (base.join("upper"), base.join("work"), stage.join("root"));
+            let _ = std::fs::remove_dir_all(&upper);
+            let _ = std::fs::remove_dir_all(&work);
+            for d in [&upper, &work, &mount, &stage.join("0")] {
+                std::fs::create_dir_all(d).unwrap();
+            }
+            let exec = crate::oci::ExecSpec {
+                root: mount.clone(),
+                cwd: "/data".into(),
+                uid: 65534,
+                gid: 65534,
+                groups: vec![4242],
+                no_new_privs: true,
+            };
+            let root = RootFs { image: image.clone(), upper: upper.clone(), work, mount, helper: helper.clone(), exec };
+            let launch = Launch::new(
+                stage.clone(),
+                vec![Bind { source: vol.clone(), target: "/data".into(), read_only: false }],
+                read_only_root,
+                Some("/data".into()),
+                None,
+                Some(root),
+            );
+            let script = container_script(&launch);
+            let out = std::process::Command::new("unshare")
+                .args(["--mount", "--propagation", "slave", "/bin/sh", "-c", &script, "sh", "sh", "-c", probe])
+                .env_clear()
+                .env("PATH", "/usr/bin:/bin")
+                .env("HOSTS_FIRST", &hosts_first)
+                .env("READ_ONLY", if read_only_root { "1" } else { "0" })
+                .output()
+                .unwrap();
+            remove_stage(&stage);
+            let written = std::fs::read_to_string(vol.join("written"));
+            let _ = std::fs::remove_file(vol.join("written"));
+            let upper_tmp = upper.join("tmp/x").exists();
+            if !out.status.success() {
+                let _ = std::fs::remove_dir_all(&base);
+                panic!("read-only {read_only_root}: {}\n{script}", String::from_utf8_lossy(&out.stderr));
+            }
+            assert_eq!(written.unwrap(), "ok\n");
+            // Writes went to this start's layer, never to the image.
+            assert_eq!(upper_tmp, !read_only_root);
+            assert!(!image.join("tmp/x").exists() && !image.join("etc/hosts").exists(), "the image was written");
+        }
+        let _ = std::fs::remove_dir_all(&base);
+        let _ = std::fs::remove_dir(STAGE_ROOT);
     }
 }

@@ -84,15 +84,21 @@ pub async fn tcp(container: &Container, pod_ip: Ipv4Addr, action: &TCPSocketActi
     Ok(())
 }
 
-/// Runs the command inside the container's mount and network namespaces.
-pub async fn exec(pid: u32, action: &ExecAction, timeout: Duration) -> Result<()> {
+/// Runs the command inside the container's mount and network namespaces;
+/// for an OCI container (`in_root`: its uid and gid) also in its root and
+/// working directory, as its user.
+pub async fn exec(pid: u32, in_root: Option<(u32, u32)>, action: &ExecAction, timeout: Duration) -> Result<()> {
     let cmd = action.command.clone().unwrap_or_default();
     if cmd.is_empty() {
         bail!("exec action without a command");
     }
     let pid = pid.to_string();
     let mut c = Command::new("nsenter");
-    c.args(["-t", &pid, "-m", "-n", "--"]).args(&cmd).kill_on_drop(true);
+    c.args(["-t", &pid, "-m", "-n"]);
+    if let Some((uid, gid)) = in_root {
+        c.args(["-r", "-w", "-S", &uid.to_string(), "-G", &gid.to_string()]);
+    }
+    c.arg("--").args(&cmd).kill_on_drop(true);
     let out = tokio::time::timeout(timeout, c.output())
         .await
         .with_context(|| format!("exec {cmd:?}: timed out after {timeout:?}"))??;
@@ -103,14 +109,20 @@ pub async fn exec(pid: u32, action: &ExecAction, timeout: Duration) -> Result<()
 }
 
 /// Runs one probe attempt.
-pub async fn run(container: &Container, pod_ip: Ipv4Addr, pid: u32, probe: &Probe) -> Result<()> {
+pub async fn run(
+    container: &Container,
+    pod_ip: Ipv4Addr,
+    pid: u32,
+    in_root: Option<(u32, u32)>,
+    probe: &Probe,
+) -> Result<()> {
     let timeout = Duration::from_secs(probe.timeout_seconds.unwrap_or(1).max(1) as u64);
     if let Some(h) = &probe.http_get {
         http_get(container, pod_ip, h, timeout).await
     } else if let Some(t) = &probe.tcp_socket {
         tcp(container, pod_ip, t, timeout).await
     } else if let Some(e) = &probe.exec {
-        exec(pid, e, timeout).await
+        exec(pid, in_root, e, timeout).await
     } else {
         bail!("probe type not supported by the pod runner (httpGet, tcpSocket and exec are)")
     }
