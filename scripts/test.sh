@@ -2,6 +2,7 @@
 # The project's checks: formatting, lints, every test (unit, storage suite, process-level
 # cluster tests with real nodes on loopback, operator), the Helm chart, then end to end on a
 # local Kubernetes control plane.
+set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 cargo fmt --all -- --check
@@ -10,6 +11,10 @@ cargo fmt --all -- --check
 cargo build --release --locked --workspace --all-targets
 cargo clippy --release --locked --workspace --all-targets -- -D warnings
 cargo test --release --locked --workspace
+# The container image: the Dockerfile's `packaged` target of the binaries just tested, built with
+# buildah and smoke-tested with podman (no Docker engine, no registry); e2e/run's operator and
+# node pods run it.
+scripts/image.sh
 # The operator's Helm chart: lint, render, and the values schema refuses an unsafe setting.
 # helm is the one e2e/run uses, built once from its Go module (e2e/build-binaries.sh).
 HELM="$(e2e/build-binaries.sh helm | tail -n1)/helm"

@@ -25,7 +25,13 @@ pub enum RoleArg {
 }
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "shardkv-node", version, about = "A shardkv node: one Raft replica of a shardkv group")]
+// Without any argument or SHARDKV_* variable (a bare `docker run IMAGE`), print the help.
+#[command(
+    name = "shardkv-node",
+    version,
+    about = "A shardkv node: one Raft replica of a shardkv group",
+    arg_required_else_help = true
+)]
 pub struct NodeArgs {
     /// Cluster this node belongs to; persisted at first start and checked at every later one.
     #[arg(long, env = "SHARDKV_CLUSTER_ID")]
@@ -127,6 +133,13 @@ mod tests {
         let err = args(&["--pod-name", "nodash"]).resolved_node_id().unwrap_err();
         assert!(err.to_string().contains("expected <name>-<ordinal>"), "{err}");
         assert!(args(&[]).resolved_node_id().is_err());
+    }
+
+    #[test]
+    fn no_arguments_at_all_print_the_help() {
+        let err = NodeArgs::try_parse_from(["shardkv-node"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand);
+        assert!(err.to_string().contains("--cluster-id"), "{err}");
     }
 
     #[test]

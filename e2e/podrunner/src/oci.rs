@@ -280,6 +280,55 @@ pub fn user(
     Ok((uid, gid))
 }
 
+/// A path of the container resolved in the image's root, as a runtime
+/// resolves mount targets: symlinks are followed inside `root`, never out of
+/// it (an absolute link starts again at `root`, `..` stops at it), and what
+/// does not exist is taken as written. Returns the absolute path in the
+/// container (`/var/run/secrets` is `/run/secrets` when `/var/run -> /run`).
+pub fn resolve_in_root(root: &Path, path: &str) -> String {
+    use std::collections::VecDeque;
+    use std::path::Component;
+    let mut pending: VecDeque<std::ffi::OsString> = Path::new(path)
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_os_string()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect();
+    let mut resolved: Vec<std::ffi::OsString> = Vec::new();
+    let mut links = 0;
+    while let Some(c) = pending.pop_front() {
+        if c == ".." {
+            resolved.pop();
+            continue;
+        }
+        let here: PathBuf = root.join(resolved.iter().collect::<PathBuf>()).join(&c);
+        let target = match std::fs::symlink_metadata(&here) {
+            Ok(m) if m.file_type().is_symlink() && links < 40 => std::fs::read_link(&here).ok(),
+            _ => None,
+        };
+        match target {
+            Some(t) => {
+                links += 1;
+                if t.is_absolute() {
+                    resolved.clear();
+                }
+                let parts = t.components().filter_map(|c| match c {
+                    Component::Normal(n) => Some(n.to_os_string()),
+                    Component::ParentDir => Some("..".into()),
+                    _ => None,
+                });
+                for (i, p) in parts.enumerate() {
+                    pending.insert(i, p);
+                }
+            }
+            None => resolved.push(c),
+        }
+    }
+    format!("/{}", resolved.iter().collect::<PathBuf>().display())
+}
+
 /// How `container-exec` enters the container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecSpec {
@@ -479,6 +528,33 @@ mod tests {
         args.extend(["--", "a"].map(OsString::from));
         assert_eq!(ExecSpec::parse(&args).unwrap().0, none);
         assert!(ExecSpec::parse(&["--root=/x".into(), "--".into()]).is_err(), "no argv");
+    }
+
+    #[test]
+    fn paths_resolve_inside_the_image_root() {
+        let root = std::env::temp_dir().join(format!("podrunner-resolve-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        for d in ["run/lock", "var", "usr/lib", "data"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        let link = |to: &str, at: &str| std::os::unix::fs::symlink(to, root.join(at)).unwrap();
+        link("/run", "var/run"); // absolute: starts again at the root, not the host's /run
+        link("usr/lib", "lib"); // relative
+        link("../../..", "usr/lib/up"); // climbs past the root: stops at it
+        link("/data/../../../etc", "escape");
+        link("loop2", "loop1");
+        link("loop1", "loop2");
+        let r = |p: &str| resolve_in_root(&root, p);
+        assert_eq!(r("/var/run/secrets/kubernetes.io/serviceaccount"), "/run/secrets/kubernetes.io/serviceaccount");
+        assert_eq!(r("/var/run"), "/run");
+        assert_eq!(r("/lib/x86_64-linux-gnu"), "/usr/lib/x86_64-linux-gnu");
+        assert_eq!(r("/usr/lib/up/tmp"), "/tmp");
+        assert_eq!(r("/escape/hosts"), "/etc/hosts");
+        assert_eq!(r("/var/lib/shardkv"), "/var/lib/shardkv");
+        assert_eq!(r("/a/../../b/./c"), "/b/c");
+        assert_eq!(r("/"), "/");
+        assert!(r("/loop1/x").ends_with("/x"), "a symlink loop ends, inside the root");
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     /// A layout as `buildah push oci:DIR:REF` writes it, read back.

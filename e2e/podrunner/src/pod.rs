@@ -903,9 +903,10 @@ fn container_script(l: &Launch) -> String {
     let q = |p: &std::path::Path| shell_quote(&p.to_string_lossy());
     let staged = |i: usize| q(&l.stage.join(i.to_string()));
     let targets = || l.binds.iter().map(|b| b.target.as_str());
-    // Where a path of the container is in this mount namespace.
+    // Where a path of the container is in this mount namespace: in an OCI
+    // container's root, resolved in the image (symlinks followed inside it).
     let at = |path: &str| match &l.root {
-        Some(r) => q(&r.mount.join(path.trim_start_matches('/'))),
+        Some(r) => q(&r.mount.join(crate::oci::resolve_in_root(&r.image, path).trim_start_matches('/'))),
         None => shell_quote(path),
     };
     let mut s = String::from("set -e\n");
@@ -1283,9 +1284,12 @@ mod tests {
         let id = std::process::id();
         let base = std::env::temp_dir().join(format!("podrunner-oci-real-{id}"));
         let image = base.join("rootfs");
-        for d in ["usr/bin", "usr/lib/x86_64-linux-gnu", "usr/lib64", "etc"] {
+        for d in ["usr/bin", "usr/lib/x86_64-linux-gnu", "usr/lib64", "etc", "run", "var"] {
             std::fs::create_dir_all(image.join(d)).unwrap();
         }
+        // As in Debian: a volume at /var/run/... lands in the image's /run, never the host's.
+        std::os::unix::fs::symlink("/run", image.join("var/run")).unwrap();
+        let host_run_probe = PathBuf::from(format!("/run/podrunner-oci-real-{id}"));
         std::fs::copy("/usr/bin/dash", image.join("usr/bin/dash")).unwrap();
         std::os::unix::fs::symlink("dash", image.join("usr/bin/sh")).unwrap();
         for lib in ["usr/lib/x86_64-linux-gnu/libc.so.6", "usr/lib64/ld-linux-x86-64.so.2"] {
@@ -1296,9 +1300,11 @@ mod tests {
         }
         std::fs::create_dir_all(image.join("tmp")).unwrap();
         std::fs::set_permissions(image.join("tmp"), std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
-        let vol = base.join("vol");
-        std::fs::create_dir_all(&vol).unwrap();
-        std::os::unix::fs::chown(&vol, Some(65534), Some(65534)).unwrap();
+        let (vol, vol2) = (base.join("vol"), base.join("vol2"));
+        for v in [&vol, &vol2] {
+            std::fs::create_dir_all(v).unwrap();
+            std::os::unix::fs::chown(v, Some(65534), Some(65534)).unwrap();
+        }
         let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
         let hosts_first = hosts.lines().next().unwrap_or_default().to_string();
         let probe = r#"fail() { echo "$*" >&2; exit 1; }
@@ -1312,6 +1318,7 @@ mod tests {
             read -r line < /etc/hosts || true
             [ "$line" = "$HOSTS_FIRST" ] || fail "/etc/hosts: $line"
             echo ok > /data/written || fail "the volume is not writable"
+            echo ok > "/var/run/$RUN_PROBE/x" || fail "the volume below the /var/run symlink is not there"
             echo x > /dev/null || fail "/dev/null"
             : > /dev/shm/x || fail "/dev/shm is not writable"
             if [ "$READ_ONLY" = 1 ]; then
@@ -1324,7 +1331,7 @@ mod tests {
             let (upper, work, mount) = (base.join("upper"), base.join("work"), stage.join("root"));
             let _ = std::fs::remove_dir_all(&upper);
             let _ = std::fs::remove_dir_all(&work);
-            for d in [&upper, &work, &mount, &stage.join("0")] {
+            for d in [&upper, &work, &mount, &stage.join("0"), &stage.join("1")] {
                 std::fs::create_dir_all(d).unwrap();
             }
             let exec = crate::oci::ExecSpec {
@@ -1338,7 +1345,14 @@ mod tests {
             let root = RootFs { image: image.clone(), upper: upper.clone(), work, mount, helper: helper.clone(), exec };
             let launch = Launch::new(
                 stage.clone(),
-                vec![Bind { source: vol.clone(), target: "/data".into(), read_only: false }],
+                vec![
+                    Bind { source: vol.clone(), target: "/data".into(), read_only: false },
+                    Bind {
+                        source: vol2.clone(),
+                        target: format!("/var/run/{}", host_run_probe.file_name().unwrap().to_string_lossy()),
+                        read_only: false,
+                    },
+                ],
                 read_only_root,
                 Some("/data".into()),
                 None,
@@ -1351,17 +1365,22 @@ mod tests {
                 .env("PATH", "/usr/bin:/bin")
                 .env("HOSTS_FIRST", &hosts_first)
                 .env("READ_ONLY", if read_only_root { "1" } else { "0" })
+                .env("RUN_PROBE", host_run_probe.file_name().unwrap())
                 .output()
                 .unwrap();
             remove_stage(&stage);
             let written = std::fs::read_to_string(vol.join("written"));
             let _ = std::fs::remove_file(vol.join("written"));
             let upper_tmp = upper.join("tmp/x").exists();
+            let host_run_touched = host_run_probe.exists();
+            let _ = std::fs::remove_dir_all(&host_run_probe);
+            let in_vol2 = vol2.join("x").exists();
             if !out.status.success() {
                 let _ = std::fs::remove_dir_all(&base);
                 panic!("read-only {read_only_root}: {}\n{script}", String::from_utf8_lossy(&out.stderr));
             }
             assert_eq!(written.unwrap(), "ok\n");
+            assert!(in_vol2 && !host_run_touched, "a mount target followed a symlink out of the root");
             // Writes went to this start's layer, never to the image.
             assert_eq!(upper_tmp, !read_only_root);
             assert!(!image.join("tmp/x").exists() && !image.join("etc/hosts").exists(), "the image was written");

@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use shardkv_client::{Client, ReadConsistency, ScanOptions, Topology};
 
 use crate::{AdminCommand, output};
@@ -98,6 +99,12 @@ pub async fn admin(client: &Client, command: &AdminCommand) -> anyhow::Result<Ex
         AdminCommand::Join { group, members } => client.join(*group, members.clone()).await?,
         AdminCommand::Leave { group } => client.leave(*group).await?,
         AdminCommand::Move { shard, group } => client.move_shard(*shard, *group).await?,
+        AdminCommand::Init { members } => {
+            let endpoint = client.endpoints().first().context("no endpoint to initialise")?;
+            client.initialize(endpoint, members.clone()).await?;
+            println!("initialized the group on {endpoint} with {} voter(s)", members.len());
+            return Ok(ExitCode::SUCCESS);
+        }
         AdminCommand::Config { num, json } => {
             let config = client.query_config(*num).await?;
             if *json {

@@ -74,7 +74,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Change or read the shard map (sharded clusters; --endpoints are the meta group's).
+    /// Change or read the shard map (sharded clusters; --endpoints are the meta group's), or
+    /// initialise a group started by hand.
     #[command(subcommand)]
     Admin(AdminCommand),
     /// Drive load against the cluster and report throughput and latency.
@@ -104,6 +105,14 @@ pub enum AdminCommand {
         shard: u32,
         #[arg(long, value_name = "G")]
         group: u64,
+    },
+    /// Initialise a new group on one node, the first of --endpoints, with these voters: a
+    /// standalone node or a group started by hand (the operator and the playground initialise
+    /// their groups themselves). Fails if that node's group is already initialised.
+    Init {
+        /// A voter as NODE_ID=HOST:PORT; repeat for each (the node itself among them).
+        #[arg(long = "member", value_name = "ID=ADDR", required = true, value_parser = commands::parse_member)]
+        members: Vec<(u64, String)>,
     },
     /// Print a shard map (the latest unless --num).
     Config {
