@@ -192,6 +192,11 @@ impl Cluster {
         shardkv_client::Client::connect(ids.into_iter().map(|id| self.grpc_addr(id)).collect()).expect("client")
     }
 
+    /// True while node `id`'s process has not exited.
+    pub fn is_running(&mut self, id: u64) -> bool {
+        self.children.get_mut(&id).is_some_and(|child| child.try_wait().expect("waiting for node").is_none())
+    }
+
     pub fn kill9(&mut self, id: u64) {
         let mut child = self.children.remove(&id).expect("node is running");
         child.kill().expect("SIGKILL");
