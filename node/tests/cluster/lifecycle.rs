@@ -2,6 +2,7 @@
 //! SIGTERM, and a restart that replays only a short log suffix.
 
 use shardkv_proto::v1::RemoveLearnersRequest;
+use shardkv_proto::v1::RemovedRequest;
 
 use crate::harness::Cluster;
 use crate::harness::WAIT;
@@ -98,8 +99,11 @@ async fn a_learner_can_be_removed_and_is_told_it_left() {
     cluster.start_node(2);
     let client = cluster.client();
     client.add_learner(2, cluster.grpc_addr(2), true).await.unwrap();
+    // Until the membership entry listing it has reached it, a fresh node is a learner that
+    // knows no group (and could not confirm a removal with it).
     wait_for("node 2 to replicate as a learner", WAIT, || async {
-        (cluster.status(2).await?.state == "Learner").then_some(())
+        let status = cluster.status(2).await?;
+        (status.state == "Learner" && status.members.iter().any(|m| m.node_id == 2)).then_some(())
     })
     .await;
     let mut admin = cluster.admin(1).await;
@@ -113,4 +117,31 @@ async fn a_learner_can_be_removed_and_is_told_it_left() {
     assert_eq!(status.members.iter().map(|m| m.node_id).collect::<Vec<_>>(), [1], "only the voter is left");
     assert!(cluster.data_dir(2).join("left.json").exists(), "the removed learner recorded that it left");
     assert_eq!(cluster.http_get(2, "/readyz").await.0, 503);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forged_removed_notice_to_a_live_voter_is_refused() {
+    let mut cluster = Cluster::start(43, 3, &[]).await;
+    let client = cluster.client();
+    client.put("k", "v").await.unwrap();
+    let leader = cluster.leader().await;
+    let voter = (1..=3).find(|id| *id != leader).unwrap();
+
+    // Whoever knows the cluster and group id can send the notice.
+    let notice = RemovedRequest { cluster_id: cluster.cluster_id.clone(), group_id: 0, membership_index: 1 };
+    let refused = cluster.admin(voter).await.removed(notice).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("not removed"), "{}", refused.message());
+    assert!(!cluster.data_dir(voter).join("left.json").exists(), "a false notice was recorded");
+    assert_eq!(cluster.http_get(voter, "/readyz").await.0, 200, "the voter still reports ready");
+
+    // It restarts as a member and serves.
+    assert!(cluster.terminate(voter).success());
+    cluster.start_node(voter);
+    client.put("after", "restart").await.unwrap();
+    let replica = cluster.client_for([voter]);
+    wait_for("the restarted voter to apply a new write", WAIT, || async {
+        (replica.get_serializable("after").await.ok()?.as_deref() == Some(&b"restart"[..])).then_some(())
+    })
+    .await;
 }
