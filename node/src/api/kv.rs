@@ -40,6 +40,9 @@ use crate::types::index_of;
 
 const DEFAULT_SCAN_LIMIT: usize = 1000;
 const MAX_SCAN_LIMIT: usize = 10_000;
+/// A scan page ends once its keys and values reach this many bytes (plus at most one item),
+/// well below the 4 MiB a gRPC client accepts by default.
+const SCAN_PAGE_BYTES: usize = 1 << 20;
 
 pub struct KvService {
     ctx: Arc<NodeContext>,
@@ -210,10 +213,11 @@ impl Kv for KvService {
                 return Ok(ScanResponse::default());
             };
             let db = self.ctx.db.clone();
-            let (items, more) = tokio::task::spawn_blocking(move || scan::scan(&db, &shards, &bounds, limit))
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?
-                .map_err(|e| Status::internal(format!("scanning the store failed: {e}")))?;
+            let (items, more) =
+                tokio::task::spawn_blocking(move || scan::scan(&db, &shards, &bounds, limit, SCAN_PAGE_BYTES))
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))?
+                    .map_err(|e| Status::internal(format!("scanning the store failed: {e}")))?;
             let continuation =
                 if more { items.last().map(|kv| kv.key.clone()).unwrap_or_default() } else { Vec::new() };
             Ok(ScanResponse { items, continuation })
