@@ -28,7 +28,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::cluster::{ClusterStatus, GroupStatus};
 use crate::endpoints::endpoint_uri;
 use crate::error::{Error, Result};
-use crate::retry::{Backoff, Deadline, NextStep, next_step};
+use crate::retry::{AttemptEffect, Backoff, Deadline, NextStep, attempt_effect, next_step};
 use crate::session::{Session, WriteTicket};
 use crate::shard_map::{Item, ScanMerge, ShardMap, Unroutable, successor};
 
@@ -172,6 +172,37 @@ impl Leader {
     }
 }
 
+/// What the failed attempts of one request may have done (see [`attempt_effect`]).
+#[derive(Default)]
+struct Attempts {
+    /// Why an attempt may have been applied, once one may have been (the first reason).
+    uncertain: Mutex<Option<String>>,
+}
+
+impl Attempts {
+    fn failed(&self, target: &str, status: &tonic::Status) {
+        if attempt_effect(status) == AttemptEffect::Unknown {
+            self.mark(format!("an attempt at {target} ended with {:?}: {}", status.code(), status.message()));
+        }
+    }
+
+    fn cut_off(&self, target: &str) {
+        self.mark(format!("an attempt at {target} was still running when the deadline passed"));
+    }
+
+    fn mark(&self, reason: String) {
+        lock(&self.uncertain).get_or_insert(reason);
+    }
+
+    /// The error a write returns: `OutcomeUnknown` once any attempt may have been applied.
+    fn settle(&self, error: Error) -> Error {
+        match lock(&self.uncertain).take() {
+            Some(reason) => Error::OutcomeUnknown(format!("{error}; {reason}")),
+            None => error,
+        }
+    }
+}
+
 fn request<M>(message: M, timeout: Duration) -> tonic::Request<M> {
     let mut request = tonic::Request::new(message);
     request.set_timeout(timeout);
@@ -277,7 +308,7 @@ impl Client {
     pub async fn put(&self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Result<u64> {
         let ticket = self.session.begin_write();
         let base = PutRequest { header: None, key: key.into(), value: value.into() };
-        self.call_routed(&base.key, self.request_timeout(), |channel, timeout, config_num| {
+        self.write_routed(&base.key, |channel, timeout, config_num| {
             let mut message = base.clone();
             message.header = Some(self.write_header(&ticket, config_num));
             async move {
@@ -300,7 +331,7 @@ impl Client {
 
     pub async fn get_with(&self, key: impl Into<Vec<u8>>, consistency: ReadConsistency) -> Result<Option<Vec<u8>>> {
         let base = GetRequest { header: None, key: key.into(), consistency: consistency.into() };
-        self.call_routed(&base.key, self.request_timeout(), |channel, timeout, config_num| {
+        self.call_routed(&base.key, self.request_timeout(), &Attempts::default(), |channel, timeout, config_num| {
             let mut message = base.clone();
             message.header = read_header(config_num);
             async move {
@@ -315,7 +346,7 @@ impl Client {
     pub async fn delete(&self, key: impl Into<Vec<u8>>) -> Result<bool> {
         let ticket = self.session.begin_write();
         let base = DeleteRequest { header: None, key: key.into() };
-        self.call_routed(&base.key, self.request_timeout(), |channel, timeout, config_num| {
+        self.write_routed(&base.key, |channel, timeout, config_num| {
             let mut message = base.clone();
             message.header = Some(self.write_header(&ticket, config_num));
             async move {
@@ -342,7 +373,7 @@ impl Client {
             expected: expected.unwrap_or_default(),
             new_value: new_value.into(),
         };
-        self.call_routed(&base.key, self.request_timeout(), |channel, timeout, config_num| {
+        self.write_routed(&base.key, |channel, timeout, config_num| {
             let mut message = base.clone();
             message.header = Some(self.write_header(&ticket, config_num));
             async move {
@@ -446,11 +477,19 @@ impl Client {
                 async move {
                     let deadline = Deadline::after(self.request_timeout());
                     let page = self
-                        .call_group(leader, deadline, self.request_timeout(), |channel, timeout| {
-                            let message = message.clone();
-                            async move { Ok(KvClient::new(channel).scan(request(message, timeout)).await?.into_inner()) }
-                        })
-                        .await?;
+                            .call_group(
+                                leader,
+                                deadline,
+                                self.request_timeout(),
+                                &Attempts::default(),
+                                |channel, timeout| {
+                                    let message = message.clone();
+                                    async move {
+                                        Ok(KvClient::new(channel).scan(request(message, timeout)).await?.into_inner())
+                                    }
+                                },
+                            )
+                            .await?;
                     Ok::<_, GroupError>((i, page))
                 }
             });
@@ -529,7 +568,7 @@ impl Client {
         let deadline = Deadline::after(self.admin_timeout());
         self.require_sharded(deadline).await?;
         let reply = self
-            .call_group(&self.shared.seeds, deadline, self.admin_timeout(), |channel, timeout| {
+            .call_group(&self.shared.seeds, deadline, self.admin_timeout(), &Attempts::default(), |channel, timeout| {
                 let call = attempt(channel, timeout);
                 async move { Ok(call.await?.into_inner()) }
             })
@@ -690,7 +729,7 @@ impl Client {
     async fn detect_topology(&self, deadline: Deadline) -> Result<Topology> {
         let timeout = self.request_timeout();
         let answer = self
-            .call_group(&self.shared.seeds, deadline, timeout, |channel, timeout| async move {
+            .call_group(&self.shared.seeds, deadline, timeout, &Attempts::default(), |channel, timeout| async move {
                 match MetaClient::new(channel).query(request(QueryRequest { num: 0 }, timeout)).await {
                     Ok(reply) => Ok(Some(reply.into_inner())),
                     Err(status)
@@ -733,9 +772,15 @@ impl Client {
     /// Shard map `num` (0: the latest) from the meta group's leader.
     async fn query_meta(&self, num: u64, deadline: Deadline) -> Result<ShardConfig> {
         let reply = self
-            .call_group(&self.shared.seeds, deadline, self.request_timeout(), |channel, timeout| async move {
-                Ok(MetaClient::new(channel).query(request(QueryRequest { num }, timeout)).await?.into_inner())
-            })
+            .call_group(
+                &self.shared.seeds,
+                deadline,
+                self.request_timeout(),
+                &Attempts::default(),
+                |channel, timeout| async move {
+                    Ok(MetaClient::new(channel).query(request(QueryRequest { num }, timeout)).await?.into_inner())
+                },
+            )
             .await
             .map_err(|e| self.meta_error(e))?;
         config_of(reply)
@@ -798,11 +843,29 @@ impl Client {
         Arc::clone(groups.entry(group).or_insert_with(|| Arc::new(Leader::new(map.members(group).to_vec()))))
     }
 
+    /// `call_routed` for a write: if it fails after an attempt that may have been applied, the
+    /// error is `OutcomeUnknown`.
+    async fn write_routed<T, F, Fut>(&self, key: &[u8], attempt: F) -> Result<T>
+    where
+        F: FnMut(Channel, Duration, u64) -> Fut,
+        Fut: Future<Output = std::result::Result<T, tonic::Status>>,
+    {
+        let attempts = Attempts::default();
+        self.call_routed(key, self.request_timeout(), &attempts, attempt).await.map_err(|error| attempts.settle(error))
+    }
+
     /// Runs `attempt` at the leader of the group serving `key`'s shard until it succeeds,
     /// fails for good, or `timeout` runs out. The attempt gets the remaining time as its gRPC
     /// deadline and the number of the shard map it was routed with. After a WrongGroup answer
-    /// the map is refreshed and the attempt repeated at the (new) owner.
-    async fn call_routed<T, F, Fut>(&self, key: &[u8], timeout: Duration, mut attempt: F) -> Result<T>
+    /// the map is refreshed and the attempt repeated at the (new) owner. Failed attempts are
+    /// recorded in `attempts`.
+    async fn call_routed<T, F, Fut>(
+        &self,
+        key: &[u8],
+        timeout: Duration,
+        attempts: &Attempts,
+        mut attempt: F,
+    ) -> Result<T>
     where
         F: FnMut(Channel, Duration, u64) -> Fut,
         Fut: Future<Output = std::result::Result<T, tonic::Status>>,
@@ -810,7 +873,8 @@ impl Client {
         let deadline = Deadline::after(timeout);
         let topology = self.topology_by(deadline).await?;
         if topology == Topology::Standalone {
-            return match self.call_group(&self.shared.seeds, deadline, timeout, |ch, t| attempt(ch, t, 0)).await {
+            let seeds = &self.shared.seeds;
+            return match self.call_group(seeds, deadline, timeout, attempts, |ch, t| attempt(ch, t, 0)).await {
                 Ok(reply) => Ok(reply),
                 Err(GroupError::Failed(error)) => Err(error),
                 Err(GroupError::WrongGroup(status)) => Err(standalone_wrong_group(status)),
@@ -827,7 +891,7 @@ impl Client {
                 Ok((_shard, group)) => {
                     let leader = self.group_leader(&map, group);
                     let num = map.num();
-                    match self.call_group(&leader, deadline, timeout, |ch, t| attempt(ch, t, num)).await {
+                    match self.call_group(&leader, deadline, timeout, attempts, |ch, t| attempt(ch, t, num)).await {
                         Ok(reply) => return Ok(reply),
                         Err(GroupError::Failed(error)) => return Err(error),
                         Err(GroupError::WrongGroup(status)) => RouteFailure::WrongGroup(status),
@@ -852,19 +916,21 @@ impl Client {
         F: FnMut(Channel, Duration) -> Fut,
         Fut: Future<Output = std::result::Result<T, tonic::Status>>,
     {
-        self.call_group(&self.shared.seeds, Deadline::after(timeout), timeout, attempt)
+        self.call_group(&self.shared.seeds, Deadline::after(timeout), timeout, &Attempts::default(), attempt)
             .await
             .map_err(|e| self.meta_error(e))
     }
 
     /// Runs `attempt` against the leader of one group until it succeeds, fails for good, is
     /// refused with WrongGroup, or `deadline` passes (`timeout` is its length, for messages).
-    /// Each attempt gets the remaining time as its gRPC deadline.
+    /// Each attempt gets the remaining time as its gRPC deadline; failed ones are recorded in
+    /// `attempts`.
     async fn call_group<T, F, Fut>(
         &self,
         leader: &Leader,
         deadline: Deadline,
         timeout: Duration,
+        attempts: &Attempts,
         mut attempt: F,
     ) -> std::result::Result<T, GroupError>
     where
@@ -884,8 +950,12 @@ impl Client {
             let status = match tokio::time::timeout(remaining, attempt(channel, remaining)).await {
                 Ok(Ok(reply)) => return Ok(reply),
                 Ok(Err(status)) => status,
-                Err(_elapsed) => return Err(Error::DeadlineExceeded.into()),
+                Err(_elapsed) => {
+                    attempts.cut_off(&target);
+                    return Err(Error::DeadlineExceeded.into());
+                }
             };
+            attempts.failed(&target, &status);
             match next_step(&status) {
                 NextStep::Fail => return Err(Error::from_status(status).into()),
                 NextStep::WrongGroup(_) => return Err(GroupError::WrongGroup(status)),

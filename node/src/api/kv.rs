@@ -25,6 +25,7 @@ use tonic::Status;
 use super::errors::admit;
 use super::errors::raft_error;
 use super::errors::refused_at_apply;
+use super::errors::write_error;
 use super::observed;
 use super::scan;
 use crate::context::NodeContext;
@@ -89,7 +90,7 @@ impl KvService {
         // position in the log, which is what decides.
         admit(self.ctx.admission(shard), shard, || self.ctx.leader())?;
         let cmd = Command { session: Some(session), shard, op };
-        let response = self.ctx.raft.client_write(cmd).await.map_err(raft_error)?;
+        let response = self.ctx.raft.client_write(cmd).await.map_err(write_error)?;
         refused_at_apply(&response.data, shard, || self.ctx.leader())?;
         if response.data == OpResult::SessionExpired {
             return Err(Status::failed_precondition(format!(
