@@ -40,6 +40,7 @@ use crate::context::NodeContext;
 use crate::identity;
 use crate::lifecycle::leadership::TransferError;
 use crate::lifecycle::leadership::transfer_leadership;
+use crate::lifecycle::prestop::Prestop;
 use crate::lifecycle::removal;
 use crate::lifecycle::removal::PeerView;
 use crate::lifecycle::removal::Verdict;
@@ -58,11 +59,12 @@ const REMOVAL_RETRY: Duration = Duration::from_millis(200);
 pub struct AdminService {
     ctx: Arc<NodeContext>,
     channels: Channels,
+    prestop: Arc<Prestop>,
 }
 
 impl AdminService {
-    pub fn new(ctx: Arc<NodeContext>, channels: Channels) -> Self {
-        Self { ctx, channels }
+    pub fn new(ctx: Arc<NodeContext>, channels: Channels, prestop: Arc<Prestop>) -> Self {
+        Self { ctx, channels, prestop }
     }
 
     fn status(&self, initialized: bool) -> StatusResponse {
@@ -331,6 +333,10 @@ impl Admin for AdminService {
             self.ctx.set_stopping();
             identity::record_left(&self.ctx.data_dir, &identity::Left { membership_index })
                 .map_err(|e| Status::internal(format!("recording that this node left: {e}")))?;
+            // The same stop as preStop and SIGTERM (not ready, snapshot); its report is what a
+            // later preStop hook gets.
+            let (prestop, ctx) = (self.prestop.clone(), self.ctx.clone());
+            tokio::spawn(async move { prestop.run(&ctx).await });
             Ok(RemovedResponse {})
         })
         .await

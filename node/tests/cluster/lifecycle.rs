@@ -1,6 +1,11 @@
 //! preStop: readiness off, leadership moved, snapshot taken and log purged, clean exit on
 //! SIGTERM, and a restart that replays only a short log suffix.
 
+use std::time::Duration;
+use std::time::Instant;
+
+use shardkv_client::Client;
+use shardkv_client::ClientOptions;
 use shardkv_proto::v1::RemoveLearnersRequest;
 use shardkv_proto::v1::RemovedRequest;
 
@@ -144,4 +149,59 @@ async fn a_forged_removed_notice_to_a_live_voter_is_refused() {
         (replica.get_serializable("after").await.ok()?.as_deref() == Some(&b"restart"[..])).then_some(())
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_without_prestop_hands_over_snapshots_and_the_restart_replays_a_short_suffix() {
+    let mut cluster = Cluster::start(45, 3, &[]).await;
+    let client = cluster.client();
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let c = client.new_session();
+            tokio::spawn(async move {
+                for i in 0..150 {
+                    c.put(format!("w{w}-{i}"), "v").await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let leader = cluster.leader().await;
+    let before = cluster.status(leader).await.unwrap();
+    assert!(before.last_log_index - before.purged_index >= 1200, "the log holds the writes: {before:?}");
+
+    // No preStop call: only the signal. A client of the other members gets a write through
+    // within a second.
+    let others: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    let options = ClientOptions { request_timeout: Duration::from_secs(1), ..ClientOptions::default() };
+    let survivors = Client::with_options(others.iter().map(|id| cluster.grpc_addr(*id)).collect(), options).unwrap();
+    cluster.send_term(leader);
+    let started = Instant::now();
+    survivors.put("during", "stop").await.expect("a write through another member within 1 s of SIGTERM");
+    let took = started.elapsed();
+    eprintln!("a write through another member {took:?} after SIGTERM");
+    assert!(took < Duration::from_secs(1), "the write took {took:?}");
+
+    let exit = tokio::task::block_in_place(|| cluster.wait_exit(leader));
+    assert!(exit.success(), "clean exit after SIGTERM: {exit:?}\n{}", cluster.log(leader));
+    let log = cluster.log(leader);
+    assert!(log.contains("preStop finished") && log.contains("stopped cleanly"), "{log}");
+
+    cluster.start_node(leader);
+    let status = wait_for("the restarted node to rejoin", WAIT, || async {
+        let s = cluster.status(leader).await?;
+        (s.leader_id.is_some() && s.applied_index > before.applied_index).then_some(s)
+    })
+    .await;
+    eprintln!("the restart replayed {} log entries", status.startup_log_entries);
+    assert!(
+        status.startup_log_entries <= 10,
+        "restart replayed {} entries; {} were on disk before SIGTERM",
+        status.startup_log_entries,
+        before.last_log_index - before.purged_index
+    );
+    let restarted = cluster.client_for([leader]);
+    assert_eq!(restarted.get_serializable("during").await.unwrap().as_deref(), Some(&b"stop"[..]));
 }
