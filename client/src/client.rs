@@ -28,7 +28,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::cluster::{ClusterStatus, GroupStatus};
 use crate::endpoints::endpoint_uri;
 use crate::error::{Error, Result};
-use crate::retry::{Backoff, Deadline, NextStep, next_step};
+use crate::retry::{AttemptEffect, Backoff, Deadline, NextStep, attempt_effect, next_step};
 use crate::session::{Session, WriteTicket};
 use crate::shard_map::{Item, ScanMerge, ShardMap, Unroutable, successor};
 
@@ -178,6 +178,37 @@ impl Leader {
     }
 }
 
+/// What the failed attempts of one request may have done (see [`attempt_effect`]).
+#[derive(Default)]
+struct Attempts {
+    /// Why an attempt may have been applied, once one may have been (the first reason).
+    uncertain: Mutex<Option<String>>,
+}
+
+impl Attempts {
+    fn failed(&self, target: &str, status: &tonic::Status) {
+        if attempt_effect(status) == AttemptEffect::Unknown {
+            self.mark(format!("an attempt at {target} ended with {:?}: {}", status.code(), status.message()));
+        }
+    }
+
+    fn cut_off(&self, target: &str) {
+        self.mark(format!("an attempt at {target} was still running when its time ran out"));
+    }
+
+    fn mark(&self, reason: String) {
+        lock(&self.uncertain).get_or_insert(reason);
+    }
+
+    /// The error a write returns: `OutcomeUnknown` once any attempt may have been applied.
+    fn settle(&self, error: Error) -> Error {
+        match lock(&self.uncertain).take() {
+            Some(reason) => Error::OutcomeUnknown(format!("{error}; {reason}")),
+            None => error,
+        }
+    }
+}
+
 fn request<M>(message: M, timeout: Duration) -> tonic::Request<M> {
     let mut request = tonic::Request::new(message);
     request.set_timeout(timeout);
@@ -298,7 +329,7 @@ impl Client {
     pub async fn put(&self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Result<u64> {
         let ticket = self.session.begin_write();
         let base = PutRequest { header: None, key: key.into(), value: value.into() };
-        self.call_routed(&base.key, self.request_timeout(), |channel, timeout, config_num| {
+        self.write_routed(&base.key, |channel, timeout, config_num| {
             let mut message = base.clone();
             message.header = Some(self.write_header(&ticket, config_num));
             async move {
@@ -321,7 +352,7 @@ impl Client {
 
     pub async fn get_with(&self, key: impl Into<Vec<u8>>, consistency: ReadConsistency) -> Result<Option<Vec<u8>>> {
         let base = GetRequest { header: None, key: key.into(), consistency: consistency.into() };
-        self.call_routed(&base.key, self.request_timeout(), |channel, timeout, config_num| {
+        self.call_routed(&base.key, self.request_timeout(), &Attempts::default(), |channel, timeout, config_num| {
             let mut message = base.clone();
             message.header = read_header(config_num);
             async move {
@@ -336,7 +367,7 @@ impl Client {
     pub async fn delete(&self, key: impl Into<Vec<u8>>) -> Result<bool> {
         let ticket = self.session.begin_write();
         let base = DeleteRequest { header: None, key: key.into() };
-        self.call_routed(&base.key, self.request_timeout(), |channel, timeout, config_num| {
+        self.write_routed(&base.key, |channel, timeout, config_num| {
             let mut message = base.clone();
             message.header = Some(self.write_header(&ticket, config_num));
             async move {
@@ -363,7 +394,7 @@ impl Client {
             expected: expected.unwrap_or_default(),
             new_value: new_value.into(),
         };
-        self.call_routed(&base.key, self.request_timeout(), |channel, timeout, config_num| {
+        self.write_routed(&base.key, |channel, timeout, config_num| {
             let mut message = base.clone();
             message.header = Some(self.write_header(&ticket, config_num));
             async move {
@@ -452,29 +483,38 @@ impl Client {
     ) -> std::result::Result<(), GroupError> {
         while !merge.drain() {
             let wanted = merge.wanted();
-            let pages = merge.pending().into_iter().map(|i| {
-                let (leader, shards) = &sources[i];
-                let message = ScanRequest {
-                    header: read_header(config_num),
-                    start: start.to_vec(),
-                    end: options.end.clone(),
-                    prefix: options.prefix.clone(),
-                    limit: wanted.map_or(0, |w| u32::try_from(w).unwrap_or(u32::MAX)),
-                    continuation: merge.continuation(i).to_vec(),
-                    consistency: ReadConsistency::Linearizable.into(),
-                    shards: shards.clone(),
-                };
-                async move {
-                    let deadline = Deadline::after(self.request_timeout());
-                    let page = self
-                        .call_group(leader, deadline, self.kv_limits(), |channel, timeout| {
-                            let message = message.clone();
-                            async move { Ok(KvClient::new(channel).scan(request(message, timeout)).await?.into_inner()) }
-                        })
-                        .await?;
-                    Ok::<_, GroupError>((i, page))
-                }
-            });
+            let pages =
+                merge.pending().into_iter().map(|i| {
+                    let (leader, shards) = &sources[i];
+                    let message = ScanRequest {
+                        header: read_header(config_num),
+                        start: start.to_vec(),
+                        end: options.end.clone(),
+                        prefix: options.prefix.clone(),
+                        limit: wanted.map_or(0, |w| u32::try_from(w).unwrap_or(u32::MAX)),
+                        continuation: merge.continuation(i).to_vec(),
+                        consistency: ReadConsistency::Linearizable.into(),
+                        shards: shards.clone(),
+                    };
+                    async move {
+                        let deadline = Deadline::after(self.request_timeout());
+                        let page =
+                            self.call_group(
+                                leader,
+                                deadline,
+                                self.kv_limits(),
+                                &Attempts::default(),
+                                |channel, timeout| {
+                                    let message = message.clone();
+                                    async move {
+                                        Ok(KvClient::new(channel).scan(request(message, timeout)).await?.into_inner())
+                                    }
+                                },
+                            )
+                            .await?;
+                        Ok::<_, GroupError>((i, page))
+                    }
+                });
             for page in futures::future::join_all(pages).await {
                 let (i, page) = page?;
                 let items: Vec<Item> = page.items.into_iter().map(|kv| (kv.key, kv.value)).collect();
@@ -550,10 +590,16 @@ impl Client {
         let deadline = Deadline::after(self.admin_timeout());
         self.require_sharded(deadline).await?;
         let reply = self
-            .call_group(&self.shared.seeds, deadline, Limits::whole(self.admin_timeout()), |channel, timeout| {
-                let call = attempt(channel, timeout);
-                async move { Ok(call.await?.into_inner()) }
-            })
+            .call_group(
+                &self.shared.seeds,
+                deadline,
+                Limits::whole(self.admin_timeout()),
+                &Attempts::default(),
+                |channel, timeout| {
+                    let call = attempt(channel, timeout);
+                    async move { Ok(call.await?.into_inner()) }
+                },
+            )
             .await
             .map_err(|e| self.meta_error(e))?;
         let config = config_of(reply)?;
@@ -715,17 +761,26 @@ impl Client {
     /// without the Meta service (UNIMPLEMENTED) can only be a standalone group.
     async fn detect_topology(&self, deadline: Deadline) -> Result<Topology> {
         let answer = self
-            .call_group(&self.shared.seeds, deadline, self.kv_limits(), |channel, timeout| async move {
-                match MetaClient::new(channel).query(request(QueryRequest { num: 0 }, timeout)).await {
-                    Ok(reply) => Ok(Some(reply.into_inner())),
-                    Err(status)
-                        if matches!(status.code(), tonic::Code::FailedPrecondition | tonic::Code::Unimplemented) =>
-                    {
-                        Ok(None)
+            .call_group(
+                &self.shared.seeds,
+                deadline,
+                self.kv_limits(),
+                &Attempts::default(),
+                |channel, timeout| async move {
+                    match MetaClient::new(channel).query(request(QueryRequest { num: 0 }, timeout)).await {
+                        Ok(reply) => Ok(Some(reply.into_inner())),
+                        Err(status)
+                            if matches!(
+                                status.code(),
+                                tonic::Code::FailedPrecondition | tonic::Code::Unimplemented
+                            ) =>
+                        {
+                            Ok(None)
+                        }
+                        Err(status) => Err(status),
                     }
-                    Err(status) => Err(status),
-                }
-            })
+                },
+            )
             .await;
         match answer {
             Ok(Some(reply)) => {
@@ -758,9 +813,15 @@ impl Client {
     /// Shard map `num` (0: the latest) from the meta group's leader.
     async fn query_meta(&self, num: u64, deadline: Deadline) -> Result<ShardConfig> {
         let reply = self
-            .call_group(&self.shared.seeds, deadline, self.kv_limits(), |channel, timeout| async move {
-                Ok(MetaClient::new(channel).query(request(QueryRequest { num }, timeout)).await?.into_inner())
-            })
+            .call_group(
+                &self.shared.seeds,
+                deadline,
+                self.kv_limits(),
+                &Attempts::default(),
+                |channel, timeout| async move {
+                    Ok(MetaClient::new(channel).query(request(QueryRequest { num }, timeout)).await?.into_inner())
+                },
+            )
             .await
             .map_err(|e| self.meta_error(e))?;
         config_of(reply)
@@ -823,11 +884,29 @@ impl Client {
         Arc::clone(groups.entry(group).or_insert_with(|| Arc::new(Leader::new(map.members(group).to_vec()))))
     }
 
+    /// `call_routed` for a write: if it fails after an attempt that may have been applied, the
+    /// error is `OutcomeUnknown`.
+    async fn write_routed<T, F, Fut>(&self, key: &[u8], attempt: F) -> Result<T>
+    where
+        F: FnMut(Channel, Duration, u64) -> Fut,
+        Fut: Future<Output = std::result::Result<T, tonic::Status>>,
+    {
+        let attempts = Attempts::default();
+        self.call_routed(key, self.request_timeout(), &attempts, attempt).await.map_err(|error| attempts.settle(error))
+    }
+
     /// Runs `attempt` at the leader of the group serving `key`'s shard until it succeeds,
     /// fails for good, or `timeout` runs out. The attempt gets the remaining time as its gRPC
     /// deadline and the number of the shard map it was routed with. After a WrongGroup answer
-    /// the map is refreshed and the attempt repeated at the (new) owner.
-    async fn call_routed<T, F, Fut>(&self, key: &[u8], timeout: Duration, mut attempt: F) -> Result<T>
+    /// the map is refreshed and the attempt repeated at the (new) owner. Failed attempts are
+    /// recorded in `attempts`.
+    async fn call_routed<T, F, Fut>(
+        &self,
+        key: &[u8],
+        timeout: Duration,
+        attempts: &Attempts,
+        mut attempt: F,
+    ) -> Result<T>
     where
         F: FnMut(Channel, Duration, u64) -> Fut,
         Fut: Future<Output = std::result::Result<T, tonic::Status>>,
@@ -836,7 +915,10 @@ impl Client {
         let limits = Limits { total: timeout, ..self.kv_limits() };
         let topology = self.topology_by(deadline).await?;
         if topology == Topology::Standalone {
-            return match self.call_group(&self.shared.seeds, deadline, limits, |ch, t| attempt(ch, t, 0)).await {
+            return match self
+                .call_group(&self.shared.seeds, deadline, limits, attempts, |ch, t| attempt(ch, t, 0))
+                .await
+            {
                 Ok(reply) => Ok(reply),
                 Err(GroupError::Failed(error)) => Err(error),
                 Err(GroupError::WrongGroup(status)) => Err(standalone_wrong_group(status)),
@@ -853,7 +935,7 @@ impl Client {
                 Ok((_shard, group)) => {
                     let leader = self.group_leader(&map, group);
                     let num = map.num();
-                    match self.call_group(&leader, deadline, limits, |ch, t| attempt(ch, t, num)).await {
+                    match self.call_group(&leader, deadline, limits, attempts, |ch, t| attempt(ch, t, num)).await {
                         Ok(reply) => return Ok(reply),
                         Err(GroupError::Failed(error)) => return Err(error),
                         Err(GroupError::WrongGroup(status)) => RouteFailure::WrongGroup(status),
@@ -878,20 +960,28 @@ impl Client {
         F: FnMut(Channel, Duration) -> Fut,
         Fut: Future<Output = std::result::Result<T, tonic::Status>>,
     {
-        self.call_group(&self.shared.seeds, Deadline::after(timeout), Limits::whole(timeout), attempt)
-            .await
-            .map_err(|e| self.meta_error(e))
+        self.call_group(
+            &self.shared.seeds,
+            Deadline::after(timeout),
+            Limits::whole(timeout),
+            &Attempts::default(),
+            attempt,
+        )
+        .await
+        .map_err(|e| self.meta_error(e))
     }
 
     /// Runs `attempt` against the leader of one group until it succeeds, fails for good, is
     /// refused with WrongGroup, or `deadline` passes (`limits.total` is its length, for
     /// messages). Each attempt gets at most `limits.per_attempt` of the remaining time as its
     /// gRPC deadline; a node that does not answer within it is passed over for the next replica.
+    /// Failed attempts are recorded in `attempts`.
     async fn call_group<T, F, Fut>(
         &self,
         leader: &Leader,
         deadline: Deadline,
         limits: Limits,
+        attempts: &Attempts,
         mut attempt: F,
     ) -> std::result::Result<T, GroupError>
     where
@@ -912,8 +1002,13 @@ impl Client {
             let status = match tokio::time::timeout(limit, attempt(channel, limit)).await {
                 Ok(Ok(reply)) => return Ok(reply),
                 Ok(Err(status)) => status,
-                Err(_elapsed) => tonic::Status::deadline_exceeded(format!("{target} did not answer within {limit:?}")),
+                Err(_elapsed) => {
+                    // Cut off, it may still be applied where it was sent.
+                    attempts.cut_off(&target);
+                    tonic::Status::deadline_exceeded(format!("{target} did not answer within {limit:?}"))
+                }
             };
+            attempts.failed(&target, &status);
             let step = match status.code() {
                 // Only this attempt ran out of time (its own bound, or the node gave up on it):
                 // another replica may answer before the request's deadline.

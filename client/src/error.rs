@@ -6,15 +6,24 @@ use std::error::Error as _;
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// What went wrong with a request, in terms a caller can act on.
+///
+/// A write (put, delete, compare-and-swap) that fails with [`Error::OutcomeUnknown`] may or
+/// may not have taken effect; any other error of a write means it was not applied.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A write failed after an attempt that may have been applied, or may still be: its entry
+    /// reached a leader's log and then its fate was lost (a leader change, a connection cut, the
+    /// deadline passing mid-attempt). Read the key to find out before writing again.
+    #[error("outcome unknown: the write may or may not have been applied: {0}")]
+    OutcomeUnknown(String),
     /// The request itself is wrong (empty key, value too large, bad endpoint, ...).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     /// No leader could serve the request before the deadline.
     #[error("cluster unavailable: {0}")]
     Unavailable(String),
-    /// The request's deadline passed before it completed; a write may or may not have applied.
+    /// The request's deadline passed before it completed (for a write: between attempts that
+    /// each certainly applied nothing; otherwise the error is `OutcomeUnknown`).
     #[error("deadline exceeded before the request completed")]
     DeadlineExceeded,
     /// The cluster refused the request in its current state (other cluster, expired session, ...).
@@ -42,6 +51,25 @@ impl Error {
             _ => Error::Other(Box::new(status)),
         }
     }
+}
+
+impl Error {
+    /// True when a write may have been applied despite the error.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, Error::OutcomeUnknown(_))
+    }
+}
+
+/// True when the status says the connection could not be opened, so the request was never sent.
+pub(crate) fn is_connect_failure(status: &tonic::Status) -> bool {
+    let mut source = status.source();
+    while let Some(err) = source {
+        if err.is::<tonic::ConnectError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// True when the status was produced locally because the connection failed, as opposed to
@@ -98,5 +126,16 @@ mod tests {
         let status = tonic::Status::from_error(Box::new(io));
         assert!(is_transport_failure(&status));
         assert!(!is_transport_failure(&tonic::Status::unavailable("not leader")));
+    }
+
+    #[test]
+    fn only_a_failed_connect_means_the_request_was_never_sent() {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let connect = tonic::Status::from_error(Box::new(tonic::ConnectError(Box::new(refused))));
+        assert_eq!(connect.code(), tonic::Code::Unavailable);
+        assert!(is_connect_failure(&connect));
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        assert!(!is_connect_failure(&tonic::Status::from_error(Box::new(reset))));
+        assert!(!is_connect_failure(&tonic::Status::unavailable("not leader")));
     }
 }

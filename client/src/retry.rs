@@ -2,7 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use shardkv_proto::{CONFIG_NUM_HEADER, LEADER_ADDR_HEADER};
+use shardkv_proto::{CONFIG_NUM_HEADER, LEADER_ADDR_HEADER, OUTCOME_HEADER, OUTCOME_UNKNOWN};
+
+use crate::error::is_connect_failure;
 
 /// First backoff delay after a failed attempt.
 pub const BACKOFF_INITIAL: Duration = Duration::from_millis(10);
@@ -107,6 +109,36 @@ pub fn next_step(status: &tonic::Status) -> NextStep {
     }
 }
 
+/// What a failed attempt of a write says about its effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptEffect {
+    /// The attempt certainly applied nothing: a node refused it before proposing it (or applied
+    /// it as a refusal), or it was never sent.
+    None,
+    /// It may have been proposed and may commit; only a retry with the same sequence number is
+    /// safe, and if none succeeds the write's outcome is unknown.
+    Unknown,
+}
+
+/// Classifies a failed write attempt. A node's answer is definite unless the node marked it
+/// outcome-unknown. A status this client made itself (it has a source error) means the
+/// connection failed: a connection that could not be opened sent nothing, but one cut
+/// mid-request may have delivered it.
+pub fn attempt_effect(status: &tonic::Status) -> AttemptEffect {
+    use std::error::Error as _;
+    use tonic::Code;
+    if status.metadata().get(OUTCOME_HEADER).is_some_and(|v| v == OUTCOME_UNKNOWN) {
+        return AttemptEffect::Unknown;
+    }
+    if status.source().is_some() {
+        return if is_connect_failure(status) { AttemptEffect::None } else { AttemptEffect::Unknown };
+    }
+    match status.code() {
+        Code::InvalidArgument | Code::FailedPrecondition | Code::Unavailable => AttemptEffect::None,
+        _ => AttemptEffect::Unknown,
+    }
+}
+
 /// The config number a WrongGroup answer carries, if `status` is one.
 pub fn wrong_group_config(status: &tonic::Status) -> Option<u64> {
     if status.code() != tonic::Code::FailedPrecondition {
@@ -190,6 +222,28 @@ mod tests {
         let mut not_precondition = tonic::Status::unavailable("moving in");
         not_precondition.metadata_mut().insert(CONFIG_NUM_HEADER, "12".parse().unwrap());
         assert_eq!(wrong_group_config(&not_precondition), None);
+    }
+
+    #[test]
+    fn answers_are_definite_unless_marked_and_cut_connections_are_not() {
+        assert_eq!(attempt_effect(&tonic::Status::unavailable("not the leader")), AttemptEffect::None);
+        assert_eq!(attempt_effect(&tonic::Status::failed_precondition("wrong group")), AttemptEffect::None);
+        assert_eq!(attempt_effect(&tonic::Status::invalid_argument("empty key")), AttemptEffect::None);
+        let mut discarded = tonic::Status::unavailable("log entry discarded on leader change");
+        discarded.metadata_mut().insert(OUTCOME_HEADER, OUTCOME_UNKNOWN.parse().unwrap());
+        assert_eq!(attempt_effect(&discarded), AttemptEffect::Unknown);
+        for cut in [
+            tonic::Status::deadline_exceeded("late"),
+            tonic::Status::cancelled("cancelled"),
+            tonic::Status::unknown("h2 protocol error"),
+            tonic::Status::internal("reply did not decode"),
+            tonic::Status::from_error(Box::new(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset"))),
+        ] {
+            assert_eq!(attempt_effect(&cut), AttemptEffect::Unknown, "{cut:?}");
+        }
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let never_sent = tonic::Status::from_error(Box::new(tonic::ConnectError(Box::new(refused))));
+        assert_eq!(attempt_effect(&never_sent), AttemptEffect::None);
     }
 
     #[test]

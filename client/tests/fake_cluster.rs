@@ -6,12 +6,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use shardkv_client::{Client, ClientOptions, Error, ScanOptions};
-use shardkv_proto::LEADER_ADDR_HEADER;
 use shardkv_proto::v1::kv_server::{Kv, KvServer};
 use shardkv_proto::v1::{
     CompareAndSwapRequest, CompareAndSwapResponse, DeleteRequest, DeleteResponse, GetRequest, GetResponse, KeyValue,
     PutRequest, PutResponse, RequestHeader, ScanRequest, ScanResponse,
 };
+use shardkv_proto::{LEADER_ADDR_HEADER, OUTCOME_HEADER, OUTCOME_UNKNOWN};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
@@ -27,6 +27,11 @@ enum Role {
     Leader { fail_first: usize },
     /// Rejects every request as invalid.
     Rejecting,
+    /// Took the write into its log, then lost it on a leader change: UNAVAILABLE marked
+    /// outcome-unknown. After `then_leaderless` attempts it knows no leader (a definite answer).
+    Discarding { then_leaderless: usize },
+    /// Never answers within any deadline.
+    Stalling,
 }
 
 #[derive(Clone)]
@@ -40,6 +45,14 @@ struct FakeNode {
 impl FakeNode {
     fn new(role: Role) -> Self {
         Self { role, attempts: Arc::new(AtomicUsize::new(0)), headers: Arc::new(Mutex::new(Vec::new())) }
+    }
+
+    /// Answers a request after the node's delay (a stalling node answers after any deadline).
+    async fn answer(&self, header: Option<RequestHeader>) -> Result<(), Status> {
+        if let Role::Stalling = self.role {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        self.admit(header)
     }
 
     fn admit(&self, header: Option<RequestHeader>) -> Result<(), Status> {
@@ -60,6 +73,16 @@ impl FakeNode {
                 Ok(())
             }
             Role::Rejecting => Err(Status::invalid_argument("empty key")),
+            Role::Discarding { then_leaderless } if attempt >= *then_leaderless => {
+                Err(Status::unavailable("no leader"))
+            }
+            Role::Discarding { .. } => {
+                self.headers.lock().unwrap().extend(header);
+                let mut status = Status::unavailable("log entry discarded on leader change; commit status unknown");
+                status.metadata_mut().insert(OUTCOME_HEADER, OUTCOME_UNKNOWN.parse().unwrap());
+                Err(status)
+            }
+            Role::Stalling => Err(Status::unavailable("too late")),
         }
     }
 }
@@ -84,18 +107,18 @@ fn page_after(continuation: &[u8], limit: u32) -> ScanResponse {
 #[tonic::async_trait]
 impl Kv for FakeNode {
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
-        self.admit(None)?;
+        self.answer(None).await?;
         let key = request.into_inner().key;
         Ok(Response::new(GetResponse { found: key == b"present", value: b"value".to_vec(), applied_index: 1 }))
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        self.admit(request.into_inner().header)?;
+        self.answer(request.into_inner().header).await?;
         Ok(Response::new(PutResponse { index: 7 }))
     }
 
     async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
-        self.admit(request.into_inner().header)?;
+        self.answer(request.into_inner().header).await?;
         Ok(Response::new(DeleteResponse { existed: true, index: 8 }))
     }
 
@@ -104,14 +127,14 @@ impl Kv for FakeNode {
         request: Request<CompareAndSwapRequest>,
     ) -> Result<Response<CompareAndSwapResponse>, Status> {
         let request = request.into_inner();
-        self.admit(request.header)?;
+        self.answer(request.header).await?;
         // The fake key holds "old".
         let succeeded = !request.expect_absent && request.expected == b"old";
         Ok(Response::new(CompareAndSwapResponse { succeeded, found: true, current: b"old".to_vec(), index: 9 }))
     }
 
     async fn scan(&self, request: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {
-        self.admit(None)?;
+        self.answer(None).await?;
         let request = request.into_inner();
         Ok(Response::new(page_after(&request.continuation, request.limit)))
     }
@@ -198,6 +221,7 @@ async fn retries_stop_at_the_request_deadline() {
     let started = Instant::now();
     let error = client.put("k", "v").await.unwrap_err();
     assert!(matches!(error, Error::Unavailable(_)), "{error}");
+    assert!(!error.outcome_unknown(), "every attempt was refused before it was proposed");
     assert!(started.elapsed() < Duration::from_millis(1000));
     assert!(node.attempts.load(Ordering::SeqCst) > 1, "it retried");
 }
@@ -229,4 +253,72 @@ async fn scan_follows_continuations_up_to_the_limit() {
     let limited = client.scan(ScanOptions { limit: Some(5), ..ScanOptions::default() }).await.unwrap();
     assert_eq!(limited.len(), 5);
     assert_eq!(limited[4].0, b"k4");
+}
+
+#[tokio::test]
+async fn a_write_whose_entry_may_have_committed_fails_as_outcome_unknown() {
+    let node = FakeNode::new(Role::Discarding { then_leaderless: usize::MAX });
+    let client = client(vec![serve(node.clone()).await], Duration::from_millis(300));
+    for write in [
+        client.put("k", "v").await.map(drop),
+        client.delete("k").await.map(drop),
+        client.compare_and_swap("k", None, "v").await.map(drop),
+    ] {
+        let error = write.unwrap_err();
+        assert!(matches!(&error, Error::OutcomeUnknown(m) if m.contains("commit status unknown")), "{error}");
+        assert!(error.outcome_unknown());
+    }
+    let headers = node.headers.lock().unwrap();
+    assert!(headers.len() > 3, "each write was retried");
+    assert!(headers.windows(2).all(|w| w[0].seq <= w[1].seq), "retries kept their sequence number");
+}
+
+#[tokio::test]
+async fn an_uncertain_attempt_keeps_the_write_uncertain_after_definite_refusals() {
+    let node = FakeNode::new(Role::Discarding { then_leaderless: 1 });
+    let client = client(vec![serve(node.clone()).await], Duration::from_millis(300));
+    let error = client.put("k", "v").await.unwrap_err();
+    assert!(error.outcome_unknown(), "{error}");
+    assert!(error.to_string().contains("no leader"), "the last answer is reported too: {error}");
+    assert!(node.attempts.load(Ordering::SeqCst) > 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_attempt_cut_off_by_the_deadline_leaves_a_write_uncertain_but_not_a_read() {
+    let client = client(vec![serve(FakeNode::new(Role::Stalling)).await], Duration::from_millis(200));
+    let error = client.put("k", "v").await.unwrap_err();
+    assert!(error.outcome_unknown(), "{error}");
+    let read = client.get("k").await.unwrap_err();
+    assert!(!read.outcome_unknown(), "reads are never uncertain: {read:?}");
+}
+
+#[tokio::test]
+async fn a_write_that_never_reached_a_node_was_not_applied() {
+    let client = client(vec![closed_port().await], Duration::from_millis(300));
+    let error = client.put("k", "v").await.unwrap_err();
+    assert!(matches!(error, Error::Transport(_)), "{error}");
+}
+
+/// Runs the `shardkv` CLI against `endpoint`; returns (exit code, stderr).
+async fn cli(endpoint: &str, args: &[&str]) -> (Option<i32>, String) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_shardkv"))
+        .args(["--endpoints", endpoint, "--timeout-ms", "300"])
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_tells_not_applied_from_outcome_unknown() {
+    let uncertain = serve(FakeNode::new(Role::Discarding { then_leaderless: usize::MAX })).await;
+    let (code, stderr) = cli(&uncertain, &["put", "k", "v"]).await;
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains("outcome unknown") && stderr.contains("may or may not have been applied"), "{stderr}");
+
+    let refused = serve(FakeNode::new(Role::Leaderless)).await;
+    let (code, stderr) = cli(&refused, &["del", "k"]).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("the write was not applied"), "{stderr}");
 }

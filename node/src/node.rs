@@ -134,13 +134,20 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let grpc = tokio::spawn(serve_grpc(grpc_listener, ctx.clone(), snapshots, channels.clone(), shutdown_rx.clone()));
+    let grpc = tokio::spawn(serve_grpc(
+        grpc_listener,
+        ctx.clone(),
+        snapshots,
+        channels.clone(),
+        prestop.clone(),
+        shutdown_rx.clone(),
+    ));
     if let Role::Sharded { .. } = role {
         tokio::spawn(Driver::new(ctx.clone(), args.meta_endpoints.clone(), channels).run(shutdown_rx.clone()));
     }
     let admin = tokio::spawn({
         let mut rx = shutdown_rx;
-        let app = http::router(ctx.clone(), prestop);
+        let app = http::router(ctx.clone(), prestop.clone());
         async move {
             axum::serve(admin_listener, app)
                 .with_graceful_shutdown(async move {
@@ -151,7 +158,11 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     });
 
     let signal = wait_for_signal().await?;
-    tracing::info!(signal, "shutting down: closing gRPC, stopping Raft, closing RocksDB");
+    // The same stop as preStop (a no-op wait for its report if the hook already ran), while
+    // every service still answers: a write arriving now is redirected to the new leader.
+    tracing::info!(signal, "stopping: handing leadership over and snapshotting before closing");
+    let report = prestop.run(&ctx).await;
+    tracing::info!(clean = report.clean, "closing gRPC, stopping Raft, closing RocksDB");
     shutdown_tx.send_replace(true);
     match tokio::time::timeout(GRPC_DRAIN_TIMEOUT, grpc).await {
         Ok(joined) => joined?.context("gRPC server failed")?,
@@ -159,9 +170,10 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     }
     raft.shutdown().await.map_err(|e| anyhow::anyhow!("stopping raft: {e}"))?;
     admin.await?.context("admin HTTP server failed")?;
-    // Leave a clean store behind: WAL synced and memtables flushed, so the next start is fast.
+    // Leave a clean store behind: WAL synced and every column family's memtable flushed, so
+    // the next start is fast.
     db.flush_wal(true).context("syncing the WAL")?;
-    db.flush().context("flushing memtables")?;
+    storage::flush_all(&db).context("flushing memtables")?;
     tracing::info!("stopped cleanly");
     Ok(())
 }
@@ -171,6 +183,7 @@ async fn serve_grpc(
     ctx: Arc<NodeContext>,
     snapshots: SnapshotStore,
     channels: Channels,
+    prestop: Arc<Prestop>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -186,7 +199,7 @@ async fn serve_grpc(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(KvServer::new(KvService::new(ctx.clone())))
-        .add_service(AdminServer::new(AdminService::new(ctx.clone(), channels)))
+        .add_service(AdminServer::new(AdminService::new(ctx.clone(), channels, prestop)))
         .add_service(MetaServer::new(MetaService::new(ctx.clone())))
         .add_service(MigrationServer::new(MigrationService::new(ctx)).max_encoding_message_size(MAX_MESSAGE_BYTES))
         .add_service(

@@ -1,7 +1,6 @@
 //! The Raft type configuration and the replicated command/response types.
 
-use std::io::Cursor;
-
+use bincode::Options;
 use serde::Deserialize;
 use serde::Serialize;
 
@@ -168,15 +167,98 @@ pub fn index_of(id: &Option<LogId>) -> u64 {
     id.as_ref().map_or(0, |l| l.index())
 }
 
-/// Binary encoding of everything we persist or send that openraft defines (entries, votes,
-/// RPC messages). One codec for all, so a format change happens in one place.
-pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    bincode::serialize(value).expect("serializing an in-memory value cannot fail")
+/// The one binary codec for everything we persist or send that is not protobuf (Raft entries,
+/// votes, RPC messages, snapshot headers, sessions, shard state): bincode 1 with fixed-width
+/// little-endian integers, the encoding `bincode::serialize` has always produced, so stored
+/// data and peers running older builds still decode.
+fn codec() -> impl bincode::Options {
+    bincode::options().with_fixint_encoding().reject_trailing_bytes()
 }
 
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    codec().serialize(value).expect("serializing an in-memory value cannot fail")
+}
+
+/// Decodes bytes that may have come from the network or a damaged file. Decoding is bounded by
+/// `bytes` itself: a length prefix larger than what is left is an error, never an allocation,
+/// and so are truncated input, unknown variants and trailing garbage.
 pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> std::io::Result<T> {
-    bincode::deserialize_from(Cursor::new(bytes))
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("corrupt record: {e}")))
+    codec()
+        .with_limit(bytes.len() as u64)
+        .deserialize(bytes)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("malformed record: {e}")))
+}
+
+/// Hostile-input checks shared by the tests of every decoder of bytes that arrive over the
+/// network (Raft messages, snapshot headers, sessions and shard state in pulled chunks).
+#[cfg(test)]
+pub(crate) mod hostile_input {
+    use rand::Rng;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    use super::*;
+
+    /// Length prefixes a hostile peer may send: 2^45 is what aborted a node
+    /// (`memory allocation of 35184372088832 bytes failed`).
+    pub const HUGE_LENGTHS: [u64; 3] = [1 << 31, 1 << 45, u64::MAX];
+
+    /// Feeds `decode::<T>` every strict prefix of `valid` (each must fail), `valid` with each
+    /// 8-byte window replaced by a huge length, `valid` with one trailing byte (must fail),
+    /// random mutations of `valid` and random buffers. Nothing may panic, and nothing may try
+    /// to allocate a length it read: that aborts the test binary.
+    pub fn check<T: for<'de> Deserialize<'de> + std::fmt::Debug>(valid: &[u8]) {
+        decode::<T>(valid).expect("the sample decodes");
+        for len in 0..valid.len() {
+            assert!(decode::<T>(&valid[..len]).is_err(), "a {len}-byte prefix of {} decoded", valid.len());
+        }
+        for huge in HUGE_LENGTHS {
+            for at in 0..valid.len().saturating_sub(7) {
+                let mut bytes = valid.to_vec();
+                bytes[at..at + 8].copy_from_slice(&huge.to_le_bytes());
+                let _ = decode::<T>(&bytes);
+            }
+        }
+        let mut trailing = valid.to_vec();
+        trailing.push(0);
+        assert!(decode::<T>(&trailing).is_err(), "trailing garbage was accepted");
+        let mut rng = StdRng::seed_from_u64(valid.len() as u64);
+        for _ in 0..2000 {
+            let mut bytes = valid.to_vec();
+            for _ in 0..rng.random_range(1..4) {
+                let at = rng.random_range(0..bytes.len());
+                bytes[at] = rng.random();
+            }
+            let _ = decode::<T>(&bytes);
+            let mut random = vec![0u8; rng.random_range(0..512)];
+            rng.fill(&mut random[..]);
+            let _ = decode::<T>(&random);
+        }
+    }
+
+    /// A log id of `term` (leader node 1) at `index`.
+    pub fn log_id(term: u64, index: u64) -> LogId {
+        use openraft::vote::RaftLeaderId;
+        let leader = openraft::impls::leader_id_adv::LeaderId::<u64, NodeId>::new(term, 1);
+        LogId::new(leader.to_committed(), index)
+    }
+
+    pub fn put(key: &[u8], value: &[u8]) -> Command {
+        Command {
+            session: Some(SessionTag { client_id: 9, seq: 2, first_unacked: 1 }),
+            shard: 3,
+            op: Op::Put { key: key.to_vec(), value: value.to_vec() },
+        }
+    }
+
+    /// `bytes` with the 8-byte length prefix written just before the first `marker` replaced.
+    pub fn with_length_before(bytes: &[u8], marker: &[u8], length: u64) -> Vec<u8> {
+        let at = bytes.windows(marker.len()).position(|w| w == marker).expect("marker present");
+        assert_eq!(bytes[at - 8..at], (marker.len() as u64).to_le_bytes(), "a length prefix precedes the marker");
+        let mut out = bytes.to_vec();
+        out[at - 8..at].copy_from_slice(&length.to_le_bytes());
+        out
+    }
 }
 
 #[cfg(test)]
@@ -195,5 +277,70 @@ mod tests {
         assert_eq!(decode::<Command>(&bytes).unwrap(), cmd);
         let cas = OpResult::CompareAndSwap { succeeded: false, previous: Some(b"old".to_vec()) };
         assert_eq!(decode::<OpResult>(&encode(&cas)).unwrap(), cas);
+    }
+
+    fn samples() -> Vec<Command> {
+        let record = |k: &[u8], v: &[u8]| Record { key: k.to_vec(), value: v.to_vec() };
+        vec![
+            hostile_input::put(b"key", &[7; 40]),
+            Command { session: None, shard: 1, op: Op::Delete { key: b"gone".to_vec() } },
+            Command {
+                session: None,
+                shard: 2,
+                op: Op::CompareAndSwap {
+                    key: b"k".to_vec(),
+                    expected: Some(b"old".to_vec()),
+                    new_value: b"new".to_vec(),
+                },
+            },
+            Command {
+                session: None,
+                shard: 5,
+                op: Op::InstallChunk {
+                    config_num: 4,
+                    data: vec![record(b"a", b"1"), record(b"b", b"2")],
+                    sessions: vec![record(&7u64.to_be_bytes(), b"session")],
+                    last: false,
+                },
+            },
+        ]
+    }
+
+    /// Stored logs and running peers encode with `bincode::serialize`; the bounded codec must
+    /// produce and read exactly those bytes.
+    #[test]
+    fn the_bounded_codec_keeps_the_bincode_1_encoding() {
+        for cmd in samples() {
+            let legacy = bincode::serialize(&cmd).unwrap();
+            assert_eq!(encode(&cmd), legacy);
+            assert_eq!(decode::<Command>(&legacy).unwrap(), cmd);
+            let entry = Entry { log_id: hostile_input::log_id(3, 17), payload: openraft::EntryPayload::Normal(cmd) };
+            let legacy = bincode::serialize(&entry).unwrap();
+            assert_eq!(encode(&entry), legacy);
+            assert_eq!(decode::<Entry>(&legacy).unwrap(), entry);
+        }
+        let applied = Some(hostile_input::log_id(2, 9));
+        assert_eq!(decode::<Option<LogId>>(&bincode::serialize(&applied).unwrap()).unwrap(), applied);
+    }
+
+    #[test]
+    fn a_huge_length_prefix_is_an_error_not_an_allocation() {
+        let bytes = encode(&hostile_input::put(b"MARKER-KEY", b"v"));
+        for huge in hostile_input::HUGE_LENGTHS {
+            let hostile = hostile_input::with_length_before(&bytes, b"MARKER-KEY", huge);
+            let err = decode::<Command>(&hostile).unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+        }
+    }
+
+    #[test]
+    fn commands_and_entries_survive_hostile_bytes() {
+        for cmd in samples() {
+            hostile_input::check::<Command>(&encode(&cmd));
+            let entry = Entry { log_id: hostile_input::log_id(1, 5), payload: openraft::EntryPayload::Normal(cmd) };
+            hostile_input::check::<Entry>(&encode(&entry));
+        }
+        let cas = OpResult::CompareAndSwap { succeeded: true, previous: Some(vec![1; 30]) };
+        hostile_input::check::<OpResult>(&encode(&cas));
     }
 }

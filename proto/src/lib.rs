@@ -16,6 +16,12 @@ pub const LEADER_ADDR_HEADER: &str = "x-shardkv-leader-addr";
 /// group that refused, so the client knows how fresh a shard map it needs.
 pub const CONFIG_NUM_HEADER: &str = "x-shardkv-config-num";
 
+/// Response metadata key on a failed write whose proposal may still commit (its log entry was
+/// discarded on a leader change, or Raft stopped with it in flight): value [`OUTCOME_UNKNOWN`].
+/// A failed write without it was not applied by that attempt.
+pub const OUTCOME_HEADER: &str = "x-shardkv-outcome";
+pub const OUTCOME_UNKNOWN: &str = "unknown";
+
 /// The shard a key belongs to: FNV-1a 64 of the key, modulo the cluster's fixed shard count.
 ///
 /// This is part of the protocol: clients route with it and nodes store keys under it, so it

@@ -27,6 +27,7 @@ use shardkv_proto::v1::TransferLeaderRequest;
 use shardkv_proto::v1::TransferLeaderResponse;
 use shardkv_proto::v1::TriggerSnapshotRequest;
 use shardkv_proto::v1::TriggerSnapshotResponse;
+use shardkv_proto::v1::admin_client::AdminClient;
 use shardkv_proto::v1::admin_server::Admin;
 use tonic::Request;
 use tonic::Response;
@@ -39,6 +40,10 @@ use crate::context::NodeContext;
 use crate::identity;
 use crate::lifecycle::leadership::TransferError;
 use crate::lifecycle::leadership::transfer_leadership;
+use crate::lifecycle::prestop::Prestop;
+use crate::lifecycle::removal;
+use crate::lifecycle::removal::PeerView;
+use crate::lifecycle::removal::Verdict;
 use crate::lifecycle::snapshot::snapshot_and_purge;
 use crate::migration::ShardState;
 use crate::network::channels::Channels;
@@ -46,16 +51,20 @@ use crate::types::index_of;
 
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(10);
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
-const REMOVED_NOTICE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A removed node confirms the notice with the group before it answers (see `removal`).
+const REMOVED_NOTICE_TIMEOUT: Duration = Duration::from_secs(10);
+const REMOVAL_CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+const REMOVAL_RETRY: Duration = Duration::from_millis(200);
 
 pub struct AdminService {
     ctx: Arc<NodeContext>,
     channels: Channels,
+    prestop: Arc<Prestop>,
 }
 
 impl AdminService {
-    pub fn new(ctx: Arc<NodeContext>, channels: Channels) -> Self {
-        Self { ctx, channels }
+    pub fn new(ctx: Arc<NodeContext>, channels: Channels, prestop: Arc<Prestop>) -> Self {
+        Self { ctx, channels, prestop }
     }
 
     fn status(&self, initialized: bool) -> StatusResponse {
@@ -115,6 +124,7 @@ impl AdminService {
             role: sharding.role.name().to_string(),
             config_num: sharding.config_num(),
             shards,
+            membership_index: index_of(m.membership_config.log_id()),
         }
     }
 }
@@ -144,7 +154,7 @@ impl AdminService {
         };
         let told = async {
             let channel = self.channels.get(addr).map_err(|e| e.to_string())?;
-            let mut admin = shardkv_proto::v1::admin_client::AdminClient::new(channel);
+            let mut admin = AdminClient::new(channel);
             let mut request = Request::new(request);
             request.set_timeout(REMOVED_NOTICE_TIMEOUT);
             admin.removed(request).await.map_err(|s| s.message().to_string())
@@ -154,6 +164,51 @@ impl AdminService {
             Ok(_) => tracing::info!(node = node_id, addr, "told the removed node it left"),
             Err(e) => tracing::warn!(node = node_id, addr, error = %e, "could not tell a removed node it left"),
         }
+    }
+}
+
+impl AdminService {
+    /// Asks the members of this node's own membership until their leader confirms or refutes
+    /// that it was removed, or `REMOVAL_CONFIRM_TIMEOUT` passes (a leader may be removing
+    /// itself and a successor not elected yet).
+    async fn confirm_removal(&self) -> Verdict {
+        let deadline = tokio::time::Instant::now() + REMOVAL_CONFIRM_TIMEOUT;
+        loop {
+            let membership = self.ctx.raft.metrics().borrow_watched().membership_config.clone();
+            let peers: Vec<(u64, String)> = membership
+                .membership()
+                .nodes()
+                .filter(|(id, _)| **id != self.ctx.node_id)
+                .map(|(id, node)| (*id, node.addr.clone()))
+                .collect();
+            let views = futures::future::join_all(peers.iter().map(|(id, addr)| self.peer_view(*id, addr))).await;
+            let verdict = removal::verdict(self.ctx.node_id, &views.into_iter().flatten().collect::<Vec<_>>());
+            if verdict != Verdict::Unknown || tokio::time::Instant::now() >= deadline {
+                return verdict;
+            }
+            tokio::time::sleep(REMOVAL_RETRY).await;
+        }
+    }
+
+    /// Member `node_id`'s view of the group, if it answers as a node of this group.
+    async fn peer_view(&self, node_id: u64, addr: &str) -> Option<PeerView> {
+        let channel = self.channels.get(addr).ok()?;
+        let mut request = Request::new(StatusRequest {});
+        request.set_timeout(REMOVAL_RETRY * 5);
+        let status = AdminClient::new(channel).status(request).await.ok()?.into_inner();
+        if status.cluster_id != self.ctx.scope.cluster_id
+            || status.group_id != self.ctx.scope.group_id
+            || status.node_id != node_id
+        {
+            return None;
+        }
+        Some(PeerView {
+            node_id,
+            leader: status.state == "Leader" && status.leader_id == Some(node_id),
+            members: status.members.iter().map(|m| m.node_id).collect(),
+            membership_index: status.membership_index,
+            committed_index: status.committed_index,
+        })
     }
 }
 
@@ -261,13 +316,27 @@ impl Admin for AdminService {
         let req = request.into_inner();
         observed(&self.ctx.metrics, "Removed", async {
             self.ctx.scope.admit("a Removed notice", &req.cluster_id, req.group_id)?;
-            tracing::warn!(
-                membership_index = req.membership_index,
-                "removed from the group; will not rejoin by itself"
-            );
+            let (leader, membership_index) = match self.confirm_removal().await {
+                Verdict::Removed { leader, membership_index } => (leader, membership_index),
+                refuted => {
+                    tracing::warn!(
+                        notice_index = req.membership_index,
+                        ?refuted,
+                        "ignored a Removed notice the group's leader does not confirm"
+                    );
+                    return Err(Status::failed_precondition(format!(
+                        "not removed: the leader among this node's members does not confirm it ({refuted:?})"
+                    )));
+                }
+            };
+            tracing::warn!(leader, membership_index, "removed from the group; will not rejoin by itself");
             self.ctx.set_stopping();
-            identity::record_left(&self.ctx.data_dir, &identity::Left { membership_index: req.membership_index })
+            identity::record_left(&self.ctx.data_dir, &identity::Left { membership_index })
                 .map_err(|e| Status::internal(format!("recording that this node left: {e}")))?;
+            // The same stop as preStop and SIGTERM (not ready, snapshot); its report is what a
+            // later preStop hook gets.
+            let (prestop, ctx) = (self.prestop.clone(), self.ctx.clone());
+            tokio::spawn(async move { prestop.run(&ctx).await });
             Ok(RemovedResponse {})
         })
         .await

@@ -1,11 +1,14 @@
 //! Mapping Raft outcomes to gRPC status codes, with the leader hint clients follow.
 
 use openraft::TryAsRef;
+use openraft::error::ClientWriteError;
 use openraft::error::ForwardToLeader;
 use openraft::error::RaftError;
 use shardkv_proto::CONFIG_NUM_HEADER;
 use shardkv_proto::LEADER_ADDR_HEADER;
 use shardkv_proto::LEADER_ID_HEADER;
+use shardkv_proto::OUTCOME_HEADER;
+use shardkv_proto::OUTCOME_UNKNOWN;
 use tonic::Status;
 use tonic::metadata::MetadataValue;
 
@@ -51,6 +54,27 @@ where
     }
 }
 
+/// A failed client write. Refused before its entry was appended (not the leader): UNAVAILABLE
+/// with the leader hint, and nothing was applied. Its entry discarded on a leader change, or
+/// Raft stopped while it was in flight: the same codes, marked outcome-unknown, because the
+/// entry may have committed through another leader (a retry with the same session sequence
+/// number is still safe).
+pub fn write_error(err: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> Status {
+    let mut status = match &err {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => return not_leader(forward),
+        RaftError::APIError(ClientWriteError::LogEntryDiscarded(forward)) => {
+            let mut status = Status::unavailable(err.to_string());
+            if let (Some(id), Some(node)) = (forward.leader_id, &forward.leader_node) {
+                add_leader_hint(&mut status, id, &node.addr);
+            }
+            status
+        }
+        _ => raft_error(err),
+    };
+    status.metadata_mut().insert(OUTCOME_HEADER, MetadataValue::from_static(OUTCOME_UNKNOWN));
+    status
+}
+
 /// Ok when this group serves `shard` now; otherwise WrongGroup (FAILED_PRECONDITION with the
 /// group's config number, so the client refreshes its shard map) or, while the shard is moving
 /// in, UNAVAILABLE naming the leader, so the client waits there instead of trying other
@@ -89,5 +113,32 @@ pub fn refused_at_apply(
         OpResult::WrongGroup { config_num } => admit(Admission::WrongGroup { config_num: *config_num }, shard, leader),
         OpResult::MovingIn => admit(Admission::MovingIn, shard, leader),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(status: &Status) -> Option<&str> {
+        status.metadata().get(OUTCOME_HEADER).map(|v| v.to_str().unwrap())
+    }
+
+    #[test]
+    fn a_write_refused_before_its_entry_was_appended_is_definite() {
+        let status = write_error(RaftError::APIError(ClientWriteError::ForwardToLeader(ForwardToLeader::empty())));
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert_eq!(outcome(&status), None);
+    }
+
+    #[test]
+    fn a_write_whose_entry_was_discarded_or_whose_raft_stopped_is_marked_unknown() {
+        let discarded = ClientWriteError::LogEntryDiscarded(ForwardToLeader::empty());
+        let status = write_error(RaftError::APIError(discarded));
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(status.message().contains("commit status unknown"), "{}", status.message());
+        assert_eq!(outcome(&status), Some(OUTCOME_UNKNOWN));
+        let stopped = write_error(RaftError::Fatal(openraft::error::Fatal::Stopped));
+        assert_eq!(outcome(&stopped), Some(OUTCOME_UNKNOWN));
     }
 }

@@ -25,6 +25,7 @@ use tonic::Status;
 use super::errors::admit;
 use super::errors::raft_error;
 use super::errors::refused_at_apply;
+use super::errors::write_error;
 use super::observed;
 use super::scan;
 use crate::context::NodeContext;
@@ -40,6 +41,9 @@ use crate::types::index_of;
 
 const DEFAULT_SCAN_LIMIT: usize = 1000;
 const MAX_SCAN_LIMIT: usize = 10_000;
+/// A scan page ends once its keys and values reach this many bytes (plus at most one item),
+/// well below the 4 MiB a gRPC client accepts by default.
+const SCAN_PAGE_BYTES: usize = 1 << 20;
 
 pub struct KvService {
     ctx: Arc<NodeContext>,
@@ -86,7 +90,7 @@ impl KvService {
         // position in the log, which is what decides.
         admit(self.ctx.admission(shard), shard, || self.ctx.leader())?;
         let cmd = Command { session: Some(session), shard, op };
-        let response = self.ctx.raft.client_write(cmd).await.map_err(raft_error)?;
+        let response = self.ctx.raft.client_write(cmd).await.map_err(write_error)?;
         refused_at_apply(&response.data, shard, || self.ctx.leader())?;
         if response.data == OpResult::SessionExpired {
             return Err(Status::failed_precondition(format!(
@@ -210,10 +214,11 @@ impl Kv for KvService {
                 return Ok(ScanResponse::default());
             };
             let db = self.ctx.db.clone();
-            let (items, more) = tokio::task::spawn_blocking(move || scan::scan(&db, &shards, &bounds, limit))
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?
-                .map_err(|e| Status::internal(format!("scanning the store failed: {e}")))?;
+            let (items, more) =
+                tokio::task::spawn_blocking(move || scan::scan(&db, &shards, &bounds, limit, SCAN_PAGE_BYTES))
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))?
+                    .map_err(|e| Status::internal(format!("scanning the store failed: {e}")))?;
             let continuation =
                 if more { items.last().map(|kv| kv.key.clone()).unwrap_or_default() } else { Vec::new() };
             Ok(ScanResponse { items, continuation })

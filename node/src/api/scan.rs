@@ -53,8 +53,16 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
-/// Up to `limit` items in key order, and whether more remain.
-pub fn scan(db: &DB, shards: &[ShardId], bounds: &ScanBounds, limit: usize) -> std::io::Result<(Vec<KeyValue>, bool)> {
+/// Up to `limit` items in key order, and whether more remain. A page also ends once its keys
+/// and values reach `max_bytes` (it always holds at least one item), so pages of large values
+/// stay far below the gRPC message limit; the client follows the continuation.
+pub fn scan(
+    db: &DB,
+    shards: &[ShardId],
+    bounds: &ScanBounds,
+    limit: usize,
+    max_bytes: usize,
+) -> std::io::Result<(Vec<KeyValue>, bool)> {
     let view = db.snapshot();
     let data_cf = cf(db, CF_DATA);
     let mut iters: Vec<_> = shards
@@ -77,9 +85,10 @@ pub fn scan(db: &DB, shards: &[ShardId], bounds: &ScanBounds, limit: usize) -> s
             heap.push(Reverse((split_data_key(&key).1.to_vec(), i, value.to_vec())));
         }
     }
-    let mut items = Vec::new();
-    while items.len() < limit {
+    let (mut items, mut bytes) = (Vec::new(), 0);
+    while items.len() < limit && bytes < max_bytes {
         let Some(Reverse((key, i, value))) = heap.pop() else { break };
+        bytes += key.len() + value.len();
         items.push(KeyValue { key, value });
         if let Some(item) = iters[i].next() {
             let (key, value) = item.map_err(io_err)?;
@@ -117,5 +126,26 @@ mod tests {
             Some(ScanBounds { lower: b"ab\xff\xff\0".to_vec(), upper: Some(b"ac".to_vec()) })
         );
         assert_eq!(scan_bounds(b"", b"b", b"", b"b"), None);
+    }
+
+    #[test]
+    fn pages_end_at_the_byte_bound_and_hold_at_least_one_item() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::storage::open_db(dir.path()).unwrap();
+        for i in 0..10u8 {
+            db.put_cf(cf(&db, CF_DATA), data_key(u32::from(i % 3), &[b'k', i]), vec![i; 1000]).unwrap();
+        }
+        let all = ScanBounds { lower: Vec::new(), upper: None };
+        let page = |limit, max_bytes| scan(&db, &[0, 1, 2], &all, limit, max_bytes).unwrap();
+        let (items, more) = page(100, 2500);
+        assert_eq!(items.len(), 3, "2 x 1002 bytes stay under 2500, the third reaches it");
+        assert!(more);
+        assert_eq!(items.iter().map(|kv| kv.key[1]).collect::<Vec<_>>(), [0, 1, 2], "still in key order");
+        let (items, more) = page(100, 1);
+        assert_eq!((items.len(), more), (1, true), "one item even when it alone exceeds the bound");
+        let (items, more) = page(100, 1 << 20);
+        assert_eq!((items.len(), more), (10, false));
+        let (items, more) = page(4, 1 << 20);
+        assert_eq!((items.len(), more), (4, true), "the item limit still applies");
     }
 }

@@ -4,4 +4,5 @@
 pub mod http;
 pub mod leadership;
 pub mod prestop;
+pub mod removal;
 pub mod snapshot;

@@ -1,6 +1,9 @@
-//! The preStop procedure: stop being ready, hand leadership over, snapshot and purge, report.
+//! The one stop sequence of a node: stop being ready, hand leadership over, snapshot and
+//! purge, report. The preStop hook, SIGTERM/SIGINT (before the servers close) and a confirmed
+//! Removed notice all run it.
 //!
-//! Runs once per process; later calls get the same report, so a retried hook is harmless.
+//! Runs once per process; later calls get the same report, so a retried hook, or a SIGTERM
+//! after the hook, is harmless.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -28,6 +28,7 @@ use crate::meta::Member;
 use crate::meta::service::config_from_wire;
 use crate::network::MAX_MESSAGE_BYTES;
 use crate::network::channels::Channels;
+use crate::state_machine::records::check_chunk;
 use crate::types::Command;
 use crate::types::Op;
 use crate::types::OpResult;
@@ -232,9 +233,11 @@ impl Driver {
         };
         let items = (chunk.data.len() + chunk.sessions.len()) as u64;
         let bytes: usize = chunk.data.iter().chain(&chunk.sessions).map(|r| r.key.len() + r.value.len()).sum();
-        let op =
-            Op::InstallChunk { config_num, data: records(chunk.data), sessions: records(chunk.sessions), last: false };
-        self.expect_applied(shard, op).await?;
+        let (data, sessions) = (records(chunk.data), records(chunk.sessions));
+        // A chunk apply would refuse is not proposed at all.
+        check_chunk(&data, &sessions)
+            .map_err(|e| format!("pulling shard {shard}: the previous owner sent a chunk that cannot install: {e}"))?;
+        self.expect_applied(shard, Op::InstallChunk { config_num, data, sessions, last: false }).await?;
         self.ctx.moves.add(shard, items, bytes as u64);
         Ok(())
     }

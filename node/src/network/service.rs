@@ -78,7 +78,11 @@ impl RaftRpc for RaftService {
             decode(&first.header).map_err(|e| Status::invalid_argument(format!("malformed snapshot header: {e}")))?;
         let path = self.snapshots.temp_path();
         let received = receive_into(&path, first.data, &mut chunks).await;
-        let size = match received {
+        let checked = match received {
+            Ok(size) => check_received(path.clone(), meta.clone()).await.map(|()| size),
+            Err(status) => Err(status),
+        };
+        let size = match checked {
             Ok(size) => size,
             Err(status) => {
                 // Best effort: the directory's temp files are also swept at the next start.
@@ -90,6 +94,16 @@ impl RaftRpc for RaftService {
         let snapshot = Snapshot { meta, snapshot: SnapshotFile { path, size } };
         reply(self.raft.install_full_snapshot(vote, snapshot).await)
     }
+}
+
+/// Reads a received snapshot through before Raft sees it: a malformed one is refused here, as
+/// the sender's error, instead of failing the install, which would stop this node's Raft.
+async fn check_received(path: std::path::PathBuf, meta: SnapshotMeta) -> Result<(), Status> {
+    tokio::task::spawn_blocking(move || crate::state_machine::check_snapshot(&path, &meta))
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map(drop)
+        .map_err(|e| Status::invalid_argument(format!("malformed snapshot: {e}")))
 }
 
 async fn receive_into(
@@ -109,4 +123,78 @@ async fn receive_into(
     let file = file.into_inner().map_err(|e| io(e.into_error()))?;
     file.sync_all().map_err(io)?;
     Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::collections::BTreeSet;
+
+    use openraft::BasicNode;
+    use openraft::EntryPayload;
+    use openraft::Membership;
+    use openraft::raft::AppendEntriesRequest;
+    use openraft::raft::AppendEntriesResponse;
+    use openraft::raft::SnapshotResponse;
+    use openraft::raft::TransferLeaderRequest;
+    use openraft::raft::VoteRequest;
+    use openraft::raft::VoteResponse;
+
+    use super::*;
+    use crate::types::Entry;
+    use crate::types::StoredMembership;
+    use crate::types::TypeConfig;
+    use crate::types::hostile_input;
+    use crate::types::hostile_input::log_id;
+
+    fn membership() -> StoredMembership {
+        let nodes: BTreeMap<u64, BasicNode> =
+            (1..=3).map(|id| (id, BasicNode::new(format!("127.0.0.{id}:7100")))).collect();
+        StoredMembership::new(Some(log_id(1, 1)), Membership::new(vec![BTreeSet::from([1, 2, 3])], nodes).unwrap())
+    }
+
+    fn append_entries(key: &[u8]) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new(2, 1),
+            prev_log_id: Some(log_id(1, 4)),
+            entries: vec![
+                Entry { log_id: log_id(2, 5), payload: EntryPayload::Normal(hostile_input::put(key, b"value")) },
+                Entry { log_id: log_id(2, 6), payload: EntryPayload::Membership(membership().membership().clone()) },
+                Entry { log_id: log_id(2, 7), payload: EntryPayload::Blank },
+            ],
+            leader_commit: Some(log_id(2, 5)),
+        }
+    }
+
+    #[test]
+    fn raft_requests_survive_hostile_bytes() {
+        hostile_input::check::<AppendEntriesRequest<TypeConfig>>(&encode(&append_entries(b"key")));
+        let vote = VoteRequest::<TypeConfig>::new(Vote::new(3, 2), Some(log_id(2, 9)));
+        hostile_input::check::<VoteRequest<TypeConfig>>(&encode(&vote));
+        let transfer = TransferLeaderRequest::<TypeConfig>::new(Vote::new(3, 1), 2, Some(log_id(3, 10)));
+        hostile_input::check::<TransferLeaderRequest<TypeConfig>>(&encode(&transfer));
+        let meta = SnapshotMeta { last_log_id: Some(log_id(2, 40)), last_membership: membership() };
+        hostile_input::check::<(Vote, SnapshotMeta)>(&encode(&(Vote::new(2, 1), meta)));
+    }
+
+    #[test]
+    fn raft_replies_survive_hostile_bytes() {
+        let ok: Result<AppendEntriesResponse<TypeConfig>, String> = Ok(AppendEntriesResponse::Success);
+        hostile_input::check::<Result<AppendEntriesResponse<TypeConfig>, String>>(&encode(&ok));
+        let vote: Result<VoteResponse<TypeConfig>, String> = Ok(VoteResponse::new(Vote::new(3, 2), None, true));
+        hostile_input::check::<Result<VoteResponse<TypeConfig>, String>>(&encode(&vote));
+        let snapshot: Result<SnapshotResponse<TypeConfig>, String> = Ok(SnapshotResponse::new(Vote::new(3, 2)));
+        hostile_input::check::<Result<SnapshotResponse<TypeConfig>, String>>(&encode(&snapshot));
+        let stopped: Result<(), String> = Err("raft has stopped".into());
+        hostile_input::check::<Result<(), String>>(&encode(&stopped));
+    }
+
+    #[test]
+    fn an_append_with_a_huge_key_length_is_refused() {
+        let bytes = encode(&append_entries(b"MARKER-KEY"));
+        for huge in hostile_input::HUGE_LENGTHS {
+            let hostile = hostile_input::with_length_before(&bytes, b"MARKER-KEY", huge);
+            assert!(decode::<AppendEntriesRequest<TypeConfig>>(&hostile).is_err());
+        }
+    }
 }

@@ -8,6 +8,7 @@ use std::sync::PoisonError;
 use rocksdb::DB;
 use rocksdb::WriteBatch;
 
+use super::records::check_chunk;
 use super::session::Dedup;
 use super::session::Session;
 use super::sharding::Sharding;
@@ -134,17 +135,23 @@ impl<'a> ApplyBatch<'a> {
         if !self.sharding_mut().group.accepts_chunk(config_num, shard) {
             return Ok(OpResult::Refused(format!("shard {shard} takes no chunk for config {config_num}")));
         }
+        // Content is checked before anything is written: a bad chunk is a no-op with a reason,
+        // the same on every replica; failing apply would stop Raft on all of them.
+        let decoded = match check_chunk(data, sessions) {
+            Ok(decoded) => decoded,
+            Err(refusal) => {
+                tracing::warn!(shard, config = config_num, reason = %refusal, "refused a shard chunk");
+                return Ok(OpResult::Refused(format!("shard {shard} chunk for config {config_num}: {refusal}")));
+            }
+        };
         // Through the overlay, so operations later in this batch read what the chunk wrote.
         for record in data {
             self.write(data_key(shard, &record.key), Some(record.value.clone()));
         }
-        for record in sessions {
-            let client_id = u64::from_be_bytes(
-                record.key.as_slice().try_into().map_err(|_| io::Error::other("session key is not 8 bytes"))?,
-            );
+        for (record, (client_id, session)) in sessions.iter().zip(decoded) {
             let key = session_key(shard, client_id);
             self.batch.put_cf(cf(self.db, CF_SESSIONS), key, &record.value);
-            self.sessions.insert(key, decode(&record.value)?);
+            self.sessions.insert(key, session);
         }
         if last {
             self.sharding_mut().group.finish_pull(config_num, shard);
@@ -228,5 +235,75 @@ impl<'a> ApplyBatch<'a> {
             Some(bytes) => decode(&bytes),
             None => Ok(Session::default()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::RwLock;
+
+    use super::*;
+    use crate::meta::Config;
+    use crate::meta::Member;
+    use crate::migration::GroupShards;
+    use crate::migration::ShardState;
+    use crate::state_machine::sharding::Role;
+
+    const SHARD: ShardId = 1;
+    const CONFIG: u64 = 4;
+
+    /// A data group at config 4 pulling shard 1.
+    fn pulling() -> SharedSharding {
+        let mut group = GroupShards::new(2, 4);
+        group.config.num = CONFIG;
+        let members = vec![Member { node_id: 1, addr: "127.0.0.1:7100".into() }];
+        group.shards.insert(SHARD, ShardState::Pulling { from: 1, members });
+        Arc::new(RwLock::new(Sharding { role: Role::Sharded { group: 2 }, group, latest: Config::initial(4) }))
+    }
+
+    fn record(key: &[u8], value: &[u8]) -> Record {
+        Record { key: key.to_vec(), value: value.to_vec() }
+    }
+
+    fn chunk(sessions: Vec<Record>, last: bool) -> Command {
+        let data = vec![record(b"pulled", b"value")];
+        Command { session: None, shard: SHARD, op: Op::InstallChunk { config_num: CONFIG, data, sessions, last } }
+    }
+
+    #[test]
+    fn a_chunk_with_bad_content_is_refused_as_a_no_op() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::storage::open_db(dir.path()).unwrap();
+        let shared = pulling();
+        let mut batch = ApplyBatch::new(&db, &shared);
+        let bad_sessions =
+            [vec![record(&7u64.to_be_bytes(), b"not a session")], vec![record(b"short", &encode(&Session::default()))]];
+        for sessions in bad_sessions {
+            let result = batch.apply(&chunk(sessions, true)).expect("bad content never fails apply");
+            let OpResult::Refused(reason) = result else { panic!("applied as {result:?}") };
+            assert!(reason.contains("shard 1 chunk for config 4"), "{reason}");
+        }
+        let (write_batch, sharding) = batch.finish();
+        db.write(write_batch).unwrap();
+        assert_eq!(
+            db.get_cf(cf(&db, CF_DATA), data_key(SHARD, b"pulled")).unwrap(),
+            None,
+            "a refused chunk writes nothing"
+        );
+        assert_eq!(db.get_cf(cf(&db, CF_SESSIONS), session_key(SHARD, 7)).unwrap(), None);
+        assert!(
+            sharding.is_some_and(|s| s.group.shards[&SHARD] != ShardState::Serving),
+            "and does not finish the pull"
+        );
+
+        // A good chunk after the bad ones still installs.
+        let mut batch = ApplyBatch::new(&db, &shared);
+        let good = vec![record(&7u64.to_be_bytes(), &encode(&Session::default()))];
+        assert_eq!(batch.apply(&chunk(good, true)).unwrap(), OpResult::Applied);
+        let (write_batch, sharding) = batch.finish();
+        db.write(write_batch).unwrap();
+        assert_eq!(sharding.unwrap().group.shards[&SHARD], ShardState::Serving);
+        assert_eq!(db.get_cf(cf(&db, CF_DATA), data_key(SHARD, b"pulled")).unwrap().as_deref(), Some(&b"value"[..]));
     }
 }

@@ -5,6 +5,7 @@
 //! are files streamed out of a consistent RocksDB view.
 
 mod apply;
+pub mod records;
 pub mod session;
 pub mod sharding;
 pub mod snapshot_file;
@@ -158,13 +159,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let (db, snapshots, metrics) = (self.db.clone(), self.snapshots.clone(), self.metrics.clone());
         let meta = meta.clone();
         let installed = tokio::task::spawn_blocking(move || -> io::Result<Snapshot> {
-            let header = snapshot_file::verify(&snapshot.path)?;
-            if header.last_log_id != meta.last_log_id {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("snapshot file is at {:?}, expected {:?}", header.last_log_id, meta.last_log_id),
-                ));
-            }
+            let header = check_snapshot(&snapshot.path, &meta)?;
             let published = snapshots.adopt(&snapshot.path, &header)?;
             let mut opts = WriteOptions::default();
             opts.set_sync(true);
@@ -187,6 +182,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
         Ok(self.snapshots.current())
     }
+}
+
+/// Reads a snapshot file through before it is installed: its structure, checksum and every
+/// record's content, and that it is the snapshot `meta` describes. Returns its header.
+pub fn check_snapshot(path: &std::path::Path, meta: &SnapshotMeta) -> io::Result<SnapshotHeader> {
+    let header = snapshot_file::verify(path, |r| {
+        records::check_snapshot_record(r.kind, &r.key, &r.value).map_err(|e| e.to_string())
+    })?;
+    if header.last_log_id != meta.last_log_id {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("snapshot file is at {:?}, expected {:?}", header.last_log_id, meta.last_log_id),
+        ));
+    }
+    Ok(header)
 }
 
 /// Replaces the state-machine contents with a snapshot file, streaming it in batches.

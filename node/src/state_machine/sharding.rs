@@ -97,6 +97,18 @@ fn config_key(num: u64) -> Vec<u8> {
     [CONFIG_PREFIX, &num.to_be_bytes()].concat()
 }
 
+/// Checks that a sharding-state record (as stored, and as a snapshot carries it) decodes.
+pub fn check_record(key: &[u8], value: &[u8]) -> Result<(), String> {
+    let decoded = if key == GROUP_KEY {
+        decode::<GroupShards>(value).map(drop)
+    } else if key.len() == CONFIG_PREFIX.len() + 8 && key.starts_with(CONFIG_PREFIX) {
+        decode::<Config>(value).map(drop)
+    } else {
+        return Err(format!("unknown record {:?}", String::from_utf8_lossy(key)));
+    };
+    decoded.map_err(|e| format!("record {:?}: {e}", String::from_utf8_lossy(key)))
+}
+
 /// The meta group's config `num`, if it exists.
 pub fn config_at(db: &DB, num: u64) -> io::Result<Option<Config>> {
     db.get_cf(cf(db, CF_SHARDS), config_key(num)).map_err(io_err)?.map(|bytes| decode(&bytes)).transpose()
@@ -108,5 +120,40 @@ fn latest_config(db: &DB) -> io::Result<Option<Config>> {
     match iter.next().transpose().map_err(io_err)? {
         Some((key, value)) if key.starts_with(CONFIG_PREFIX) => Ok(Some(decode(&value)?)),
         _ => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::Member;
+    use crate::migration::ShardState;
+    use crate::types::hostile_input;
+
+    fn group() -> GroupShards {
+        let mut group = GroupShards::new(2, 4);
+        group.config.num = 3;
+        group.config.groups.insert(1, vec![Member { node_id: 1, addr: "127.0.0.1:7100".into() }]);
+        group.config.shards = vec![Some(1), Some(2), Some(2), None];
+        let members = vec![Member { node_id: 1, addr: "127.0.0.9:7100".into() }];
+        group.shards.insert(1, ShardState::Pulling { from: 1, members: members.clone() });
+        group.shards.insert(2, ShardState::BePulled { to: 1, members });
+        group.shards.insert(3, ShardState::Serving);
+        group
+    }
+
+    #[test]
+    fn shard_state_and_configs_survive_hostile_bytes() {
+        hostile_input::check::<GroupShards>(&encode(&group()));
+        hostile_input::check::<Config>(&encode(&group().config));
+    }
+
+    #[test]
+    fn records_are_checked_by_key() {
+        assert_eq!(check_record(GROUP_KEY, &encode(&group())), Ok(()));
+        assert_eq!(check_record(&config_key(3), &encode(&group().config)), Ok(()));
+        assert!(check_record(GROUP_KEY, b"garbage").is_err());
+        assert!(check_record(&config_key(3), b"\x01").is_err());
+        assert!(check_record(b"config/1", &encode(&group().config)).is_err());
     }
 }

@@ -102,6 +102,8 @@ pub struct SnapshotReader {
     input: BufReader<File>,
     crc: Hasher,
     records: u64,
+    /// Bytes of the file not read yet: no length read from the file may claim more.
+    remaining: u64,
     pub header: SnapshotHeader,
 }
 
@@ -113,27 +115,30 @@ pub struct Record {
 
 impl SnapshotReader {
     pub fn open(path: &Path) -> io::Result<Self> {
-        let mut input = BufReader::with_capacity(1 << 20, File::open(path)?);
-        let mut crc = Hasher::new();
+        let file = File::open(path)?;
+        let remaining = file.metadata()?.len();
+        let mut reader = Self {
+            input: BufReader::with_capacity(1 << 20, file),
+            crc: Hasher::new(),
+            records: 0,
+            remaining,
+            header: SnapshotHeader { last_log_id: None, membership: StoredMembership::default() },
+        };
         let mut magic = [0u8; 8];
-        read_hashed(&mut input, &mut crc, &mut magic)?;
+        reader.read(&mut magic)?;
         if &magic != MAGIC {
             return Err(corrupt("not a shardkv snapshot (bad magic)"));
         }
-        let header_len = read_u32(&mut input, &mut crc)?;
-        if header_len > MAX_RECORD_PART {
-            return Err(corrupt(format!("header length {header_len}")));
-        }
-        let mut header = vec![0u8; header_len as usize];
-        read_hashed(&mut input, &mut crc, &mut header)?;
-        let header = decode(&header)?;
-        Ok(Self { input, crc, records: 0, header })
+        let header_len = reader.read_u32()?;
+        let header = reader.read_part("header", header_len)?;
+        reader.header = decode(&header).map_err(|e| corrupt(format!("header: {e}")))?;
+        Ok(reader)
     }
 
     /// The next record, or `None` at the trailer, which is then checked.
     pub fn next_record(&mut self) -> io::Result<Option<Record>> {
         let mut kind = [0u8; 1];
-        read_hashed(&mut self.input, &mut self.crc, &mut kind)?;
+        self.read(&mut kind)?;
         let kind = match kind[0] {
             END => {
                 self.check_trailer()?;
@@ -144,22 +149,40 @@ impl SnapshotReader {
             3 => RecordKind::Shards,
             other => return Err(corrupt(format!("unknown record kind {other}"))),
         };
-        let key_len = read_u32(&mut self.input, &mut self.crc)?;
-        let value_len = read_u32(&mut self.input, &mut self.crc)?;
-        if key_len > MAX_RECORD_PART || value_len > MAX_RECORD_PART {
-            return Err(corrupt(format!("record lengths {key_len}/{value_len}")));
-        }
-        let mut key = vec![0u8; key_len as usize];
-        read_hashed(&mut self.input, &mut self.crc, &mut key)?;
-        let mut value = vec![0u8; value_len as usize];
-        read_hashed(&mut self.input, &mut self.crc, &mut value)?;
+        let key_len = self.read_u32()?;
+        let value_len = self.read_u32()?;
+        let key = self.read_part("record key", key_len)?;
+        let value = self.read_part("record value", value_len)?;
         self.records += 1;
         Ok(Some(Record { kind, key, value }))
     }
 
+    /// Reads a length-prefixed part, refusing a length above the format's limit or beyond the
+    /// end of the file before allocating anything.
+    fn read_part(&mut self, what: &str, len: u32) -> io::Result<Vec<u8>> {
+        if len > MAX_RECORD_PART || u64::from(len) > self.remaining {
+            return Err(corrupt(format!("{what} of {len} bytes ({} left in the file)", self.remaining)));
+        }
+        let mut part = vec![0u8; len as usize];
+        self.read(&mut part)?;
+        Ok(part)
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        read_hashed(&mut self.input, &mut self.crc, buf)?;
+        self.remaining = self.remaining.saturating_sub(buf.len() as u64);
+        Ok(())
+    }
+
+    fn read_u32(&mut self) -> io::Result<u32> {
+        let mut b = [0u8; 4];
+        self.read(&mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+
     fn check_trailer(&mut self) -> io::Result<()> {
         let mut count = [0u8; 8];
-        read_hashed(&mut self.input, &mut self.crc, &mut count)?;
+        self.read(&mut count)?;
         if u64::from_le_bytes(count) != self.records {
             return Err(corrupt(format!("trailer says {} records, read {}", u64::from_le_bytes(count), self.records)));
         }
@@ -172,10 +195,13 @@ impl SnapshotReader {
     }
 }
 
-/// Reads the whole file once and checks its structure and checksum.
-pub fn verify(path: &Path) -> io::Result<SnapshotHeader> {
+/// Reads the whole file once and checks its structure, its checksum and, with `check`, the
+/// content of every record.
+pub fn verify(path: &Path, mut check: impl FnMut(&Record) -> Result<(), String>) -> io::Result<SnapshotHeader> {
     let mut reader = SnapshotReader::open(path)?;
-    while reader.next_record()?.is_some() {}
+    while let Some(record) = reader.next_record()? {
+        check(&record).map_err(|reason| corrupt(format!("record {}: {reason}", reader.records)))?;
+    }
     Ok(reader.header)
 }
 
@@ -186,12 +212,6 @@ fn read_hashed(input: &mut impl Read, crc: &mut Hasher, buf: &mut [u8]) -> io::R
     })?;
     crc.update(buf);
     Ok(())
-}
-
-fn read_u32(input: &mut impl Read, crc: &mut Hasher) -> io::Result<u32> {
-    let mut b = [0u8; 4];
-    read_hashed(input, crc, &mut b)?;
-    Ok(u32::from_le_bytes(b))
 }
 
 #[cfg(test)]
@@ -239,7 +259,7 @@ mod tests {
         let middle = bytes.len() / 2;
         bytes[middle] ^= 0x01;
         std::fs::write(&path, &bytes).unwrap();
-        let err = verify(&path).unwrap_err();
+        let err = verify(&path, |_| Ok(())).unwrap_err();
         assert!(err.to_string().contains("snapshot corrupt"), "{err}");
     }
 
@@ -250,6 +270,78 @@ mod tests {
         write_sample(&path);
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
-        assert!(verify(&path).is_err());
+        assert!(verify(&path, |_| Ok(())).is_err());
+    }
+
+    /// The byte offset of the first record's key length.
+    fn first_record_at(path: &Path) -> usize {
+        let bytes = std::fs::read(path).unwrap();
+        let header_len = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
+        12 + header_len + 1
+    }
+
+    #[test]
+    fn lengths_beyond_the_file_are_refused_before_allocating() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        write_sample(&path);
+        let original = std::fs::read(&path).unwrap();
+        let at = first_record_at(&path);
+        for (offset, len) in [(0, MAX_RECORD_PART), (4, MAX_RECORD_PART), (0, u32::MAX), (4, 1 << 30)] {
+            let mut bytes = original.clone();
+            bytes[at + offset..at + offset + 4].copy_from_slice(&len.to_le_bytes());
+            std::fs::write(&path, &bytes).unwrap();
+            let err = verify(&path, |_| Ok(())).unwrap_err();
+            assert!(err.to_string().contains("left in the file"), "{err}");
+        }
+        let mut bytes = original.clone();
+        bytes[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(SnapshotReader::open(&path).is_err(), "a header length beyond the file");
+    }
+
+    #[test]
+    fn truncated_and_random_files_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        write_sample(&path);
+        let original = std::fs::read(&path).unwrap();
+        for len in (0..original.len()).step_by(97) {
+            std::fs::write(&path, &original[..len]).unwrap();
+            assert!(verify(&path, |_| Ok(())).is_err(), "a {len}-byte prefix verified");
+        }
+        use rand::Rng;
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        for _ in 0..300 {
+            let mut bytes = original.clone();
+            let at = rng.random_range(0..bytes.len());
+            bytes[at] = bytes[at].wrapping_add(rng.random_range(1..=255));
+            std::fs::write(&path, &bytes).unwrap();
+            assert!(verify(&path, |_| Ok(())).is_err(), "a changed byte at {at} went unnoticed");
+            let mut random = MAGIC.to_vec();
+            random.extend((0..rng.random_range(0..600)).map(|_| rng.random::<u8>()));
+            std::fs::write(&path, &random).unwrap();
+            assert!(verify(&path, |_| Ok(())).is_err());
+        }
+    }
+
+    #[test]
+    fn a_record_the_content_check_refuses_fails_verification() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        write_sample(&path);
+        let err = verify(&path, |r| if r.kind == RecordKind::Session { Err("bad session".into()) } else { Ok(()) })
+            .unwrap_err();
+        assert!(err.to_string().contains("record 101: bad session"), "{err}");
+    }
+
+    #[test]
+    fn headers_survive_hostile_bytes() {
+        let header = SnapshotHeader {
+            last_log_id: Some(crate::types::hostile_input::log_id(2, 30)),
+            membership: StoredMembership::default(),
+        };
+        crate::types::hostile_input::check::<SnapshotHeader>(&encode(&header));
     }
 }

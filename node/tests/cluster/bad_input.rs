@@ -1,9 +1,25 @@
 //! Bad input is refused with a clear error and changes nothing.
 
+use openraft::EntryPayload;
+use openraft::raft::AppendEntriesRequest;
+use openraft::vote::RaftLeaderId;
+use rand::Rng;
+use rand::SeedableRng;
+use shardkv_node::state_machine::snapshot_file::SnapshotHeader;
+use shardkv_node::state_machine::snapshot_file::SnapshotWriter;
+use shardkv_node::types::Command;
+use shardkv_node::types::Entry;
+use shardkv_node::types::LogId;
+use shardkv_node::types::Op;
+use shardkv_node::types::SnapshotMeta;
+use shardkv_node::types::TypeConfig;
+use shardkv_node::types::Vote;
+use shardkv_node::types::encode;
 use shardkv_proto::v1::GetRequest;
 use shardkv_proto::v1::PutRequest;
 use shardkv_proto::v1::RaftRequest;
 use shardkv_proto::v1::RequestHeader;
+use shardkv_proto::v1::SnapshotChunk;
 use shardkv_proto::v1::raft_client::RaftClient;
 
 use crate::harness::Cluster;
@@ -97,4 +113,108 @@ async fn raft_traffic_from_another_cluster_is_refused() {
     assert_eq!(after.leader_id, Some(1));
     let intruder = intruders.status(11).await.unwrap();
     assert_ne!(intruder.state, "Leader", "the intruder cannot win a vote from our node");
+}
+
+fn log_id(term: u64, index: u64) -> LogId {
+    LogId::new(openraft::impls::leader_id_adv::LeaderId::<u64, u64>::new(term, 1).to_committed(), index)
+}
+
+/// An AppendEntries whose one Put has a key length prefix of 2^45 (a 32 TiB allocation).
+fn append_with_huge_key_length() -> Vec<u8> {
+    let marker = b"MARKER-KEY";
+    let cmd = Command { session: None, shard: 0, op: Op::Put { key: marker.to_vec(), value: b"v".to_vec() } };
+    let append = AppendEntriesRequest::<TypeConfig> {
+        vote: Vote::new(1, 1),
+        prev_log_id: None,
+        entries: vec![Entry { log_id: log_id(1, 1), payload: EntryPayload::Normal(cmd) }],
+        leader_commit: None,
+    };
+    let mut bytes = encode(&append);
+    let at = bytes.windows(marker.len()).position(|w| w == marker).unwrap();
+    assert_eq!(bytes[at - 8..at], (marker.len() as u64).to_le_bytes());
+    bytes[at - 8..at].copy_from_slice(&(1u64 << 45).to_le_bytes());
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_raft_messages_are_refused_and_the_node_serves_on() {
+    let mut cluster = Cluster::start(42, 3, &[]).await;
+    let client = cluster.client();
+    client.put("before", "1").await.unwrap();
+    let leader = cluster.leader().await;
+    let target = (1..=3).find(|id| *id != leader).unwrap();
+    let before = cluster.status(target).await.unwrap();
+    let mut raft = RaftClient::connect(format!("http://{}", cluster.grpc_addr(target))).await.unwrap();
+    let request = |payload: Vec<u8>| RaftRequest { cluster_id: cluster.cluster_id.clone(), group_id: 0, payload };
+
+    let huge = append_with_huge_key_length();
+    let err = raft.append_entries(request(huge.clone())).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("malformed Raft message"), "{}", err.message());
+    let err = raft.append_entries(request(huge[..huge.len() / 2].to_vec())).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "a truncated append: {err:?}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    for _ in 0..50 {
+        let mut random = vec![0u8; rng.random_range(0..300)];
+        rng.fill(&mut random[..]);
+        let refusals = [
+            raft.append_entries(request(random.clone())).await,
+            raft.vote(request(random.clone())).await,
+            raft.pre_vote(request(random.clone())).await,
+            raft.transfer_leader(request(random.clone())).await,
+        ];
+        for refused in refusals {
+            // Random bytes may happen to decode into a harmless message; what matters is that
+            // the node answers and lives.
+            if let Err(err) = refused {
+                assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+            }
+        }
+    }
+
+    // Snapshots: a header that does not decode, then a well-formed header (from a higher term,
+    // so Raft would install it) with a file that is not a snapshot, then one whose record
+    // lengths point past its end.
+    let chunk = |header: Vec<u8>, data: Vec<u8>| SnapshotChunk {
+        cluster_id: cluster.cluster_id.clone(),
+        group_id: 0,
+        header,
+        data,
+    };
+    let meta = SnapshotMeta { last_log_id: Some(log_id(99, 1_000)), last_membership: Default::default() };
+    let header = encode(&(Vote::new(99, 1), meta.clone()));
+    let snapshot = {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("snapshot");
+        let file_header = SnapshotHeader { last_log_id: meta.last_log_id, membership: Default::default() };
+        let mut writer = SnapshotWriter::create(&path, &file_header).unwrap();
+        writer.record(shardkv_node::state_machine::snapshot_file::RecordKind::Data, b"\0\0\0\0k", b"v").unwrap();
+        writer.finish().unwrap();
+        std::fs::read(path).unwrap()
+    };
+    // Magic, header length, header, then the record's kind byte and its key length.
+    let record_at = 12 + u32::from_le_bytes(snapshot[8..12].try_into().unwrap()) as usize + 1;
+    let mut past_the_end = snapshot.clone();
+    past_the_end[record_at..record_at + 4].copy_from_slice(&(60u32 << 20).to_le_bytes());
+    for (what, chunks) in [
+        ("undecodable header", vec![chunk(huge.clone(), Vec::new())]),
+        ("not a snapshot", vec![chunk(header.clone(), b"garbage".to_vec()), chunk(Vec::new(), vec![7; 4096])]),
+        ("record past the end", vec![chunk(header.clone(), past_the_end)]),
+        ("truncated", vec![chunk(header.clone(), snapshot[..snapshot.len() - 3].to_vec())]),
+    ] {
+        let err = raft.install_snapshot(futures::stream::iter(chunks)).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{what}: {err:?}");
+    }
+
+    // The node lives, its Raft runs, its term is untouched, and it keeps replicating.
+    assert!(cluster.is_running(target), "node {target} died:\n{}", cluster.log(target));
+    assert_eq!(cluster.http_get(target, "/healthz").await.0, 200, "{}", cluster.log(target));
+    let after = cluster.status(target).await.unwrap();
+    assert_eq!(after.term, before.term, "a refused message changed the term");
+    client.put("after", "2").await.unwrap();
+    let replica = cluster.client_for([target]);
+    wait_for("the follower to apply a write made after the hostile messages", WAIT, || async {
+        (replica.get_serializable("after").await.ok()?.as_deref() == Some(&b"2"[..])).then_some(())
+    })
+    .await;
 }

@@ -192,6 +192,11 @@ impl Cluster {
         shardkv_client::Client::connect(ids.into_iter().map(|id| self.grpc_addr(id)).collect()).expect("client")
     }
 
+    /// True while node `id`'s process has not exited.
+    pub fn is_running(&mut self, id: u64) -> bool {
+        self.children.get_mut(&id).is_some_and(|child| child.try_wait().expect("waiting for node").is_none())
+    }
+
     pub fn kill9(&mut self, id: u64) {
         let mut child = self.children.remove(&id).expect("node is running");
         child.kill().expect("SIGKILL");
@@ -215,9 +220,20 @@ impl Cluster {
 
     /// SIGTERM, then waits for the process to exit on its own.
     pub fn terminate(&mut self, id: u64) -> ExitStatus {
-        let mut child = self.children.remove(&id).expect("node is running");
+        self.send_term(id);
+        self.wait_exit(id)
+    }
+
+    /// Sends SIGTERM to node `id` without waiting for it to exit.
+    pub fn send_term(&self, id: u64) {
+        let child = self.children.get(&id).expect("node is running");
         let sent = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().expect("kill -TERM");
         assert!(sent.success());
+    }
+
+    /// Waits (up to `WAIT`) for node `id` to exit on its own.
+    pub fn wait_exit(&mut self, id: u64) -> ExitStatus {
+        let mut child = self.children.remove(&id).expect("node is running");
         let deadline = Instant::now() + WAIT;
         loop {
             if let Some(status) = child.try_wait().expect("waiting for node") {

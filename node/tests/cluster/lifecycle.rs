@@ -1,7 +1,13 @@
 //! preStop: readiness off, leadership moved, snapshot taken and log purged, clean exit on
 //! SIGTERM, and a restart that replays only a short log suffix.
 
+use std::time::Duration;
+use std::time::Instant;
+
+use shardkv_client::Client;
+use shardkv_client::ClientOptions;
 use shardkv_proto::v1::RemoveLearnersRequest;
+use shardkv_proto::v1::RemovedRequest;
 
 use crate::harness::Cluster;
 use crate::harness::WAIT;
@@ -98,8 +104,11 @@ async fn a_learner_can_be_removed_and_is_told_it_left() {
     cluster.start_node(2);
     let client = cluster.client();
     client.add_learner(2, cluster.grpc_addr(2), true).await.unwrap();
+    // Until the membership entry listing it has reached it, a fresh node is a learner that
+    // knows no group (and could not confirm a removal with it).
     wait_for("node 2 to replicate as a learner", WAIT, || async {
-        (cluster.status(2).await?.state == "Learner").then_some(())
+        let status = cluster.status(2).await?;
+        (status.state == "Learner" && status.members.iter().any(|m| m.node_id == 2)).then_some(())
     })
     .await;
     let mut admin = cluster.admin(1).await;
@@ -113,4 +122,86 @@ async fn a_learner_can_be_removed_and_is_told_it_left() {
     assert_eq!(status.members.iter().map(|m| m.node_id).collect::<Vec<_>>(), [1], "only the voter is left");
     assert!(cluster.data_dir(2).join("left.json").exists(), "the removed learner recorded that it left");
     assert_eq!(cluster.http_get(2, "/readyz").await.0, 503);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forged_removed_notice_to_a_live_voter_is_refused() {
+    let mut cluster = Cluster::start(43, 3, &[]).await;
+    let client = cluster.client();
+    client.put("k", "v").await.unwrap();
+    let leader = cluster.leader().await;
+    let voter = (1..=3).find(|id| *id != leader).unwrap();
+
+    // Whoever knows the cluster and group id can send the notice.
+    let notice = RemovedRequest { cluster_id: cluster.cluster_id.clone(), group_id: 0, membership_index: 1 };
+    let refused = cluster.admin(voter).await.removed(notice).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("not removed"), "{}", refused.message());
+    assert!(!cluster.data_dir(voter).join("left.json").exists(), "a false notice was recorded");
+    assert_eq!(cluster.http_get(voter, "/readyz").await.0, 200, "the voter still reports ready");
+
+    // It restarts as a member and serves.
+    assert!(cluster.terminate(voter).success());
+    cluster.start_node(voter);
+    client.put("after", "restart").await.unwrap();
+    let replica = cluster.client_for([voter]);
+    wait_for("the restarted voter to apply a new write", WAIT, || async {
+        (replica.get_serializable("after").await.ok()?.as_deref() == Some(&b"restart"[..])).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_without_prestop_hands_over_snapshots_and_the_restart_replays_a_short_suffix() {
+    let mut cluster = Cluster::start(45, 3, &[]).await;
+    let client = cluster.client();
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let c = client.new_session();
+            tokio::spawn(async move {
+                for i in 0..150 {
+                    c.put(format!("w{w}-{i}"), "v").await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let leader = cluster.leader().await;
+    let before = cluster.status(leader).await.unwrap();
+    assert!(before.last_log_index - before.purged_index >= 1200, "the log holds the writes: {before:?}");
+
+    // No preStop call: only the signal. A client of the other members gets a write through
+    // within a second.
+    let others: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    let options = ClientOptions { request_timeout: Duration::from_secs(1), ..ClientOptions::default() };
+    let survivors = Client::with_options(others.iter().map(|id| cluster.grpc_addr(*id)).collect(), options).unwrap();
+    cluster.send_term(leader);
+    let started = Instant::now();
+    survivors.put("during", "stop").await.expect("a write through another member within 1 s of SIGTERM");
+    let took = started.elapsed();
+    eprintln!("a write through another member {took:?} after SIGTERM");
+    assert!(took < Duration::from_secs(1), "the write took {took:?}");
+
+    let exit = tokio::task::block_in_place(|| cluster.wait_exit(leader));
+    assert!(exit.success(), "clean exit after SIGTERM: {exit:?}\n{}", cluster.log(leader));
+    let log = cluster.log(leader);
+    assert!(log.contains("preStop finished") && log.contains("stopped cleanly"), "{log}");
+
+    cluster.start_node(leader);
+    let status = wait_for("the restarted node to rejoin", WAIT, || async {
+        let s = cluster.status(leader).await?;
+        (s.leader_id.is_some() && s.applied_index > before.applied_index).then_some(s)
+    })
+    .await;
+    eprintln!("the restart replayed {} log entries", status.startup_log_entries);
+    assert!(
+        status.startup_log_entries <= 10,
+        "restart replayed {} entries; {} were on disk before SIGTERM",
+        status.startup_log_entries,
+        before.last_log_index - before.purged_index
+    );
+    let restarted = cluster.client_for([leader]);
+    assert_eq!(restarted.get_serializable("during").await.unwrap().as_deref(), Some(&b"stop"[..]));
 }

@@ -51,3 +51,38 @@ async fn a_prefix_scan_returns_every_key_in_order_across_shards_and_pages() {
     let got: Vec<String> = limited.into_iter().map(|(k, _)| String::from_utf8(k).unwrap()).collect();
     assert_eq!(got, ["aaa", "user/000", "user/001"]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scan_of_large_values_pages_by_bytes_and_completes() {
+    let cluster = Cluster::start(44, 1, &[]).await;
+    let client = cluster.client();
+    let value = vec![b'v'; 8 << 10];
+    let writers: Vec<_> = (0..16)
+        .map(|w| {
+            let (client, value) = (client.new_session(), value.clone());
+            tokio::spawn(async move {
+                for i in (w..1000).step_by(16) {
+                    client.put(format!("big/{i:04}"), value.clone()).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+
+    // 1,000 x 8 KiB is twice what a gRPC client accepts in one message.
+    let items = client.scan(ScanOptions { prefix: b"big/".to_vec(), ..Default::default() }).await.unwrap();
+    assert_eq!(items.len(), 1000);
+    assert!(items.iter().enumerate().all(|(i, (k, v))| *k == format!("big/{i:04}").into_bytes() && *v == value));
+
+    // Each page stays near the server's byte bound.
+    let mut kv = cluster.kv(1).await;
+    let page = kv.scan(ScanRequest { prefix: b"big/".to_vec(), ..Default::default() }).await.unwrap().into_inner();
+    let bytes: usize = page.items.iter().map(|kv| kv.key.len() + kv.value.len()).sum();
+    assert!(
+        !page.continuation.is_empty() && bytes <= (1 << 20) + (9 << 10),
+        "{} items, {bytes} bytes",
+        page.items.len()
+    );
+}

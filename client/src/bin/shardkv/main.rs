@@ -13,7 +13,14 @@ use clap::{Parser, Subcommand};
 use shardkv_client::{Client, ClientOptions, parse_endpoint_list};
 
 #[derive(Parser)]
-#[command(name = "shardkv", version, about = "Client of the shardkv key-value store")]
+#[command(
+    name = "shardkv",
+    version,
+    about = "Client of the shardkv key-value store",
+    after_help = "Exit status: 0 done; 1 not done (key absent, swap refused, or an error: a failed write was not \
+                  applied); 2 bad usage; 3 a write failed with its outcome unknown (it may or may not have been \
+                  applied)."
+)]
 struct Cli {
     /// Comma-separated node addresses (host:port): the meta group of a sharded cluster, or the
     /// replicas of a standalone group.
@@ -156,8 +163,28 @@ async fn main() -> ExitCode {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+            match error.downcast_ref::<shardkv_client::Error>() {
+                Some(e) if e.outcome_unknown() => {
+                    eprintln!("read the key to find out whether the write took effect before writing again");
+                    ExitCode::from(EXIT_OUTCOME_UNKNOWN)
+                }
+                _ if cli.command.is_write() => {
+                    eprintln!("the write was not applied");
+                    ExitCode::FAILURE
+                }
+                _ => ExitCode::FAILURE,
+            }
         }
+    }
+}
+
+/// Exit status of a write that failed after an attempt that may have been applied (1: it was
+/// not applied, or any other failure; 2: bad usage).
+const EXIT_OUTCOME_UNKNOWN: u8 = 3;
+
+impl Command {
+    fn is_write(&self) -> bool {
+        matches!(self, Command::Put { .. } | Command::Del { .. } | Command::Cas { .. })
     }
 }
 
