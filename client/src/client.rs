@@ -483,22 +483,21 @@ impl Client {
     ) -> std::result::Result<(), GroupError> {
         while !merge.drain() {
             let wanted = merge.wanted();
-            let pages =
-                merge.pending().into_iter().map(|i| {
-                    let (leader, shards) = &sources[i];
-                    let message = ScanRequest {
-                        header: read_header(config_num),
-                        start: start.to_vec(),
-                        end: options.end.clone(),
-                        prefix: options.prefix.clone(),
-                        limit: wanted.map_or(0, |w| u32::try_from(w).unwrap_or(u32::MAX)),
-                        continuation: merge.continuation(i).to_vec(),
-                        consistency: ReadConsistency::Linearizable.into(),
-                        shards: shards.clone(),
-                    };
-                    async move {
-                        let deadline = Deadline::after(self.request_timeout());
-                        let page =
+            let pages = merge.pending().into_iter().map(|i| {
+                let (leader, shards) = &sources[i];
+                let message = ScanRequest {
+                    header: read_header(config_num),
+                    start: start.to_vec(),
+                    end: options.end.clone(),
+                    prefix: options.prefix.clone(),
+                    limit: wanted.map_or(0, |w| u32::try_from(w).unwrap_or(u32::MAX)),
+                    continuation: merge.continuation(i).to_vec(),
+                    consistency: ReadConsistency::Linearizable.into(),
+                    shards: shards.clone(),
+                };
+                async move {
+                    let deadline = Deadline::after(self.request_timeout());
+                    let page =
                             self.call_group(
                                 leader,
                                 deadline,
@@ -512,9 +511,9 @@ impl Client {
                                 },
                             )
                             .await?;
-                        Ok::<_, GroupError>((i, page))
-                    }
-                });
+                    Ok::<_, GroupError>((i, page))
+                }
+            });
             for page in futures::future::join_all(pages).await {
                 let (i, page) = page?;
                 let items: Vec<Item> = page.items.into_iter().map(|kv| (kv.key, kv.value)).collect();
