@@ -17,19 +17,7 @@ use crate::harness::wait_for;
 async fn prestop_hands_over_and_the_restart_replays_a_short_suffix() {
     let mut cluster = Cluster::start(16, 3, &[]).await;
     let client = cluster.client();
-    let writers: Vec<_> = (0..8)
-        .map(|w| {
-            let c = client.new_session();
-            tokio::spawn(async move {
-                for i in 0..150 {
-                    c.put(format!("w{w}-{i}"), "v").await.unwrap();
-                }
-            })
-        })
-        .collect();
-    for w in writers {
-        w.await.unwrap();
-    }
+    write_in_parallel(&client).await;
     let leader = cluster.leader().await;
     let before = cluster.status(leader).await.unwrap();
     let entries_before = before.last_log_index - before.purged_index;
@@ -155,19 +143,7 @@ async fn a_forged_removed_notice_to_a_live_voter_is_refused() {
 async fn sigterm_without_prestop_hands_over_snapshots_and_the_restart_replays_a_short_suffix() {
     let mut cluster = Cluster::start(45, 3, &[]).await;
     let client = cluster.client();
-    let writers: Vec<_> = (0..8)
-        .map(|w| {
-            let c = client.new_session();
-            tokio::spawn(async move {
-                for i in 0..150 {
-                    c.put(format!("w{w}-{i}"), "v").await.unwrap();
-                }
-            })
-        })
-        .collect();
-    for w in writers {
-        w.await.unwrap();
-    }
+    write_in_parallel(&client).await;
     let leader = cluster.leader().await;
     let before = cluster.status(leader).await.unwrap();
     assert!(before.last_log_index - before.purged_index >= 1200, "the log holds the writes: {before:?}");
@@ -204,4 +180,21 @@ async fn sigterm_without_prestop_hands_over_snapshots_and_the_restart_replays_a_
     );
     let restarted = cluster.client_for([leader]);
     assert_eq!(restarted.get_serializable("during").await.unwrap().as_deref(), Some(&b"stop"[..]));
+}
+
+/// 8 sessions writing 150 keys each (`w{session}-{i}` = "v"), so the log holds 1200 entries.
+async fn write_in_parallel(client: &Client) {
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let c = client.new_session();
+            tokio::spawn(async move {
+                for i in 0..150 {
+                    c.put(format!("w{w}-{i}"), "v").await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
 }
