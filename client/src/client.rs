@@ -760,35 +760,24 @@ impl Client {
     /// without the Meta service (UNIMPLEMENTED) can only be a standalone group.
     async fn detect_topology(&self, deadline: Deadline) -> Result<Topology> {
         let answer = self
-            .call_group(
-                &self.shared.seeds,
-                deadline,
-                self.kv_limits(),
-                &Attempts::default(),
-                |channel, timeout| async move {
-                    match MetaClient::new(channel).query(request(QueryRequest { num: 0 }, timeout)).await {
-                        Ok(reply) => Ok(Some(reply.into_inner())),
-                        Err(status)
-                            if matches!(
-                                status.code(),
-                                tonic::Code::FailedPrecondition | tonic::Code::Unimplemented
-                            ) =>
-                        {
-                            Ok(None)
-                        }
-                        Err(status) => Err(status),
+            .call_meta(deadline, |channel, timeout| async move {
+                match MetaClient::new(channel).query(request(QueryRequest { num: 0 }, timeout)).await {
+                    Ok(reply) => Ok(Some(reply.into_inner())),
+                    Err(status)
+                        if matches!(status.code(), tonic::Code::FailedPrecondition | tonic::Code::Unimplemented) =>
+                    {
+                        Ok(None)
                     }
-                },
-            )
-            .await;
+                    Err(status) => Err(status),
+                }
+            })
+            .await?;
         match answer {
-            Ok(Some(reply)) => {
+            Some(reply) => {
                 self.install(config_of(reply)?);
                 Ok(Topology::Sharded)
             }
-            Ok(None) => Ok(Topology::Standalone),
-            Err(GroupError::Failed(error)) => Err(error),
-            Err(GroupError::WrongGroup(status)) => Err(Error::from_status(status)),
+            None => Ok(Topology::Standalone),
         }
     }
 
@@ -812,18 +801,23 @@ impl Client {
     /// Shard map `num` (0: the latest) from the meta group's leader.
     async fn query_meta(&self, num: u64, deadline: Deadline) -> Result<ShardConfig> {
         let reply = self
-            .call_group(
-                &self.shared.seeds,
-                deadline,
-                self.kv_limits(),
-                &Attempts::default(),
-                |channel, timeout| async move {
-                    Ok(MetaClient::new(channel).query(request(QueryRequest { num }, timeout)).await?.into_inner())
-                },
-            )
-            .await
-            .map_err(|e| self.meta_error(e))?;
+            .call_meta(deadline, |channel, timeout| async move {
+                Ok(MetaClient::new(channel).query(request(QueryRequest { num }, timeout)).await?.into_inner())
+            })
+            .await?;
         config_of(reply)
+    }
+
+    /// A read of the configured endpoints' group (the meta group, or a standalone group during
+    /// detection), with the KV limits.
+    async fn call_meta<T, F, Fut>(&self, deadline: Deadline, attempt: F) -> Result<T>
+    where
+        F: FnMut(Channel, Duration) -> Fut,
+        Fut: Future<Output = std::result::Result<T, tonic::Status>>,
+    {
+        self.call_group(&self.shared.seeds, deadline, self.kv_limits(), &Attempts::default(), attempt)
+            .await
+            .map_err(|e| self.meta_error(e))
     }
 
     /// Records `config` if it is newer than the cached map (maps never go back) and updates
