@@ -553,11 +553,13 @@ members_of() {
   local leader; leader="$(node_leader "$1")" || return 1
   status_field "$leader" '[.members[].node_id] | sort | map(tostring) | join(",")'
 }
-voters_of() {
+# members_are GROUP LIST: every member of the group is a voter, and they are
+# exactly LIST ("1,2,3"), by one look at its leader's Status.
+members_are() {
   local leader; leader="$(node_leader "$1")" || return 1
-  status_field "$leader" '[.members[] | select(.role == "voter") | .node_id] | sort | map(tostring) | join(",")'
+  [[ "$(status_field "$leader" '[.members[] | select(.role == "voter") | .node_id] as $v
+    | if ($v | length) == (.members | length) then $v | sort | map(tostring) | join(",") else "learners" end')" == "$2" ]]
 }
-members_are() { [[ "$(members_of "$1")" == "$2" && "$(voters_of "$1")" == "$2" ]]; }
 
 pod_of_group_ready() { kubectl wait -n "$CLUSTER_NS" --for=condition=Ready "pod/$1" --timeout=1s; }
 restart_count_above() { (("$(pod_field "$1" "$2" '{.status.containerStatuses[0].restartCount}')" > "$3")); }
