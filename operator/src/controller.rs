@@ -26,6 +26,8 @@ use kube::api::ListParams;
 use kube::api::Patch;
 use kube::api::PatchParams;
 use kube::runtime::Controller;
+use kube::runtime::Predicate;
+use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Event;
 use kube::runtime::events::EventType;
@@ -33,6 +35,8 @@ use kube::runtime::events::Recorder;
 use kube::runtime::events::Reporter;
 use kube::runtime::finalizer;
 use kube::runtime::finalizer::Event as Finalized;
+use kube::runtime::predicates;
+use kube::runtime::reflector;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use serde::Serialize;
@@ -43,15 +47,21 @@ use shardkv_proto::v1::ShardConfig;
 
 use crate::crd::FINALIZER;
 use crate::crd::ShardCluster;
+use crate::crd::ShardClusterStatus;
 use crate::metrics::Metrics;
 use crate::nodes::NodeApi;
 use crate::plan::DataGroupView;
+use crate::plan::DataLeader;
 use crate::plan::GroupStep;
 use crate::plan::GroupView;
+use crate::plan::HeldShard;
 use crate::plan::MetaStep;
 use crate::plan::PodView;
+use crate::plan::Removal;
+use crate::plan::RemovalPhase;
 use crate::plan::plan_group;
 use crate::plan::plan_meta;
+use crate::plan::wanted_groups;
 use crate::resources;
 use crate::resources::ClusterNames;
 use crate::resources::GRPC_PORT;
@@ -96,7 +106,8 @@ pub struct Settings {
     pub max_learner_lag: u64,
     /// Requeue interval while an operation is in flight.
     pub progress_interval: Duration,
-    /// Requeue interval of a settled cluster (a resync; changes also trigger reconciles).
+    /// Requeue interval of a settled cluster: how often status is refreshed when nothing changes
+    /// (spec changes and pod or StatefulSet changes trigger reconciles of their own).
     pub settled_interval: Duration,
     /// First retry delay after an error; doubles per consecutive error of the same object.
     pub error_backoff: Duration,
@@ -109,7 +120,7 @@ impl Default for Settings {
             cluster_domain: "cluster.local".into(),
             max_learner_lag: 1_000,
             progress_interval: Duration::from_secs(2),
-            settled_interval: Duration::from_secs(60),
+            settled_interval: Duration::from_secs(30),
             error_backoff: Duration::from_secs(1),
             max_error_backoff: Duration::from_secs(300),
         }
@@ -160,10 +171,20 @@ impl<N: NodeApi> Context<N> {
 }
 
 /// Runs the controller until the stream ends (the process is told to stop).
+///
+/// A ShardCluster triggers a reconcile when its spec (generation) or finalizers change, not when
+/// its status does: the operator's own status writes (member lag changes with every write under
+/// load) would otherwise start the next reconcile at once. Pods and StatefulSets trigger on any
+/// change; between changes, the requeue interval refreshes status.
 pub async fn run<N: NodeApi>(ctx: Arc<Context<N>>) {
-    let clusters = Api::<ShardCluster>::all(ctx.client.clone());
+    let (reader, writer) = reflector::store();
+    let clusters = watcher(Api::<ShardCluster>::all(ctx.client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(predicates::generation.combine(predicates::finalizers), Default::default());
     let selector = watcher::Config::default().labels(LABEL_CLUSTER);
-    Controller::new(clusters, watcher::Config::default())
+    Controller::for_stream(clusters, reader)
         .owns(Api::<StatefulSet>::all(ctx.client.clone()), selector.clone())
         .watches(Api::<Pod>::all(ctx.client.clone()), selector, |pod| {
             let cluster = pod.labels().get(LABEL_CLUSTER)?;
@@ -260,11 +281,13 @@ where
     }
 }
 
+/// Deletes a group's PDB, Service and StatefulSet, the StatefulSet last: once it is being
+/// deleted, the rest is gone (a reconcile does not delete again what is on its way out).
 async fn delete_group(ctx: &Context<impl NodeApi>, names: &ClusterNames, group_id: u64) -> Result<(), Error> {
     let name = names.group(group_id);
-    delete_object::<StatefulSet>(ctx, &names.namespace, &name).await?;
     delete_object::<PodDisruptionBudget>(ctx, &names.namespace, &name).await?;
-    delete_object::<Service>(ctx, &names.namespace, &name).await
+    delete_object::<Service>(ctx, &names.namespace, &name).await?;
+    delete_object::<StatefulSet>(ctx, &names.namespace, &name).await
 }
 
 /// The pods and node Status of one group.
@@ -440,10 +463,26 @@ async fn apply<N: NodeApi>(cluster: &ShardCluster, ctx: &Context<N>) -> Result<A
     let pods = Api::<Pod>::namespaced(ctx.client.clone(), &namespace).list(&by_cluster).await?.items;
     let statefulsets = Api::<StatefulSet>::namespaced(ctx.client.clone(), &namespace).list(&by_cluster).await?.items;
 
-    // Wanted groups, plus data groups still running beyond spec.groups (being removed).
-    let desired_groups = u64::from(cluster.spec.groups);
-    let mut group_ids: BTreeSet<u64> = std::iter::once(META_GROUP).chain(resources::data_groups(cluster)).collect();
-    group_ids.extend(statefulsets.iter().filter_map(group_of));
+    let previous = cluster.status.as_ref();
+    let recorded_removals = recorded_removals(previous);
+    // Groups whose StatefulSet is being deleted, and groups recorded as being deleted (their
+    // delete may not have gone through yet) are not live: they are never wanted again.
+    let terminating: BTreeSet<u64> =
+        statefulsets.iter().filter(|s| s.meta().deletion_timestamp.is_some()).filter_map(group_of).collect();
+    let live: BTreeSet<u64> = statefulsets
+        .iter()
+        .filter_map(group_of)
+        .filter(|g| *g != META_GROUP && !terminating.contains(g))
+        .filter(|g| !recorded_removals.iter().any(|r| r.group_id == *g && r.phase == RemovalPhase::Deleting))
+        .collect();
+    let recorded_last_id = previous.map_or(0, |s| s.last_group_id);
+    let wanted = wanted_groups(cluster.spec.groups, &live, recorded_last_id);
+    // Wanted groups, plus every data group that still has a StatefulSet (being removed).
+    let group_ids: BTreeSet<u64> = std::iter::once(META_GROUP)
+        .chain(wanted.iter().copied())
+        .chain(statefulsets.iter().filter_map(group_of))
+        .collect();
+    let last_group_id = group_ids.iter().copied().max().unwrap_or(0).max(recorded_last_id);
 
     let mut observed = Vec::new();
     for group_id in &group_ids {
@@ -475,15 +514,27 @@ async fn apply<N: NodeApi>(cluster: &ShardCluster, ctx: &Context<N>) -> Result<A
         .map(|g| DataGroupView {
             group_id: g.view.group_id,
             settled_voters: settled_voters(&g.view, &g.plan.step),
-            held_shards: g.view.leader().map(|l| l.status.shards.len()),
+            leader: g.view.leader().map(|l| DataLeader {
+                applied_config: l.status.config_num,
+                shards: l.status.shards.iter().map(HeldShard::from).collect(),
+            }),
+            initialized: g.initialized,
+            being_deleted: terminating.contains(&g.view.group_id),
         })
         .collect();
-    let meta_steps = plan_meta(desired_groups, &data_views, config.as_ref());
+    let meta_plan = plan_meta(&wanted, &data_views, config.as_ref(), &recorded_removals);
+    let deleting: BTreeSet<u64> = meta_plan
+        .removals
+        .iter()
+        .filter(|r| r.phase == RemovalPhase::Deleting)
+        .map(|r| r.group_id)
+        .chain(terminating.iter().copied())
+        .collect();
 
     let mut failures = Vec::new();
     if !cluster.spec.paused {
-        let deleting: BTreeSet<u64> =
-            meta_steps.iter().filter(|s| matches!(s, MetaStep::DeleteGroup { .. })).map(MetaStep::group_id).collect();
+        // A group on its way out keeps what it has: nothing of it is applied again, and its
+        // membership is left alone.
         for group in observed.iter().filter(|g| !deleting.contains(&g.view.group_id)) {
             let group_id = group.view.group_id;
             apply_object(
@@ -493,17 +544,22 @@ async fn apply<N: NodeApi>(cluster: &ShardCluster, ctx: &Context<N>) -> Result<A
             )
             .await?;
             apply_object(ctx, &namespace, &resources::headless_service(cluster, &names, group_id)).await?;
-            apply_object(ctx, &namespace, &resources::pod_disruption_budget(cluster, &names, group_id)).await?;
+            let voters = group.view.leader().map(|l| l.voters().len());
+            apply_object(ctx, &namespace, &resources::pod_disruption_budget(cluster, &names, group_id, voters)).await?;
         }
         apply_object(ctx, &namespace, &resources::client_service(cluster, &names)).await?;
 
-        for group in &mut observed {
+        for group in observed.iter_mut().filter(|g| !deleting.contains(&g.view.group_id)) {
             match take_group_step(ctx, cluster, &names, &group.view, &group.plan.step, &pods).await {
                 Ok(()) => group.initialized |= matches!(group.plan.step, GroupStep::Initialize { .. }),
                 Err(e) => failures.push(e),
             }
         }
-        for step in &meta_steps {
+        for step in &meta_plan.steps {
+            // Deleted already: its StatefulSet is on its way out, the rest is gone.
+            if matches!(step, MetaStep::DeleteGroup { group_id } if terminating.contains(group_id)) {
+                continue;
+            }
             if let Err(e) = take_meta_step(ctx, cluster, &names, meta_leader.as_deref(), step).await {
                 failures.push(e);
             }
@@ -513,16 +569,19 @@ async fn apply<N: NodeApi>(cluster: &ShardCluster, ctx: &Context<N>) -> Result<A
     let status = status::build(&status::Observed {
         generation: cluster.metadata.generation,
         paused: cluster.spec.paused,
-        desired_groups,
+        wanted: &wanted,
         groups: &observed,
         config: config.as_ref(),
-        meta_steps: &meta_steps,
-        previous: cluster.status.as_ref(),
+        meta_steps: &meta_plan.steps,
+        removals: &meta_plan.removals,
+        last_group_id,
+        previous,
         now: Timestamp::now(),
     });
+    publish_removal_changes(ctx, cluster, &names, previous, &status, &group_ids).await;
+    ctx.metrics.shards_in_flight(&names.namespace, &names.name, status.shards_in_flight);
     let in_flight = !status.operations.is_empty();
-    let api: Api<ShardCluster> = Api::namespaced(ctx.client.clone(), &namespace);
-    api.patch_status(&names.name, &PatchParams::default(), &Patch::Merge(json!({ "status": status }))).await?;
+    write_status(ctx, &names, &status).await?;
 
     if !failures.is_empty() {
         return Err(Error::Steps(failures.join("; ")));
@@ -530,6 +589,73 @@ async fn apply<N: NodeApi>(cluster: &ShardCluster, ctx: &Context<N>) -> Result<A
     let interval =
         if in_flight && !cluster.spec.paused { ctx.settings.progress_interval } else { ctx.settings.settled_interval };
     Ok(Action::requeue(interval))
+}
+
+/// The removals recorded in status (an entry whose phase this operator does not know is
+/// dropped: it is planned again from what is observed).
+fn recorded_removals(status: Option<&ShardClusterStatus>) -> Vec<Removal> {
+    status
+        .map(|s| s.group_removals.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|r| {
+            Some(Removal { group_id: r.group_id, leave_config: r.leave_config, phase: RemovalPhase::parse(&r.phase)? })
+        })
+        .collect()
+}
+
+/// Writes the whole status by server-side apply, so a field that became empty is removed
+/// instead of keeping its last value.
+async fn write_status(
+    ctx: &Context<impl NodeApi>,
+    names: &ClusterNames,
+    status: &ShardClusterStatus,
+) -> Result<(), Error> {
+    let api: Api<ShardCluster> = Api::namespaced(ctx.client.clone(), &names.namespace);
+    let body = json!({
+        "apiVersion": ShardCluster::api_version(&()),
+        "kind": ShardCluster::kind(&()),
+        "status": status,
+    });
+    api.patch_status(&names.name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(body)).await?;
+    Ok(())
+}
+
+/// An Event for each removal that started, changed phase, finished or was called off.
+async fn publish_removal_changes(
+    ctx: &Context<impl NodeApi>,
+    cluster: &ShardCluster,
+    names: &ClusterNames,
+    previous: Option<&ShardClusterStatus>,
+    status: &ShardClusterStatus,
+    observed_groups: &BTreeSet<u64>,
+) {
+    let before = previous.map(|p| p.group_removals.as_slice()).unwrap_or_default();
+    for removal in &status.group_removals {
+        let id = removal.group_id;
+        if before.iter().any(|b| b.group_id == id && b.phase == removal.phase) {
+            continue;
+        }
+        let held = removal.shards_held.map_or("unknown".to_string(), |n| n.to_string());
+        let note = match removal.leave_config {
+            Some(c) => format!(
+                "group {id}: {} (left in config {c}; {held} shards held, {} bytes moved)",
+                removal.phase, removal.bytes_moved
+            ),
+            None => format!("group {id}: {} ({held} shards held)", removal.phase),
+        };
+        let reason = format!("Removal{}", removal.phase);
+        ctx.publish(cluster, Some(names.group(id)), EventType::Normal, &reason, "GroupScaleIn", note).await;
+    }
+    for gone in before.iter().filter(|b| !status.group_removals.iter().any(|r| r.group_id == b.group_id)) {
+        let id = gone.group_id;
+        let (reason, note) = if observed_groups.contains(&id) && gone.phase != RemovalPhase::Deleting.as_str() {
+            ("RemovalCancelled", format!("group {id} is wanted again: its removal is called off"))
+        } else {
+            ("RemovalDone", format!("group {id} is deleted ({} bytes moved out)", gone.bytes_moved))
+        };
+        ctx.publish(cluster, Some(names.group(id)), EventType::Normal, reason, "GroupScaleIn", note).await;
+    }
 }
 
 /// Ordered cleanup on delete: data groups first, then the meta group, then the client Service.

@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::Affinity;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::api::core::v1::Toleration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::CustomResource;
 use kube::KubeSchema;
 use schemars::JsonSchema;
@@ -33,6 +34,7 @@ pub const FINALIZER: &str = "shardkv.dev/cleanup";
     printcolumn = r#"{"name":"Ready","type":"integer","description":"Ready node pods","jsonPath":".status.readyReplicas"}"#,
     printcolumn = r#"{"name":"Config","type":"integer","description":"Current shard-map config number","jsonPath":".status.configNum"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Operation","type":"string","description":"What the operator is doing now","jsonPath":".status.operation"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -103,13 +105,19 @@ impl Default for MetaSpec {
     }
 }
 
-/// The PersistentVolumeClaim template of every node.
+/// The PersistentVolumeClaim template of every node. Fixed when the cluster is created: a
+/// StatefulSet's volumeClaimTemplates cannot change.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)")
+    .message("storage.storageClassName is immutable: StatefulSet volumeClaimTemplates cannot change; create a new cluster to move to another storage class"))]
 pub struct StorageSpec {
     /// Requested volume size (a Kubernetes quantity, e.g. 10Gi).
     #[serde(default = "default_storage_size")]
-    #[x_kube(validation = Rule::new("self.size() > 0").message("storage.size is required"))]
+    #[x_kube(
+        validation = Rule::new("self.size() > 0").message("storage.size is required"),
+        validation = Rule::new("self == oldSelf").message("storage.size is immutable: StatefulSet volumeClaimTemplates cannot change; resize the PersistentVolumeClaims themselves where the storage class allows it")
+    )]
     pub size: String,
     /// Storage class of the volumes; the cluster default when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -174,7 +182,7 @@ pub struct ShardClusterStatus {
     /// The spec generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// One word summary: Creating, Bootstrapping, Running, Scaling, Degraded, Paused or Deleting.
+    /// One word summary: Creating, Bootstrapping, Running, Scaling, Degraded or Paused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
     /// Available, Progressing, Degraded (and Paused while spec.paused).
@@ -192,6 +200,53 @@ pub struct ShardClusterStatus {
     /// The step each group's operation is at, when one is in flight.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub operations: Vec<OperationStatus>,
+    /// What the operator is doing now, in one line (empty when settled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
+    /// Shards being pulled into a group right now, over all groups.
+    #[serde(default)]
+    pub shards_in_flight: u32,
+    /// Data groups being removed, highest id first, and where each removal is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub group_removals: Vec<GroupRemovalStatus>,
+    /// The highest data group id ever created: ids are never reused, so a group's retained
+    /// volumes are never mistaken for a new group's.
+    #[serde(default)]
+    pub last_group_id: u64,
+}
+
+/// The removal of one data group: Leaving (still in the shard map), Draining (its shards are
+/// moving to their new owners), Deleting (nothing needs it: its objects are being deleted).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupRemovalStatus {
+    pub group_id: u64,
+    /// Leaving, Draining or Deleting.
+    pub phase: String,
+    /// The shard-map config that no longer lists the group (the one its Leave produced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leave_config: Option<u64>,
+    /// Shards the group still serves, or holds until their new owner has them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards_held: Option<u64>,
+    /// Bytes its shards' new owners have received so far.
+    #[serde(default)]
+    pub bytes_moved: u64,
+    /// Each shard seen moving out of the group: where to and the bytes received so far.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub moves: Vec<ShardMoveStatus>,
+    /// When the removal was first recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+}
+
+/// A shard moving out of a group being removed.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardMoveStatus {
+    pub shard: u32,
+    pub to_group: u64,
+    pub bytes: u64,
 }
 
 /// One replica group as observed.

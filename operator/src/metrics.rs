@@ -5,6 +5,7 @@ use std::time::Duration;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::Registry;
@@ -17,6 +18,7 @@ pub struct Metrics {
     reconcile_seconds: Histogram,
     failures: Family<Labels, Counter>,
     steps: Family<Labels, Counter>,
+    shards_in_flight: Family<Labels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -28,11 +30,17 @@ impl Default for Metrics {
             reconcile_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
             failures: Family::default(),
             steps: Family::default(),
+            shards_in_flight: Family::default(),
         };
         m.registry.register("reconciles", "Reconciles run", m.reconciles.clone());
         m.registry.register("reconcile_seconds", "Time one reconcile took", m.reconcile_seconds.clone());
         m.registry.register("reconcile_failures", "Failed reconciles by reason", m.failures.clone());
         m.registry.register("steps", "Operation steps taken, by operation and step", m.steps.clone());
+        m.registry.register(
+            "shards_in_flight",
+            "Shards being pulled into a group now, by cluster",
+            m.shards_in_flight.clone(),
+        );
         m
     }
 }
@@ -49,6 +57,11 @@ impl Metrics {
 
     pub fn step(&self, operation: &str, step: &str) {
         self.steps.get_or_create(&vec![("operation", operation.to_string()), ("step", step.to_string())]).inc();
+    }
+
+    pub fn shards_in_flight(&self, namespace: &str, cluster: &str, shards: u32) {
+        let labels = vec![("namespace", namespace.to_string()), ("cluster", cluster.to_string())];
+        self.shards_in_flight.get_or_create(&labels).set(i64::from(shards));
     }
 
     /// The Prometheus text exposition of every metric.
@@ -69,10 +82,12 @@ mod tests {
         m.reconciled(Duration::from_millis(5));
         m.failed("Kube");
         m.step("Bootstrap", "Initialize");
+        m.shards_in_flight("prod", "demo", 3);
         let text = m.encode();
         assert!(text.contains("shardkv_operator_reconciles_total 1"), "{text}");
         assert!(text.contains("shardkv_operator_reconcile_failures_total{reason=\"Kube\"} 1"), "{text}");
         assert!(text.contains("shardkv_operator_steps_total{operation=\"Bootstrap\",step=\"Initialize\"} 1"), "{text}");
         assert!(text.contains("shardkv_operator_reconcile_seconds_count 1"), "{text}");
+        assert!(text.contains("shardkv_operator_shards_in_flight{namespace=\"prod\",cluster=\"demo\"} 3"), "{text}");
     }
 }

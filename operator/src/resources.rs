@@ -7,7 +7,11 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::policy::v1::PodDisruptionBudgetSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
 use kube::ResourceExt;
 use serde::de::DeserializeOwned;
@@ -42,7 +46,7 @@ pub const LABEL_REVISION: &str = "controller-revision-hash";
 pub const NODE_APP: &str = "shardkv-node";
 pub const MANAGER: &str = "shardkv-operator";
 
-/// The meta group's id; data groups are 1..=spec.groups.
+/// The meta group's id; data groups have ids from 1 up, never reused (see `plan::wanted_groups`).
 pub const META_GROUP: u64 = 0;
 
 /// Naming and addressing of one cluster's objects.
@@ -131,11 +135,6 @@ pub fn quorum(voters: u32) -> u32 {
     voters / 2 + 1
 }
 
-/// Data group ids the spec asks for (meta excluded).
-pub fn data_groups(cluster: &ShardCluster) -> impl Iterator<Item = u64> {
-    1..=u64::from(cluster.spec.groups)
-}
-
 /// Voters the spec asks for in a group.
 pub fn desired_replicas(cluster: &ShardCluster, group_id: u64) -> u32 {
     if group_id == META_GROUP { cluster.spec.meta.replicas } else { cluster.spec.replicas_per_group }
@@ -166,6 +165,9 @@ pub fn statefulset(cluster: &ShardCluster, names: &ClusterNames, group_id: u64, 
         json!({"name": "SHARDKV_LISTEN", "value": format!("$(POD_IP):{GRPC_PORT}")}),
         json!({"name": "SHARDKV_ADMIN_LISTEN", "value": format!("$(POD_IP):{ADMIN_PORT}")}),
         json!({"name": "SHARDKV_LOG_FORMAT", "value": "json"}),
+        // A pod that comes back onto the retained volume of a member the operator removed starts
+        // over as a new, empty member (it confirmed its removal before recording it).
+        json!({"name": "SHARDKV_REJOIN_AFTER_REMOVAL", "value": "true"}),
     ];
     if group_id != META_GROUP {
         let meta: Vec<String> = (0..spec.meta.replicas).map(|i| names.peer_addr(META_GROUP, i)).collect();
@@ -295,17 +297,33 @@ pub fn headless_service(cluster: &ShardCluster, names: &ClusterNames, group_id: 
     }))
 }
 
-/// The PodDisruptionBudget of a group: voluntary disruptions never take it below quorum.
-pub fn pod_disruption_budget(cluster: &ShardCluster, names: &ClusterNames, group_id: u64) -> PodDisruptionBudget {
-    typed(json!({
-        "apiVersion": "policy/v1",
-        "kind": "PodDisruptionBudget",
-        "metadata": owned_metadata(cluster, names, &names.group(group_id), names.labels(group_id)),
-        "spec": {
-            "minAvailable": quorum(desired_replicas(cluster, group_id)),
-            "selector": {"matchLabels": names.selector(group_id)},
+/// The PodDisruptionBudget of a group: voluntary disruptions never take it below quorum. While
+/// the group changes size, quorum of the larger of its current voters (as its leader reports
+/// them) and the desired count: 5 -> 3 still needs 3 up until the two have left.
+pub fn pod_disruption_budget(
+    cluster: &ShardCluster,
+    names: &ClusterNames,
+    group_id: u64,
+    current_voters: Option<usize>,
+) -> PodDisruptionBudget {
+    let name = names.group(group_id);
+    let current = current_voters.map_or(0, |v| u32::try_from(v).unwrap_or(u32::MAX));
+    let voters = current.max(desired_replicas(cluster, group_id));
+    PodDisruptionBudget {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: Some(names.namespace.clone()),
+            labels: Some(names.labels(group_id)),
+            owner_references: Some(vec![owner(cluster)]),
+            ..Default::default()
         },
-    }))
+        spec: Some(PodDisruptionBudgetSpec {
+            min_available: Some(IntOrString::Int(i32::try_from(quorum(voters)).unwrap_or(i32::MAX))),
+            selector: Some(LabelSelector { match_labels: Some(names.selector(group_id)), ..Default::default() }),
+            ..Default::default()
+        }),
+        status: None,
+    }
 }
 
 /// The Service clients start from: the meta group's ready pods (clients read the shard map
@@ -383,9 +401,13 @@ mod tests {
         assert_eq!(quorum(3), 2);
         assert_eq!(quorum(5), 3);
         assert_eq!(quorum(7), 4);
-        let data = pod_disruption_budget(&c, &names(), 1);
+        let data = pod_disruption_budget(&c, &names(), 1, Some(5));
         assert_eq!(data.spec.as_ref().unwrap().min_available, Some(IntOrString::Int(3)));
-        let meta = pod_disruption_budget(&c, &names(), META_GROUP);
+        let min_available = |voters| pod_disruption_budget(&c, &names(), 1, voters).spec.unwrap().min_available;
+        assert_eq!(min_available(Some(7)), Some(IntOrString::Int(4)), "shrinking 7 -> 5: quorum of 7");
+        assert_eq!(min_available(Some(3)), Some(IntOrString::Int(3)), "growing 3 -> 5: quorum of 5");
+        assert_eq!(min_available(None), Some(IntOrString::Int(3)), "no leader: the desired size");
+        let meta = pod_disruption_budget(&c, &names(), META_GROUP, None);
         assert_eq!(meta.spec.as_ref().unwrap().min_available, Some(IntOrString::Int(2)), "meta has 3 replicas");
         assert_eq!(data.metadata.owner_references.as_ref().unwrap()[0].uid, "uid-1");
     }

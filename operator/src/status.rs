@@ -5,14 +5,22 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use shardkv_proto::v1::ShardConfig;
 
+use std::collections::BTreeSet;
+
+use crate::crd::GroupRemovalStatus;
 use crate::crd::GroupStatus;
 use crate::crd::MemberStatus;
 use crate::crd::OperationStatus;
 use crate::crd::ShardClusterStatus;
+use crate::crd::ShardMoveStatus;
 use crate::plan::GroupPlan;
 use crate::plan::GroupStep;
 use crate::plan::GroupView;
+use crate::plan::HeldShard;
 use crate::plan::MetaStep;
+use crate::plan::Removal;
+use crate::plan::RemovalPhase;
+use crate::plan::ShardState;
 use crate::resources::META_GROUP;
 
 pub const AVAILABLE: &str = "Available";
@@ -38,10 +46,14 @@ pub struct Observed<'a> {
     pub generation: Option<i64>,
     pub paused: bool,
     /// Data groups the spec asks for.
-    pub desired_groups: u64,
+    pub wanted: &'a BTreeSet<u64>,
     pub groups: &'a [ObservedGroup],
     pub config: Option<&'a ShardConfig>,
     pub meta_steps: &'a [MetaStep],
+    /// Removals as planned in this reconcile.
+    pub removals: &'a [Removal],
+    /// The highest data group id ever created, this reconcile included.
+    pub last_group_id: u64,
     pub previous: Option<&'a ShardClusterStatus>,
     pub now: Timestamp,
 }
@@ -117,7 +129,7 @@ pub fn build(observed: &Observed<'_>) -> ShardClusterStatus {
     let groups: Vec<GroupStatus> = observed.groups.iter().map(|g| group_status(g, observed.config)).collect();
     let operations = operations(observed);
 
-    let wanted = |g: &&GroupStatus| g.group_id <= observed.desired_groups;
+    let wanted = |g: &&GroupStatus| g.group_id == META_GROUP || observed.wanted.contains(&g.group_id);
     let unavailable: Vec<String> = groups
         .iter()
         .filter(wanted)
@@ -131,9 +143,11 @@ pub fn build(observed: &Observed<'_>) -> ShardClusterStatus {
             }
         })
         .collect();
+    // A group being removed is reported by its removal, not as needing attention.
     let blocked: Vec<String> = observed
         .groups
         .iter()
+        .filter(|g| g.view.group_id == META_GROUP || observed.wanted.contains(&g.view.group_id))
         .filter_map(|g| match &g.plan.step {
             GroupStep::Blocked { reason } => Some(format!("group {}: {reason}", g.view.group_id)),
             _ => None,
@@ -141,6 +155,7 @@ pub fn build(observed: &Observed<'_>) -> ShardClusterStatus {
         .collect();
     let initialized_without_leader: Vec<String> = groups
         .iter()
+        .filter(wanted)
         .filter(|g| g.initialized && g.leader.is_none())
         .map(|g| format!("group {} lost its leader", g.group_id))
         .collect();
@@ -204,21 +219,90 @@ pub fn build(observed: &Observed<'_>) -> ShardClusterStatus {
         "Creating"
     };
 
+    let group_removals = removals(observed);
     ShardClusterStatus {
         observed_generation: observed.generation,
         phase: Some(phase.to_string()),
         conditions,
         config_num: observed.config.map(|c| c.num),
         ready_replicas: groups.iter().map(|g| g.ready_replicas).sum(),
+        operation: summary(observed.paused, &operations, &group_removals),
+        shards_in_flight: held_shards(observed).filter(|(_, s)| s.state == ShardState::Pulling).count() as u32,
         groups,
         operations,
+        group_removals,
+        last_group_id: observed.last_group_id,
     }
+}
+
+/// Every shard each data group's leader reports, with the group.
+fn held_shards<'a>(observed: &'a Observed<'_>) -> impl Iterator<Item = (u64, HeldShard)> + 'a {
+    observed.groups.iter().filter(|g| g.view.group_id != META_GROUP).flat_map(|g| {
+        let shards: Vec<HeldShard> =
+            g.view.leader().map(|l| l.status.shards.iter().map(HeldShard::from).collect()).unwrap_or_default();
+        shards.into_iter().map(move |s| (g.view.group_id, s))
+    })
+}
+
+/// The removals as planned, with what was observed of their progress: shards the leaver still
+/// holds, and bytes its shards' new owners received (a move's last figure is kept once it is
+/// done, so the total only grows).
+fn removals(observed: &Observed<'_>) -> Vec<GroupRemovalStatus> {
+    observed
+        .removals
+        .iter()
+        .map(|removal| {
+            let id = removal.group_id;
+            let previous = observed.previous.and_then(|p| p.group_removals.iter().find(|r| r.group_id == id)).cloned();
+            let mut moves = previous.as_ref().map(|p| p.moves.clone()).unwrap_or_default();
+            for (to_group, shard) in held_shards(observed).filter(|(_, s)| s.peer_group == id) {
+                if shard.state != ShardState::Pulling {
+                    continue;
+                }
+                match moves.iter_mut().find(|m| m.shard == shard.shard && m.to_group == to_group) {
+                    Some(m) => m.bytes = m.bytes.max(shard.moved_bytes),
+                    None => moves.push(ShardMoveStatus { shard: shard.shard, to_group, bytes: shard.moved_bytes }),
+                }
+            }
+            moves.sort_by_key(|m| (m.shard, m.to_group));
+            let leaver = observed.groups.iter().find(|g| g.view.group_id == id);
+            let shards_held = leaver
+                .and_then(|g| g.view.leader())
+                .map(|l| l.status.shards.len() as u64)
+                .or_else(|| previous.as_ref().and_then(|p| p.shards_held));
+            GroupRemovalStatus {
+                group_id: id,
+                phase: removal.phase.as_str().to_string(),
+                leave_config: removal.leave_config,
+                shards_held,
+                bytes_moved: moves.iter().map(|m| m.bytes).sum(),
+                moves,
+                started_at: previous.and_then(|p| p.started_at).or(Some(Time(observed.now))),
+            }
+        })
+        .collect()
+}
+
+/// One line for `kubectl get`: the removal under way, else the first operation in flight.
+fn summary(paused: bool, operations: &[OperationStatus], removals: &[GroupRemovalStatus]) -> Option<String> {
+    if paused {
+        return Some("paused".to_string());
+    }
+    if let Some(r) = removals.iter().find(|r| r.phase != RemovalPhase::Leaving.as_str()).or(removals.first()) {
+        let held = r.shards_held.map_or("unknown".to_string(), |n| n.to_string());
+        return Some(format!(
+            "removing group {}: {} ({held} shards held, {} bytes moved)",
+            r.group_id, r.phase, r.bytes_moved
+        ));
+    }
+    operations.first().map(|o| format!("{} group {}: {}", o.operation, o.group_id, o.step))
 }
 
 #[cfg(test)]
 mod tests {
     use shardkv_proto::v1::GroupMembers;
     use shardkv_proto::v1::ReplicaStatus;
+    use shardkv_proto::v1::ShardStatus;
     use shardkv_proto::v1::StatusResponse;
 
     use super::*;
@@ -249,14 +333,22 @@ mod tests {
         }
     }
 
-    fn observed<'a>(groups: &'a [ObservedGroup], config: Option<&'a ShardConfig>) -> Observed<'a> {
+    static NO_DATA_GROUPS: BTreeSet<u64> = BTreeSet::new();
+
+    fn observed<'a>(
+        groups: &'a [ObservedGroup],
+        config: Option<&'a ShardConfig>,
+        wanted: &'a BTreeSet<u64>,
+    ) -> Observed<'a> {
         Observed {
             generation: Some(4),
             paused: false,
-            desired_groups: 1,
+            wanted,
             groups,
             config,
             meta_steps: &[],
+            removals: &[],
+            last_group_id: 1,
             previous: None,
             now: Timestamp::UNIX_EPOCH,
         }
@@ -275,8 +367,10 @@ mod tests {
             groups: vec![GroupMembers { group_id: 1, members: vec![] }],
             pinned: vec![],
         };
-        let status = build(&observed(&groups, Some(&config)));
+        let wanted = BTreeSet::from([1]);
+        let status = build(&observed(&groups, Some(&config), &wanted));
         assert_eq!(status.phase.as_deref(), Some("Running"));
+        assert_eq!(status.operation, None);
         assert_eq!(status.config_num, Some(3));
         assert_eq!(status.observed_generation, Some(4));
         assert_eq!(find(&status, AVAILABLE).status, "True");
@@ -289,7 +383,8 @@ mod tests {
     fn an_unjoined_group_is_not_available_and_a_step_is_progress() {
         let mut groups = [settled_group(0), settled_group(1)];
         groups[1].plan.step = GroupStep::Wait { operation: Operation::ScaleUp, reason: "learner 2 catching up".into() };
-        let status = build(&observed(&groups, None));
+        let wanted = BTreeSet::from([1]);
+        let status = build(&observed(&groups, None, &wanted));
         let available = find(&status, AVAILABLE);
         assert_eq!(
             (available.status.as_str(), available.message.as_str()),
@@ -298,6 +393,7 @@ mod tests {
         let progressing = find(&status, PROGRESSING);
         assert_eq!((progressing.status.as_str(), progressing.reason.as_str()), ("True", "ScaleUp"));
         assert_eq!(status.operations[0].message, "learner 2 catching up");
+        assert_eq!(status.operation.as_deref(), Some("ScaleUp group 1: Wait"));
         assert_eq!(status.phase.as_deref(), Some("Scaling"));
     }
 
@@ -305,13 +401,11 @@ mod tests {
     fn blocked_group_is_degraded_and_paused_says_so() {
         let mut groups = [settled_group(0)];
         groups[0].plan.step = GroupStep::Blocked { reason: "volumes lost".into() };
-        let mut o = observed(&groups, None);
-        o.desired_groups = 0;
+        let o = observed(&groups, None, &NO_DATA_GROUPS);
         let status = build(&o);
         assert_eq!(find(&status, DEGRADED).status, "True");
         assert_eq!(status.phase.as_deref(), Some("Degraded"));
-        o.paused = true;
-        let paused = build(&o);
+        let paused = build(&Observed { paused: true, ..o });
         assert_eq!(find(&paused, PAUSED).status, "True");
         assert_eq!(find(&paused, PROGRESSING).reason, "Paused");
         assert_eq!(paused.phase.as_deref(), Some("Paused"));
@@ -320,8 +414,7 @@ mod tests {
     #[test]
     fn transition_time_is_kept_while_a_condition_holds() {
         let groups = [settled_group(0)];
-        let mut o = observed(&groups, None);
-        o.desired_groups = 0;
+        let mut o = observed(&groups, None, &NO_DATA_GROUPS);
         let first = build(&o);
         let later = Timestamp::from_second(1_000).unwrap();
         o.previous = Some(&first);
@@ -332,5 +425,48 @@ mod tests {
         let third = build(&o);
         assert_eq!(find(&third, PROGRESSING).last_transition_time, Time(Timestamp::UNIX_EPOCH), "still False");
         assert_eq!(find(&third, PAUSED).last_transition_time, Time(later), "new condition");
+    }
+
+    fn shard(shard: u32, state: &str, peer_group: u64, moved_bytes: u64) -> ShardStatus {
+        ShardStatus { shard, state: state.into(), peer_group, moved_items: 0, moved_bytes }
+    }
+
+    #[test]
+    fn a_removal_reports_shards_held_and_bytes_moved_which_only_grow() {
+        let mut groups = [settled_group(0), settled_group(1), settled_group(2)];
+        groups[1].view.pods[0].status.as_mut().unwrap().shards =
+            vec![shard(0, "serving", 0, 0), shard(1, "pulling", 2, 300), shard(2, "pulling", 2, 100)];
+        groups[2].view.pods[0].status.as_mut().unwrap().shards =
+            vec![shard(1, "be_pulled", 1, 0), shard(2, "be_pulled", 1, 0), shard(3, "be_pulled", 1, 0)];
+        // A group being removed that lost its leader is not Degraded.
+        groups[2].plan.step = GroupStep::Blocked { reason: "ignored while removed".into() };
+        let wanted = BTreeSet::from([1]);
+        let removals = [Removal { group_id: 2, leave_config: Some(7), phase: RemovalPhase::Draining }];
+        let mut o = observed(&groups, None, &wanted);
+        o.removals = &removals;
+        let first = build(&o);
+        let r = &first.group_removals[0];
+        assert_eq!(
+            (r.phase.as_str(), r.leave_config, r.shards_held, r.bytes_moved),
+            ("Draining", Some(7), Some(3), 400)
+        );
+        assert_eq!(first.shards_in_flight, 2);
+        assert_eq!(first.operation.as_deref(), Some("removing group 2: Draining (3 shards held, 400 bytes moved)"));
+        assert_eq!(find(&first, DEGRADED).status, "False");
+
+        // Shard 1 finished (no longer pulling), shard 2 progressed: 300 is kept, 100 -> 250.
+        groups[1].view.pods[0].status.as_mut().unwrap().shards =
+            vec![shard(0, "serving", 0, 0), shard(1, "serving", 0, 0), shard(2, "pulling", 2, 250)];
+        groups[2].view.pods[0].status.as_mut().unwrap().shards = vec![shard(2, "be_pulled", 1, 0)];
+        let later = Timestamp::from_second(60).unwrap();
+        let mut o = observed(&groups, None, &wanted);
+        o.removals = &removals;
+        o.previous = Some(&first);
+        o.now = later;
+        let second = build(&o);
+        let r = &second.group_removals[0];
+        assert_eq!((r.shards_held, r.bytes_moved, r.moves.len()), (Some(1), 550, 2));
+        assert_eq!(r.started_at, Some(Time(Timestamp::UNIX_EPOCH)), "kept from the first record");
+        assert_eq!(second.shards_in_flight, 1);
     }
 }

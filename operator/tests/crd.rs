@@ -137,3 +137,19 @@ fn chart_example_cluster_is_valid_and_deserializes() {
     let cluster: shardkv_operator::crd::ShardCluster = serde_json::from_value(example).unwrap();
     assert_eq!((cluster.spec.groups, cluster.spec.replicas_per_group, cluster.spec.meta.replicas), (2, 3, 3));
 }
+
+#[test]
+fn changing_storage_is_rejected_with_what_to_do_instead() {
+    let cluster = valid_cluster();
+    let bigger = with(cluster.clone(), "/spec/storage/size", json!("2Gi"));
+    let [message] = &violations(&bigger, Some(&cluster))[..] else { panic!("one violation expected") };
+    assert!(message.starts_with("storage.size is immutable") && message.contains("resize"), "{message}");
+
+    let class_message = "storage.storageClassName is immutable: StatefulSet volumeClaimTemplates cannot change; create a new cluster to move to another storage class";
+    let fast = with(cluster.clone(), "/spec/storage", json!({"size": "1Gi", "storageClassName": "fast"}));
+    assert_eq!(violations(&fast, Some(&cluster)), [class_message], "a class added");
+    let slow = with(cluster.clone(), "/spec/storage", json!({"size": "1Gi", "storageClassName": "slow"}));
+    assert_eq!(violations(&slow, Some(&fast)), [class_message], "a class changed");
+    assert_eq!(violations(&cluster, Some(&fast)), [class_message], "a class removed");
+    assert_eq!(violations(&fast, Some(&fast)), Vec::<String>::new(), "unchanged");
+}

@@ -262,6 +262,9 @@ fn follower() -> StatusResponse {
     StatusResponse { state: "Follower".into(), initialized: true, term: 1, ..Default::default() }
 }
 
+/// The config number of the shard map in `running` worlds; every leader has applied it.
+const CONFIG_NUM: u64 = 2;
+
 /// Leader of `group` on pod 0 with these voters (node ids), all caught up.
 fn leader(group: u64, voters: &[u64]) -> StatusResponse {
     StatusResponse {
@@ -270,6 +273,7 @@ fn leader(group: u64, voters: &[u64]) -> StatusResponse {
         term: 1,
         group_id: group,
         last_log_index: 40,
+        config_num: CONFIG_NUM,
         members: voters
             .iter()
             .map(|id| ReplicaStatus {
@@ -304,8 +308,12 @@ fn running(spec_replicas: u32, statefulset_replicas: u32, voters: &[u64]) -> Wor
         let status = if ordinal == 0 { leader(1, voters) } else { follower() };
         world.statuses.insert(endpoint(1, ordinal), status);
     }
-    world.config =
-        Some(ShardConfig { num: 2, shard_groups: vec![1; 8], groups: vec![members(1, voters)], pinned: vec![] });
+    world.config = Some(ShardConfig {
+        num: CONFIG_NUM,
+        shard_groups: vec![1; 8],
+        groups: vec![members(1, voters)],
+        pinned: vec![],
+    });
     world
 }
 
@@ -447,15 +455,15 @@ async fn delete_removes_data_groups_then_meta_then_the_finalizer() {
     assert_eq!(
         deleted,
         [
-            "statefulsets/demo-g2",
             "poddisruptionbudgets/demo-g2",
             "services/demo-g2",
-            "statefulsets/demo-g1",
+            "statefulsets/demo-g2",
             "poddisruptionbudgets/demo-g1",
             "services/demo-g1",
-            "statefulsets/demo-meta",
+            "statefulsets/demo-g1",
             "poddisruptionbudgets/demo-meta",
             "services/demo-meta",
+            "statefulsets/demo-meta",
             "services/demo",
         ]
     );
@@ -469,43 +477,103 @@ async fn delete_removes_data_groups_then_meta_then_the_finalizer() {
 }
 
 /// Group 2 running beyond spec.groups = 1, settled with one voter.
-fn retiring(config_groups: &[u64], group_two_holds: usize) -> World {
+/// Data group 2 beyond `groups: 1`: in the map or not (`config_groups`), holding `held` shards
+/// in `state`, with the removal status recorded so far.
+fn retiring(config_groups: &[u64], held: usize, state: &str, removals: Value) -> World {
     let mut world = running(1, 1, &[1]);
     world.statefulsets.push(statefulset(2, 1));
     world.pods.push(pod(2, 0));
     let mut status = leader(2, &[1]);
-    status.shards = (0..group_two_holds)
+    status.shards = (0..held)
         .map(|shard| shardkv_proto::v1::ShardStatus {
             shard: shard as u32,
-            state: "be_pulled".into(),
+            state: state.into(),
+            peer_group: if state == "serving" { 0 } else { 1 },
             ..Default::default()
         })
         .collect();
     world.statuses.insert(endpoint(2, 0), status);
     let config = world.config.as_mut().unwrap();
     config.groups = config_groups.iter().map(|g| members(*g, &[1])).collect();
+    world.cluster["status"] = json!({"groupRemovals": removals, "lastGroupId": 2});
     world
 }
 
 #[tokio::test]
 async fn removing_a_group_leaves_meta_then_deletes_it_once_drained() {
-    let out = run(retiring(&[1, 2], 4)).await;
+    let out = run(retiring(&[1, 2], 4, "serving", json!([]))).await;
     assert_eq!(out.node_calls(), [(endpoint(0, 0), "leave 2".to_string())]);
     assert!(out.applied("statefulsets", "demo-g2").is_some(), "kept while it holds shards");
     assert_eq!(out.api("DELETE"), Vec::<(String, Value)>::new());
+    let removal = out.status()["groupRemovals"][0].clone();
+    assert_eq!((removal["groupId"].clone(), removal["phase"].clone()), (json!(2), json!("Leaving")));
+    assert_eq!(out.event_reasons(), ["Leave", "RemovalLeaving"]);
 
-    let out = run(retiring(&[1], 4)).await;
+    let leaving = json!([{"groupId": 2, "phase": "Leaving"}]);
+    let out = run(retiring(&[1], 4, "be_pulled", leaving)).await;
     assert_eq!(out.node_calls(), Vec::<(String, String)>::new());
     assert_eq!(out.api("DELETE"), Vec::<(String, Value)>::new(), "its shards are not garbage-collected yet");
     assert_eq!(
         out.status()["operations"][0]["message"],
-        "group 2 still holds 4 shards until their new owners pulled them"
+        "group 2 still holds 4 shards until their new owners have them"
     );
+    let removal = out.status()["groupRemovals"][0].clone();
+    assert_eq!(
+        (removal["phase"].clone(), removal["leaveConfig"].clone(), removal["shardsHeld"].clone()),
+        (json!("Draining"), json!(CONFIG_NUM), json!(4))
+    );
+    assert_eq!(out.status()["operation"], "removing group 2: Draining (4 shards held, 0 bytes moved)");
+    assert_eq!(out.condition("Degraded")["status"], "False");
+    assert_eq!(out.event_reasons(), ["RemovalDraining"]);
 
-    let out = run(retiring(&[1], 0)).await;
+    let draining = json!([{"groupId": 2, "phase": "Draining", "leaveConfig": CONFIG_NUM}]);
+    let out = run(retiring(&[1], 0, "serving", draining)).await;
     assert!(out.applied("statefulsets", "demo-g2").is_none(), "not applied again while being deleted");
     let deleted: Vec<String> =
         out.api("DELETE").into_iter().map(|(p, _)| p.rsplit_once("/prod/").unwrap().1.to_string()).collect();
-    assert_eq!(deleted, ["statefulsets/demo-g2", "poddisruptionbudgets/demo-g2", "services/demo-g2"]);
-    assert_eq!(out.event_reasons(), ["DeleteGroup"]);
+    assert_eq!(deleted, ["poddisruptionbudgets/demo-g2", "services/demo-g2", "statefulsets/demo-g2"]);
+    assert_eq!(out.event_reasons(), ["DeleteGroup", "RemovalDeleting"]);
+
+    // Its StatefulSet on its way out: nothing is deleted or applied again, and once it is gone
+    // the removal is done.
+    let deleting = json!([{"groupId": 2, "phase": "Deleting", "leaveConfig": CONFIG_NUM}]);
+    let mut terminating = retiring(&[1], 0, "serving", deleting.clone());
+    terminating.statefulsets[2]["metadata"]["deletionTimestamp"] = json!("2026-12-01T18:00:00Z");
+    let out = run(terminating).await;
+    assert_eq!(out.api("DELETE"), Vec::<(String, Value)>::new());
+    assert!(out.applied("services", "demo-g2").is_none() && out.applied("poddisruptionbudgets", "demo-g2").is_none());
+    let mut gone = retiring(&[1], 0, "serving", deleting);
+    gone.statefulsets.truncate(2);
+    gone.pods.retain(|p| p["metadata"]["name"] != "demo-g2-0");
+    let out = run(gone).await;
+    assert_eq!(out.status()["groupRemovals"], Value::Null, "an empty list is removed from status");
+    assert_eq!(out.status()["lastGroupId"], 2);
+    assert_eq!(out.event_reasons(), ["RemovalDone"]);
+}
+
+#[tokio::test]
+async fn a_new_group_gets_an_id_never_used_before() {
+    let mut world = running(1, 1, &[1]);
+    world.cluster["spec"]["groups"] = json!(2);
+    world.cluster["status"] = json!({"lastGroupId": 2});
+    let out = run(world).await;
+    assert!(out.applied("statefulsets", "demo-g3").is_some(), "group 2 was issued before");
+    assert!(out.applied("statefulsets", "demo-g2").is_none());
+    assert_eq!(out.status()["lastGroupId"], 3);
+}
+
+#[tokio::test]
+async fn status_is_written_whole_by_server_side_apply() {
+    let out = run(running(3, 3, &[1, 2, 3])).await;
+    let query = out
+        .calls
+        .iter()
+        .find_map(|c| match c {
+            Call::Api { method, path, query, .. } if method == "PATCH" && path.ends_with("/status") => {
+                Some(query.clone())
+            }
+            _ => None,
+        })
+        .unwrap();
+    assert!(query.contains("fieldManager=shardkv-operator") && query.contains("force=true"), "{query}");
 }
