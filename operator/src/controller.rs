@@ -179,10 +179,38 @@ impl<N: NodeApi> Context<N> {
             namespace: cluster.namespace(),
             ..Default::default()
         });
+        self.publish_related(cluster, related, type_, reason, action, note).await;
+    }
+
+    /// Publishes an Event on the cluster with `related` as its related object. The recorder
+    /// folds Events of the same reason, action and objects into one series (a count, the first
+    /// note kept), whatever their notes say: an Event that must keep its own note (one per pod
+    /// restarted, one per rollout phase) needs a related object of its own.
+    async fn publish_related(
+        &self,
+        cluster: &ShardCluster,
+        related: Option<ObjectReference>,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
         let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: related };
         if let Err(e) = self.recorder.publish(&event, &cluster.object_ref(&())).await {
             tracing::warn!(error = %e, reason, "publishing an Event failed");
         }
+    }
+}
+
+/// A pod incarnation as an Event's related object: each pod restarted gets Events of its own.
+fn pod_reference(namespace: &str, name: &str, uid: Option<String>) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        name: Some(name.to_string()),
+        namespace: Some(namespace.to_string()),
+        uid,
+        ..Default::default()
     }
 }
 
@@ -728,6 +756,7 @@ async fn roll(
         max_lag: ctx.settings.max_learner_lag,
         pod_ready_timeout: rollout_spec.pod_ready_timeout(),
         paused: rollout_spec.paused,
+        rolling: cluster.status.as_ref().and_then(|s| s.rollout.as_ref()).is_some_and(|r| r.phase != "Complete"),
     };
     let mut step = plan_rollout(&groups, meta_plan.in_flight.as_deref(), halt.as_ref(), &settings);
     if let Some(reason) = skew(cluster, observed, &step) {
@@ -793,16 +822,25 @@ async fn roll(
             return (outcome, Ok(()));
         }
     };
-    let group_name = step.group_id().map(|g| names.group(g));
+    // The pod the step acted on (this incarnation) is the Events' related object.
+    let related = match &step {
+        RolloutStep::TransferLeader { group_id, leader: ordinal, .. }
+        | RolloutStep::Restart { group_id, ordinal, .. } => {
+            let uid = group.and_then(|g| g.pods.iter().find(|p| p.ordinal == *ordinal)).map(|p| p.uid.clone());
+            Some(pod_reference(&names.namespace, &names.pod(*group_id, *ordinal), uid))
+        }
+        _ => None,
+    };
     match result {
         Ok(note) => {
-            ctx.publish(cluster, group_name, EventType::Normal, &format!("Rollout{}", step.name()), "Rollout", note)
-                .await;
+            let reason = format!("Rollout{}", step.name());
+            ctx.publish_related(cluster, related, EventType::Normal, &reason, "Rollout", note).await;
             (outcome, Ok(()))
         }
         Err(e) => {
             let note = format!("{} failed: {e}", step.describe());
-            ctx.publish(cluster, group_name, EventType::Warning, "RolloutStepFailed", "Rollout", note.clone()).await;
+            ctx.publish_related(cluster, related, EventType::Warning, "RolloutStepFailed", "Rollout", note.clone())
+                .await;
             // A refused stop report is a halt, not a failure to retry.
             let failed = if matches!(outcome.step, RolloutStep::Halted { .. }) { Ok(()) } else { Err(note) };
             (outcome, failed)
@@ -935,7 +973,10 @@ async fn publish_rollout_changes(
             (EventType::Normal, "RolloutStarted", format!("rolling pods onto their update revision ({})", now.progress))
         }
     };
-    ctx.publish(cluster, None, type_, reason, "Rollout", note).await;
+    // One Event per phase change, never folded into the series of an earlier rollout's (which
+    // would keep that one's note): related to the cluster at the version this change follows.
+    let related = ObjectReference { resource_version: cluster.resource_version(), ..cluster.object_ref(&()) };
+    ctx.publish_related(cluster, Some(related), type_, reason, "Rollout", note).await;
 }
 
 /// Ordered cleanup on delete: data groups first, then the meta group, then the client Service.

@@ -190,6 +190,15 @@ impl Outcome {
             .collect()
     }
 
+    /// The Events created, with their reason.
+    fn events(&self, reason: &str) -> Vec<Value> {
+        self.api("POST")
+            .into_iter()
+            .filter(|(p, body)| p.ends_with("/events") && body["reason"] == reason)
+            .map(|(_, body)| body)
+            .collect()
+    }
+
     fn condition(&self, type_: &str) -> Value {
         let status = self.status();
         status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == type_).cloned().unwrap()
@@ -226,7 +235,7 @@ fn cluster(groups: u32, replicas: u32, meta_replicas: u32) -> Value {
         "apiVersion": "shardkv.dev/v1alpha1",
         "kind": "ShardCluster",
         "metadata": {
-            "name": "demo", "namespace": "prod", "uid": "uid-1", "generation": 7,
+            "name": "demo", "namespace": "prod", "uid": "uid-1", "generation": 7, "resourceVersion": "41",
             "finalizers": ["shardkv.dev/cleanup"],
         },
         "spec": {
@@ -634,8 +643,18 @@ async fn a_rollout_stops_a_node_then_deletes_its_pod_by_uid() {
     assert_eq!((rollout["phase"].clone(), rollout["progress"].clone()), (json!("Rolling"), json!("0/4")));
     assert_eq!(rollout["restarts"][0]["pod"], "demo-meta-0");
     assert_eq!(rollout["restarts"][0]["snapshotIndex"], 40);
-    assert!(out.event_reasons().contains(&"RolloutRestart".to_string()), "{:?}", out.event_reasons());
-    assert!(out.event_reasons().contains(&"RolloutStarted".to_string()), "{:?}", out.event_reasons());
+    // An Event of its own per pod incarnation restarted (the recorder folds Events with the same
+    // related object into one series, whatever their notes), one per phase change.
+    let restart = out.events("RolloutRestart");
+    assert_eq!(restart.len(), 1, "{:?}", out.event_reasons());
+    assert_eq!(
+        restart[0]["related"],
+        json!({"apiVersion": "v1", "kind": "Pod", "name": "demo-meta-0", "namespace": "prod", "uid": "uid-0-0"})
+    );
+    let started = out.events("RolloutStarted");
+    assert_eq!(started.len(), 1, "{:?}", out.event_reasons());
+    assert_eq!(started[0]["related"]["kind"], "ShardCluster");
+    assert_eq!(started[0]["related"]["resourceVersion"], "41");
 }
 
 #[tokio::test]

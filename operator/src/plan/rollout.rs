@@ -102,6 +102,10 @@ pub struct RolloutSettings {
     pub pod_ready_timeout: Duration,
     /// `spec.rollout.paused`: no pod is restarted.
     pub paused: bool,
+    /// A rollout is in flight (status.rollout's phase is not Complete): once no pod is left to
+    /// restart, it completes only when the pods it restarted are back (none terminating or
+    /// missing, every pod Ready and caught up), and a late one halts it.
+    pub rolling: bool,
 }
 
 /// The next rollout step.
@@ -179,12 +183,55 @@ impl RolloutStep {
     }
 }
 
-/// Pods on their update revision, and all pods, over the groups.
+/// Pods on their update revision (a terminating pod is on its way out: not counted), and all
+/// pods the StatefulSets want (a pod being recreated counts as not updated yet), over the groups.
 pub fn progress(groups: &[RolloutGroup<'_>]) -> (u32, u32) {
     let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-    let updated = groups.iter().map(|g| count(g.pods.iter().filter(|p| g.updated(p)).count())).sum();
-    let total = groups.iter().map(|g| count(g.pods.len())).sum();
+    let updated = groups.iter().map(|g| count(g.pods.iter().filter(|p| g.updated(p) && !p.terminating).count())).sum();
+    let total = groups.iter().map(|g| count(g.pods.len()).max(g.view.statefulset_replicas.unwrap_or(0))).sum();
     (updated, total)
+}
+
+/// A pod restarted onto the update revision that is not Ready and caught up within the timeout.
+fn late_pod(groups: &[RolloutGroup<'_>], settings: &RolloutSettings) -> Option<RolloutStep> {
+    for g in groups {
+        for pod in g.pods.iter().filter(|p| g.updated(p) && !p.terminating && p.age > settings.pod_ready_timeout) {
+            let caught_up = g.view.leader().is_some_and(|l| {
+                let id = crate::resources::node_id(pod.ordinal);
+                !l.voters().contains(&id) || l.caught_up(id, settings.max_lag)
+            });
+            if g.down(pod) || !caught_up {
+                return Some(RolloutStep::Halted {
+                    group_id: g.view.group_id,
+                    reason: format!(
+                        "group {}: pod {} on the new revision is not Ready and caught up {} s after it started",
+                        g.view.group_id,
+                        pod.ordinal,
+                        pod.age.as_secs()
+                    ),
+                });
+            }
+        }
+    }
+    None
+}
+
+/// A pod of any group terminating or missing (being replaced).
+fn in_transit(groups: &[RolloutGroup<'_>]) -> Option<RolloutStep> {
+    for g in groups {
+        let group_id = g.view.group_id;
+        if let Some(pod) = g.pods.iter().find(|p| p.terminating) {
+            return Some(RolloutStep::Wait {
+                group_id,
+                reason: format!("group {group_id}: pod {} is terminating", pod.ordinal),
+            });
+        }
+        let expected = g.view.statefulset_replicas.unwrap_or(0);
+        if let Some(missing) = (0..expected).find(|o| !g.pods.iter().any(|p| p.ordinal == *o)) {
+            return Some(RolloutStep::Wait { group_id, reason: format!("group {group_id}: pod {missing} is missing") });
+        }
+    }
+    None
 }
 
 /// Plans the next rollout step over `groups` in roll order. `map_in_flight` says why the shard
@@ -196,7 +243,20 @@ pub fn plan_rollout(
     settings: &RolloutSettings,
 ) -> RolloutStep {
     let Some(group) = groups.iter().find(|g| !g.to_restart().is_empty()) else {
-        return RolloutStep::Complete;
+        if !settings.rolling {
+            return RolloutStep::Complete;
+        }
+        // The last pod restarted must be back before the rollout is complete.
+        let unhealthy = || {
+            groups.iter().find_map(|g| {
+                g.unhealthy(settings.max_lag, None)
+                    .map(|reason| RolloutStep::Wait { group_id: g.view.group_id, reason })
+            })
+        };
+        return late_pod(groups, settings)
+            .or_else(|| in_transit(groups))
+            .or_else(unhealthy)
+            .unwrap_or(RolloutStep::Complete);
     };
     let group_id = group.view.group_id;
     let wait = |reason: String| RolloutStep::Wait { group_id, reason };
@@ -208,36 +268,14 @@ pub fn plan_rollout(
         }
     }
     // A pod that was restarted onto the update revision and did not come back in time.
-    for g in groups {
-        for pod in g.pods.iter().filter(|p| g.updated(p) && !p.terminating && p.age > settings.pod_ready_timeout) {
-            let caught_up = g.view.leader().is_some_and(|l| {
-                let id = crate::resources::node_id(pod.ordinal);
-                !l.voters().contains(&id) || l.caught_up(id, settings.max_lag)
-            });
-            if g.down(pod) || !caught_up {
-                return RolloutStep::Halted {
-                    group_id: g.view.group_id,
-                    reason: format!(
-                        "group {}: pod {} on the new revision is not Ready and caught up {} s after it started",
-                        g.view.group_id,
-                        pod.ordinal,
-                        pod.age.as_secs()
-                    ),
-                };
-            }
-        }
+    if let Some(halted) = late_pod(groups, settings) {
+        return halted;
     }
     if settings.paused {
         return RolloutStep::Paused { group_id };
     }
-    for g in groups {
-        if let Some(pod) = g.pods.iter().find(|p| p.terminating) {
-            return wait(format!("group {}: pod {} is terminating", g.view.group_id, pod.ordinal));
-        }
-        let expected = g.view.statefulset_replicas.unwrap_or(0);
-        if let Some(missing) = (0..expected).find(|o| !g.pods.iter().any(|p| p.ordinal == *o)) {
-            return wait(format!("group {}: pod {missing} is missing", g.view.group_id));
-        }
+    if let Some(wait) = in_transit(groups) {
+        return wait;
     }
     if !group.membership_settled {
         return wait(format!("group {group_id} is changing membership"));
@@ -361,7 +399,7 @@ mod tests {
     const NEW: &str = "rev-new";
 
     fn settings() -> RolloutSettings {
-        RolloutSettings { max_lag: 100, pod_ready_timeout: Duration::from_secs(300), paused: false }
+        RolloutSettings { max_lag: 100, pod_ready_timeout: Duration::from_secs(300), paused: false, rolling: false }
     }
 
     /// A 3-voter group led by `leader`, every pod Ready and caught up.
@@ -554,6 +592,41 @@ mod tests {
     fn progress_counts_pods_on_their_update_revision() {
         let (meta, data) = (view(0, 0), view(1, 0));
         assert_eq!(progress(&[group(&meta, [NEW, NEW, NEW]), group(&data, [OLD, NEW, OLD])]), (4, 6));
+        // A pod on its way out, or not recreated yet, is not updated; the total is what the
+        // StatefulSet wants.
+        let mut replaced = group(&data, [NEW, NEW, NEW]);
+        replaced.pods[0].terminating = true;
+        assert_eq!(progress(&[group(&meta, [NEW, NEW, NEW]), replaced.clone()]), (5, 6));
+        replaced.pods.remove(0);
+        assert_eq!(progress(&[group(&meta, [NEW, NEW, NEW]), replaced]), (5, 6));
+    }
+
+    #[test]
+    fn a_rollout_completes_only_once_its_last_pod_is_back() {
+        let (meta, mut data) = (view(0, 0), view(1, 0));
+        let step = |data: &GroupView, pods: Vec<PodRevision>, settings: &RolloutSettings| {
+            let mut last = group(data, [NEW, NEW, NEW]);
+            last.pods = pods;
+            plan_rollout(&[group(&meta, [NEW, NEW, NEW]), last], None, None, settings)
+        };
+        // The leader, restarted last, is terminating on the old revision.
+        let mut pods = super::tests::pods([OLD, NEW, NEW]);
+        pods[0].terminating = true;
+        let wait = |reason: &str| RolloutStep::Wait { group_id: 1, reason: reason.to_string() };
+        let rolling = RolloutSettings { rolling: true, ..settings() };
+        assert_eq!(step(&data, pods.clone(), &rolling), wait("group 1: pod 0 is terminating"));
+        // Outside a rollout, a pod going away is not the rollout's business.
+        assert_eq!(step(&data, pods.clone(), &settings()), RolloutStep::Complete);
+        pods.remove(0);
+        assert_eq!(step(&data, pods.clone(), &rolling), wait("group 1: pod 0 is missing"));
+        // Recreated on the new revision, not Ready yet; then not back in time.
+        let mut pods = super::tests::pods([NEW, NEW, NEW]);
+        data.pods[0].ready = false;
+        assert_eq!(step(&data, pods.clone(), &rolling), wait("group 1: pod 0 is not Ready"));
+        pods[0].age = Duration::from_secs(301);
+        assert!(matches!(step(&data, pods.clone(), &rolling), RolloutStep::Halted { group_id: 1, .. }));
+        data.pods[0].ready = true;
+        assert_eq!(step(&data, pods, &rolling), RolloutStep::Complete);
     }
 
     #[test]
