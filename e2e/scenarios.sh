@@ -468,11 +468,13 @@ finish_disruptive_load() {
 
 pod_ip() { pod_field "$CLUSTER_NS" "$1" '{.status.podIP}'; }
 
-# node_status POD: the node's own Admin Status (JSON), asked at its address.
+# node_status POD: the node's own Admin Status (JSON), asked at its address. (Given a meta
+# node, the CLI shows the whole cluster, with that node's Status as the meta group's one node.)
 node_status() {
   local ip; ip="$(pod_ip "$1")"
   [[ -n "$ip" ]] || return 1
-  "$SHARDKV_BIN/shardkv" --endpoints "$ip:7100" --timeout-ms 2000 status --json | jq -ce '.[0].status // empty'
+  "$SHARDKV_BIN/shardkv" --endpoints "$ip:7100" --timeout-ms 2000 status --json \
+    | jq -ce 'if type == "array" then .[0].status else .meta.nodes[0].status end // empty'
 }
 
 # status_field POD JQ: one field of the node's own status.
@@ -956,6 +958,279 @@ scenario_operator_crash() {
   [[ "$after" == "$before" ]] || fail "node pods were restarted or replaced during the scaling: before $before; after $after"
   wait_load_progress opcrash 1000
   finish_disruptive_load opcrash "$t_fault" "$t_healed"
+}
+
+# --- rolling upgrades ----------------------------------------------------------
+
+# The node images: A and B are two names of the one image e2e/run built (a changed image string
+# is a new StatefulSet revision, which is what a rollout acts on; both report the same node
+# version), BROKEN is mapped to nothing by the pod runner: its pods never start, like an image
+# that cannot be pulled, so they never become Ready. The four scenarios alternate between A and
+# B (each rolls from the image the cluster runs to the other one) instead of extra rollouts.
+IMAGE_A="${E2E_NODE_IMAGE:-shardkv-node:e2e}"
+IMAGE_B="${E2E_NODE_IMAGE_NEXT:-shardkv-node:e2e-next}"
+IMAGE_BROKEN="${E2E_NODE_IMAGE_BROKEN:-shardkv-node:e2e-missing}"
+# How long a rollout of the whole cluster may take, and how long rollout-paused watches that
+# nothing moves while paused (a stated observation window, not a stand-in for a condition).
+ROLLOUT_TIMEOUT=420
+PAUSE_OBSERVE=20
+# rollout-halt: spec.rollout.podReadyTimeout while the broken image is rolled out, so that the
+# rollout halts quickly; and how long it then watches that no second pod is touched.
+HALT_READY_TIMEOUT=20s
+HALT_OBSERVE=10
+
+skv() { kubectl get shardcluster -n "$CLUSTER_NS" "$CLUSTER" "$@"; }
+current_image() { skv -o jsonpath='{.spec.image}'; }
+other_image() { if [[ "$(current_image)" == "$IMAGE_B" ]]; then echo "$IMAGE_A"; else echo "$IMAGE_B"; fi; }
+now_us() { echo "${EPOCHREALTIME/./}"; }
+
+# patch_spec JSON: a merge patch of the ShardCluster's spec; prints the generation it made.
+patch_spec() {
+  step "spec <- $1"
+  kubectl patch shardcluster -n "$CLUSTER_NS" "$CLUSTER" --type merge -p "{\"spec\":$1}" -o jsonpath='{.metadata.generation}'
+}
+
+# rollout_phase_is PHASE [GENERATION]: status.rollout.phase, of a status that saw GENERATION.
+rollout_phase_is() {
+  local s; s="$(skv -o json)" || return 1
+  jq -e --arg phase "$1" --argjson gen "${2:-0}" \
+    '.status.observedGeneration >= $gen and .status.rollout.phase == $phase' <<<"$s" >/dev/null
+}
+no_rollout_in_flight() { rollout_phase_is Complete && cluster_available; }
+
+# rolled_to IMAGE GENERATION: the rollout onto IMAGE is over. Every node pod runs IMAGE, carries
+# its StatefulSet's update revision (controller-revision-hash) and is Ready; every group reports
+# updatedReplicas == readyReplicas == its replicas; status.rollout is Complete, in a status that
+# saw GENERATION; the cluster is Available.
+rolled_to() {
+  local image="$1" gen="$2" cluster sts pods
+  cluster="$(skv -o json)" || return 1
+  jq -e --argjson gen "$gen" '. as $c | .status.observedGeneration >= $gen and .status.rollout.phase == "Complete"
+    and (.status.groups | length) == .spec.groups + 1
+    and all(.status.groups[]; (if .groupId == 0 then $c.spec.meta.replicas else $c.spec.replicasPerGroup end) as $n
+      | .updatedReplicas == $n and .readyReplicas == $n)' <<<"$cluster" >/dev/null || return 1
+  sts="$(kubectl get statefulsets -n "$CLUSTER_NS" -l shardkv.dev/cluster="$CLUSTER" -o json)" || return 1
+  pods="$(kubectl get pods -n "$CLUSTER_NS" -l shardkv.dev/cluster="$CLUSTER" -o json)" || return 1
+  jq -es --arg image "$image" '.[0] as $sts | .[1] as $pods
+    | ($sts.items | map({(.metadata.labels["shardkv.dev/group"]): .status.updateRevision}) | add) as $rev
+    | all($sts.items[]; .status.observedGeneration == .metadata.generation)
+      and ($pods.items | length) == ([$sts.items[].spec.replicas] | add)
+      and all($pods.items[]; .spec.containers[0].image == $image
+        and .metadata.labels["controller-revision-hash"] == $rev[.metadata.labels["shardkv.dev/group"]]
+        and .metadata.deletionTimestamp == null
+        and any(.status.conditions[]?; .type == "Ready" and .status == "True"))' <<<"$sts$pods" >/dev/null || return 1
+  cluster_available
+}
+
+# watch_node_pods: record every change of the cluster's node pods until the scenario ends, one
+# line per event (see e2e/rollout-check.py), stamped with this machine's clock on arrival.
+watch_node_pods() {
+  local file="$SCENARIO_DIR/pods.watch" pid
+  kubectl get pods -n "$CLUSTER_NS" -l shardkv.dev/cluster="$CLUSTER" --watch --output-watch-events -o jsonpath='{.type} {.object.metadata.name} {.object.metadata.uid} ready={.object.status.conditions[?(@.type=="Ready")].status} del={.object.metadata.deletionTimestamp} rev={.object.metadata.labels.controller-revision-hash} image={.object.spec.containers[0].image}{"\n"}' \
+    2>"$SCENARIO_DIR/pods.watch.err" > >(while IFS= read -r l; do echo "${EPOCHREALTIME/./} $l"; done >"$file") &
+  pid=$!
+  on_exit "kill $pid 2>/dev/null"
+  local n; n="$(skv -o json | jq '.spec.meta.replicas + .spec.groups * .spec.replicasPerGroup')"
+  wait_until 30 "the pod watch listed the $n node pods" history_has "$file" "$n"
+}
+
+# restarted_pods SINCE_US: the node pods the pod watch saw deleted after SINCE_US, in order, one
+# per line; restarts_begun N SINCE_US: at least N of them.
+restarted_pods() {
+  awk -v since="$1" '$1 >= since && ($6 != "del=" || $2 == "DELETED") && !seen[$3]++ { print $3 }' "$SCENARIO_DIR/pods.watch"
+}
+restarts_begun() { (($(restarted_pods "$2" | wc -l) >= $1)); }
+# replaced_and_ready POD SINCE_US: the pod watch saw POD deleted after SINCE_US, and a new
+# incarnation of it Ready.
+replaced_and_ready() {
+  awk -v since="$2" -v pod="$1" '$1 >= since && $3 == pod && ($6 != "del=" || $2 == "DELETED") && !old { old = $4 }
+    $1 >= since && $3 == pod && old && $4 != old && $5 == "ready=True" { found = 1 } END { exit !found }' "$SCENARIO_DIR/pods.watch"
+}
+
+# begin_rollout: what a rollout is checked against later: a watch of the node pods, and each
+# group's leader by its nodes' own Status (the pod that must be restarted last).
+begin_rollout() {
+  wait_until 120 "no rollout in flight (status.rollout Complete) and Available" no_rollout_in_flight
+  watch_node_pods
+  local g leader
+  : >"$SCENARIO_DIR/leaders"
+  for g in $(skv -o jsonpath='{.status.groups[*].groupId}'); do
+    leader="$(node_leader "$g")" || fail "no node of group $g says it leads"
+    echo "$g $leader" >>"$SCENARIO_DIR/leaders"
+  done
+  step "leaders before the rollout: $(paste -sd, "$SCENARIO_DIR/leaders")"
+}
+
+# check_rollout SINCE_US UNTIL_US ARGS...: e2e/rollout-check.py over the pod watch, the final
+# status and the Events; fails with what it found wrong, else sets ROLLOUT (its JSON summary).
+check_rollout() {
+  local since="$1" until="$2" out; shift 2
+  skv -o json >"$SCENARIO_DIR/cluster.json"
+  kubectl get events.events.k8s.io -n "$CLUSTER_NS" -o json >"$SCENARIO_DIR/events.json"
+  out="$(python3 "$e2e/rollout-check.py" --cluster "$CLUSTER" --watch "$SCENARIO_DIR/pods.watch" \
+    --since "$since" --until "$until" --status "$SCENARIO_DIR/cluster.json" --events "$SCENARIO_DIR/events.json" \
+    --leaders "$SCENARIO_DIR/leaders" "$@")" || fail "$out"
+  ROLLOUT="$out"
+  jq -c 'del(.steps)' <<<"$out" >&2
+  jq -r '.steps[] | "  \(.pod): prestop \(.prestop_ms) ms, terminate \(.terminate_s) s, start \(.start_s) s, catch-up \(.catch_up_s) s"' <<<"$out" >&2
+}
+
+# events_since REASON SINCE_US: the notes of the Events with REASON emitted after SINCE_US (one
+# line per occurrence of an Event series).
+events_since() {
+  kubectl get events.events.k8s.io -n "$CLUSTER_NS" -o json \
+    | jq -r --arg r "$1" --argjson since "$2" '.items[] | select(.reason == $r)
+        | select(((.series.lastObservedTime // .eventTime // .deprecatedLastTimestamp) | sub("\\.[0-9]+"; "") | fromdateiso8601) * 1000000 >= ($since - 1000000))
+        | range(.series.count // 1) as $_ | .note'
+}
+
+# finish_rollout_load NAME FAULT_START_NS FAULT_END_NS: a rollout fails no request: the checker
+# requires every operation to succeed (-min-success 1), besides what every fault asks.
+finish_rollout_load() {
+  MIN_SUCCESS=1 finish_disruptive_load "$@"
+}
+
+# rollout_note: the figures of the rollout for the table.
+rollout_note() {
+  jq -r '"\(.restarts | length) pods in \(.total_s)s\(if .still_s > 0 then " (\(.still_s)s of it held still)" else "" end): first stop at +\(.first_stop_s)s, last Ready at +\(.last_ready_s)s, per pod mean/max: prestop \(.prestop_ms[0])/\(.prestop_ms[1]) ms, terminate \(.terminate_s[0])/\(.terminate_s[1]) s, start \(.start_s[0])/\(.start_s[1]) s, catch-up \(.catch_up_s[0])/\(.catch_up_s[1]) s"' <<<"$ROLLOUT"
+}
+
+# spec.image to the other image under load: every pod restarted once, one at a time, meta first,
+# in each group the followers from the highest ordinal and the leader last after handing over;
+# every stop report clean; no client request failed.
+scenario_rollout() {
+  need_cluster
+  local to gen since until t_fault t_healed
+  to="$(other_image)"
+  start_load rollout 600
+  wait_load_progress rollout 1000
+  begin_rollout
+  t_fault="$(epoch_ns)"; since="$(now_us)"
+  gen="$(patch_spec "{\"image\":\"$to\"}")"
+  wait_until "$ROLLOUT_TIMEOUT" "every node pod on $to (its StatefulSet's update revision) and Ready, status.rollout Complete" \
+    rolled_to "$to" "$gen"
+  until="$(now_us)"; t_healed="$(epoch_ns)"
+  check_rollout "$since" "$until" --restarts all=1 --order --clean
+  local complete; complete="$(events_since RolloutComplete "$since")"
+  [[ -n "$complete" ]] || fail "no RolloutComplete Event"
+  step "RolloutComplete: $complete"
+  note "$(rollout_note)"
+  note "status.rollout: $(jq -r '.status.rollout | "\(.progress) from \(.startedAt) to \(.finishedAt)"' "$SCENARIO_DIR/cluster.json")"
+  wait_load_progress rollout 1000
+  finish_rollout_load rollout "$t_fault" "$t_healed"
+}
+
+# Paused right after the first pod: Paused, and no pod deleted or created for PAUSE_OBSERVE
+# seconds; unpaused, the rollout finishes with every pod restarted once.
+scenario_rollout_paused() {
+  need_cluster
+  local to gen since until t_fault t_healed first still_from still_to i
+  to="$(other_image)"
+  start_load rpaused 600
+  wait_load_progress rpaused 1000
+  begin_rollout
+  t_fault="$(epoch_ns)"; since="$(now_us)"
+  gen="$(patch_spec "{\"image\":\"$to\"}")"
+  wait_until 120 "the first pod is being restarted" restarts_begun 1 "$since"
+  gen="$(patch_spec '{"rollout":{"paused":true}}')"
+  first="$(restarted_pods "$since")"
+  [[ "$(grep -c . <<<"$first")" == 1 ]] || fail "more than one pod restarted before the pause: $first"
+  wait_until 60 "status.rollout.phase Paused" rollout_phase_is Paused "$gen"
+  wait_until 120 "$first back and Ready" replaced_and_ready "$first" "$since"
+  still_from="$(now_us)"
+  step "paused: watching for ${PAUSE_OBSERVE}s that nothing moves"
+  local uids; uids="$(node_pod_incarnations)"
+  for ((i = 0; i < PAUSE_OBSERVE; i += 2)); do
+    sleep 2
+    rollout_phase_is Paused "$gen" || fail "status.rollout.phase left Paused while spec.rollout.paused was true: $(skv -o jsonpath='{.status.rollout}')"
+  done
+  [[ "$(node_pod_incarnations)" == "$uids" ]] || fail "node pods changed while the rollout was paused: before $uids; after $(node_pod_incarnations)"
+  [[ "$(restarted_pods "$since")" == "$first" ]] || fail "pods restarted while paused: $(restarted_pods "$since" | paste -sd' ')"
+  [[ -n "$(events_since RolloutPaused "$since")" ]] || fail "no RolloutPaused Event"
+  still_to="$(now_us)"
+  note "paused after $first: $(skv -o jsonpath='{.status.rollout.progress}') for ${PAUSE_OBSERVE}s, nothing moved"
+  gen="$(patch_spec '{"rollout":{"paused":false}}')"
+  wait_until "$ROLLOUT_TIMEOUT" "every node pod on $to and Ready, status.rollout Complete" rolled_to "$to" "$gen"
+  until="$(now_us)"; t_healed="$(epoch_ns)"
+  check_rollout "$since" "$until" --restarts all=1 --order --clean --still "$still_from:$still_to"
+  note "$(rollout_note)"
+  wait_load_progress rpaused 1000
+  finish_rollout_load rpaused "$t_fault" "$t_healed"
+}
+
+# The operator pod force-deleted (SIGKILL, no graceful stop) right after the rollout restarted
+# its fifth pod: the next operator takes the Lease and finishes from what it observes, no pod is
+# restarted twice (pod UIDs; RolloutRestart Events), the same end state.
+scenario_rollout_crash() {
+  need_cluster
+  local to gen since until t_fault t_healed op crash_after=5
+  to="$(other_image)"
+  start_load rcrash 600
+  wait_load_progress rcrash 1000
+  begin_rollout
+  t_fault="$(epoch_ns)"; since="$(now_us)"
+  gen="$(patch_spec "{\"image\":\"$to\"}")"
+  wait_until 240 "the rollout is restarting its pod number $crash_after" restarts_begun "$crash_after" "$since"
+  op="$(operator_pod)"; [[ -n "$op" && "$(lease_holder)" == "$op" ]] || fail "operator pod '$op' does not hold the Lease"
+  step "force-delete the operator pod $op mid-rollout (after $(restarted_pods "$since" | paste -sd' '))"
+  kubectl delete pod -n shardkv-system "$op" --grace-period=0 --force >&2
+  local crashed_at; crashed_at="$(restarted_pods "$since" | wc -l)"
+  wait_until 120 "a new operator pod holds the Lease" lease_held_by_other "$op"
+  wait_until "$ROLLOUT_TIMEOUT" "every node pod on $to and Ready, status.rollout Complete" rolled_to "$to" "$gen"
+  until="$(now_us)"; t_healed="$(epoch_ns)"
+  check_rollout "$since" "$until" --restarts all=1 --order
+  # The operators' own account: at most one RolloutRestart Event per pod (an operator killed
+  # between a deletion and its Event leaves none for that pod).
+  local twice
+  twice="$(events_since RolloutRestart "$since" | sed -n 's/^group \([0-9]*\): [a-z]* pod \([0-9]*\).*/\1 \2/p' | sort | uniq -d)"
+  [[ -z "$twice" ]] || fail "RolloutRestart Events name pods twice (group ordinal): $twice"
+  note "operator $op force-deleted after $crashed_at restarts, the next one finished, every pod restarted once"
+  note "$(rollout_note)"
+  wait_load_progress rcrash 1000
+  finish_rollout_load rcrash "$t_fault" "$t_healed"
+}
+
+# An image that never becomes Ready, with a short podReadyTimeout: the rollout halts after its
+# first pod (Halted, Degraded with the reason, a RolloutHalted Event), the cluster stays Available
+# and serving, no second pod is touched; the image set back (and the default timeout), the pod
+# is restarted once more and everything converges.
+scenario_rollout_halt() {
+  need_cluster
+  local image gen since until t_fault t_healed first halted_from halted_to msg
+  image="$(current_image)"
+  start_load rhalt 600
+  wait_load_progress rhalt 1000
+  begin_rollout
+  t_fault="$(epoch_ns)"; since="$(now_us)"
+  gen="$(patch_spec "{\"image\":\"$IMAGE_BROKEN\",\"rollout\":{\"podReadyTimeout\":\"$HALT_READY_TIMEOUT\"}}")"
+  wait_until 180 "status.rollout.phase Halted" rollout_phase_is Halted "$gen"
+  first="$(restarted_pods "$since")"
+  [[ "$(grep -c . <<<"$first")" == 1 ]] || fail "the rollout restarted more than one pod before it halted: $first"
+  msg="$(skv -o jsonpath='{.status.conditions[?(@.type=="Degraded")].status} {.status.conditions[?(@.type=="Degraded")].message}')"
+  step "Degraded: $msg"
+  [[ "$msg" == "True "*"rollout halted: "*"pod ${first##*-} on the new revision is not Ready"* ]] \
+    || fail "the Degraded condition does not give the halt's reason: $msg"
+  local event; event="$(events_since RolloutHalted "$since")"
+  [[ -n "$event" ]] || fail "no RolloutHalted Event"
+  step "RolloutHalted: $event"
+  cluster_available || fail "the cluster is not Available while the rollout is halted"
+  halted_from="$(now_us)"
+  wait_load_progress rhalt 1000
+  # A stated window: still halted, and nothing but the broken pod touched.
+  local left=$((HALT_OBSERVE - ($(now_us) - halted_from) / 1000000))
+  ((left <= 0)) || sleep "$left"
+  rollout_phase_is Halted "$gen" || fail "status.rollout left Halted: $(skv -o jsonpath='{.status.rollout}')"
+  [[ "$(restarted_pods "$since")" == "$first" ]] || fail "a second pod was touched while halted: $(restarted_pods "$since" | paste -sd' ')"
+  halted_to="$(now_us)"
+  note "halted after $first ($((($(now_us) - since) / 1000000))s after the change): ${msg#True }"
+  gen="$(patch_spec "{\"image\":\"$image\",\"rollout\":{\"podReadyTimeout\":null}}")"
+  [[ "$(skv -o jsonpath='{.spec.rollout.podReadyTimeout}')" == 5m ]] || fail "spec.rollout.podReadyTimeout is not back to its default 5m"
+  wait_until 180 "every node pod back on $image and Ready, status.rollout Complete" rolled_to "$image" "$gen"
+  until="$(now_us)"; t_healed="$(epoch_ns)"
+  check_rollout "$since" "$until" --restarts "$first=2" --still "$halted_from:$halted_to"
+  note "converged $((($(now_us) - halted_to) / 1000000))s after the image was set back"
+  wait_load_progress rhalt 1000
+  finish_rollout_load rhalt "$t_fault" "$t_healed"
 }
 
 # --- durability and deletion ---------------------------------------------------
