@@ -1364,7 +1364,7 @@ scenario_groups() {
   [[ -n "$unmoved" ]] || fail "every shard moved between maps $c0 and $c2: nothing to check unmoved shards with"
   failed="$(failed_on_shards "$SCENARIO_DIR/groups.jsonl" "$unmoved")"
   [[ -z "$failed" ]] || fail "operations on shards that never moved ($unmoved) failed: $(head -n 3 <<<"$failed" | paste -sd';')"
-  note "shards $moved_in to g$g and back; 0 failed ops on the $(wc -w <<<"$unmoved") unmoved shards"
+  note "shards $moved_in to g$g and back, 0 failed ops on the $(wc -w <<<"$unmoved") unmoved shards"
 }
 
 # watch_removal G FILE: until killed, every ~0.3 s a line "TIME_NS STS SHARDS PHASE BYTES":
@@ -1444,8 +1444,8 @@ scenario_groups_crash() {
   wait_until 60 "group $g's StatefulSet, Service, PDB, pods and volumes gone" group_objects_gone "$g"
   t_healed="$(epoch_ns)"
   kill "$watch_pid"
-  note_step "3->2 (operator deleted mid-drain)" "$t0" "$t_healed" "$STEP_C1" "$(shard_map | jq .num)"
-  note "drain held $(((t_release - t0) / 1000000000))s, done $(((t_healed - t_release) / 1000000000))s after release; removal phases seen: $(awk '{print $4}' "$file" | uniq | paste -sd' ')"
+  note_step "3->2 (drain held at $HOLD_RATE, operator deleted)" "$t0" "$t_healed" "$STEP_C1" "$(shard_map | jq .num)"
+  note "held $(((t_release - t0) / 1000000000))s, done $(((t_healed - t_release) / 1000000000))s after release, removal phases seen: $(awk '$4 != "-" {print $4}' "$file" | uniq | paste -sd' ')"
 
   (($(event_count Leave "$g") == 1)) || fail "group $g: $(event_count Leave "$g") Leave Events, want exactly 1 (a second Leave after the crash)"
   (($(operator_log_count Leave "$g" "$since") == 1)) || fail "group $g: the operators logged $(operator_log_count Leave "$g" "$since") Leave steps, want 1"
