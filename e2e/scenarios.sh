@@ -1122,12 +1122,15 @@ new_group_is() {
 group_objects_gone() {
   local name="$CLUSTER-g$1" kind pvcs want=0
   for kind in statefulset service poddisruptionbudget; do
+    WHY="$kind $name still there"
     absent kubectl get "$kind" -n "$CLUSTER_NS" "$name" || return 1
   done
+  WHY="pods of group $1 still there"
   count_is 0 kubectl get pods -n "$CLUSTER_NS" -l "shardkv.dev/cluster=$CLUSTER,shardkv.dev/group=$1" -o name || return 1
   [[ "$(kubectl get shardcluster -n "$CLUSTER_NS" "$CLUSTER" -o jsonpath='{.spec.pvcRetention.whenDeleted}')" == Retain ]] \
     && want="$(kubectl get shardcluster -n "$CLUSTER_NS" "$CLUSTER" -o jsonpath='{.spec.replicasPerGroup}')"
   pvcs="$(kubectl get pvc -n "$CLUSTER_NS" -o name | grep -c "^persistentvolumeclaim/data-$name-" || true)"
+  WHY="$pvcs of its volumes left, want $want"
   ((pvcs == want))
 }
 
@@ -1469,6 +1472,7 @@ scenario_groups_flap() {
   keys="$(keys_covering_shards gflap)"
   start_load gflap 400 "$keys"
   wait_load_progress gflap 1000
+  fill_bulk # the new group's shards take more than a moment to pull while held
   last="$(last_group_id)"
   t_fault="$(epoch_ns)"
   # Groups 1 and 2 send anything but the pods there are now (the new group's, that is) at a
