@@ -54,6 +54,13 @@ pub struct NodeArgs {
     /// Directory holding RocksDB, snapshots and the node identity.
     #[arg(long, env = "SHARDKV_DATA_DIR")]
     pub data_dir: PathBuf,
+    /// When the data dir is that of a node removed from its group (`left.json`), move its old
+    /// state aside into `<data-dir>/removed-<membership index>` (replacing any older copy) and
+    /// start as a new, uninitialised member with the same identity, to be added again as a
+    /// learner. Without it such a node refuses to start (exit code 2).
+    /// The variable takes true/false, yes/no, on/off or 1/0.
+    #[arg(long, env = "SHARDKV_REJOIN_AFTER_REMOVAL", value_parser = clap::builder::BoolishValueParser::new())]
+    pub rejoin_after_removal: bool,
     /// gRPC listen address (KV, Admin and Raft services).
     #[arg(long, env = "SHARDKV_LISTEN", default_value = "127.0.0.1:7100")]
     pub listen: SocketAddr,
@@ -140,6 +147,12 @@ mod tests {
         let err = NodeArgs::try_parse_from(["shardkv-node"]).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand);
         assert!(err.to_string().contains("--cluster-id"), "{err}");
+    }
+
+    #[test]
+    fn rejoin_after_removal_is_off_unless_set() {
+        assert!(!args(&[]).rejoin_after_removal);
+        assert!(args(&["--rejoin-after-removal"]).rejoin_after_removal);
     }
 
     #[test]

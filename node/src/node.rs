@@ -73,7 +73,16 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let scope = GroupScope { cluster_id: args.cluster_id.clone(), group_id: args.group_id };
     let wanted =
         Identity { cluster_id: args.cluster_id.clone(), group_id: args.group_id, node_id, shards: args.shards };
-    identity::ensure(&args.data_dir, &wanted)?;
+    if let Some(aside) = identity::ensure(&args.data_dir, &wanted, args.rejoin_after_removal)? {
+        tracing::warn!(
+            membership_index = aside.left.membership_index,
+            aside = %aside.aside.display(),
+            moved = ?aside.moved,
+            deleted_older_copies = ?aside.deleted,
+            "this node was removed from its group (left.json) and --rejoin-after-removal is set: moved its old state \
+             aside and starting as a new, uninitialised member; it rejoins once it is added again as a learner"
+        );
+    }
 
     // Bind first, so a port clash is reported before anything else starts.
     let grpc_listener =

@@ -34,6 +34,7 @@ pub const FINALIZER: &str = "shardkv.dev/cleanup";
     printcolumn = r#"{"name":"Ready","type":"integer","description":"Ready node pods","jsonPath":".status.readyReplicas"}"#,
     printcolumn = r#"{"name":"Config","type":"integer","description":"Current shard-map config number","jsonPath":".status.configNum"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Updated","type":"string","description":"Node pods on their StatefulSet's update revision / all","jsonPath":".status.rollout.progress"}"#,
     printcolumn = r#"{"name":"Operation","type":"string","description":"What the operator is doing now","jsonPath":".status.operation"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -78,6 +79,67 @@ pub struct ShardClusterSpec {
     /// What happens to node volumes when a group shrinks or the cluster is deleted.
     #[serde(default)]
     pub pvc_retention: PvcRetentionSpec,
+    /// How a change of the pod template (image, resources, scheduling) reaches the pods.
+    #[serde(default)]
+    pub rollout: RolloutSpec,
+}
+
+/// Rolling restarts: one pod of the cluster at a time, each group's leader last.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutSpec {
+    /// Stop restarting pods (the one in progress finishes); false resumes.
+    #[serde(default)]
+    pub paused: bool,
+    /// A restarted pod that is not Ready and caught up this long after it started halts the
+    /// rollout (a Go duration: 90s, 5m, 1h).
+    #[serde(default = "default_pod_ready_timeout")]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(h|m|s))+$')")
+        .message("rollout.podReadyTimeout must be a duration such as 90s, 5m or 1h30m"))]
+    pub pod_ready_timeout: String,
+    /// Allow a rollout that skips a minor version or downgrades across one (nodes guarantee to
+    /// interoperate with adjacent minor versions only).
+    #[serde(default)]
+    pub allow_version_skew: bool,
+}
+
+fn default_pod_ready_timeout() -> String {
+    "5m".to_string()
+}
+
+impl Default for RolloutSpec {
+    fn default() -> Self {
+        RolloutSpec { paused: false, pod_ready_timeout: default_pod_ready_timeout(), allow_version_skew: false }
+    }
+}
+
+impl RolloutSpec {
+    /// `pod_ready_timeout` as a Duration (the admission rule guarantees its form; anything else
+    /// falls back to the default).
+    pub fn pod_ready_timeout(&self) -> std::time::Duration {
+        parse_duration(&self.pod_ready_timeout).unwrap_or(std::time::Duration::from_secs(300))
+    }
+}
+
+/// Parses `1h30m`, `90s`, `5m` (hours, minutes, seconds).
+fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    let mut seconds = 0u64;
+    let mut number = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let unit = match c {
+            'h' => 3_600,
+            'm' => 60,
+            's' => 1,
+            _ => return None,
+        };
+        seconds = seconds.checked_add(number.parse::<u64>().ok()?.checked_mul(unit)?)?;
+        number.clear();
+    }
+    (number.is_empty() && !text.is_empty()).then(|| std::time::Duration::from_secs(seconds))
 }
 
 fn default_shards() -> u32 {
@@ -213,6 +275,81 @@ pub struct ShardClusterStatus {
     /// volumes are never mistaken for a new group's.
     #[serde(default)]
     pub last_group_id: u64,
+    /// Where the rolling restart onto the StatefulSets' update revisions is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
+}
+
+/// The rolling restart of node pods onto their StatefulSets' update revisions.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// Rolling, Paused, Halted or Complete.
+    pub phase: String,
+    /// Pods on their update revision / all pods, e.g. 7/9.
+    pub progress: String,
+    pub updated: u32,
+    pub total: u32,
+    /// The group being rolled, and what the rollout does or waits for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The revision that group's pods are leaving, and the one they move to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_revision: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_revision: Option<String>,
+    /// Why the rollout stopped, until the spec changes; a stop report that was not clean.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub halt: Option<RolloutHalt>,
+    /// The last pods restarted, newest last, with what their stop sequence reported.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restarts: Vec<PodRestart>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+}
+
+/// A recorded halt: it holds while the group's update revision is still `revision`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutHalt {
+    pub group_id: u64,
+    pub pod: String,
+    pub pod_uid: String,
+    pub revision: String,
+    pub reason: String,
+}
+
+/// One pod the rollout restarted.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodRestart {
+    pub pod: String,
+    pub pod_uid: String,
+    /// The revision it left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_revision: Option<String>,
+    /// The pod was down already: deleted without a stop sequence.
+    #[serde(default)]
+    pub was_down: bool,
+    #[serde(default)]
+    pub was_leader: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_leader: Option<u64>,
+    #[serde(default)]
+    pub applied_index: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_index: Option<u64>,
+    /// How long the stop sequence took.
+    #[serde(default)]
+    pub stop_ms: u64,
+    #[serde(default)]
+    pub clean: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<Time>,
 }
 
 /// The removal of one data group: Leaving (still in the shard map), Draining (its shards are
@@ -268,6 +405,12 @@ pub struct GroupStatus {
     pub leader: Option<u64>,
     #[serde(default)]
     pub ready_replicas: i32,
+    /// Pods on the StatefulSet's update revision.
+    #[serde(default)]
+    pub updated_replicas: i32,
+    /// Node versions running in the group.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub versions: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<MemberStatus>,
 }
@@ -287,6 +430,9 @@ pub struct MemberStatus {
     /// Controller revision of the pod (which pod template it runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<String>,
+    /// The node's build version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 /// The in-flight step of a group's operation (bootstrap, scale, join, leave).
@@ -326,5 +472,22 @@ fn use_kubernetes_integer_formats(schema: &mut serde_json::Value) {
         }
         serde_json::Value::Array(items) => items.iter_mut().for_each(use_kubernetes_integer_formats),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn pod_ready_timeouts_parse_as_go_durations() {
+        assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5_400)));
+        assert_eq!(parse_duration("5"), None, "a unit is required");
+        assert_eq!(parse_duration(""), None);
+        assert_eq!(parse_duration("5d"), None);
+        assert_eq!(RolloutSpec::default().pod_ready_timeout(), Duration::from_secs(300));
     }
 }

@@ -19,6 +19,8 @@ pub struct Metrics {
     failures: Family<Labels, Counter>,
     steps: Family<Labels, Counter>,
     shards_in_flight: Family<Labels, Gauge>,
+    pods_rolled: Counter,
+    rollout_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -31,6 +33,9 @@ impl Default for Metrics {
             failures: Family::default(),
             steps: Family::default(),
             shards_in_flight: Family::default(),
+            pods_rolled: Counter::default(),
+            // 10 s .. ~3 h
+            rollout_seconds: Histogram::new(exponential_buckets(10.0, 2.0, 11)),
         };
         m.registry.register("reconciles", "Reconciles run", m.reconciles.clone());
         m.registry.register("reconcile_seconds", "Time one reconcile took", m.reconcile_seconds.clone());
@@ -40,6 +45,12 @@ impl Default for Metrics {
             "shards_in_flight",
             "Shards being pulled into a group now, by cluster",
             m.shards_in_flight.clone(),
+        );
+        m.registry.register("pods_rolled", "Node pods restarted by rollouts", m.pods_rolled.clone());
+        m.registry.register(
+            "rollout_seconds",
+            "Time a rollout took from its first to its last pod",
+            m.rollout_seconds.clone(),
         );
         m
     }
@@ -64,6 +75,14 @@ impl Metrics {
         self.shards_in_flight.get_or_create(&labels).set(i64::from(shards));
     }
 
+    pub fn pod_rolled(&self) {
+        self.pods_rolled.inc();
+    }
+
+    pub fn rollout_finished(&self, seconds: f64) {
+        self.rollout_seconds.observe(seconds);
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -83,11 +102,15 @@ mod tests {
         m.failed("Kube");
         m.step("Bootstrap", "Initialize");
         m.shards_in_flight("prod", "demo", 3);
+        m.pod_rolled();
+        m.rollout_finished(42.0);
         let text = m.encode();
         assert!(text.contains("shardkv_operator_reconciles_total 1"), "{text}");
         assert!(text.contains("shardkv_operator_reconcile_failures_total{reason=\"Kube\"} 1"), "{text}");
         assert!(text.contains("shardkv_operator_steps_total{operation=\"Bootstrap\",step=\"Initialize\"} 1"), "{text}");
         assert!(text.contains("shardkv_operator_reconcile_seconds_count 1"), "{text}");
+        assert!(text.contains("shardkv_operator_pods_rolled_total 1"), "{text}");
+        assert!(text.contains("shardkv_operator_rollout_seconds_count 1"), "{text}");
         assert!(text.contains("shardkv_operator_shards_in_flight{namespace=\"prod\",cluster=\"demo\"} 3"), "{text}");
     }
 }

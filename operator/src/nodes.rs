@@ -13,11 +13,13 @@ use shardkv_proto::v1::InitializeRequest;
 use shardkv_proto::v1::JoinRequest;
 use shardkv_proto::v1::LeaveRequest;
 use shardkv_proto::v1::Member;
+use shardkv_proto::v1::PrepareStopRequest;
 use shardkv_proto::v1::QueryRequest;
 use shardkv_proto::v1::RemoveLearnersRequest;
 use shardkv_proto::v1::ShardConfig;
 use shardkv_proto::v1::StatusRequest;
 use shardkv_proto::v1::StatusResponse;
+use shardkv_proto::v1::StopReport;
 use shardkv_proto::v1::TransferLeaderRequest;
 use shardkv_proto::v1::admin_client::AdminClient;
 use shardkv_proto::v1::meta_client::MetaClient;
@@ -44,6 +46,8 @@ pub trait NodeApi: Send + Sync + 'static {
         learners: BTreeSet<u64>,
     ) -> impl Future<Output = Result<(), Status>> + Send;
     fn transfer_leader(&self, endpoint: &str, to: u64) -> impl Future<Output = Result<(), Status>> + Send;
+    /// Runs the node's stop sequence (leadership handed over, snapshot) and returns its report.
+    fn prepare_stop(&self, endpoint: &str) -> impl Future<Output = Result<StopReport, Status>> + Send;
     /// The latest shard map.
     fn query_config(&self, endpoint: &str) -> impl Future<Output = Result<ShardConfig, Status>> + Send;
     fn join(&self, endpoint: &str, group: GroupMembers) -> impl Future<Output = Result<(), Status>> + Send;
@@ -57,23 +61,27 @@ pub struct GrpcNodes {
     pub request_timeout: Duration,
 }
 
+/// A node's stop sequence is bounded by its own timeouts (leadership transfer, snapshot);
+/// PrepareStop waits for it.
+const STOP_TIMEOUT: Duration = Duration::from_secs(120);
+
 impl GrpcNodes {
-    async fn channel(&self, endpoint: &str) -> Result<Channel, Status> {
+    async fn channel(&self, endpoint: &str, timeout: Duration) -> Result<Channel, Status> {
         Endpoint::from_shared(format!("http://{endpoint}"))
             .map_err(|e| Status::invalid_argument(format!("bad node endpoint {endpoint}: {e}")))?
             .connect_timeout(self.connect_timeout)
-            .timeout(self.request_timeout)
+            .timeout(timeout)
             .connect()
             .await
             .map_err(|e| Status::unavailable(format!("connecting to {endpoint}: {e}")))
     }
 
     async fn admin(&self, endpoint: &str) -> Result<AdminClient<Channel>, Status> {
-        Ok(AdminClient::new(self.channel(endpoint).await?))
+        Ok(AdminClient::new(self.channel(endpoint, self.request_timeout).await?))
     }
 
     async fn meta(&self, endpoint: &str) -> Result<MetaClient<Channel>, Status> {
-        Ok(MetaClient::new(self.channel(endpoint).await?))
+        Ok(MetaClient::new(self.channel(endpoint, self.request_timeout).await?))
     }
 }
 
@@ -108,6 +116,11 @@ impl NodeApi for GrpcNodes {
     async fn transfer_leader(&self, endpoint: &str, to: u64) -> Result<(), Status> {
         self.admin(endpoint).await?.transfer_leader(TransferLeaderRequest { to }).await?;
         Ok(())
+    }
+
+    async fn prepare_stop(&self, endpoint: &str) -> Result<StopReport, Status> {
+        let mut admin = AdminClient::new(self.channel(endpoint, STOP_TIMEOUT).await?);
+        Ok(admin.prepare_stop(PrepareStopRequest {}).await?.into_inner())
     }
 
     async fn query_config(&self, endpoint: &str) -> Result<ShardConfig, Status> {

@@ -11,6 +11,9 @@ use crate::crd::GroupRemovalStatus;
 use crate::crd::GroupStatus;
 use crate::crd::MemberStatus;
 use crate::crd::OperationStatus;
+use crate::crd::PodRestart;
+use crate::crd::RolloutHalt;
+use crate::crd::RolloutStatus;
 use crate::crd::ShardClusterStatus;
 use crate::crd::ShardMoveStatus;
 use crate::plan::GroupPlan;
@@ -20,6 +23,7 @@ use crate::plan::HeldShard;
 use crate::plan::MetaStep;
 use crate::plan::Removal;
 use crate::plan::RemovalPhase;
+use crate::plan::RolloutStep;
 use crate::plan::ShardState;
 use crate::resources::META_GROUP;
 
@@ -27,6 +31,8 @@ pub const AVAILABLE: &str = "Available";
 pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
 pub const PAUSED: &str = "Paused";
+/// Restarts kept in `status.rollout.restarts`.
+const RESTARTS_KEPT: usize = 10;
 
 /// One group as observed and planned in this reconcile.
 #[derive(Debug, Clone)]
@@ -36,6 +42,8 @@ pub struct ObservedGroup {
     pub statefulset: String,
     /// Pod-template revision label of each pod, by ordinal.
     pub revisions: Vec<(u32, String)>,
+    /// The StatefulSet's update revision: what every pod should run.
+    pub update_revision: Option<String>,
     /// The group was initialised, now or in an earlier reconcile.
     pub initialized: bool,
 }
@@ -54,8 +62,64 @@ pub struct Observed<'a> {
     pub removals: &'a [Removal],
     /// The highest data group id ever created, this reconcile included.
     pub last_group_id: u64,
+    pub rollout: &'a RolloutObserved,
     pub previous: Option<&'a ShardClusterStatus>,
     pub now: Timestamp,
+}
+
+/// The rollout as planned and acted on in this reconcile.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutObserved {
+    pub step: RolloutStep,
+    pub updated: u32,
+    pub total: u32,
+    /// The revision the rolled group's pods leave, and the one they move to.
+    pub from_revision: Option<String>,
+    pub to_revision: Option<String>,
+    /// The pod restarted in this reconcile.
+    pub restart: Option<PodRestart>,
+    /// The halt that holds (recorded now or before).
+    pub halt: Option<RolloutHalt>,
+}
+
+fn rollout_status(observed: &Observed<'_>) -> RolloutStatus {
+    let r = observed.rollout;
+    let previous = observed.previous.and_then(|p| p.rollout.as_ref());
+    let phase = match r.step {
+        RolloutStep::Complete => "Complete",
+        RolloutStep::Halted { .. } => "Halted",
+        RolloutStep::Paused { .. } => "Paused",
+        RolloutStep::Wait { .. } | RolloutStep::TransferLeader { .. } | RolloutStep::Restart { .. } => "Rolling",
+    };
+    let was_complete = previous.is_none_or(|p| p.phase == "Complete");
+    let started_at = match (phase, was_complete) {
+        ("Complete", _) => previous.and_then(|p| p.started_at.clone()),
+        (_, true) => Some(Time(observed.now)),
+        (_, false) => previous.and_then(|p| p.started_at.clone()),
+    };
+    let finished_at = match (phase, was_complete) {
+        ("Complete", true) => previous.and_then(|p| p.finished_at.clone()),
+        ("Complete", false) => Some(Time(observed.now)),
+        _ => None,
+    };
+    let mut restarts: Vec<PodRestart> = previous.map(|p| p.restarts.clone()).unwrap_or_default();
+    restarts.extend(r.restart.clone());
+    let excess = restarts.len().saturating_sub(RESTARTS_KEPT);
+    restarts.drain(..excess);
+    RolloutStatus {
+        phase: phase.to_string(),
+        progress: format!("{}/{}", r.updated, r.total),
+        updated: r.updated,
+        total: r.total,
+        group: r.step.group_id(),
+        message: (r.step != RolloutStep::Complete).then(|| r.step.describe()),
+        from_revision: r.from_revision.clone(),
+        to_revision: r.to_revision.clone(),
+        halt: r.halt.clone(),
+        restarts,
+        started_at,
+        finished_at,
+    }
 }
 
 fn group_status(group: &ObservedGroup, config: Option<&ShardConfig>) -> GroupStatus {
@@ -74,6 +138,7 @@ fn group_status(group: &ObservedGroup, config: Option<&ShardConfig>) -> GroupSta
                 ready: pod.ready,
                 lag: leader.as_ref().and_then(|l| l.lag(id)),
                 revision: group.revisions.iter().find(|(o, _)| *o == pod.ordinal).map(|(_, r)| r.clone()),
+                version: pod.status.as_ref().map(|s| s.version.clone()).filter(|v| !v.is_empty()),
             }
         })
         .collect();
@@ -84,6 +149,19 @@ fn group_status(group: &ObservedGroup, config: Option<&ShardConfig>) -> GroupSta
         joined: config.is_some_and(|c| c.groups.iter().any(|g| g.group_id == group.view.group_id)),
         leader: leader.map(|l| crate::resources::node_id(l.ordinal)),
         ready_replicas: group.view.pods.iter().filter(|p| p.ready).count() as i32,
+        updated_replicas: match &group.update_revision {
+            Some(update) => group.revisions.iter().filter(|(_, r)| r == update).count() as i32,
+            None => group.revisions.len() as i32,
+        },
+        versions: group
+            .view
+            .pods
+            .iter()
+            .filter_map(|p| p.status.as_ref().map(|s| s.version.clone()))
+            .filter(|v| !v.is_empty())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect(),
         members,
     }
 }
@@ -103,7 +181,16 @@ fn operations(observed: &Observed<'_>) -> Vec<OperationStatus> {
         step: s.name().to_string(),
         message: s.describe(),
     });
-    group_ops.chain(meta_ops).collect()
+    let rollout_op = match &observed.rollout.step {
+        RolloutStep::Complete | RolloutStep::Halted { .. } => None,
+        step => Some(OperationStatus {
+            group_id: step.group_id().unwrap_or_default(),
+            operation: "Rollout".to_string(),
+            step: step.name().to_string(),
+            message: step.describe(),
+        }),
+    };
+    group_ops.chain(meta_ops).chain(rollout_op).collect()
 }
 
 /// A condition, keeping the previous transition time when its status did not change.
@@ -159,7 +246,11 @@ pub fn build(observed: &Observed<'_>) -> ShardClusterStatus {
         .filter(|g| g.initialized && g.leader.is_none())
         .map(|g| format!("group {} lost its leader", g.group_id))
         .collect();
-    let degraded: Vec<String> = blocked.into_iter().chain(initialized_without_leader).collect();
+    let halted = match &observed.rollout.step {
+        RolloutStep::Halted { reason, .. } => Some(format!("rollout halted: {reason}")),
+        _ => None,
+    };
+    let degraded: Vec<String> = blocked.into_iter().chain(initialized_without_leader).chain(halted).collect();
 
     let available = unavailable.is_empty();
     let mut conditions = vec![
@@ -211,6 +302,8 @@ pub fn build(observed: &Observed<'_>) -> ShardClusterStatus {
         "Degraded"
     } else if operations.iter().any(|o| o.operation == "Bootstrap") || groups.iter().any(|g| !g.initialized) {
         "Bootstrapping"
+    } else if operations.iter().all(|o| o.operation == "Rollout") && !operations.is_empty() {
+        "Rolling"
     } else if !operations.is_empty() {
         "Scaling"
     } else if available {
@@ -226,7 +319,8 @@ pub fn build(observed: &Observed<'_>) -> ShardClusterStatus {
         conditions,
         config_num: observed.config.map(|c| c.num),
         ready_replicas: groups.iter().map(|g| g.ready_replicas).sum(),
-        operation: summary(observed.paused, &operations, &group_removals),
+        operation: summary(observed.paused, &operations, &group_removals, observed.rollout),
+        rollout: Some(rollout_status(observed)),
         shards_in_flight: held_shards(observed).filter(|(_, s)| s.state == ShardState::Pulling).count() as u32,
         groups,
         operations,
@@ -284,9 +378,17 @@ fn removals(observed: &Observed<'_>) -> Vec<GroupRemovalStatus> {
 }
 
 /// One line for `kubectl get`: the removal under way, else the first operation in flight.
-fn summary(paused: bool, operations: &[OperationStatus], removals: &[GroupRemovalStatus]) -> Option<String> {
+fn summary(
+    paused: bool,
+    operations: &[OperationStatus],
+    removals: &[GroupRemovalStatus],
+    rollout: &RolloutObserved,
+) -> Option<String> {
     if paused {
         return Some("paused".to_string());
+    }
+    if let RolloutStep::Halted { group_id, .. } = &rollout.step {
+        return Some(format!("rollout halted at group {group_id} ({}/{} updated)", rollout.updated, rollout.total));
     }
     if let Some(r) = removals.iter().find(|r| r.phase != RemovalPhase::Leaving.as_str()).or(removals.first()) {
         let held = r.shards_held.map_or("unknown".to_string(), |n| n.to_string());
@@ -329,11 +431,21 @@ mod tests {
             plan: GroupPlan { step: GroupStep::Settled, statefulset_replicas: 1 },
             statefulset: format!("demo-g{group_id}"),
             revisions: vec![(0, "rev-1".into())],
+            update_revision: Some("rev-1".into()),
             initialized: true,
         }
     }
 
     static NO_DATA_GROUPS: BTreeSet<u64> = BTreeSet::new();
+    const SETTLED: RolloutObserved = RolloutObserved {
+        step: RolloutStep::Complete,
+        updated: 2,
+        total: 2,
+        from_revision: None,
+        to_revision: None,
+        restart: None,
+        halt: None,
+    };
 
     fn observed<'a>(
         groups: &'a [ObservedGroup],
@@ -349,6 +461,7 @@ mod tests {
             meta_steps: &[],
             removals: &[],
             last_group_id: 1,
+            rollout: &SETTLED,
             previous: None,
             now: Timestamp::UNIX_EPOCH,
         }
@@ -468,5 +581,62 @@ mod tests {
         assert_eq!((r.shards_held, r.bytes_moved, r.moves.len()), (Some(1), 550, 2));
         assert_eq!(r.started_at, Some(Time(Timestamp::UNIX_EPOCH)), "kept from the first record");
         assert_eq!(second.shards_in_flight, 1);
+    }
+
+    #[test]
+    fn a_rollout_reports_progress_keeps_its_start_and_a_halt_is_degraded() {
+        let groups = [settled_group(0), settled_group(1)];
+        let wanted = BTreeSet::from([1]);
+        let restart = PodRestart {
+            pod: "demo-g1-2".into(),
+            clean: true,
+            deleted_at: Some(Time(Timestamp::UNIX_EPOCH)),
+            ..Default::default()
+        };
+        let rolling = RolloutObserved {
+            step: RolloutStep::Restart { group_id: 1, ordinal: 2, uid: "u".into(), down: false },
+            updated: 4,
+            total: 6,
+            from_revision: Some("rev-1".into()),
+            to_revision: Some("rev-2".into()),
+            restart: Some(restart),
+            halt: None,
+        };
+        let mut o = observed(&groups, None, &wanted);
+        o.rollout = &rolling;
+        let first = build(&o);
+        let r = first.rollout.as_ref().unwrap();
+        assert_eq!((r.phase.as_str(), r.progress.as_str(), r.group), ("Rolling", "4/6", Some(1)));
+        assert_eq!(
+            (r.started_at.clone(), r.finished_at.clone(), r.restarts.len()),
+            (Some(Time(Timestamp::UNIX_EPOCH)), None, 1)
+        );
+        assert_eq!(first.operations.last().unwrap().operation, "Rollout");
+
+        let halted = RolloutObserved {
+            step: RolloutStep::Halted { group_id: 1, reason: "pod 2 not Ready".into() },
+            restart: None,
+            ..rolling.clone()
+        };
+        let later = Timestamp::from_second(100).unwrap();
+        let mut o = observed(&groups, None, &wanted);
+        o.rollout = &halted;
+        o.previous = Some(&first);
+        o.now = later;
+        let second = build(&o);
+        let r = second.rollout.as_ref().unwrap();
+        assert_eq!(
+            (r.phase.as_str(), r.started_at.clone(), r.restarts.len()),
+            ("Halted", Some(Time(Timestamp::UNIX_EPOCH)), 1)
+        );
+        assert_eq!(find(&second, DEGRADED).message, "rollout halted: pod 2 not Ready");
+        assert_eq!(second.operation.as_deref(), Some("rollout halted at group 1 (4/6 updated)"));
+
+        let mut o = observed(&groups, None, &wanted);
+        o.previous = Some(&second);
+        o.now = later;
+        let done = build(&o);
+        let r = done.rollout.as_ref().unwrap();
+        assert_eq!((r.phase.as_str(), r.finished_at.clone()), ("Complete", Some(Time(later))));
     }
 }

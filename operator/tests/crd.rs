@@ -53,7 +53,8 @@ fn valid_cluster() -> Value {
             "groups": 2,
             "replicasPerGroup": 3,
             "meta": {"replicas": 3},
-            "storage": {"size": "1Gi"}
+            "storage": {"size": "1Gi"},
+            "rollout": {}
         }
     })
 }
@@ -152,4 +153,12 @@ fn changing_storage_is_rejected_with_what_to_do_instead() {
     assert_eq!(violations(&slow, Some(&fast)), [class_message], "a class changed");
     assert_eq!(violations(&cluster, Some(&fast)), [class_message], "a class removed");
     assert_eq!(violations(&fast, Some(&fast)), Vec::<String>::new(), "unchanged");
+}
+
+#[test]
+fn a_pod_ready_timeout_that_is_not_a_duration_is_rejected() {
+    let ok = with(valid_cluster(), "/spec/rollout", json!({"podReadyTimeout": "1h30m"}));
+    assert_eq!(violations(&ok, None), Vec::<String>::new());
+    let bad = with(valid_cluster(), "/spec/rollout", json!({"podReadyTimeout": "5 minutes"}));
+    assert_eq!(violations(&bad, None), ["rollout.podReadyTimeout must be a duration such as 90s, 5m or 1h30m"]);
 }

@@ -25,6 +25,7 @@ use shardkv_proto::v1::Member;
 use shardkv_proto::v1::ReplicaStatus;
 use shardkv_proto::v1::ShardConfig;
 use shardkv_proto::v1::StatusResponse;
+use shardkv_proto::v1::StopReport;
 use tonic::Status;
 
 /// Everything the operator did, API requests and node calls in one sequence.
@@ -44,11 +45,14 @@ struct World {
     statefulsets: Vec<Value>,
     statuses: HashMap<String, StatusResponse>,
     config: Option<ShardConfig>,
+    /// What PrepareStop answers, by endpoint; a clean report when absent.
+    stop_reports: HashMap<String, StopReport>,
 }
 
 struct FakeNodes {
     statuses: HashMap<String, StatusResponse>,
     config: Option<ShardConfig>,
+    stop_reports: HashMap<String, StopReport>,
     log: Log,
 }
 
@@ -87,6 +91,11 @@ impl NodeApi for FakeNodes {
     async fn transfer_leader(&self, endpoint: &str, to: u64) -> Result<(), Status> {
         self.record(endpoint, format!("transfer_leader {to}"));
         Ok(())
+    }
+
+    async fn prepare_stop(&self, endpoint: &str) -> Result<StopReport, Status> {
+        self.record(endpoint, "prepare_stop".to_string());
+        Ok(self.stop_reports.get(endpoint).cloned().unwrap_or_else(|| clean_stop(false)))
     }
 
     async fn query_config(&self, endpoint: &str) -> Result<ShardConfig, Status> {
@@ -191,7 +200,12 @@ async fn run(world: World) -> Outcome {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let log: Log = Arc::default();
     let server = tokio::spawn(serve(handle, world.clone(), log.clone()));
-    let nodes = FakeNodes { statuses: world.statuses.clone(), config: world.config.clone(), log: log.clone() };
+    let nodes = FakeNodes {
+        statuses: world.statuses.clone(),
+        config: world.config.clone(),
+        stop_reports: world.stop_reports.clone(),
+        log: log.clone(),
+    };
     let ctx = Arc::new(Context::new(
         Client::new(service, "default"),
         nodes,
@@ -240,6 +254,7 @@ fn pod(group: u64, ordinal: u32) -> Value {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {
             "name": format!("{}-{ordinal}", group_name(group)), "namespace": "prod",
+            "uid": format!("uid-{group}-{ordinal}"),
             "labels": {"shardkv.dev/cluster": "demo", "shardkv.dev/group": group.to_string(), "controller-revision-hash": "rev-1"},
         },
         "status": {"podIP": format!("10.0.{group}.{ordinal}"), "conditions": [{"type": "Ready", "status": "True"}]},
@@ -576,4 +591,84 @@ async fn status_is_written_whole_by_server_side_apply() {
         })
         .unwrap();
     assert!(query.contains("fieldManager=shardkv-operator") && query.contains("force=true"), "{query}");
+}
+
+/// A stop report: snapshot at the applied index 40, leadership handed to node 2 if it led.
+fn clean_stop(was_leader: bool) -> StopReport {
+    StopReport {
+        node_id: 1,
+        groups: vec![shardkv_proto::v1::GroupStopReport {
+            group_id: 1,
+            was_leader,
+            new_leader: was_leader.then_some(2),
+            applied_index: 40,
+            snapshot_index: Some(40),
+            ..Default::default()
+        }],
+        total_ms: 120,
+        clean: true,
+        ..Default::default()
+    }
+}
+
+/// `running` with a changed pod template: both StatefulSets' update revision is rev-2, every
+/// pod still runs rev-1.
+fn template_changed() -> World {
+    let mut world = running(3, 3, &[1, 2, 3]);
+    for sts in &mut world.statefulsets {
+        sts["status"] = json!({"replicas": 3, "updateRevision": "rev-2"});
+    }
+    world
+}
+
+#[tokio::test]
+async fn a_rollout_stops_a_node_then_deletes_its_pod_by_uid() {
+    let out = run(template_changed()).await;
+    // Meta first; its only voter has nobody to hand over to.
+    assert_eq!(out.node_calls(), [(endpoint(0, 0), "prepare_stop".to_string())]);
+    let deletes: Vec<(String, Value)> = out.api("DELETE");
+    assert_eq!(deletes.len(), 1, "{deletes:?}");
+    assert!(deletes[0].0.ends_with("/pods/demo-meta-0"));
+    assert_eq!(deletes[0].1["preconditions"]["uid"], "uid-0-0");
+    let rollout = out.status()["rollout"].clone();
+    assert_eq!((rollout["phase"].clone(), rollout["progress"].clone()), (json!("Rolling"), json!("0/4")));
+    assert_eq!(rollout["restarts"][0]["pod"], "demo-meta-0");
+    assert_eq!(rollout["restarts"][0]["snapshotIndex"], 40);
+    assert!(out.event_reasons().contains(&"RolloutRestart".to_string()), "{:?}", out.event_reasons());
+    assert!(out.event_reasons().contains(&"RolloutStarted".to_string()), "{:?}", out.event_reasons());
+}
+
+#[tokio::test]
+async fn a_stop_report_that_is_not_clean_halts_instead_of_deleting() {
+    let mut world = template_changed();
+    let mut report = clean_stop(false);
+    report.groups[0].snapshot_error = "disk full".into();
+    report.clean = false;
+    world.stop_reports.insert(endpoint(0, 0), report);
+    let out = run(world).await;
+    assert_eq!(out.api("DELETE"), Vec::<(String, Value)>::new());
+    let rollout = out.status()["rollout"].clone();
+    assert_eq!(rollout["phase"], "Halted");
+    assert_eq!(rollout["halt"]["reason"], "pod demo-meta-0 was not deleted: snapshot failed: disk full");
+    assert_eq!(rollout["halt"]["revision"], "rev-2");
+    assert_eq!(out.condition("Degraded")["status"], "True");
+    assert!(out.event_reasons().contains(&"RolloutHalted".to_string()), "{:?}", out.event_reasons());
+
+    // The recorded halt holds on the next reconcile: no second stop, no delete.
+    let mut again = template_changed();
+    again.cluster["status"] = json!({"rollout": rollout});
+    let out = run(again).await;
+    assert_eq!(out.node_calls(), Vec::<(String, String)>::new());
+    assert_eq!(out.api("DELETE"), Vec::<(String, Value)>::new());
+    assert_eq!(out.status()["rollout"]["phase"], "Halted");
+}
+
+#[tokio::test]
+async fn a_paused_rollout_touches_nothing() {
+    let mut world = template_changed();
+    world.cluster["spec"]["rollout"] = json!({"paused": true});
+    let out = run(world).await;
+    assert_eq!(out.node_calls(), Vec::<(String, String)>::new());
+    assert_eq!(out.api("DELETE"), Vec::<(String, Value)>::new());
+    assert_eq!(out.status()["rollout"]["phase"], "Paused");
 }

@@ -16,6 +16,7 @@ use shardkv_proto::v1::ChangeMembershipRequest;
 use shardkv_proto::v1::InitializeRequest;
 use shardkv_proto::v1::InitializeResponse;
 use shardkv_proto::v1::MembershipResponse;
+use shardkv_proto::v1::PrepareStopRequest;
 use shardkv_proto::v1::RemoveLearnersRequest;
 use shardkv_proto::v1::RemovedRequest;
 use shardkv_proto::v1::RemovedResponse;
@@ -23,6 +24,7 @@ use shardkv_proto::v1::ReplicaStatus;
 use shardkv_proto::v1::ShardStatus;
 use shardkv_proto::v1::StatusRequest;
 use shardkv_proto::v1::StatusResponse;
+use shardkv_proto::v1::StopReport;
 use shardkv_proto::v1::TransferLeaderRequest;
 use shardkv_proto::v1::TransferLeaderResponse;
 use shardkv_proto::v1::TriggerSnapshotRequest;
@@ -125,6 +127,7 @@ impl AdminService {
             config_num: sharding.config_num(),
             shards,
             membership_index: index_of(m.membership_config.log_id()),
+            version: env!("CARGO_PKG_VERSION").to_string(),
         }
     }
 }
@@ -374,6 +377,17 @@ impl Admin for AdminService {
         observed(&self.ctx.metrics, "TriggerSnapshot", async {
             let outcome = snapshot_and_purge(&self.ctx.raft, SNAPSHOT_TIMEOUT).await.map_err(Status::unavailable)?;
             Ok(TriggerSnapshotResponse { snapshot_index: outcome.snapshot_index, purged_index: outcome.purged_index })
+        })
+        .await
+    }
+
+    async fn prepare_stop(&self, _: Request<PrepareStopRequest>) -> Result<Response<StopReport>, Status> {
+        // On its own task: a caller that gives up does not cancel the sequence half-way.
+        let (prestop, ctx) = (self.prestop.clone(), self.ctx.clone());
+        let run = tokio::spawn(async move { prestop.run(&ctx).await });
+        observed(&self.ctx.metrics, "PrepareStop", async {
+            let report = run.await.map_err(|e| Status::internal(format!("the stop sequence failed: {e}")))?;
+            Ok(report.into())
         })
         .await
     }

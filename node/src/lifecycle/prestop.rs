@@ -10,6 +10,9 @@ use std::time::Duration;
 use std::time::Instant;
 
 use serde::Serialize;
+use shardkv_proto::v1::GroupStopReport;
+use shardkv_proto::v1::StopReport;
+use shardkv_proto::v1::StopStep;
 use tokio::sync::OnceCell;
 
 use super::leadership::TransferError;
@@ -34,6 +37,8 @@ pub struct GroupReport {
     /// Where leadership went, when this node led the group.
     pub new_leader: Option<NodeId>,
     pub transfer_error: Option<String>,
+    /// The applied index the snapshot had to cover.
+    pub applied_index: Option<u64>,
     pub snapshot_index: Option<u64>,
     pub purged_index: Option<u64>,
     pub snapshot_error: Option<String>,
@@ -47,6 +52,31 @@ pub struct PrestopReport {
     pub total_ms: u64,
     /// True when every step succeeded: leadership moved (if held) and the snapshot covers the log.
     pub clean: bool,
+}
+
+impl From<PrestopReport> for StopReport {
+    fn from(r: PrestopReport) -> Self {
+        StopReport {
+            node_id: r.node_id,
+            groups: r
+                .groups
+                .into_iter()
+                .map(|g| GroupStopReport {
+                    group_id: g.group_id,
+                    was_leader: g.was_leader,
+                    new_leader: g.new_leader,
+                    transfer_error: g.transfer_error.unwrap_or_default(),
+                    applied_index: g.applied_index.unwrap_or_default(),
+                    snapshot_index: g.snapshot_index,
+                    purged_index: g.purged_index,
+                    snapshot_error: g.snapshot_error.unwrap_or_default(),
+                })
+                .collect(),
+            steps: r.steps.into_iter().map(|s| StopStep { step: s.step.to_string(), ms: s.ms }).collect(),
+            total_ms: r.total_ms,
+            clean: r.clean,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -92,6 +122,7 @@ async fn run_once(ctx: &Arc<NodeContext>) -> PrestopReport {
         was_leader,
         new_leader,
         transfer_error,
+        applied_index: snapshot.as_ref().ok().map(|s| s.applied_index),
         snapshot_index: snapshot.as_ref().ok().map(|s| s.snapshot_index),
         purged_index: snapshot.as_ref().ok().map(|s| s.purged_index),
         snapshot_error: snapshot.err(),

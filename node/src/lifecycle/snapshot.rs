@@ -8,6 +8,8 @@ use crate::types::index_of;
 
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct SnapshotOutcome {
+    /// The applied index when the snapshot was asked for: the snapshot covers at least this.
+    pub applied_index: u64,
     pub snapshot_index: u64,
     pub purged_index: u64,
 }
@@ -28,5 +30,5 @@ pub async fn snapshot_and_purge(raft: &Raft, timeout: Duration) -> Result<Snapsh
         .metrics(|m| index_of(&m.purged) >= snapshot_index, "log purged up to the snapshot")
         .await
         .map_err(|e| format!("log purge up to {snapshot_index} did not finish: {e}"))?;
-    Ok(SnapshotOutcome { snapshot_index, purged_index: index_of(&purged.purged) })
+    Ok(SnapshotOutcome { applied_index: applied, snapshot_index, purged_index: index_of(&purged.purged) })
 }

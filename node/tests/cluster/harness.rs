@@ -119,8 +119,14 @@ impl Cluster {
     }
 
     pub fn start_node(&mut self, id: u64) {
+        let command = self.node_command(id, &self.cluster_id.clone());
+        self.start_command(id, command);
+    }
+
+    /// Starts node `id` from a [`Self::node_command`] given other flags or variables.
+    pub fn start_command(&mut self, id: u64, mut command: Command) {
         assert!(!self.children.contains_key(&id), "node {id} is already running");
-        let child = self.node_command(id, &self.cluster_id.clone()).spawn().expect("spawning shardkv-node");
+        let child = command.spawn().expect("spawning shardkv-node");
         self.children.insert(id, child);
     }
 

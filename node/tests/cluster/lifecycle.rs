@@ -61,7 +61,7 @@ async fn prestop_hands_over_and_the_restart_replays_a_short_suffix() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_removed_node_records_that_it_left_and_does_not_rejoin() {
+async fn a_removed_node_records_that_it_left_and_rejoins_only_as_a_new_member_with_rejoin_after_removal() {
     let mut cluster = Cluster::start(40, 3, &[]).await;
     let client = cluster.client();
     client.put("before", "removal").await.unwrap();
@@ -83,7 +83,40 @@ async fn a_removed_node_records_that_it_left_and_does_not_rejoin() {
     assert_eq!(exit.code(), Some(2), "exits with the configuration-error code");
     let log = cluster.log(3);
     assert!(log.contains("node 3 was removed from group 0"), "the refusal explains itself:\n{log}");
+    assert!(log.contains("--rejoin-after-removal"), "the refusal names the flag:\n{log}");
     assert_eq!(client.get("before").await.unwrap().as_deref(), Some(&b"removal"[..]), "the group serves on");
+
+    // What the operator's pods do (a scale 3 -> 2 -> 3 that kept the volume): the same data dir
+    // with the flag, set through its variable as in the pod template.
+    let left: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(cluster.data_dir(3).join("left.json")).unwrap()).unwrap();
+    let aside = cluster.data_dir(3).join(format!("removed-{}", left["membership_index"].as_u64().unwrap()));
+    let mut command = cluster.node_command(3, &cluster.cluster_id.clone());
+    command.env("SHARDKV_REJOIN_AFTER_REMOVAL", "true");
+    cluster.start_command(3, command);
+    let status = wait_for("the node to start again", WAIT, || cluster.status(3)).await;
+    assert!(!status.initialized, "it starts as a new, uninitialised member: {status:?}");
+    assert!(status.members.is_empty() && status.last_log_index == 0, "with no old log: {status:?}");
+    assert!(aside.join("db").is_dir() && aside.join("left.json").exists(), "the old state is aside");
+    assert!(!cluster.data_dir(3).join("left.json").exists());
+    assert!(cluster.log(3).contains("moved its old state aside"), "{}", cluster.log(3));
+
+    // Added again like any new pod: a learner first, then a voter.
+    client.put("between", "removal and rejoin").await.unwrap();
+    client.add_learner(3, cluster.grpc_addr(3), true).await.unwrap();
+    client.change_membership(vec![1, 2, 3], false).await.unwrap();
+    client.put("after", "rejoin").await.unwrap();
+    let replica = cluster.client_for([3]);
+    wait_for("the rejoined node to apply the write after its return", WAIT, || async {
+        (replica.get_serializable("after").await.ok()?.as_deref() == Some(&b"rejoin"[..])).then_some(())
+    })
+    .await;
+    assert_eq!(replica.get_serializable("before").await.unwrap().as_deref(), Some(&b"removal"[..]));
+    assert_eq!(replica.get_serializable("between").await.unwrap().as_deref(), Some(&b"removal and rejoin"[..]));
+    let status = cluster.status(3).await.unwrap();
+    assert!(status.initialized, "{status:?}");
+    assert!(status.members.iter().any(|m| m.node_id == 3 && m.role == "voter"), "a voter again: {status:?}");
+    assert!(cluster.is_running(3));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -80,6 +80,15 @@ pub struct DataLeader {
     pub shards: Vec<HeldShard>,
 }
 
+impl DataGroupView {
+    /// Why the group's shards are not all settled (one pulling or held for a new owner), when
+    /// they are not.
+    pub fn shards_moving(&self) -> Option<String> {
+        let leader = self.leader.as_ref()?;
+        leader.shards.iter().find(|s| s.state != ShardState::Serving).map(|s| s.describe(self.group_id))
+    }
+}
+
 /// What was observed of a data group, for the shard-map plan.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DataGroupView {
@@ -212,6 +221,9 @@ impl MetaStep {
 pub struct MetaPlan {
     pub steps: Vec<MetaStep>,
     pub removals: Vec<Removal>,
+    /// Why the shard map is changing (a change not finished everywhere, or one this plan
+    /// issues); None when it is settled. Nothing else disruptive starts meanwhile.
+    pub in_flight: Option<String>,
 }
 
 /// The data groups the spec's `groups` asks for: the lowest ids among the live groups (those
@@ -319,7 +331,8 @@ pub fn plan_meta(
                 reason: "the shard map is unknown: the meta group has no leader".to_string(),
             })
             .collect();
-        return MetaPlan { steps, removals: removals.to_vec() };
+        let in_flight = Some("the shard map is unknown: the meta group has no leader".to_string());
+        return MetaPlan { steps, removals: removals.to_vec(), in_flight };
     };
     let in_map: BTreeMap<u64, BTreeSet<(u64, &str)>> = config
         .groups
@@ -412,6 +425,7 @@ pub fn plan_meta(
         plan.removals.push(Removal { group_id: id, leave_config, phase });
         plan.steps.push(step);
     }
+    plan.in_flight = busy;
     plan
 }
 
@@ -520,6 +534,7 @@ mod tests {
         let plan = plan_meta(&ids(&[1, 2, 3]), &moving, Some(&map), &[]);
         assert!(waits_for(&plan, 3, "group 1 holds shard 2 until group 2 has it"), "{plan:?}");
         assert!(!plan.steps.iter().any(|s| matches!(s, MetaStep::Join(_))));
+        assert_eq!(plan.in_flight.as_deref(), Some("group 1 holds shard 2 until group 2 has it"));
     }
 
     #[test]
@@ -538,6 +553,7 @@ mod tests {
         let plan = plan_meta(&ids(&[1]), &groups, Some(&map), &[]);
         assert_eq!(plan.steps[0], MetaStep::Leave { group_id: 3 });
         assert!(waits_for(&plan, 2, "group 3 is leaving"), "{plan:?}");
+        assert_eq!(plan.in_flight.as_deref(), Some("group 3 is leaving"));
         assert_eq!(plan.removals, [removal(3, None, RemovalPhase::Leaving), removal(2, None, RemovalPhase::Leaving)]);
 
         let mut unsettled = groups.clone();

@@ -86,6 +86,7 @@ pub fn status_to_json(s: &StatusResponse) -> Value {
         "cluster_id": s.cluster_id,
         "group_id": s.group_id,
         "node_id": s.node_id,
+        "version": s.version,
         "state": s.state,
         "term": s.term,
         "leader_id": s.leader_id,
