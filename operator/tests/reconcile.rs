@@ -47,6 +47,8 @@ struct World {
     config: Option<ShardConfig>,
     /// What PrepareStop answers, by endpoint; a clean report when absent.
     stop_reports: HashMap<String, StopReport>,
+    /// The status the apiserver holds when the watch cache (`cluster`) is behind it.
+    newer_status: Option<Value>,
 }
 
 struct FakeNodes {
@@ -127,6 +129,13 @@ async fn serve(mut handle: tower_test::mock::Handle<Request<Body>, Response<Body
         let answer = match (method.as_str(), path.as_str()) {
             ("GET", p) if p.ends_with("/pods") => {
                 json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": world.pods})
+            }
+            ("GET", p) if p.ends_with("/shardclusters/demo/status") => {
+                let mut cluster = world.cluster.clone();
+                if let Some(status) = &world.newer_status {
+                    cluster["status"] = status.clone();
+                }
+                cluster
             }
             ("GET", p) if p.ends_with("/statefulsets") => {
                 json!({"apiVersion": "apps/v1", "kind": "StatefulSetList", "metadata": {}, "items": world.statefulsets})
@@ -575,6 +584,16 @@ async fn a_new_group_gets_an_id_never_used_before() {
     assert!(out.applied("statefulsets", "demo-g3").is_some(), "group 2 was issued before");
     assert!(out.applied("statefulsets", "demo-g2").is_none());
     assert_eq!(out.status()["lastGroupId"], 3);
+}
+
+#[tokio::test]
+async fn what_status_recorded_is_read_fresh_not_from_the_watch_cache() {
+    let mut world = running(1, 1, &[1]);
+    world.cluster["spec"]["groups"] = json!(2);
+    world.newer_status = Some(json!({"lastGroupId": 2}));
+    let out = run(world).await;
+    assert!(out.applied("statefulsets", "demo-g3").is_some(), "the cache has not seen that group 2 was issued");
+    assert!(out.applied("statefulsets", "demo-g2").is_none());
 }
 
 #[tokio::test]
