@@ -9,7 +9,10 @@
 # e2e/run defines these before sourcing this file.
 : "${e2e:?}" "${root:?}" "${work:?}"
 
-fail() { echo "FAIL: $*" >&2; exit 1; }
+# The scenario's own stderr (its log), kept for fail: a predicate polled by wait_until runs
+# with its output discarded, and may fail the scenario all the same.
+exec {SCENARIO_LOG_FD}>&2
+fail() { echo "FAIL: $*" >&"$SCENARIO_LOG_FD"; exit 1; }
 skip() { echo "$*" >"$SKIP_FILE"; echo "SKIP: $*" >&2; exit 77; }
 step() { echo "[$(date +%T)] $*" >&2; }
 
@@ -20,12 +23,15 @@ on_exit() { ON_EXIT+=("$1"); trap run_on_exit EXIT; }
 run_on_exit() { local c; for c in "${ON_EXIT[@]}"; do eval "$c" || true; done; }
 
 # wait_until TIMEOUT_SECONDS DESCRIPTION CMD...: poll CMD every 0.25 s until it
-# succeeds; fail with DESCRIPTION when the deadline passes.
+# succeeds; fail with DESCRIPTION when the deadline passes (and what CMD last said was
+# missing, if it set WHY).
+WHY=""
 wait_until() {
   local timeout="$1" what="$2"; shift 2
   local deadline=$((SECONDS + timeout)) t0=$SECONDS
+  WHY=""
   until "$@" >/dev/null 2>&1; do
-    ((SECONDS < deadline)) || fail "timed out after ${timeout}s waiting for: $what"
+    ((SECONDS < deadline)) || fail "timed out after ${timeout}s waiting for: $what${WHY:+ (last seen: $WHY)}"
     sleep 0.25
   done
   step "ok after $((SECONDS - t0))s: $what"
@@ -403,13 +409,15 @@ spec:
 YAML
 }
 
-# start_load NAME MAX_SECONDS: load on its own key prefix until finish_load
-# stops it (MAX_SECONDS bounds it should the scenario die), its history in
-# SCENARIO_DIR/NAME.jsonl. The durability scenario reads every prefix back.
+# start_load NAME MAX_SECONDS [KEYS]: load on its own key prefix (KEYS keys,
+# LOAD_KEYS by default) until finish_load stops it (MAX_SECONDS bounds it should
+# the scenario die), its history in SCENARIO_DIR/NAME.jsonl. The durability
+# scenario reads every prefix back.
 start_load() {
-  local name="$1" seconds="$2"
-  step "load '$name' (at most ${seconds}s)"
-  load_pod "$name" --duration "$seconds" --stop-file "/history/$name.stop" --clients 8 --keys "$LOAD_KEYS" \
+  local name="$1" seconds="$2" keys="${3:-$LOAD_KEYS}"
+  step "load '$name' on $keys keys (at most ${seconds}s)"
+  echo "$keys" >"$SCENARIO_DIR/$name.keys"
+  load_pod "$name" --duration "$seconds" --stop-file "/history/$name.stop" --clients 8 --keys "$keys" \
     --prefix "$name" --history "/history/$name.jsonl"
   # A scenario that fails does not leave its load running into the next one.
   on_exit "touch '$SCENARIO_DIR/$name.stop'"
@@ -453,7 +461,7 @@ finish_load() {
   run_checker "$name" "$@" "$SCENARIO_DIR/$name.jsonl"
   note "$name: $SUMMARY"
   # Checked and complete: the durability scenario reads its keys back.
-  echo "$name $SCENARIO_DIR/$name.jsonl" >>"$work/loads"
+  echo "$name $SCENARIO_DIR/$name.jsonl $(cat "$SCENARIO_DIR/$name.keys")" >>"$work/loads"
 }
 
 # finish_disruptive_load NAME FAULT_START_NS FAULT_END_NS...: finish_load with
@@ -719,13 +727,17 @@ key_served_by() {
   fail "no probe key falls in a shard $1 serves ($shards)"
 }
 
-# shard_of KEY: the key's shard (FNV-1a 64 modulo SHARDS, as proto/src/lib.rs).
-shard_of() {
-  python3 -c 'import sys
-h = 0xcbf29ce484222325
-for b in sys.argv[1].encode(): h = ((h ^ b) * 0x100000001b3) % 2**64
-print(h % int(sys.argv[2]))' "$1" "$SHARDS"
-}
+# A key's shard, FNV-1a 64 modulo the shard count, as proto/src/lib.rs: the start of every
+# Python program below that needs it.
+SHARD_PY='import json, sys
+def shard(key, shards):
+    h = 0xcbf29ce484222325
+    for b in key.encode(): h = ((h ^ b) * 0x100000001b3) % 2**64
+    return h % shards
+'
+
+# shard_of KEY: the key's shard.
+shard_of() { python3 -c "$SHARD_PY"'print(shard(sys.argv[1], int(sys.argv[2])))' "$1" "$SHARDS"; }
 
 # direct POD CMD...: the shardkv CLI run inside POD's network namespace against
 # POD's own address only (a standalone client: no routing elsewhere).
@@ -958,6 +970,639 @@ scenario_operator_crash() {
   [[ "$after" == "$before" ]] || fail "node pods were restarted or replaced during the scaling: before $before; after $after"
   wait_load_progress opcrash 1000
   finish_disruptive_load opcrash "$t_fault" "$t_healed"
+}
+
+# --- data groups: scale-out and scale-in ---------------------------------------
+
+# How long one step of spec.groups may take: the new group's pods start and join, or the
+# leaving group's shards move and its objects go (seconds; a step takes about 5 s here).
+GROUP_STEP_TIMEOUT=120
+# groups-flap: once nothing holds the moves back, every shard is served by exactly one of the
+# remaining groups within this many seconds.
+FLAP_BOUND=120
+# Bulk data under every shard, so that moves carry real bytes: BULK_KEYS values of BULK_VALUE
+# bytes (8 MiB, 512 KiB a shard), written with `shardkv bench put --prefill`.
+BULK_KEYS=2048
+BULK_VALUE=4096
+# A held move: what the sending pods send to the receiving group's pods is cut to HOLD_RATE
+# (tc htb in the senders' network namespaces, a short queue), so a leaving group's 2.5 MiB
+# takes minutes instead of a second, until the scenario releases it.
+HOLD_RATE=128kbit
+# Keys of the shards a scenario holds back on purpose go without a successful operation for
+# the hold (about 20 s): the gap bound of those scenarios' loads.
+HELD_MAX_GAP=60s
+# The window over which the operator's reconcile rate is measured (seconds).
+RATE_WINDOW=30
+
+skv_status() { kubectl get shardcluster -n "$CLUSTER_NS" "$CLUSTER" -o json | jq -c '.status // {}'; }
+
+set_groups() {
+  step "groups -> $1"
+  kubectl patch shardcluster -n "$CLUSTER_NS" "$CLUSTER" --type merge -p "{\"spec\":{\"groups\":$1}}" >&2
+}
+
+# cli ARGS...: the shardkv CLI against the meta group, run inside a meta pod's network
+# namespace: the shard map names the data groups' nodes by DNS names only pods resolve.
+cli() {
+  local eps; eps="$(client_endpoints)"
+  in_pod "$CLUSTER-meta-0" "$SHARDKV_BIN/shardkv" --endpoints "$eps" --timeout-ms 5000 "$@"
+}
+# shard_map [NUM]: the shard map (config) NUM, the latest by default, as JSON.
+shard_map() { cli admin config --num "${1:-0}" --json; }
+
+fill_bulk() {
+  step "bulk data: $BULK_KEYS values of $BULK_VALUE bytes over every shard"
+  cli bench put --prefill --keys "$BULK_KEYS" --value-size "$BULK_VALUE" --total 1 --clients 8 >&2 \
+    || fail "writing the bulk data failed"
+}
+
+# keys_covering_shards PREFIX: how many load keys (PREFIX-k0, PREFIX-k1, ...) it takes to put
+# a key in every shard (at least LOAD_KEYS).
+keys_covering_shards() {
+  python3 -c "$SHARD_PY"'
+prefix, shards, least = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+seen, n = set(), 0
+while len(seen) < shards:
+    seen.add(shard(f"{prefix}-k{n}", shards)); n += 1
+print(max(n, least))' "$1" "$SHARDS" "$LOAD_KEYS"
+}
+
+# data_group_ids: the data groups that have a StatefulSet, ascending, on one line.
+data_group_ids() {
+  kubectl get statefulsets -n "$CLUSTER_NS" -l shardkv.dev/cluster="$CLUSTER" \
+    -o jsonpath='{range .items[*]}{.metadata.labels.shardkv\.dev/group}{"\n"}{end}' | grep -vx 0 | sort -n | paste -sd' '
+}
+
+# leader_status GROUP: the Status of the group's node that says it leads.
+leader_status() {
+  local p s
+  for p in $(group_pods "$1"); do
+    s="$(node_status "$p" 2>/dev/null)" || continue
+    [[ "$(jq -r .state <<<"$s")" == Leader ]] && { echo "$s"; return 0; }
+  done
+  return 1
+}
+
+# group_ips "G ...": the pod addresses of these groups, one a line.
+group_ips() {
+  kubectl get pods -n "$CLUSTER_NS" -l "shardkv.dev/cluster=$CLUSTER,shardkv.dev/group in (${1// /,})" \
+    -o jsonpath='{range .items[*]}{.status.podIP}{"\n"}{end}' | grep .
+}
+
+# shards_served_by "G ...": the latest shard map lists exactly these data groups and assigns
+# every shard to one of them, and each of their leaders has applied it and serves exactly the
+# shards it assigns, all of them serving (nothing pulling in or held for another group).
+shards_served_by() {
+  local want="$1" map g s
+  map="$(shard_map)" || { WHY="no shard map from the meta group"; return 1; }
+  WHY="shard map $(jq -c '{num, shard_groups}' <<<"$map")"
+  jq -e --arg want "$want" '([.groups[].group_id] | sort | map(tostring) | join(" ")) == $want
+    and all(.shard_groups[]; . != 0)' <<<"$map" >/dev/null || return 1
+  for g in $want; do
+    s="$(leader_status "$g")" || { WHY="no leader in group $g"; return 1; }
+    WHY="group $g's leader at config $(jq -c '[.config_num, (.shards | group_by(.state) | map({(.[0].state): map(.shard)}) | add)]' <<<"$s"), the map at $(jq .num <<<"$map")"
+    jq -e --argjson m "$map" --argjson g "$g" '.config_num == $m.num and all(.shards[]; .state == "serving")
+      and ([.shards[].shard] | sort) == [$m.shard_groups | to_entries[] | select(.value == $g) | .key]' \
+      <<<"$s" >/dev/null || return 1
+  done
+}
+
+# operator_settled: the operator has seen the latest spec and reports nothing in flight
+# (Progressing False; no status.operation, no status.groupRemovals).
+operator_settled() {
+  local skv; skv="$(kubectl get shardcluster -n "$CLUSTER_NS" "$CLUSTER" -o json)" || return 1
+  WHY="operator: $(jq -c '.status | {phase, operation, groupRemovals,
+    conditions: [.conditions[]? | select(.status == "True" and .type != "Available") | "\(.type): \(.message)"]}' <<<"$skv")"
+  jq -e '.metadata.generation == .status.observedGeneration
+    and any(.status.conditions[]; .type == "Progressing" and .status == "False")
+    and (.status.operation // "") == "" and (.status.groupRemovals // [] | length) == 0' <<<"$skv" >/dev/null
+}
+
+group_ready() {
+  [[ "$(kubectl get pods -n "$CLUSTER_NS" -l "shardkv.dev/cluster=$CLUSTER,shardkv.dev/group=$1" \
+    -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -cx True)" \
+    == "$(kubectl get shardcluster -n "$CLUSTER_NS" "$CLUSTER" -o jsonpath='{.spec.replicasPerGroup}')" ]]
+}
+
+# groups_settled "G ...": a finished step of spec.groups: these groups serve every shard (and
+# no other group has a StatefulSet), each has all its pods Ready, the operator is settled.
+groups_settled() {
+  local g ids why=""
+  ids="$(data_group_ids)"
+  if [[ "$ids" != "$1" ]]; then
+    why="data groups with a StatefulSet: $ids"
+  elif ! shards_served_by "$1"; then
+    why="$WHY"
+  else
+    for g in $1; do group_ready "$g" || { why="group $g: not every pod Ready"; break; }; done
+  fi
+  if [[ -z "$why" ]]; then operator_settled; return; fi
+  operator_settled
+  WHY="$why; $WHY"
+  return 1
+}
+
+last_group_id() {
+  local id; id="$(skv_status | jq '.lastGroupId // 0')"
+  ((id >= 2)) || fail "status.lastGroupId is $id: the operator does not record the data group ids it issued"
+  echo "$id"
+}
+
+# wait_new_group LAST: after a scale-out, the new group is LAST+1 (status.lastGroupId; ids are
+# never reused) and its StatefulSet exists; prints its id.
+wait_new_group() {
+  local g=$(($1 + 1))
+  wait_until 60 "a new data group $g (status.lastGroupId $1 -> $g) with its StatefulSet" new_group_is "$g"
+  echo "$g"
+}
+new_group_is() {
+  [[ "$(skv_status | jq '.lastGroupId // 0')" == "$1" ]] && kubectl get statefulset -n "$CLUSTER_NS" "$CLUSTER-g$1"
+}
+
+# group_objects_gone G: the group's StatefulSet, headless Service, PodDisruptionBudget and pods
+# are gone, and its volumes (they stay under pvcRetention.whenDeleted: Retain).
+group_objects_gone() {
+  local name="$CLUSTER-g$1" kind pvcs want=0
+  for kind in statefulset service poddisruptionbudget; do
+    WHY="$kind $name still there"
+    absent kubectl get "$kind" -n "$CLUSTER_NS" "$name" || return 1
+  done
+  WHY="pods of group $1 still there"
+  count_is 0 kubectl get pods -n "$CLUSTER_NS" -l "shardkv.dev/cluster=$CLUSTER,shardkv.dev/group=$1" -o name || return 1
+  [[ "$(kubectl get shardcluster -n "$CLUSTER_NS" "$CLUSTER" -o jsonpath='{.spec.pvcRetention.whenDeleted}')" == Retain ]] \
+    && want="$(kubectl get shardcluster -n "$CLUSTER_NS" "$CLUSTER" -o jsonpath='{.spec.replicasPerGroup}')"
+  pvcs="$(kubectl get pvc -n "$CLUSTER_NS" -o name | grep -c "^persistentvolumeclaim/data-$name-" || true)"
+  WHY="$pvcs of its volumes left, want $want"
+  ((pvcs == want))
+}
+
+# removal_phase_is G PHASE: status.groupRemovals has G in PHASE.
+removal_phase_is() {
+  skv_status | jq -e --argjson g "$1" --arg p "$2" 'any(.groupRemovals[]?; .groupId == $g and .phase == $p)' >/dev/null
+}
+
+# pulled_bytes FROM TO SINCE_NS: what the data groups' leaders logged pulling for shard maps
+# FROM+1..TO from SINCE_NS on: "SHARDS BYTES SECONDS", SECONDS from the first pull's start to
+# the last one's end.
+pulled_bytes() {
+  cat "$E2E_PODRUNNER_DIR/logs/${CLUSTER_NS}_$CLUSTER"-g*_node.log | python3 -c 'import json, sys
+from datetime import datetime
+lo, hi, since = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]) / 1e9
+n = size = 0
+start = end = None
+for line in sys.stdin:
+    try:
+        e = json.loads(line)
+        f = e["fields"]
+        if f.get("message") != "pulled a shard" or not lo < f["config"] <= hi:
+            continue
+        t = datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")).timestamp()
+    except (ValueError, KeyError, TypeError):
+        continue
+    if t < since:
+        continue
+    n += 1
+    size += f["bytes"]
+    start = min(start if start is not None else t, t - f["ms"] / 1000)
+    end = max(end if end is not None else t, t)
+print(n, size, round(end - start, 3) if n else 0)' "$1" "$2" "$3"
+}
+
+# note_step LABEL T0_NS T1_NS FROM TO: the step's time and what moved (from the nodes' logs).
+note_step() {
+  local moved
+  moved="$(pulled_bytes "$4" "$5" "$2")"
+  note "$(awk -v l="$1" -v a="$2" -v b="$3" -v m="$moved" 'BEGIN { split(m, x, " "); s = (b - a) / 1e9
+    printf "%s: %.1fs, %d shards pulled, %.2f MB in %.1fs (%.1f MB/s)", l, s, x[1], x[2] / 1e6, x[3], (x[3] > 0 ? x[2] / 1e6 / x[3] : 0) }')"
+}
+
+# unmoved_shards FROM TO: the shards whose owner is the same in every shard map FROM..TO.
+unmoved_shards() {
+  local n maps=""
+  for ((n = $1; n <= $2; n++)); do maps+="$(shard_map "$n")"$'\n'; done
+  jq -rs '[.[].shard_groups] | transpose | to_entries[] | select(.value | unique | length == 1) | .key' <<<"$maps" | paste -sd' '
+}
+
+# failed_on_shards HISTORY "S ...": the history's operations on keys of these shards that did
+# not succeed (failed, timed out or never completed), one "key kind error" line each.
+failed_on_shards() {
+  python3 -c "$SHARD_PY"'
+path, shards, wanted = sys.argv[1], int(sys.argv[2]), {int(s) for s in sys.argv[3].split()}
+pending = {}
+for line in open(path):
+    e = json.loads(line)
+    if e["kind"] == "invoke":
+        pending[e["client"]] = e
+        continue
+    invoked = pending.pop(e["client"], None)
+    if invoked and e["kind"] != "ok" and shard(invoked["key"], shards) in wanted:
+        print(invoked["key"], e["kind"], e.get("error", ""))
+for invoked in pending.values():
+    if shard(invoked["key"], shards) in wanted:
+        print(invoked["key"], "unfinished", "")' "$1" "$SHARDS" "$2"
+}
+
+# event_count REASON GROUP: how often the operator published REASON about the data group, on
+# this ShardCluster (Events name the group's StatefulSet, or their note starts "group G:";
+# repeats are one Event's series).
+event_count() {
+  local uid; uid="$(kubectl get shardcluster -n "$CLUSTER_NS" "$CLUSTER" -o jsonpath='{.metadata.uid}')"
+  kubectl get events.events.k8s.io -n "$CLUSTER_NS" -o json \
+    | jq --arg r "$1" --arg s "$CLUSTER-g$2" --arg n "group $2:" --arg uid "$uid" \
+    '[.items[] | select(.regarding.uid == $uid and .reason == $r
+      and (.related.name == $s or (.note // "" | startswith($n)))) | .series.count // 1] | add // 0'
+}
+
+# operator_log_count STEP GROUP SINCE: the operator's log lines (every operator pod's) of STEP
+# taken for the group at or after SINCE (RFC 3339, UTC).
+operator_log_count() {
+  cat "$E2E_PODRUNNER_DIR"/logs/shardkv-system_*_operator.log | jq -nR --arg s "$1" --argjson g "$2" --arg t "$3" \
+    '[inputs | fromjson? | select(.step == $s and .group_id == $g and .timestamp >= $t)] | length'
+}
+
+# operator_metrics [POD]: the operator's Prometheus metrics (the chart's `http` port, /metrics).
+operator_metrics() {
+  local pod="${1:-}" ip port
+  [[ -n "$pod" ]] || pod="$(operator_pod)"
+  ip="$(pod_field shardkv-system "$pod" '{.status.podIP}')"
+  port="$(pod_field shardkv-system "$pod" '{.spec.containers[0].ports[?(@.name=="http")].containerPort}')"
+  curl -sf --max-time 5 "http://$ip:$port/metrics"
+}
+# metric NAME: the sum of the samples of NAME (any labels) in metrics read on stdin (0 when
+# its family has none yet); fails when the metrics do not have NAME at all.
+metric() {
+  awk -v m="$1" '$1 == "#" && $3 == m { found = 1 }
+    $1 !~ /^#/ { n = $1; sub(/\{.*/, "", n); if (n == m) { s += $2; found = 1 } }
+    END { if (!found) exit 1; print s + 0 }'
+}
+reconciles_at_least() {
+  local m; m="$(operator_metrics "$1")" && (($(metric shardkv_operator_reconciles_total <<<"$m") >= $2))
+}
+
+# note_reconcile_rate: the operator's reconciles of a settled cluster under load, from its
+# reconcile counter read RATE_WINDOW seconds apart.
+note_reconcile_rate() {
+  local op m0 m1 t0 t1 rate
+  wait_until 60 "the operator settled (nothing in flight)" operator_settled
+  op="$(operator_pod)"
+  m0="$(operator_metrics "$op")" || fail "no metrics from the operator pod $op"
+  t0="$(epoch_ns)"
+  # The measurement window itself, not a stand-in for a condition.
+  sleep "$RATE_WINDOW"
+  m1="$(operator_metrics "$op")" || fail "no metrics from the operator pod $op"
+  t1="$(epoch_ns)"
+  operator_settled || fail "the cluster did not stay settled during the reconcile-rate window"
+  rate="$(awk -v a="$(metric shardkv_operator_reconciles_total <<<"$m0")" -v b="$(metric shardkv_operator_reconciles_total <<<"$m1")" \
+    -v s="$(((t1 - t0) / 1000000))" 'BEGIN { printf "%.2f", (b - a) * 10000 / s }')"
+  step "the operator reconciled $rate times per 10 s (settled cluster under load)"
+  note "operator: $rate reconciles/10s settled under load (target <= 1)"
+  awk -v r="$rate" 'BEGIN { exit !(r <= 1) }' \
+    || fail "the operator reconciled $rate times per 10 s on a settled cluster under load (target: at most 1)"
+  if metric shardkv_operator_shards_in_flight <<<"$m1" >/dev/null; then
+    [[ "$(metric shardkv_operator_shards_in_flight <<<"$m1")" == 0 ]] \
+      || fail "shardkv_operator_shards_in_flight is not 0 on a settled cluster"
+  fi
+}
+
+# hold_traffic "POD ..." "IP ..." [except]: what each pod sends to these addresses (with
+# `except`: to any address but these and the pod network's gateway, so also to pods that do not
+# exist yet) is cut to HOLD_RATE (tc htb in the pod's network namespace, a short queue so that
+# TCP backs off little; all its other traffic goes as before), so shard moves between them
+# crawl. release_traffic undoes it (also when the scenario ends).
+hold_traffic() {
+  # Class 1:1 is free, 1:2 held; the filters send the listed addresses to the other class.
+  local p netns ip ips="$2" default=1 listed=2
+  [[ "${3:-}" == except ]] && default=2 listed=1
+  for p in $1; do
+    netns="$(pod_netns "$p")"
+    echo "$netns" >>"$SCENARIO_DIR/held"
+    [[ "${3:-}" == except ]] && ips="$2 $(ip -n "$netns" route show default | awk '{print $3}')"
+    tc -n "$netns" qdisc replace dev eth0 root handle 1: htb default "$default"
+    tc -n "$netns" class add dev eth0 parent 1: classid 1:1 htb rate 10gbit quantum 60000
+    tc -n "$netns" class add dev eth0 parent 1: classid 1:2 htb rate "$HOLD_RATE" ceil "$HOLD_RATE" quantum 1514
+    tc -n "$netns" qdisc add dev eth0 parent 1:2 pfifo limit 8
+    for ip in $ips; do
+      tc -n "$netns" filter add dev eth0 parent 1: protocol ip prio 1 u32 match ip dst "$ip/32" flowid "1:$listed"
+    done
+  done
+}
+release_traffic() {
+  local netns
+  [[ -f "$SCENARIO_DIR/held" ]] || return 0
+  while read -r netns; do tc -n "$netns" qdisc del dev eth0 root 2>/dev/null || true; done <"$SCENARIO_DIR/held"
+  rm -f "$SCENARIO_DIR/held"
+}
+
+# pulling_into G: the group's leader is pulling at least one shard in.
+pulling_into() { leader_status "$1" | jq -e 'any(.shards[]; .state == "pulling")' >/dev/null; }
+
+# scale_out_group LAST: spec.groups 2 -> 3, and wait until the new group serves its share.
+# Sets NEW_GROUP (its id), STEP_T0 and STEP_T1 (ns) and STEP_C0 and STEP_C1 (the shard maps
+# before and after).
+scale_out_group() {
+  STEP_C0="$(shard_map | jq .num)"
+  STEP_T0="$(epoch_ns)"
+  set_groups 3
+  NEW_GROUP="$(wait_new_group "$1")"
+  wait_until "$GROUP_STEP_TIMEOUT" "group $NEW_GROUP joined: groups 1, 2 and $NEW_GROUP serve every shard, all pods Ready, the operator settled" \
+    groups_settled "1 2 $NEW_GROUP"
+  STEP_T1="$(epoch_ns)"
+  STEP_C1="$(shard_map | jq .num)"
+}
+
+# every_shard_answers TAG: a write and a linearizable read of a key in every shard (TAG-N,
+# the first N in each shard) succeed.
+every_shard_answers() {
+  local eps s key
+  eps="$(client_endpoints)"
+  while read -r s key; do
+    in_pod "$CLUSTER-meta-0" "$SHARDKV_BIN/shardkv" --endpoints "$eps" --timeout-ms 5000 put "$key" "served-$s" >/dev/null \
+      || { echo "shard $s: the write of $key failed" >&2; return 1; }
+    [[ "$(in_pod "$CLUSTER-meta-0" "$SHARDKV_BIN/shardkv" --endpoints "$eps" --timeout-ms 5000 get "$key")" == "served-$s" ]] \
+      || { echo "shard $s: the read of $key failed" >&2; return 1; }
+  done < <(python3 -c "$SHARD_PY"'
+tag, shards = sys.argv[1], int(sys.argv[2])
+first, n = {}, 0
+while len(first) < shards:
+    first.setdefault(shard(f"{tag}-{n}", shards), f"{tag}-{n}"); n += 1
+for s in sorted(first): print(s, first[s])' "$1" "$SHARDS")
+  step "every shard took a write and a read ($1-*)"
+}
+
+# groups 2 -> 3 -> 2 under load, data in every shard: the new group takes its share of the
+# shards and gives them back; the history stays linearizable with nothing acknowledged lost;
+# operations on shards that never moved all succeed; the removed group's objects are gone.
+scenario_groups() {
+  need_cluster
+  local keys g last t_fault t_healed c0 c1 c2 moved_in unmoved failed
+  keys="$(keys_covering_shards groups)"
+  start_load groups 400 "$keys"
+  wait_load_progress groups 1000
+  fill_bulk
+  note_reconcile_rate
+  last="$(last_group_id)"
+  t_fault="$(epoch_ns)"
+
+  scale_out_group "$last"
+  g="$NEW_GROUP" c0="$STEP_C0" c1="$STEP_C1"
+  note_step "2->3" "$STEP_T0" "$STEP_T1" "$c0" "$c1"
+  moved_in="$(jq -rn --argjson a "$(shard_map "$c0")" --argjson b "$(shard_map "$c1")" --argjson g "$g" \
+    '[range($a.shard_groups | length) | select($a.shard_groups[.] != $b.shard_groups[.])] as $m
+     | if ($m | length) > 0 and all($m[]; $b.shard_groups[.] == $g) then $m | map(tostring) | join(" ") else "none" end')"
+  [[ "$moved_in" != none ]] || fail "2 -> 3: no shard moved, or not all of those that moved went to group $g"
+  step "shards $moved_in moved to group $g"
+
+  local t0; t0="$(epoch_ns)"
+  set_groups 2
+  wait_until "$GROUP_STEP_TIMEOUT" "group $g removed: groups 1 and 2 serve every shard, all pods Ready, the operator settled" \
+    groups_settled "1 2"
+  wait_until 60 "group $g's StatefulSet, Service, PDB, pods and volumes gone" group_objects_gone "$g"
+  t_healed="$(epoch_ns)"
+  c2="$(shard_map | jq .num)"
+  note_step "3->2" "$t0" "$t_healed" "$c1" "$c2"
+  (($(event_count Leave "$g") == 1)) || fail "group $g: $(event_count Leave "$g") Leave Events, want exactly 1"
+  (($(event_count RemovalDone "$g") >= 1)) || fail "group $g: no RemovalDone Event"
+
+  wait_load_progress groups 1000
+  finish_disruptive_load groups "$t_fault" "$t_healed"
+  unmoved="$(unmoved_shards "$c0" "$c2")"
+  [[ -n "$unmoved" ]] || fail "every shard moved between maps $c0 and $c2: nothing to check unmoved shards with"
+  failed="$(failed_on_shards "$SCENARIO_DIR/groups.jsonl" "$unmoved")"
+  [[ -z "$failed" ]] || fail "operations on shards that never moved ($unmoved) failed: $(head -n 3 <<<"$failed" | paste -sd';')"
+  note "shards $moved_in to g$g and back, 0 failed ops on the $(wc -w <<<"$unmoved") unmoved shards"
+}
+
+# watch_removal G FILE: until killed, every ~0.3 s a line "TIME_NS STS SHARDS PHASE BYTES":
+# whether the group's StatefulSet is present, deleting or gone (error: no answer), the shards
+# its leader holds (- when no node says it leads), and the removal's phase and bytesMoved in
+# status.groupRemovals (- when not listed).
+watch_removal() {
+  local g="$1" file="$2" t sts shards removal s
+  while :; do
+    t="$(epoch_ns)"
+    if sts="$(kubectl get statefulset -n "$CLUSTER_NS" "$CLUSTER-g$g" --ignore-not-found \
+      -o jsonpath='{.metadata.name}/{.metadata.deletionTimestamp}' 2>/dev/null)"; then
+      case "$sts" in "") sts=gone ;; */) sts=present ;; *) sts=deleting ;; esac
+    else
+      sts=error
+    fi
+    if s="$(leader_status "$g" 2>/dev/null)"; then shards="$(jq '.shards | length' <<<"$s")"; else shards=-; fi
+    removal="$(skv_status 2>/dev/null | jq -r --argjson g "$g" \
+      '[.groupRemovals[]? | select(.groupId == $g) | "\(.phase) \(.bytesMoved // 0)"][0] // "- -"' 2>/dev/null)" \
+      || removal="- -"
+    echo "$t $sts $shards $removal" >>"$file"
+    sleep 0.3
+  done
+}
+
+# The scale-in of groups-scale-out, with the operator pod deleted while the removal is
+# Draining (the leaving group's shards held back on their way out): the next operator finishes
+# it without a second Leave, and deletes the group only once it holds no shard.
+scenario_groups_crash() {
+  need_cluster
+  local keys g last since t_fault t_release t_healed watch_pid op file early
+  keys="$(keys_covering_shards gcrash)"
+  start_load gcrash 400 "$keys"
+  wait_load_progress gcrash 1000
+  fill_bulk
+  last="$(last_group_id)"
+  t_fault="$(epoch_ns)"
+  scale_out_group "$last"
+  g="$NEW_GROUP"
+  note_step "2->3" "$STEP_T0" "$STEP_T1" "$STEP_C0" "$STEP_C1"
+
+  # What the leaving group sends to groups 1 and 2 crawls until release_traffic: its shards
+  # stay on their way out (Draining) for as long as the scenario needs.
+  on_exit release_traffic
+  hold_traffic "$(group_pods "$g")" "$(group_ips "1 2")"
+  file="$SCENARIO_DIR/removal-g$g"
+  watch_removal "$g" "$file" &
+  watch_pid=$!
+  on_exit "kill $watch_pid 2>/dev/null"
+  since="$(date -u +%FT%T)"
+  local t0; t0="$(epoch_ns)"
+  set_groups 2
+  wait_until 60 "status.groupRemovals: group $g Draining" removal_phase_is "$g" Draining
+  (($(event_count Leave "$g") == 1)) || fail "group $g: $(event_count Leave "$g") Leave Events before the crash, want 1"
+
+  op="$(operator_pod)"; [[ -n "$op" && "$(lease_holder)" == "$op" ]] || fail "operator pod '$op' does not hold the Lease"
+  step "delete the operator pod $op while group $g is Draining"
+  kubectl delete pod -n shardkv-system "$op" --wait=false >&2
+  wait_until 120 "a new operator pod holds the Lease" lease_held_by_other "$op"
+  op="$(operator_pod)"
+  wait_until 60 "the new operator ($op) reconciled twice" reconciles_at_least "$op" 2
+  # Still held back: the new operator has seen the removal mid-drain.
+  removal_phase_is "$g" Draining || fail "after the new operator's reconciles, group $g's removal is not Draining: $(skv_status | jq -c .groupRemovals)"
+  [[ "$(kubectl get statefulset -n "$CLUSTER_NS" "$CLUSTER-g$g" -o jsonpath='{.metadata.deletionTimestamp}')" == "" ]] \
+    || fail "the new operator deleted group $g's StatefulSet while its shards were held back"
+  (($(leader_status "$g" | jq '.shards | length') > 0)) || fail "group $g's shards were not held back (its leader holds none)"
+  local m; m="$(operator_metrics "$op")"
+  if metric shardkv_operator_shards_in_flight <<<"$m" >/dev/null; then
+    (($(metric shardkv_operator_shards_in_flight <<<"$m") > 0)) || fail "shardkv_operator_shards_in_flight is 0 while group $g drains"
+  fi
+  t_release="$(epoch_ns)"
+  step "release group $g's traffic"
+  release_traffic
+
+  wait_until "$GROUP_STEP_TIMEOUT" "group $g removed: groups 1 and 2 serve every shard, all pods Ready, the operator settled" \
+    groups_settled "1 2"
+  wait_until 60 "group $g's StatefulSet, Service, PDB, pods and volumes gone" group_objects_gone "$g"
+  t_healed="$(epoch_ns)"
+  kill "$watch_pid"
+  note_step "3->2 (drain held at $HOLD_RATE, operator deleted)" "$t0" "$t_healed" "$STEP_C1" "$(shard_map | jq .num)"
+  note "held $(((t_release - t0) / 1000000000))s, done $(((t_healed - t_release) / 1000000000))s after release, removal phases seen: $(awk '$4 != "-" {print $4}' "$file" | uniq | paste -sd' ')"
+
+  (($(event_count Leave "$g") == 1)) || fail "group $g: $(event_count Leave "$g") Leave Events, want exactly 1 (a second Leave after the crash)"
+  (($(operator_log_count Leave "$g" "$since") == 1)) || fail "group $g: the operators logged $(operator_log_count Leave "$g" "$since") Leave steps, want 1"
+  early="$(awk '$2 != "present" && $2 != "error" && $3 != "-" && $3 > 0' "$file")"
+  [[ -z "$early" ]] || fail "group $g's StatefulSet was deleted while its leader still held shards: $(head -n1 <<<"$early")"
+  grep -q ' present [1-9][0-9]* Draining ' "$file" || fail "the watch never saw group $g Draining with shards held"
+  grep -Eq ' (deleting|gone) ' "$file" || fail "the watch never saw group $g's StatefulSet deleted"
+
+  wait_load_progress gcrash 1000
+  local MAX_GAP="$HELD_MAX_GAP" # the held shards' keys waited for the whole hold
+  finish_disruptive_load gcrash "$t_fault" "$t_healed"
+}
+
+# groups 2 -> 3 -> 2, the scale-in issued while the new group is still pulling its shards in
+# (their moves held back until the operator has recorded the removal): nothing is left frozen,
+# and within FLAP_BOUND of the hold's end groups 1 and 2 serve every shard, each exactly once.
+# Then the same with the scale-in issued as soon as the new group's StatefulSet exists.
+scenario_groups_flap() {
+  need_cluster
+  local keys g last t_fault t_in t_release t_healed pulling
+  keys="$(keys_covering_shards gflap)"
+  start_load gflap 400 "$keys"
+  wait_load_progress gflap 1000
+  fill_bulk # the new group's shards take more than a moment to pull while held
+  last="$(last_group_id)"
+  t_fault="$(epoch_ns)"
+  # Groups 1 and 2 send anything but the pods there are now (the new group's, that is) at a
+  # crawl: the new group's join cannot settle.
+  on_exit release_traffic
+  hold_traffic "$(group_pods 1) $(group_pods 2)" "$(kubectl get pods -A -o jsonpath='{.items[*].status.podIP}')" except
+  set_groups 3
+  g="$(wait_new_group "$last")"
+  wait_until 60 "group $g in the shard map and pulling shards in" pulling_into "$g"
+  t_in="$(epoch_ns)"
+  set_groups 2
+  pulling="$(leader_status "$g" | jq '[.shards[] | select(.state == "pulling")] | length')"
+  ((pulling > 0)) || fail "group $g was no longer pulling when groups went back to 2"
+  step "groups -> 2 while group $g pulls $pulling shards in"
+  wait_until 60 "status.groupRemovals lists group $g" skv_is_removing "$g"
+  t_release="$(epoch_ns)"
+  release_traffic
+  wait_until "$FLAP_BOUND" "every shard served by exactly one of groups 1 and 2 (bound ${FLAP_BOUND}s)" shards_served_by "1 2"
+  local served; served="$(epoch_ns)"
+  every_shard_answers flap-probe || fail "not every shard answers after the flap"
+  wait_until "$GROUP_STEP_TIMEOUT" "group $g removed: groups 1 and 2 serve every shard, all pods Ready, the operator settled" \
+    groups_settled "1 2"
+  wait_until 60 "group $g's StatefulSet, Service, PDB, pods and volumes gone" group_objects_gone "$g"
+  note "2->3->2 with $pulling shards pulling into g$g: every shard served $(((served - t_release) / 1000000000))s after the hold (bound ${FLAP_BOUND}s), g$g gone $((($(epoch_ns) - t_release) / 1000000000))s after it"
+
+  # Scale-in before the new group exists anywhere but in Kubernetes.
+  last="$(last_group_id)"
+  set_groups 3
+  g="$(wait_new_group "$last")"
+  t_in="$(epoch_ns)"
+  set_groups 2
+  wait_until "$GROUP_STEP_TIMEOUT" "the scale-out to group $g undone: groups 1 and 2 serve every shard, all pods Ready, the operator settled" \
+    groups_settled "1 2"
+  wait_until 60 "group $g's StatefulSet, Service, PDB, pods and volumes gone" group_objects_gone "$g"
+  t_healed="$(epoch_ns)"
+  note "2->3->2 right after g$g's StatefulSet appeared: undone in $(((t_healed - t_in) / 1000000000))s"
+
+  wait_load_progress gflap 1000
+  local MAX_GAP="$HELD_MAX_GAP" # the held shards' keys waited for the whole hold
+  finish_disruptive_load gflap "$t_fault" "$t_healed"
+}
+
+skv_is_removing() { skv_status | jq -e --argjson g "$1" 'any(.groupRemovals[]?; .groupId == $g)' >/dev/null; }
+
+# pvc_uids GROUPS ORDINALS: "claim=uid" of those pods' volumes, sorted.
+pvc_uids() {
+  local g o
+  for g in $1; do for o in $2; do
+    echo "data-$CLUSTER-g$g-$o=$(kubectl get pvc -n "$CLUSTER_NS" "data-$CLUSTER-g$g-$o" -o jsonpath='{.metadata.uid}' 2>/dev/null)"
+  done; done | sort
+}
+
+set_when_scaled() {
+  step "pvcRetention.whenScaled -> $1"
+  kubectl patch shardcluster -n "$CLUSTER_NS" "$CLUSTER" --type merge -p "{\"spec\":{\"pvcRetention\":{\"whenScaled\":\"$1\"}}}" >&2
+}
+statefulsets_when_scaled() {
+  local g
+  for g in 1 2; do
+    [[ "$(kubectl get statefulset -n "$CLUSTER_NS" "$CLUSTER-g$g" -o jsonpath='{.spec.persistentVolumeClaimRetentionPolicy.whenScaled}')" == "$1" ]] \
+      || return 1
+  done
+}
+
+# back_ready_or_crashing: 13 node pods Ready and Available; fails the scenario as soon as a pod
+# that came back onto its retained volume restarts (a node refusing its old data dir exits).
+back_ready_or_crashing() {
+  local g o pod restarts
+  for g in 1 2; do for o in 3 4; do
+    pod="$CLUSTER-g$g-$o"
+    restarts="$(kubectl get pod -n "$CLUSTER_NS" "$pod" --ignore-not-found -o jsonpath='{.status.containerStatuses[0].restartCount}')"
+    ((${restarts:-0} == 0)) || fail "$pod, back on its retained volume, restarted $restarts times: $(tail -n 1 "$E2E_PODRUNNER_DIR/logs/${CLUSTER_NS}_${pod}_node.log" | cut -c1-300)"
+  done; done
+  cluster_ready_replicas_is 13
+}
+
+# replicasPerGroup 3 -> 5 -> 3 -> 5 -> 3 under load with pvcRetention.whenScaled Retain (the
+# default): the pods that come back find the volumes of the members removed before, and
+# rejoin as new members (no old log); every pod Ready, memberships exact, nothing lost.
+scenario_retain() {
+  need_cluster
+  local before t_fault t_healed t0 vols g o entries
+  start_load retain 600
+  wait_load_progress retain 1000
+  before="$(kubectl get shardcluster -n "$CLUSTER_NS" "$CLUSTER" -o jsonpath='{.spec.pvcRetention.whenScaled}')"
+  # However it ends, the cluster is left with 3 replicas and its retention as it was.
+  on_exit "kubectl patch shardcluster -n '$CLUSTER_NS' '$CLUSTER' --type merge \
+    -p '{\"spec\":{\"replicasPerGroup\":3,\"pvcRetention\":{\"whenScaled\":\"${before:-Retain}\"}}}' >&2"
+  set_when_scaled Retain
+  wait_until 60 "the StatefulSets keep scaled-in volumes (whenScaled Retain)" statefulsets_when_scaled Retain
+  t_fault="$(epoch_ns)"
+
+  t0="$(epoch_ns)"
+  set_replicas 5
+  wait_until 180 "13 ready node pods (meta 3 + 2 x 5) and Available" cluster_ready_replicas_is 13
+  expect_members 5
+  note "3->5 $((($(epoch_ns) - t0) / 1000000000))s"
+  vols="$(pvc_uids "1 2" "3 4")"
+  t0="$(epoch_ns)"
+  set_replicas 3
+  wait_until 180 "pods 3 and 4 of both groups gone, each after its node left the membership" removals_ordered "1 2" "3 4"
+  wait_until 180 "9 node pods and Available" cluster_ready_replicas_is 9
+  expect_members 3
+  for g in 1 2; do for o in 3 4; do left_recorded "$CLUSTER-g$g-$o"; done; done
+  [[ "$(pvc_uids "1 2" "3 4")" == "$vols" ]] || fail "the volumes of pods 3 and 4 were not retained: before $vols; after $(pvc_uids "1 2" "3 4")"
+  note "5->3 $((($(epoch_ns) - t0) / 1000000000))s"
+
+  t0="$(epoch_ns)"
+  set_replicas 5
+  wait_until 180 "13 ready node pods and Available, pods 3 and 4 back on their retained volumes" back_ready_or_crashing
+  expect_members 5
+  [[ "$(pvc_uids "1 2" "3 4")" == "$vols" ]] || fail "pods 3 and 4 did not come back on their retained volumes: before $vols; now $(pvc_uids "1 2" "3 4")"
+  for g in 1 2; do for o in 3 4; do
+    entries="$(status_field "$CLUSTER-g$g-$o" .startup_log_entries)" || fail "no status from $CLUSTER-g$g-$o"
+    ((entries == 0)) || fail "$CLUSTER-g$g-$o came back with $entries log entries of its removed member on disk (must rejoin fresh)"
+  done; done
+  note "3->5 onto retained volumes $((($(epoch_ns) - t0) / 1000000000))s"
+
+  # Back to 3 with the volumes deleted, so later scenarios find the cluster as it was.
+  set_when_scaled "${before:-Retain}"
+  wait_until 60 "the StatefulSets' whenScaled is ${before:-Retain} again" statefulsets_when_scaled "${before:-Retain}"
+  set_replicas 3
+  wait_until 180 "pods 3 and 4 of both groups gone, each after its node left the membership" removals_ordered "1 2" "3 4"
+  wait_until 180 "9 node pods and Available" cluster_ready_replicas_is 9
+  expect_members 3
+  t_healed="$(epoch_ns)"
+  wait_load_progress retain 1000
+  finish_disruptive_load retain "$t_fault" "$t_healed"
 }
 
 # --- rolling upgrades ----------------------------------------------------------
@@ -1241,17 +1886,17 @@ scenario_rollout_halt() {
 scenario_durability() {
   need_cluster
   [[ -s "$work/loads" ]] || fail "no earlier load to read back: run the load scenarios first"
-  local name hist n=0
-  while read -r name hist; do
+  local name hist keys n=0 total=0
+  while read -r name hist keys; do
     [[ -f "$hist" ]] || fail "the history of load '$name' ($hist) is gone"
     cp "$hist" "$SCENARIO_DIR/$name.jsonl"
-    load_pod "readback-$name" --read-back --keys "$LOAD_KEYS" --prefix "$name" --history "/history/readback-$name.jsonl"
+    load_pod "readback-$name" --read-back --keys "$keys" --prefix "$name" --history "/history/readback-$name.jsonl"
     wait_until 120 "read-back of '$name' finished" load_done "readback-$name"
     kubectl delete pod -n "$CLUSTER_NS" "load-readback-$name" --wait=false >&2
     run_checker "readback-$name" "$SCENARIO_DIR/$name.jsonl" "$SCENARIO_DIR/readback-$name.jsonl"
-    n=$((n + 1))
+    n=$((n + 1)) total=$((total + keys))
   done <"$work/loads"
-  note "read back $((n * LOAD_KEYS)) keys of $n loads"
+  note "read back $total keys of $n loads"
 }
 
 scenario_delete() {

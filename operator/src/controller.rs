@@ -500,9 +500,14 @@ fn settled_voters(view: &GroupView, step: &GroupStep) -> Option<Vec<Member>> {
     )
 }
 
-async fn apply<N: NodeApi>(cluster: &ShardCluster, ctx: &Context<N>) -> Result<Action, Error> {
-    let names = ClusterNames::of(cluster, &ctx.settings.cluster_domain);
+async fn apply<N: NodeApi>(cached: &ShardCluster, ctx: &Context<N>) -> Result<Action, Error> {
+    let names = ClusterNames::of(cached, &ctx.settings.cluster_domain);
     let namespace = names.namespace.clone();
+    // A reconcile can start (on a pod event) before the watch delivered this operator's own
+    // last status write, and status carries what cannot be observed again (issued group ids,
+    // removals, the rollout's restarts and halt): it is read fresh, never from the cache.
+    let fresh = Api::<ShardCluster>::namespaced(ctx.client.clone(), &namespace).get_status(&names.name).await?;
+    let cluster = &fresh;
     let by_cluster = ListParams::default().labels(&names.cluster_selector());
     let pods = Api::<Pod>::namespaced(ctx.client.clone(), &namespace).list(&by_cluster).await?.items;
     let statefulsets = Api::<StatefulSet>::namespaced(ctx.client.clone(), &namespace).list(&by_cluster).await?.items;

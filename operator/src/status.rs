@@ -250,7 +250,20 @@ pub fn build(observed: &Observed<'_>) -> ShardClusterStatus {
         RolloutStep::Halted { reason, .. } => Some(format!("rollout halted: {reason}")),
         _ => None,
     };
-    let degraded: Vec<String> = blocked.into_iter().chain(initialized_without_leader).chain(halted).collect();
+    // Deleted while it still held shards (its StatefulSet deleted by hand): those shards can
+    // no longer move, and a person has to know.
+    let deleted_holding: Vec<String> = observed
+        .removals
+        .iter()
+        .filter(|r| r.phase == RemovalPhase::Deleting)
+        .filter_map(|r| {
+            let held =
+                observed.groups.iter().find(|g| g.view.group_id == r.group_id)?.view.leader()?.status.shards.len();
+            (held > 0).then(|| format!("group {} is being deleted while it still holds {held} shards", r.group_id))
+        })
+        .collect();
+    let degraded: Vec<String> =
+        blocked.into_iter().chain(initialized_without_leader).chain(deleted_holding).chain(halted).collect();
 
     let available = unavailable.is_empty();
     let mut conditions = vec![
@@ -566,6 +579,11 @@ mod tests {
         assert_eq!(first.shards_in_flight, 2);
         assert_eq!(first.operation.as_deref(), Some("removing group 2: Draining (3 shards held, 400 bytes moved)"));
         assert_eq!(find(&first, DEGRADED).status, "False");
+        let deleting = [Removal { group_id: 2, leave_config: Some(7), phase: RemovalPhase::Deleting }];
+        let mut o = observed(&groups, None, &wanted);
+        o.removals = &deleting;
+        let deleted_by_hand = build(&o);
+        assert_eq!(find(&deleted_by_hand, DEGRADED).message, "group 2 is being deleted while it still holds 3 shards");
 
         // Shard 1 finished (no longer pulling), shard 2 progressed: 300 is kept, 100 -> 250.
         groups[1].view.pods[0].status.as_mut().unwrap().shards =

@@ -47,6 +47,8 @@ struct World {
     config: Option<ShardConfig>,
     /// What PrepareStop answers, by endpoint; a clean report when absent.
     stop_reports: HashMap<String, StopReport>,
+    /// The status the apiserver holds when the watch cache (`cluster`) is behind it.
+    newer_status: Option<Value>,
 }
 
 struct FakeNodes {
@@ -127,6 +129,13 @@ async fn serve(mut handle: tower_test::mock::Handle<Request<Body>, Response<Body
         let answer = match (method.as_str(), path.as_str()) {
             ("GET", p) if p.ends_with("/pods") => {
                 json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": world.pods})
+            }
+            ("GET", p) if p.ends_with("/shardclusters/demo/status") => {
+                let mut cluster = world.cluster.clone();
+                if let Some(status) = &world.newer_status {
+                    cluster["status"] = status.clone();
+                }
+                cluster
             }
             ("GET", p) if p.ends_with("/statefulsets") => {
                 json!({"apiVersion": "apps/v1", "kind": "StatefulSetList", "metadata": {}, "items": world.statefulsets})
@@ -587,6 +596,16 @@ async fn a_new_group_gets_an_id_never_used_before() {
 }
 
 #[tokio::test]
+async fn what_status_recorded_is_read_fresh_not_from_the_watch_cache() {
+    let mut world = running(1, 1, &[1]);
+    world.cluster["spec"]["groups"] = json!(2);
+    world.newer_status = Some(json!({"lastGroupId": 2}));
+    let out = run(world).await;
+    assert!(out.applied("statefulsets", "demo-g3").is_some(), "the cache has not seen that group 2 was issued");
+    assert!(out.applied("statefulsets", "demo-g2").is_none());
+}
+
+#[tokio::test]
 async fn status_is_written_whole_by_server_side_apply() {
     let out = run(running(3, 3, &[1, 2, 3])).await;
     let query = out
@@ -677,6 +696,25 @@ async fn a_stop_report_that_is_not_clean_halts_instead_of_deleting() {
     let mut again = template_changed();
     again.cluster["status"] = json!({"rollout": rollout});
     let out = run(again).await;
+    assert_eq!(out.node_calls(), Vec::<(String, String)>::new());
+    assert_eq!(out.api("DELETE"), Vec::<(String, Value)>::new());
+    assert_eq!(out.status()["rollout"]["phase"], "Halted");
+}
+
+/// A halt recorded by the last reconcile holds even when the watch cache has not seen that
+/// status write yet (a pod event starts the next reconcile at once).
+#[tokio::test]
+async fn a_recorded_halt_holds_when_the_watch_cache_is_behind() {
+    let mut world = template_changed();
+    let mut report = clean_stop(false);
+    report.clean = false;
+    world.stop_reports.insert(endpoint(0, 0), report);
+    let halted = run(world).await.status();
+    assert_eq!(halted["rollout"]["phase"], "Halted");
+
+    let mut lagging = template_changed();
+    lagging.newer_status = Some(halted);
+    let out = run(lagging).await;
     assert_eq!(out.node_calls(), Vec::<(String, String)>::new());
     assert_eq!(out.api("DELETE"), Vec::<(String, Value)>::new());
     assert_eq!(out.status()["rollout"]["phase"], "Halted");
