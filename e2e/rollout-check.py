@@ -65,7 +65,7 @@ def main():
     ap.add_argument("--status", help="the ShardCluster as JSON (status.rollout.restarts)")
     ap.add_argument("--events", help="events.k8s.io Events of the namespace as JSON")
     ap.add_argument("--leaders", help="file of 'GROUP POD' lines: each group's leader before the rollout")
-    ap.add_argument("--restarts", default="all=1", help="all=N, or NAME=N,... (any other pod: 0)")
+    ap.add_argument("--restarts", default="all=1", help="all=N, NAME=N,... (any other pod: 0), or any")
     ap.add_argument("--max-out", type=int, default=1, help="node pods not Ready/terminating/absent at once")
     ap.add_argument("--order", action="store_true", help="groups in id order, followers by descending ordinal, leader last")
     ap.add_argument("--clean", action="store_true", help="every restart has a clean stop report in status")
@@ -115,7 +115,9 @@ def main():
 
     # How often each pod was restarted (incarnations after the first).
     restarts = {n: len(incarnations[n]) - 1 for n in names}
-    if args.restarts.startswith("all="):
+    if args.restarts == "any":
+        want = dict(restarts)
+    elif args.restarts.startswith("all="):
         want = {n: int(args.restarts[4:]) for n in names}
     else:
         want = {n: 0 for n in names}

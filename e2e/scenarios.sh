@@ -1667,6 +1667,21 @@ rolled_to() {
   cluster_available
 }
 
+# wait_rolled_to IMAGE GENERATION SINCE_US: rolled_to within ROLLOUT_TIMEOUT. On a timeout the
+# failure says where status.rollout stands and what the pod watch shows went wrong, if anything.
+wait_rolled_to() {
+  local image="$1" gen="$2" since="$3" deadline=$((SECONDS + ROLLOUT_TIMEOUT)) t0=$SECONDS found=""
+  until rolled_to "$image" "$gen"; do
+    if ((SECONDS >= deadline)); then
+      found="$(python3 "$e2e/rollout-check.py" --cluster "$CLUSTER" --watch "$SCENARIO_DIR/pods.watch" \
+        --since "$since" --until "$(now_us)" --restarts any)" && found=""
+      fail "timed out after ${ROLLOUT_TIMEOUT}s waiting for every node pod on $image and Ready, status.rollout Complete (status.rollout: $(skv -o jsonpath='{.status.rollout.phase} {.status.rollout.progress}: {.status.rollout.message}'))${found:+, and the pod watch shows: $found}"
+    fi
+    sleep 0.25
+  done
+  step "ok after $((SECONDS - t0))s: every node pod on $image (its StatefulSet's update revision) and Ready, status.rollout Complete"
+}
+
 # watch_node_pods: record every change of the cluster's node pods until the scenario ends, one
 # line per event (see e2e/rollout-check.py), stamped with this machine's clock on arrival.
 watch_node_pods() {
@@ -1752,8 +1767,7 @@ scenario_rollout() {
   begin_rollout
   t_fault="$(epoch_ns)"; since="$(now_us)"
   gen="$(patch_spec "{\"image\":\"$to\"}")"
-  wait_until "$ROLLOUT_TIMEOUT" "every node pod on $to (its StatefulSet's update revision) and Ready, status.rollout Complete" \
-    rolled_to "$to" "$gen"
+  wait_rolled_to "$to" "$gen" "$since"
   until="$(now_us)"; t_healed="$(epoch_ns)"
   check_rollout "$since" "$until" --restarts all=1 --order --clean
   local complete; complete="$(events_since RolloutComplete "$since")"
@@ -1795,7 +1809,7 @@ scenario_rollout_paused() {
   still_to="$(now_us)"
   note "paused after $first: $(skv -o jsonpath='{.status.rollout.progress}') for ${PAUSE_OBSERVE}s, nothing moved"
   gen="$(patch_spec '{"rollout":{"paused":false}}')"
-  wait_until "$ROLLOUT_TIMEOUT" "every node pod on $to and Ready, status.rollout Complete" rolled_to "$to" "$gen"
+  wait_rolled_to "$to" "$gen" "$since"
   until="$(now_us)"; t_healed="$(epoch_ns)"
   check_rollout "$since" "$until" --restarts all=1 --order --clean --still "$still_from:$still_to"
   note "$(rollout_note)"
@@ -1821,7 +1835,7 @@ scenario_rollout_crash() {
   kubectl delete pod -n shardkv-system "$op" --grace-period=0 --force >&2
   local crashed_at; crashed_at="$(restarted_pods "$since" | wc -l)"
   wait_until 120 "a new operator pod holds the Lease" lease_held_by_other "$op"
-  wait_until "$ROLLOUT_TIMEOUT" "every node pod on $to and Ready, status.rollout Complete" rolled_to "$to" "$gen"
+  wait_rolled_to "$to" "$gen" "$since"
   until="$(now_us)"; t_healed="$(epoch_ns)"
   check_rollout "$since" "$until" --restarts all=1 --order
   # The operators' own account: at most one RolloutRestart Event per pod (an operator killed
@@ -1870,7 +1884,7 @@ scenario_rollout_halt() {
   note "halted after $first ($((($(now_us) - since) / 1000000))s after the change): ${msg#True }"
   gen="$(patch_spec "{\"image\":\"$image\",\"rollout\":{\"podReadyTimeout\":null}}")"
   [[ "$(skv -o jsonpath='{.spec.rollout.podReadyTimeout}')" == 5m ]] || fail "spec.rollout.podReadyTimeout is not back to its default 5m"
-  wait_until 180 "every node pod back on $image and Ready, status.rollout Complete" rolled_to "$image" "$gen"
+  wait_rolled_to "$image" "$gen" "$since"
   until="$(now_us)"; t_healed="$(epoch_ns)"
   check_rollout "$since" "$until" --restarts "$first=2" --still "$halted_from:$halted_to"
   note "converged $((($(now_us) - halted_to) / 1000000))s after the image was set back"
