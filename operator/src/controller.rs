@@ -749,7 +749,8 @@ async fn roll(
         })
         .collect();
     let (updated, total) = progress(&groups);
-    let recorded_halt = cluster.status.as_ref().and_then(|s| s.rollout.as_ref()).and_then(|r| r.halt.clone());
+    let recorded = cluster.status.as_ref().and_then(|s| s.rollout.as_ref());
+    let recorded_halt = recorded.and_then(|r| r.halt.clone());
     let halt = recorded_halt.as_ref().map(|h| Halt {
         group_id: h.group_id,
         uid: h.pod_uid.clone(),
@@ -761,7 +762,7 @@ async fn roll(
         max_lag: ctx.settings.max_learner_lag,
         pod_ready_timeout: rollout_spec.pod_ready_timeout(),
         paused: rollout_spec.paused,
-        rolling: cluster.status.as_ref().and_then(|s| s.rollout.as_ref()).is_some_and(|r| r.phase != "Complete"),
+        rolling: recorded.is_some_and(|r| r.phase != status::ROLLOUT_COMPLETE),
     };
     let mut step = plan_rollout(&groups, meta_plan.in_flight.as_deref(), halt.as_ref(), &settings);
     if let Some(reason) = skew(cluster, observed, &step) {
@@ -964,16 +965,20 @@ async fn publish_rollout_changes(
         return;
     }
     let (type_, reason, note) = match now.phase.as_str() {
-        "Complete" if before.is_none() => return,
-        "Complete" => {
+        status::ROLLOUT_COMPLETE if before.is_none() => return,
+        status::ROLLOUT_COMPLETE => {
             if let (Some(start), Some(end)) = (&now.started_at, &now.finished_at) {
                 let took = end.0.duration_since(start.0).as_secs_f64();
                 ctx.metrics.rollout_finished(took);
             }
             (EventType::Normal, "RolloutComplete", format!("every pod is on its update revision ({})", now.progress))
         }
-        "Halted" => (EventType::Warning, "RolloutHalted", now.message.clone().unwrap_or_else(|| "halted".to_string())),
-        "Paused" => (EventType::Normal, "RolloutPaused", format!("spec.rollout.paused is true ({})", now.progress)),
+        status::ROLLOUT_HALTED => {
+            (EventType::Warning, "RolloutHalted", now.message.clone().unwrap_or_else(|| "halted".to_string()))
+        }
+        status::ROLLOUT_PAUSED => {
+            (EventType::Normal, "RolloutPaused", format!("spec.rollout.paused is true ({})", now.progress))
+        }
         _ => {
             (EventType::Normal, "RolloutStarted", format!("rolling pods onto their update revision ({})", now.progress))
         }

@@ -31,6 +31,11 @@ pub const AVAILABLE: &str = "Available";
 pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
 pub const PAUSED: &str = "Paused";
+/// Phases of `status.rollout`.
+pub const ROLLOUT_ROLLING: &str = "Rolling";
+pub const ROLLOUT_PAUSED: &str = "Paused";
+pub const ROLLOUT_HALTED: &str = "Halted";
+pub const ROLLOUT_COMPLETE: &str = "Complete";
 /// Restarts kept in `status.rollout.restarts`.
 const RESTARTS_KEPT: usize = 10;
 
@@ -86,21 +91,21 @@ fn rollout_status(observed: &Observed<'_>) -> RolloutStatus {
     let r = observed.rollout;
     let previous = observed.previous.and_then(|p| p.rollout.as_ref());
     let phase = match r.step {
-        RolloutStep::Complete => "Complete",
-        RolloutStep::Halted { .. } => "Halted",
-        RolloutStep::Paused { .. } => "Paused",
-        RolloutStep::Wait { .. } | RolloutStep::TransferLeader { .. } | RolloutStep::Restart { .. } => "Rolling",
+        RolloutStep::Complete => ROLLOUT_COMPLETE,
+        RolloutStep::Halted { .. } => ROLLOUT_HALTED,
+        RolloutStep::Paused { .. } => ROLLOUT_PAUSED,
+        RolloutStep::Wait { .. } | RolloutStep::TransferLeader { .. } | RolloutStep::Restart { .. } => ROLLOUT_ROLLING,
     };
-    let was_complete = previous.is_none_or(|p| p.phase == "Complete");
-    let started_at = match (phase, was_complete) {
-        ("Complete", _) => previous.and_then(|p| p.started_at.clone()),
-        (_, true) => Some(Time(observed.now)),
-        (_, false) => previous.and_then(|p| p.started_at.clone()),
+    let complete = phase == ROLLOUT_COMPLETE;
+    let was_complete = previous.is_none_or(|p| p.phase == ROLLOUT_COMPLETE);
+    let started_at = match (complete, was_complete) {
+        (true, _) | (false, false) => previous.and_then(|p| p.started_at.clone()),
+        (false, true) => Some(Time(observed.now)),
     };
-    let finished_at = match (phase, was_complete) {
-        ("Complete", true) => previous.and_then(|p| p.finished_at.clone()),
-        ("Complete", false) => Some(Time(observed.now)),
-        _ => None,
+    let finished_at = match (complete, was_complete) {
+        (true, true) => previous.and_then(|p| p.finished_at.clone()),
+        (true, false) => Some(Time(observed.now)),
+        (false, _) => None,
     };
     let mut restarts: Vec<PodRestart> = previous.map(|p| p.restarts.clone()).unwrap_or_default();
     restarts.extend(r.restart.clone());

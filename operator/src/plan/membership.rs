@@ -56,6 +56,11 @@ impl LeaderView<'_> {
         self.status.members.iter().filter(|m| m.role == VOTER_ROLE).map(|m| m.node_id).collect()
     }
 
+    /// Voters and learners.
+    pub fn members(&self) -> BTreeSet<u64> {
+        self.status.members.iter().map(|m| m.node_id).collect()
+    }
+
     pub fn learners(&self) -> BTreeSet<u64> {
         self.status.members.iter().filter(|m| m.role != VOTER_ROLE).map(|m| m.node_id).collect()
     }
@@ -85,7 +90,7 @@ impl GroupView {
             .map(|(ordinal, status)| LeaderView { ordinal, status })
     }
 
-    fn pod(&self, ordinal: u32) -> Option<&PodView> {
+    pub(crate) fn pod(&self, ordinal: u32) -> Option<&PodView> {
         self.pods.iter().find(|p| p.ordinal == ordinal)
     }
 
@@ -239,7 +244,7 @@ pub fn plan_group(view: &GroupView, max_lag: u64) -> GroupPlan {
         return GroupPlan { step, statefulset_replicas: keep };
     };
     let voters = leader.voters();
-    let members: BTreeSet<u64> = voters.union(&leader.learners()).copied().collect();
+    let members = leader.members();
     let highest_voter = u32::try_from(voters.iter().max().copied().unwrap_or(0)).unwrap_or(u32::MAX);
     let statefulset_replicas = desired.max(highest_voter);
     GroupPlan { step: membership_step(view, &leader, &voters, &members, max_lag), statefulset_replicas }

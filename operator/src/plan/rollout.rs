@@ -43,25 +43,21 @@ pub struct RolloutGroup<'a> {
 }
 
 impl RolloutGroup<'_> {
-    fn pod_status(&self, ordinal: u32) -> Option<&crate::plan::PodView> {
-        self.view.pods.iter().find(|p| p.ordinal == ordinal)
-    }
-
     fn updated(&self, pod: &PodRevision) -> bool {
         self.update_revision.is_none() || pod.revision == self.update_revision
     }
 
     /// Not serving: not Ready, or its node ran its stop sequence and waits to be restarted.
     fn down(&self, pod: &PodRevision) -> bool {
-        self.pod_status(pod.ordinal).is_none_or(|p| !p.ready || p.status.as_ref().is_some_and(|s| s.stopping))
+        self.view.pod(pod.ordinal).is_none_or(|p| !p.ready || p.status.as_ref().is_some_and(|s| s.stopping))
     }
 
     /// Pods to restart: those not on the update revision, and members whose node stopped (a
     /// node the group removed stops too; its pod goes when the StatefulSet shrinks).
     fn to_restart(&self) -> Vec<&PodRevision> {
-        let members = self.view.leader().map(|l| l.voters().union(&l.learners()).copied().collect::<Vec<_>>());
+        let members = self.view.leader().map(|l| l.members());
         let stopped_member = |p: &PodRevision| {
-            let stopped = self.pod_status(p.ordinal).and_then(|v| v.status.as_ref()).is_some_and(|s| s.stopping);
+            let stopped = self.view.pod(p.ordinal).and_then(|v| v.status.as_ref()).is_some_and(|s| s.stopping);
             stopped && members.as_ref().is_some_and(|m| m.contains(&crate::resources::node_id(p.ordinal)))
         };
         self.pods.iter().filter(|p| !p.terminating && (!self.updated(p) || stopped_member(p))).collect()

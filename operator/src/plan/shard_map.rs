@@ -257,7 +257,7 @@ fn reconfiguration_in_flight(
         if leader.applied_config < config.num {
             return Some(format!("group {id} has applied config {} of {}", leader.applied_config, config.num));
         }
-        leader.shards.iter().find(|s| s.state != ShardState::Serving).map(|s| s.describe(*id))
+        group.shards_moving()
     })
 }
 
