@@ -1,12 +1,13 @@
 # Sourced by the other scripts: installs what the build needs and sets shared paths.
 #
 # RocksDB's bindings are generated with libclang at build time; the bench's etcd client
-# compiles etcd's protos with protoc. The cargo target dir lives
+# compiles etcd's protos with protoc; e2e's pod runner and its held-move scenarios use `ip` and
+# `tc` (iproute2), its scripts jq. The cargo target dir lives
 # outside the clone so the ~30 CPU-minute RocksDB build is done once per machine.
 set -euo pipefail
 
 need_pkgs=()
-for pkg in libclang-dev protobuf-compiler jq; do
+for pkg in libclang-dev protobuf-compiler jq iproute2; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done
 if ((${#need_pkgs[@]})); then
