@@ -1792,6 +1792,8 @@ scenario_rollout_paused() {
   gen="$(patch_spec "{\"image\":\"$to\"}")"
   wait_until 120 "the first pod is being restarted" restarts_begun 1 "$since"
   gen="$(patch_spec '{"rollout":{"paused":true}}')"
+  # Whatever fails, the next scenario does not find the rollout paused.
+  on_exit "patch_spec '{\"rollout\":{\"paused\":false}}' >/dev/null"
   first="$(restarted_pods "$since")"
   [[ "$(grep -c . <<<"$first")" == 1 ]] || fail "more than one pod restarted before the pause: $first"
   wait_until 60 "status.rollout.phase Paused" rollout_phase_is Paused "$gen"
@@ -1862,6 +1864,8 @@ scenario_rollout_halt() {
   begin_rollout
   t_fault="$(epoch_ns)"; since="$(now_us)"
   gen="$(patch_spec "{\"image\":\"$IMAGE_BROKEN\",\"rollout\":{\"podReadyTimeout\":\"$HALT_READY_TIMEOUT\"}}")"
+  # Whatever fails, the next scenario does not find the broken image or the short timeout.
+  on_exit "patch_spec '{\"image\":\"$image\",\"rollout\":{\"podReadyTimeout\":null}}' >/dev/null"
   wait_until 180 "status.rollout.phase Halted" rollout_phase_is Halted "$gen"
   first="$(restarted_pods "$since")"
   [[ "$(grep -c . <<<"$first")" == 1 ]] || fail "the rollout restarted more than one pod before it halted: $first"
