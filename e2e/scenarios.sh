@@ -1770,9 +1770,12 @@ scenario_rollout() {
   wait_rolled_to "$to" "$gen" "$since"
   until="$(now_us)"; t_healed="$(epoch_ns)"
   check_rollout "$since" "$until" --restarts all=1 --order --clean
-  local complete; complete="$(events_since RolloutComplete "$since")"
-  [[ -n "$complete" ]] || fail "no RolloutComplete Event"
+  # Complete only once the last pod restarted is back: the Event says every pod was updated.
+  local complete n
+  complete="$(events_since RolloutComplete "$since")"
+  n="$(jq '.status.rollout.total' "$SCENARIO_DIR/cluster.json")"
   step "RolloutComplete: $complete"
+  [[ "$complete" == *"($n/$n)" ]] || fail "the rollout said Complete before every pod was back on its update revision: RolloutComplete Events '$complete'"
   note "$(rollout_note)"
   note "status.rollout: $(jq -r '.status.rollout | "\(.progress) from \(.startedAt) to \(.finishedAt)"' "$SCENARIO_DIR/cluster.json")"
   wait_load_progress rollout 1000
