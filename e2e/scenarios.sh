@@ -1770,9 +1770,12 @@ scenario_rollout() {
   wait_rolled_to "$to" "$gen" "$since"
   until="$(now_us)"; t_healed="$(epoch_ns)"
   check_rollout "$since" "$until" --restarts all=1 --order --clean
-  local complete; complete="$(events_since RolloutComplete "$since")"
-  [[ -n "$complete" ]] || fail "no RolloutComplete Event"
+  # Complete only once the last pod restarted is back: the Event says every pod was updated.
+  local complete n
+  complete="$(events_since RolloutComplete "$since")"
+  n="$(jq '.status.rollout.total' "$SCENARIO_DIR/cluster.json")"
   step "RolloutComplete: $complete"
+  [[ "$complete" == *"($n/$n)" ]] || fail "the rollout said Complete before every pod was back on its update revision: RolloutComplete Events '$complete'"
   note "$(rollout_note)"
   note "status.rollout: $(jq -r '.status.rollout | "\(.progress) from \(.startedAt) to \(.finishedAt)"' "$SCENARIO_DIR/cluster.json")"
   wait_load_progress rollout 1000
@@ -1792,6 +1795,8 @@ scenario_rollout_paused() {
   gen="$(patch_spec "{\"image\":\"$to\"}")"
   wait_until 120 "the first pod is being restarted" restarts_begun 1 "$since"
   gen="$(patch_spec '{"rollout":{"paused":true}}')"
+  # Whatever fails, the next scenario does not find the rollout paused.
+  on_exit "patch_spec '{\"rollout\":{\"paused\":false}}' >/dev/null"
   first="$(restarted_pods "$since")"
   [[ "$(grep -c . <<<"$first")" == 1 ]] || fail "more than one pod restarted before the pause: $first"
   wait_until 60 "status.rollout.phase Paused" rollout_phase_is Paused "$gen"
@@ -1862,6 +1867,8 @@ scenario_rollout_halt() {
   begin_rollout
   t_fault="$(epoch_ns)"; since="$(now_us)"
   gen="$(patch_spec "{\"image\":\"$IMAGE_BROKEN\",\"rollout\":{\"podReadyTimeout\":\"$HALT_READY_TIMEOUT\"}}")"
+  # Whatever fails, the next scenario does not find the broken image or the short timeout.
+  on_exit "patch_spec '{\"image\":\"$image\",\"rollout\":{\"podReadyTimeout\":null}}' >/dev/null"
   wait_until 180 "status.rollout.phase Halted" rollout_phase_is Halted "$gen"
   first="$(restarted_pods "$since")"
   [[ "$(grep -c . <<<"$first")" == 1 ]] || fail "the rollout restarted more than one pod before it halted: $first"
