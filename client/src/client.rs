@@ -500,6 +500,7 @@ impl Client {
                     let page =
                             self.call_group(
                                 leader,
+                                config_num,
                                 deadline,
                                 self.kv_limits(),
                                 &Attempts::default(),
@@ -591,6 +592,7 @@ impl Client {
         let reply = self
             .call_group(
                 &self.shared.seeds,
+                0,
                 deadline,
                 Limits::whole(self.admin_timeout()),
                 &Attempts::default(),
@@ -815,7 +817,7 @@ impl Client {
         F: FnMut(Channel, Duration) -> Fut,
         Fut: Future<Output = std::result::Result<T, tonic::Status>>,
     {
-        self.call_group(&self.shared.seeds, deadline, self.kv_limits(), &Attempts::default(), attempt)
+        self.call_group(&self.shared.seeds, 0, deadline, self.kv_limits(), &Attempts::default(), attempt)
             .await
             .map_err(|e| self.meta_error(e))
     }
@@ -909,7 +911,7 @@ impl Client {
         let topology = self.topology_by(deadline).await?;
         if topology == Topology::Standalone {
             return match self
-                .call_group(&self.shared.seeds, deadline, limits, attempts, |ch, t| attempt(ch, t, 0))
+                .call_group(&self.shared.seeds, 0, deadline, limits, attempts, |ch, t| attempt(ch, t, 0))
                 .await
             {
                 Ok(reply) => Ok(reply),
@@ -928,7 +930,7 @@ impl Client {
                 Ok((_shard, group)) => {
                     let leader = self.group_leader(&map, group);
                     let num = map.num();
-                    match self.call_group(&leader, deadline, limits, attempts, |ch, t| attempt(ch, t, num)).await {
+                    match self.call_group(&leader, num, deadline, limits, attempts, |ch, t| attempt(ch, t, num)).await {
                         Ok(reply) => return Ok(reply),
                         Err(GroupError::Failed(error)) => return Err(error),
                         Err(GroupError::WrongGroup(status)) => RouteFailure::WrongGroup(status),
@@ -955,6 +957,7 @@ impl Client {
     {
         self.call_group(
             &self.shared.seeds,
+            0,
             Deadline::after(timeout),
             Limits::whole(timeout),
             &Attempts::default(),
@@ -966,12 +969,14 @@ impl Client {
 
     /// Runs `attempt` against the leader of one group until it succeeds, fails for good, is
     /// refused with WrongGroup, or `deadline` passes (`limits.total` is its length, for
-    /// messages). Each attempt gets at most `limits.per_attempt` of the remaining time as its
+    /// messages). `routed_with` is the number of the shard map that chose this group (0 if
+    /// none): a replica refusing from an older config is behind, and another one is tried. Each attempt gets at most `limits.per_attempt` of the remaining time as its
     /// gRPC deadline; a node that does not answer within it is passed over for the next replica.
     /// Failed attempts are recorded in `attempts`.
     async fn call_group<T, F, Fut>(
         &self,
         leader: &Leader,
+        routed_with: u64,
         deadline: Deadline,
         limits: Limits,
         attempts: &Attempts,
@@ -992,7 +997,7 @@ impl Client {
             let target = leader.target();
             let channel = self.channel(&target)?;
             let limit = remaining.min(limits.per_attempt);
-            let status = match tokio::time::timeout(limit, attempt(channel, limit)).await {
+            let mut status = match tokio::time::timeout(limit, attempt(channel, limit)).await {
                 Ok(Ok(reply)) => return Ok(reply),
                 Ok(Err(status)) => status,
                 Err(_elapsed) => {
@@ -1007,7 +1012,7 @@ impl Client {
                 // another replica may answer before the request's deadline.
                 tonic::Code::DeadlineExceeded if deadline.remaining().is_some() => NextStep::Rotate,
                 tonic::Code::DeadlineExceeded => return Err(Error::DeadlineExceeded.into()),
-                _ => next_step(&status),
+                _ => next_step(&status, routed_with),
             };
             match step {
                 NextStep::Fail => return Err(Error::from_status(status).into()),
@@ -1019,6 +1024,14 @@ impl Client {
                 }
                 NextStep::Redirect(addr) => leader.redirect(addr),
                 NextStep::Rotate => leader.rotate_from(&target),
+                NextStep::Behind(config_num) => {
+                    leader.rotate_from(&target);
+                    status = tonic::Status::unavailable(format!(
+                        "{target} is behind: it answered from config {config_num}, the shard map is \
+                         {routed_with}: {}",
+                        status.message()
+                    ));
+                }
             }
             let delay = backoff.next_delay(rand::random::<f64>());
             match deadline.sleep_before_retry(Instant::now(), delay) {

@@ -83,6 +83,9 @@ pub enum NextStep {
     /// WrongGroup: the group does not serve the key's shard in its config (the number it
     /// named). Refresh the shard map and retry at the owner.
     WrongGroup(u64),
+    /// WrongGroup from a replica whose config is older than the shard map the request was
+    /// routed with: that replica is behind, not the map. Try another replica of the group.
+    Behind(u64),
 }
 
 /// Decides the next step from the status of a failed attempt. INVALID_ARGUMENT and
@@ -90,11 +93,13 @@ pub enum NextStep {
 /// config number is WrongGroup, retried at the shard's owner). DEADLINE_EXCEEDED fails here:
 /// the caller, which knows whether only one attempt or the whole request ran out of time,
 /// decides on it before asking. UNAVAILABLE covers both "not the leader" and "the shard is
-/// moving into this group"; both are retried.
-pub fn next_step(status: &tonic::Status) -> NextStep {
+/// moving into this group"; both are retried. `routed_with` is the number of the shard map the
+/// request was routed with (0 when it was not routed by a map).
+pub fn next_step(status: &tonic::Status, routed_with: u64) -> NextStep {
     use tonic::Code;
     match status.code() {
         Code::FailedPrecondition => match wrong_group_config(status) {
+            Some(config_num) if config_num < routed_with => NextStep::Behind(config_num),
             Some(config_num) => NextStep::WrongGroup(config_num),
             None => NextStep::Fail,
         },
@@ -200,25 +205,27 @@ mod tests {
     fn unavailable_with_leader_address_redirects() {
         let mut status = tonic::Status::unavailable("not the leader");
         status.metadata_mut().insert(LEADER_ADDR_HEADER, "127.0.0.1:7102".parse().unwrap());
-        assert_eq!(next_step(&status), NextStep::Redirect("127.0.0.1:7102".into()));
+        assert_eq!(next_step(&status, 0), NextStep::Redirect("127.0.0.1:7102".into()));
     }
 
     #[test]
     fn unavailable_without_hint_rotates() {
-        assert_eq!(next_step(&tonic::Status::unavailable("no leader")), NextStep::Rotate);
+        assert_eq!(next_step(&tonic::Status::unavailable("no leader"), 0), NextStep::Rotate);
         let mut empty_hint = tonic::Status::unavailable("no leader");
         empty_hint.metadata_mut().insert(LEADER_ADDR_HEADER, "".parse().unwrap());
-        assert_eq!(next_step(&empty_hint), NextStep::Rotate);
+        assert_eq!(next_step(&empty_hint, 0), NextStep::Rotate);
     }
 
     #[test]
     fn failed_precondition_with_a_config_number_is_wrong_group() {
         let mut status = tonic::Status::failed_precondition("wrong group: shard 3");
         status.metadata_mut().insert(CONFIG_NUM_HEADER, "12".parse().unwrap());
-        assert_eq!(next_step(&status), NextStep::WrongGroup(12));
+        assert_eq!(next_step(&status, 0), NextStep::WrongGroup(12));
         let mut garbled = tonic::Status::failed_precondition("wrong group");
         garbled.metadata_mut().insert(CONFIG_NUM_HEADER, "twelve".parse().unwrap());
-        assert_eq!(next_step(&garbled), NextStep::Fail);
+        assert_eq!(next_step(&garbled, 0), NextStep::Fail);
+        assert_eq!(next_step(&status, 12), NextStep::WrongGroup(12), "as new as the client's map");
+        assert_eq!(next_step(&status, 13), NextStep::Behind(12), "older than the client's map");
         let mut not_precondition = tonic::Status::unavailable("moving in");
         not_precondition.metadata_mut().insert(CONFIG_NUM_HEADER, "12".parse().unwrap());
         assert_eq!(wrong_group_config(&not_precondition), None);
@@ -254,7 +261,7 @@ mod tests {
             tonic::Status::deadline_exceeded("late"),
             tonic::Status::internal("bug"),
         ] {
-            assert_eq!(next_step(&status), NextStep::Fail, "{status:?}");
+            assert_eq!(next_step(&status, 0), NextStep::Fail, "{status:?}");
         }
     }
 }

@@ -289,6 +289,31 @@ async fn a_deadline_bounds_the_retries_while_no_group_serves_the_shard() {
 }
 
 #[tokio::test]
+async fn a_replica_behind_the_map_is_passed_over_for_another_replica_of_the_group() {
+    // Group 1's first replica still applies config 1 (it owned nothing then) and answers
+    // WrongGroup from it; the second has applied config 2, the client's map.
+    let behind = FakeGroup::owning(&[], 1);
+    let current = FakeGroup::owning(&[0, 1, 2, 3], 2);
+    let (behind_addr, current_addr) = (serve_group(behind.clone()).await, serve_group(current.clone()).await);
+    let mut map = config(2, [1, 1, 1, 1], &[(1, &behind_addr)]);
+    map.groups[0].members.push(Member { node_id: 2, addr: current_addr });
+    let meta = FakeMeta::default();
+    meta.set(map);
+    let client = client(&serve_meta(meta.clone()).await, Duration::from_secs(5));
+    assert_eq!(client.config().await.unwrap().num, 2);
+    let queries = meta.queries.load(Ordering::SeqCst);
+
+    let started = Instant::now();
+    client.put("k", "v").await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
+    assert_eq!(behind.writes().len(), 1, "the replica behind was asked once");
+    assert_eq!(current.writes().len(), 1);
+    assert_eq!(behind.writes()[0].seq, current.writes()[0].seq, "the same write moved on");
+    assert_eq!(meta.queries.load(Ordering::SeqCst), queries, "a replica behind is no reason to refresh the map");
+    assert_eq!(client.get("k").await.unwrap(), Some(b"v".to_vec()));
+}
+
+#[tokio::test]
 async fn an_unassigned_shard_fails_at_the_deadline_with_the_reason() {
     let meta = FakeMeta::default();
     meta.set(config(0, [0, 0, 0, 0], &[]));

@@ -101,6 +101,11 @@ impl NodeContext {
         self.sharding.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
+    /// This replica is its group's leader as far as it knows.
+    pub fn leads(&self) -> bool {
+        self.raft.metrics().borrow_watched().current_leader == Some(self.node_id)
+    }
+
     /// Node id and address of the leader as this replica knows it.
     pub fn leader(&self) -> Option<(NodeId, String)> {
         let metrics = self.raft.metrics().borrow_watched().clone();

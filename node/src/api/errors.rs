@@ -75,45 +75,99 @@ pub fn write_error(err: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> 
     status
 }
 
-/// Ok when this group serves `shard` now; otherwise WrongGroup (FAILED_PRECONDITION with the
-/// group's config number, so the client refreshes its shard map) or, while the shard is moving
-/// in, UNAVAILABLE naming the leader, so the client waits there instead of trying other
-/// replicas. `leader` is only asked for in that case.
+/// The replica answering a request, as far as deciding WrongGroup goes.
+pub struct Answering<L> {
+    /// This replica leads its group: its applied config is the group's view.
+    pub leads: bool,
+    /// The shard map number the client routed the request with (0: it did not say).
+    pub routed_with: u64,
+    /// The leader as this replica knows it; asked for only when a refusal names it.
+    pub leader: L,
+}
+
+/// How an admission check answers the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    Serve,
+    MovingIn,
+    /// The group does not serve the shard in `config_num`: the client's map is stale.
+    WrongGroup {
+        config_num: u64,
+    },
+    /// This replica's view cannot say the client's map is stale: it applied a config older than
+    /// the map the request was routed with, or it is not the leader. Another replica (the
+    /// leader) is asked instead.
+    NotThisReplica {
+        config_num: u64,
+        behind: bool,
+    },
+}
+
+/// WrongGroup sends the client to refresh its map, so only a view at least as new as the
+/// client's map may give it, and only the leader's: a lagging follower answering WrongGroup
+/// would send the client back to the same group, and the same replica, until its deadline.
+fn answer(admission: Admission, leads: bool, routed_with: u64) -> Answer {
+    match admission {
+        Admission::Serve => Answer::Serve,
+        Admission::MovingIn => Answer::MovingIn,
+        Admission::WrongGroup { config_num } if config_num < routed_with => {
+            Answer::NotThisReplica { config_num, behind: true }
+        }
+        Admission::WrongGroup { config_num } if !leads => Answer::NotThisReplica { config_num, behind: false },
+        Admission::WrongGroup { config_num } => Answer::WrongGroup { config_num },
+    }
+}
+
+/// Ok when this group serves `shard` now. Otherwise, from the leader's view at least as new as
+/// the client's map, WrongGroup (FAILED_PRECONDITION with the group's config number, so the
+/// client refreshes its map); while the shard is moving in, UNAVAILABLE naming the leader, so
+/// the client waits there; from any other view, UNAVAILABLE naming the leader, so the client
+/// asks it (or, with no leader known, another replica).
 pub fn admit(
     admission: Admission,
     shard: ShardId,
-    leader: impl FnOnce() -> Option<(NodeId, String)>,
+    replica: Answering<impl FnOnce() -> Option<(NodeId, String)>>,
 ) -> Result<(), Status> {
-    match admission {
-        Admission::Serve => Ok(()),
-        Admission::MovingIn => {
-            let mut status = Status::unavailable(format!("shard {shard} is moving into this group; retry shortly"));
-            if let Some((id, addr)) = leader() {
-                add_leader_hint(&mut status, id, &addr);
-            }
-            Err(status)
-        }
-        Admission::WrongGroup { config_num } => {
+    let mut status = match answer(admission, replica.leads, replica.routed_with) {
+        Answer::Serve => return Ok(()),
+        Answer::MovingIn => Status::unavailable(format!("shard {shard} is moving into this group; retry shortly")),
+        Answer::WrongGroup { config_num } => {
             let mut status = Status::failed_precondition(format!(
                 "wrong group: shard {shard} is not served by this group in config {config_num}; refresh the shard map"
             ));
             status.metadata_mut().insert(CONFIG_NUM_HEADER, MetadataValue::from(config_num));
-            Err(status)
+            return Err(status);
         }
+        Answer::NotThisReplica { config_num, behind: true } => Status::unavailable(format!(
+            "this replica has applied config {config_num}, older than the shard map ({}) the request was routed \
+             with; retry at the leader",
+            replica.routed_with
+        )),
+        Answer::NotThisReplica { config_num, behind: false } => Status::unavailable(format!(
+            "shard {shard} is not served here in config {config_num}, but this replica is not the leader, whose \
+             view decides; retry at the leader"
+        )),
+    };
+    if let Some((id, addr)) = (replica.leader)() {
+        add_leader_hint(&mut status, id, &addr);
     }
+    Err(status)
 }
 
-/// The admission an applied data operation reported, if it was refused.
+/// The admission an applied data operation reported, if it was refused. Only a leader
+/// proposes, so the refusal is the leader's view as of the entry's place in the log.
 pub fn refused_at_apply(
     result: &OpResult,
     shard: ShardId,
+    routed_with: u64,
     leader: impl FnOnce() -> Option<(NodeId, String)>,
 ) -> Result<(), Status> {
-    match result {
-        OpResult::WrongGroup { config_num } => admit(Admission::WrongGroup { config_num: *config_num }, shard, leader),
-        OpResult::MovingIn => admit(Admission::MovingIn, shard, leader),
-        _ => Ok(()),
-    }
+    let admission = match result {
+        OpResult::WrongGroup { config_num } => Admission::WrongGroup { config_num: *config_num },
+        OpResult::MovingIn => Admission::MovingIn,
+        _ => return Ok(()),
+    };
+    admit(admission, shard, Answering { leads: true, routed_with, leader })
 }
 
 #[cfg(test)]
@@ -122,6 +176,32 @@ mod tests {
 
     fn outcome(status: &Status) -> Option<&str> {
         status.metadata().get(OUTCOME_HEADER).map(|v| v.to_str().unwrap())
+    }
+
+    #[test]
+    fn wrong_group_is_answered_only_from_the_leaders_view_as_new_as_the_clients_map() {
+        let wrong = Admission::WrongGroup { config_num: 5 };
+        assert_eq!(answer(wrong, true, 5), Answer::WrongGroup { config_num: 5 });
+        assert_eq!(answer(wrong, true, 0), Answer::WrongGroup { config_num: 5 }, "a client that did not say");
+        assert_eq!(answer(wrong, true, 6), Answer::NotThisReplica { config_num: 5, behind: true });
+        assert_eq!(answer(wrong, false, 6), Answer::NotThisReplica { config_num: 5, behind: true });
+        assert_eq!(answer(wrong, false, 5), Answer::NotThisReplica { config_num: 5, behind: false });
+        assert_eq!(answer(Admission::Serve, false, 9), Answer::Serve, "a follower serves what it has");
+        assert_eq!(answer(Admission::MovingIn, false, 9), Answer::MovingIn);
+    }
+
+    #[test]
+    fn a_replica_that_cannot_decide_names_the_leader() {
+        let wrong = Admission::WrongGroup { config_num: 5 };
+        let leader = || Some((3, "127.0.0.3:7000".to_string()));
+        let status = admit(wrong, 1, Answering { leads: false, routed_with: 7, leader }).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(status.message().contains("older than the shard map (7)"), "{}", status.message());
+        assert_eq!(status.metadata().get(LEADER_ADDR_HEADER).unwrap(), "127.0.0.3:7000");
+        assert!(status.metadata().get(CONFIG_NUM_HEADER).is_none(), "not a WrongGroup answer");
+        let status = admit(wrong, 1, Answering { leads: true, routed_with: 5, leader }).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        assert_eq!(status.metadata().get(CONFIG_NUM_HEADER).unwrap(), "5");
     }
 
     #[test]

@@ -22,6 +22,7 @@ use tonic::Request;
 use tonic::Response;
 use tonic::Status;
 
+use super::errors::Answering;
 use super::errors::admit;
 use super::errors::raft_error;
 use super::errors::refused_at_apply;
@@ -33,6 +34,7 @@ use crate::storage::CF_DATA;
 use crate::storage::cf;
 use crate::storage::keys::data_key;
 use crate::types::Command;
+use crate::types::NodeId;
 use crate::types::Op;
 use crate::types::OpResult;
 use crate::types::SessionTag;
@@ -73,6 +75,11 @@ impl KvService {
         Ok(())
     }
 
+    /// This replica, answering a request routed with shard map `routed_with`.
+    fn answering(&self, routed_with: u64) -> Answering<impl FnOnce() -> Option<(NodeId, String)> + '_> {
+        Answering { leads: self.ctx.leads(), routed_with, leader: || self.ctx.leader() }
+    }
+
     /// Proposes a write and waits until it is applied; returns its result and log index.
     async fn write(&self, header: Option<RequestHeader>, op: Op) -> Result<(OpResult, u64), Status> {
         let key = op.key().unwrap_or_default();
@@ -88,10 +95,10 @@ impl KvService {
         let shard = shard_for_key(key, self.ctx.shards);
         // Refuse early what this group cannot serve; the apply path checks again, at the entry's
         // position in the log, which is what decides.
-        admit(self.ctx.admission(shard), shard, || self.ctx.leader())?;
+        admit(self.ctx.admission(shard), shard, self.answering(header.config_num))?;
         let cmd = Command { session: Some(session), shard, op };
         let response = self.ctx.raft.client_write(cmd).await.map_err(write_error)?;
-        refused_at_apply(&response.data, shard, || self.ctx.leader())?;
+        refused_at_apply(&response.data, shard, header.config_num, || self.ctx.leader())?;
         if response.data == OpResult::SessionExpired {
             return Err(Status::failed_precondition(format!(
                 "session expired: sequence {} of client {} is below what the client already acknowledged",
@@ -103,7 +110,7 @@ impl KvService {
 
     /// The shards a scan covers: those requested, each of which must be served here, or else
     /// every shard served here.
-    fn scan_shards(&self, requested: &[u32]) -> Result<Vec<ShardId>, Status> {
+    fn scan_shards(&self, requested: &[u32], routed_with: u64) -> Result<Vec<ShardId>, Status> {
         let sharding = self.ctx.sharding.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         if requested.is_empty() {
             return Ok(sharding.group.serving().collect());
@@ -115,7 +122,7 @@ impl KvService {
                     self.ctx.shards
                 )));
             }
-            admit(sharding.group.admission(shard), shard, || self.ctx.leader())?;
+            admit(sharding.group.admission(shard), shard, self.answering(routed_with))?;
         }
         let mut shards = requested.to_vec();
         shards.sort_unstable();
@@ -143,7 +150,8 @@ impl Kv for KvService {
             self.read_barrier(req.consistency()).await?;
             let applied = index_of(&self.ctx.raft.metrics().borrow_watched().last_applied);
             let shard = shard_for_key(&req.key, self.ctx.shards);
-            admit(self.ctx.admission(shard), shard, || self.ctx.leader())?;
+            let routed_with = req.header.map_or(0, |h| h.config_num);
+            admit(self.ctx.admission(shard), shard, self.answering(routed_with))?;
             let key = data_key(shard, &req.key);
             let value = self
                 .ctx
@@ -209,7 +217,7 @@ impl Kv for KvService {
                 n => n.min(MAX_SCAN_LIMIT),
             };
             self.read_barrier(req.consistency()).await?;
-            let shards = self.scan_shards(&req.shards)?;
+            let shards = self.scan_shards(&req.shards, req.header.map_or(0, |h| h.config_num))?;
             let Some(bounds) = scan::scan_bounds(&req.start, &req.end, &req.prefix, &req.continuation) else {
                 return Ok(ScanResponse::default());
             };

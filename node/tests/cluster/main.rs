@@ -5,6 +5,7 @@ mod exactly_once;
 mod harness;
 mod lifecycle;
 mod replication;
+mod routing;
 mod scan;
 mod sharded;
 mod sharding;
