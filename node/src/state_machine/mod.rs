@@ -151,8 +151,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(())
     }
 
+    /// openraft asks for a builder on the state machine's task, between applies and installs,
+    /// so a view taken here is exactly the applied state of that moment: never a snapshot
+    /// install half done (an install runs on this same task, in batches).
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
-        SnapshotBuilder { db: self.db.clone(), snapshots: self.snapshots.clone(), metrics: self.metrics.clone() }
+        SnapshotBuilder {
+            view: Arc::new(StateView::of(self.db.clone())),
+            snapshots: self.snapshots.clone(),
+            metrics: self.metrics.clone(),
+        }
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotFile) -> io::Result<()> {
@@ -161,6 +168,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let installed = tokio::task::spawn_blocking(move || -> io::Result<Snapshot> {
             let header = check_snapshot(&snapshot.path, &meta)?;
             let published = snapshots.adopt(&snapshot.path, &header)?;
+            if published.meta.last_log_id != header.last_log_id {
+                // openraft installs only snapshots past what is applied, and the current one
+                // is never past that: this is a bug, and loading the file would go back.
+                return Err(io::Error::other(format!(
+                    "refusing to install the snapshot at {:?}: the current snapshot is newer ({:?})",
+                    header.last_log_id, published.meta.last_log_id
+                )));
+            }
             let mut opts = WriteOptions::default();
             opts.set_sync(true);
             db.put_cf_opt(cf(&db, CF_SM_META), INSTALLING_KEY, published.snapshot.file_name(), &opts)
@@ -226,8 +241,25 @@ fn load_snapshot(db: &DB, path: &std::path::Path) -> io::Result<()> {
     db.write_opt(batch, &opts).map_err(io_err)
 }
 
-pub struct SnapshotBuilder {
+/// A RocksDB snapshot that keeps its database open, so a builder can own one.
+struct StateView {
+    // Declared before `db`: fields drop in order, so the snapshot is released first.
+    view: rocksdb::Snapshot<'static>,
     db: Arc<DB>,
+}
+
+impl StateView {
+    fn of(db: Arc<DB>) -> Self {
+        let view = db.snapshot();
+        // SAFETY: the snapshot borrows the database, which `db` keeps alive at the same address
+        // for as long as this value lives, and the snapshot field is dropped before it.
+        let view = unsafe { std::mem::transmute::<rocksdb::Snapshot<'_>, rocksdb::Snapshot<'static>>(view) };
+        Self { view, db }
+    }
+}
+
+pub struct SnapshotBuilder {
+    view: Arc<StateView>,
     snapshots: SnapshotStore,
     metrics: Arc<NodeMetrics>,
 }
@@ -235,11 +267,13 @@ pub struct SnapshotBuilder {
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = SnapshotFile;
 
+    /// Writes the view taken when the builder was made. If a newer snapshot was installed in
+    /// the meantime, the store keeps that one, and it is what this returns.
     async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
-        let (db, snapshots, metrics) = (self.db.clone(), self.snapshots.clone(), self.metrics.clone());
+        let (view, snapshots, metrics) = (self.view.clone(), self.snapshots.clone(), self.metrics.clone());
         tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
-            let snapshot = write_snapshot(&db, &snapshots)?;
+            let snapshot = write_snapshot(&view, &snapshots)?;
             metrics.observe_snapshot_built(started.elapsed(), snapshot.snapshot.size);
             tracing::info!(
                 last_log_id = ?snapshot.meta.last_log_id,
@@ -255,8 +289,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 }
 
 /// Streams a consistent view of the state machine into a new snapshot file.
-fn write_snapshot(db: &DB, snapshots: &SnapshotStore) -> io::Result<Snapshot> {
-    let view = db.snapshot();
+fn write_snapshot(state: &StateView, snapshots: &SnapshotStore) -> io::Result<Snapshot> {
+    let (db, view) = (&state.db, &state.view);
     let meta_cf = cf(db, CF_SM_META);
     let (last_log_id, membership) = read_applied_state(|key| view.get_cf(meta_cf, key))?;
     let header = SnapshotHeader { last_log_id, membership };
