@@ -77,6 +77,10 @@ pub struct BenchConfig {
     /// Size of the key space.
     pub keys: u64,
     pub key_order: KeyOrder,
+    /// The first this many operations each start a new session that is never used again, as
+    /// short-lived clients that write once and go away do; later operations use their worker's
+    /// last session. 0: one session per worker.
+    pub fresh_sessions: u64,
 }
 
 impl BenchConfig {
@@ -90,6 +94,7 @@ impl BenchConfig {
             value_size,
             keys,
             key_order: KeyOrder::Sequential,
+            fresh_sessions: 0,
         }
     }
 }
@@ -237,7 +242,7 @@ fn merge(histograms: &[Arc<Mutex<Histogram<u64>>>]) -> Histogram<u64> {
 
 /// One worker: issues operations back to back until the run's bounds are reached.
 async fn work<T: KvTarget>(
-    target: T,
+    mut target: T,
     config: Arc<BenchConfig>,
     counters: Arc<Counters>,
     histogram: Arc<Mutex<Histogram<u64>>>,
@@ -250,6 +255,9 @@ async fn work<T: KvTarget>(
         let n = counters.started.fetch_add(1, Ordering::Relaxed);
         if config.total.is_some_and(|total| n >= total) {
             return;
+        }
+        if n < config.fresh_sessions {
+            target = target.worker();
         }
         let key = match config.key_order {
             KeyOrder::Sequential => bench_key(n % config.keys.max(1)),
@@ -313,16 +321,18 @@ mod tests {
         assert_eq!(bench_key(42), b"bench-0000000042");
     }
 
-    /// Records the keys it is asked to write.
+    /// Records the keys it is asked to write, and how many sessions were started.
     #[derive(Clone, Default)]
     struct Recorder {
         keys: Arc<Mutex<Vec<Vec<u8>>>>,
+        sessions: Arc<AtomicU64>,
     }
 
     impl KvTarget for Recorder {
         type Error = Infallible;
 
         fn worker(&self) -> Self {
+            self.sessions.fetch_add(1, Ordering::Relaxed);
             self.clone()
         }
 
@@ -358,9 +368,19 @@ mod tests {
             value_size: 1,
             keys: 10,
             key_order: KeyOrder::Random,
+            fresh_sessions: 0,
         };
         let report = run(&Recorder::default(), config, |_| {}).await;
         assert!(report.ops > 0);
         assert_eq!(report.misses, report.ops);
+    }
+
+    #[tokio::test]
+    async fn each_of_the_first_fresh_sessions_operations_starts_a_new_session() {
+        let recorder = Recorder::default();
+        let config = BenchConfig { fresh_sessions: 60, ..BenchConfig::prefill(100, 8, 4) };
+        let report = run(&recorder, config, |_| {}).await;
+        assert_eq!(report.ops, 100);
+        assert_eq!(recorder.sessions.load(Ordering::Relaxed), 4 + 60, "one per worker, then one per operation");
     }
 }

@@ -53,6 +53,10 @@ pub struct BenchArgs {
     /// Size of the key space.
     #[arg(long, default_value_t = 100_000)]
     keys: u64,
+    /// The first N operations each start a new session that never returns (many short-lived
+    /// clients); 0 keeps one session per client.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    fresh_sessions: u64,
     /// Write every key of the key space before the run.
     #[arg(long)]
     prefill: bool,
@@ -145,6 +149,7 @@ async fn run_against<T: KvTarget>(target: &T, args: &BenchArgs) -> anyhow::Resul
         value_size,
         keys: args.keys,
         key_order: KeyOrder::Random,
+        fresh_sessions: args.fresh_sessions,
     };
     let report = bench::run(target, config, |p| eprintln!("{}", output::progress_line("bench", p))).await;
     if args.json {
