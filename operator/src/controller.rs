@@ -97,8 +97,40 @@ pub enum Error {
     Finalizer(#[source] Box<finalizer::Error<Error>>),
     #[error("{0} has no namespace")]
     NoNamespace(String),
-    #[error("node calls failed: {0}")]
-    Steps(String),
+    #[error("{}", steps_failed(.0))]
+    Steps(Vec<FailedStep>),
+}
+
+fn steps_failed(steps: &[FailedStep]) -> String {
+    steps.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+}
+
+/// A step the reconcile took that failed: what it was, and why. Each is also a Warning Event;
+/// the reconcile then fails with all of them and is retried with backoff.
+#[derive(Debug, thiserror::Error)]
+#[error("{step} failed: {cause}")]
+pub struct FailedStep {
+    step: String,
+    #[source]
+    cause: StepError,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error("pod {pod} has no IP")]
+    NoPodIp { pod: String },
+    #[error("the meta group has no leader")]
+    NoMetaLeader,
+    /// A node refused the call, or could not be reached.
+    #[error("{}", .0.message())]
+    Node(tonic::Status),
+    #[error("stopping {pod}: {}", .status.message())]
+    Stop { pod: String, status: tonic::Status },
+    #[error("deleting {what}: {source}")]
+    Delete { what: String, source: Box<Error> },
+    /// The node's stop report does not allow deleting its pod: the rollout halts.
+    #[error("pod {pod} was not deleted: {problem}")]
+    StopRefused { pod: String, problem: String },
 }
 
 impl Error {
@@ -391,7 +423,7 @@ async fn take_group_step(
     view: &GroupView,
     step: &GroupStep,
     pods: &[Pod],
-) -> Result<(), String> {
+) -> Result<(), FailedStep> {
     let (ordinal, call) = match step {
         GroupStep::Settled | GroupStep::Wait { .. } | GroupStep::Blocked { .. } => return Ok(()),
         GroupStep::Initialize { ordinal, .. }
@@ -402,7 +434,10 @@ async fn take_group_step(
         | GroupStep::RemoveLearners { leader: ordinal, .. } => (*ordinal, step.name()),
     };
     let group_id = view.group_id;
-    let endpoint = endpoint_of(view, pods, names, ordinal).ok_or_else(|| format!("pod {ordinal} has no IP"))?;
+    let described = format!("group {group_id}: {}", step.describe());
+    let Some(endpoint) = endpoint_of(view, pods, names, ordinal) else {
+        return Err(FailedStep { step: described, cause: StepError::NoPodIp { pod: names.pod(group_id, ordinal) } });
+    };
     let result = match step {
         GroupStep::Initialize { member, .. } => ctx.nodes.initialize(&endpoint, vec![member.clone()]).await,
         GroupStep::AddLearner { member, .. } => ctx.nodes.add_learner(&endpoint, member.clone()).await,
@@ -415,27 +450,7 @@ async fn take_group_step(
     };
     let operation = step.operation().map_or("Membership", |o| o.as_str());
     ctx.metrics.step(operation, call);
-    match result {
-        Ok(()) => {
-            let note = format!("group {group_id}: {}", step.describe());
-            tracing::info!(cluster = %names.name, group_id, step = call, "{note}");
-            ctx.publish(cluster, Some(names.group(group_id)), EventType::Normal, call, operation, note).await;
-            Ok(())
-        }
-        Err(e) => {
-            let note = format!("group {group_id}: {} failed: {}", step.describe(), e.message());
-            ctx.publish(
-                cluster,
-                Some(names.group(group_id)),
-                EventType::Warning,
-                "StepFailed",
-                operation,
-                note.clone(),
-            )
-            .await;
-            Err(note)
-        }
-    }
+    report_step(ctx, cluster, names, group_id, (call, operation), described, result.map_err(StepError::Node)).await
 }
 
 /// Takes a shard-map step (a Meta call on the meta leader, or deleting a drained group).
@@ -445,40 +460,46 @@ async fn take_meta_step(
     names: &ClusterNames,
     meta_leader: Option<&str>,
     step: &MetaStep,
-) -> Result<(), String> {
+) -> Result<(), FailedStep> {
     let result = match (step, meta_leader) {
         (MetaStep::Wait { .. }, _) => return Ok(()),
-        (MetaStep::Join(group), Some(leader)) => {
-            ctx.nodes.join(leader, group.clone()).await.map_err(|e| e.message().to_string())
-        }
+        (MetaStep::Join(group), Some(leader)) => ctx.nodes.join(leader, group.clone()).await.map_err(StepError::Node),
         (MetaStep::Leave { group_id }, Some(leader)) => {
-            ctx.nodes.leave(leader, *group_id).await.map_err(|e| e.message().to_string())
+            ctx.nodes.leave(leader, *group_id).await.map_err(StepError::Node)
         }
-        (MetaStep::DeleteGroup { group_id }, _) => delete_group(ctx, names, *group_id).await.map_err(|e| e.to_string()),
-        (MetaStep::Join(_) | MetaStep::Leave { .. }, None) => Err("the meta group has no leader".to_string()),
+        (MetaStep::DeleteGroup { group_id }, _) => delete_group(ctx, names, *group_id)
+            .await
+            .map_err(|e| StepError::Delete { what: format!("group {group_id}"), source: Box::new(e) }),
+        (MetaStep::Join(_) | MetaStep::Leave { .. }, None) => Err(StepError::NoMetaLeader),
     };
     ctx.metrics.step(step.operation(), step.name());
     let group_id = step.group_id();
+    let described = format!("group {group_id}: {}", step.describe());
+    report_step(ctx, cluster, names, group_id, (step.name(), step.operation()), described, result).await
+}
+
+/// Publishes what a group's step did (a Normal Event named `reason`) or why it failed (a
+/// Warning `StepFailed`), and returns the failure.
+async fn report_step(
+    ctx: &Context<impl NodeApi>,
+    cluster: &ShardCluster,
+    names: &ClusterNames,
+    group_id: u64,
+    (reason, operation): (&str, &str),
+    described: String,
+    result: Result<(), StepError>,
+) -> Result<(), FailedStep> {
+    let group = Some(names.group(group_id));
     match result {
         Ok(()) => {
-            let note = format!("group {group_id}: {}", step.describe());
-            tracing::info!(cluster = %names.name, group_id, step = step.name(), "{note}");
-            ctx.publish(cluster, Some(names.group(group_id)), EventType::Normal, step.name(), step.operation(), note)
-                .await;
+            tracing::info!(cluster = %names.name, group_id, step = reason, "{described}");
+            ctx.publish(cluster, group, EventType::Normal, reason, operation, described).await;
             Ok(())
         }
-        Err(e) => {
-            let note = format!("group {group_id}: {} failed: {e}", step.describe());
-            ctx.publish(
-                cluster,
-                Some(names.group(group_id)),
-                EventType::Warning,
-                "StepFailed",
-                step.operation(),
-                note.clone(),
-            )
-            .await;
-            Err(note)
+        Err(cause) => {
+            let failure = FailedStep { step: described, cause };
+            ctx.publish(cluster, group, EventType::Warning, "StepFailed", operation, failure.to_string()).await;
+            Err(failure)
         }
     }
 }
@@ -620,11 +641,11 @@ async fn apply<N: NodeApi>(cached: &ShardCluster, ctx: &Context<N>) -> Result<Ac
         }
     }
 
-    let rollout = roll(ctx, cluster, &names, &pods, &observed, &wanted, &deleting, &data_views, &meta_plan).await;
-    if let Err(e) = &rollout.1 {
-        failures.push(e.clone());
+    let (rollout, rolled) =
+        roll(ctx, cluster, &names, &pods, &observed, &wanted, &deleting, &data_views, &meta_plan).await;
+    if let Err(failure) = rolled {
+        failures.push(failure);
     }
-    let rollout = rollout.0;
 
     let status = status::build(&status::Observed {
         generation: cluster.metadata.generation,
@@ -646,7 +667,7 @@ async fn apply<N: NodeApi>(cached: &ShardCluster, ctx: &Context<N>) -> Result<Ac
     write_status(ctx, &names, &status).await?;
 
     if !failures.is_empty() {
-        return Err(Error::Steps(failures.join("; ")));
+        return Err(Error::Steps(failures));
     }
     let interval =
         if in_flight && !cluster.spec.paused { ctx.settings.progress_interval } else { ctx.settings.settled_interval };
@@ -733,7 +754,7 @@ async fn roll(
     deleting: &BTreeSet<u64>,
     data_views: &[DataGroupView],
     meta_plan: &MetaPlan,
-) -> (RolloutObserved, Result<(), String>) {
+) -> (RolloutObserved, Result<(), FailedStep>) {
     let now = Timestamp::now();
     // Meta first: the meta group's API is what data nodes of either version read.
     let groups: Vec<RolloutGroup<'_>> = observed
@@ -789,8 +810,8 @@ async fn roll(
         RolloutStep::TransferLeader { group_id, leader, to } => {
             let group = group.expect("the step names an observed group");
             match endpoint_of(group.view, pods, names, *leader) {
-                Some(endpoint) => ctx.nodes.transfer_leader(&endpoint, *to).await.map_err(|e| e.message().to_string()),
-                None => Err(format!("pod {leader} has no IP")),
+                Some(endpoint) => ctx.nodes.transfer_leader(&endpoint, *to).await.map_err(StepError::Node),
+                None => Err(StepError::NoPodIp { pod: names.pod(*group_id, *leader) }),
             }
             .map(|()| {
                 let note = step.describe();
@@ -810,17 +831,17 @@ async fn roll(
                     Ok(note)
                 }
                 Err(problem) => {
-                    let pod = names.pod(*group_id, *ordinal);
-                    let reason = format!("pod {pod} was not deleted: {problem}");
+                    let refused = StepError::StopRefused { pod: names.pod(*group_id, *ordinal), problem };
+                    let reason = refused.to_string();
                     outcome.halt = Some(RolloutHalt {
                         group_id: *group_id,
-                        pod,
+                        pod: names.pod(*group_id, *ordinal),
                         pod_uid: uid.clone(),
                         revision: outcome.to_revision.clone().unwrap_or_default(),
                         reason: reason.clone(),
                     });
-                    outcome.step = RolloutStep::Halted { group_id: *group_id, reason: reason.clone() };
-                    Err(reason)
+                    outcome.step = RolloutStep::Halted { group_id: *group_id, reason };
+                    Err(refused)
                 }
             })
         }
@@ -843,12 +864,12 @@ async fn roll(
             ctx.publish_related(cluster, related, EventType::Normal, &reason, "Rollout", note).await;
             (outcome, Ok(()))
         }
-        Err(e) => {
-            let note = format!("{} failed: {e}", step.describe());
-            ctx.publish_related(cluster, related, EventType::Warning, "RolloutStepFailed", "Rollout", note.clone())
-                .await;
+        Err(cause) => {
+            let failure = FailedStep { step: step.describe(), cause };
+            let note = failure.to_string();
+            ctx.publish_related(cluster, related, EventType::Warning, "RolloutStepFailed", "Rollout", note).await;
             // A refused stop report is a halt, not a failure to retry.
-            let failed = if matches!(outcome.step, RolloutStep::Halted { .. }) { Ok(()) } else { Err(note) };
+            let failed = if matches!(failure.cause, StepError::StopRefused { .. }) { Ok(()) } else { Err(failure) };
             (outcome, failed)
         }
     }
@@ -899,15 +920,17 @@ async fn restart_pod(
     uid: &str,
     down: bool,
     voters: usize,
-) -> Result<Result<PodRestart, String>, String> {
+) -> Result<Result<PodRestart, String>, StepError> {
     let group_id = group.view.group_id;
     let pod = names.pod(group_id, ordinal);
     let from_revision = group.pods.iter().find(|p| p.ordinal == ordinal).and_then(|p| p.revision.clone());
     let mut restart =
         PodRestart { pod: pod.clone(), pod_uid: uid.to_string(), from_revision, was_down: down, ..Default::default() };
     if !down {
-        let endpoint = endpoint_of(group.view, pods, names, ordinal).ok_or_else(|| format!("pod {pod} has no IP"))?;
-        let report = ctx.nodes.prepare_stop(&endpoint).await.map_err(|e| format!("stopping {pod}: {}", e.message()))?;
+        let endpoint =
+            endpoint_of(group.view, pods, names, ordinal).ok_or_else(|| StepError::NoPodIp { pod: pod.clone() })?;
+        let report =
+            ctx.nodes.prepare_stop(&endpoint).await.map_err(|status| StepError::Stop { pod: pod.clone(), status })?;
         if let Some(problem) = stop_report_problem(&report, voters) {
             return Ok(Err(problem));
         }
@@ -919,7 +942,9 @@ async fn restart_pod(
         restart.stop_ms = report.total_ms;
         restart.clean = true;
     }
-    delete_pod(ctx, &names.namespace, &pod, uid).await.map_err(|e| format!("deleting {pod}: {e}"))?;
+    delete_pod(ctx, &names.namespace, &pod, uid)
+        .await
+        .map_err(|e| StepError::Delete { what: format!("pod {pod}"), source: Box::new(e) })?;
     restart.deleted_at = Some(Time(Timestamp::now()));
     Ok(Ok(restart))
 }
