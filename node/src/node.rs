@@ -33,6 +33,7 @@ use crate::network::MAX_MESSAGE_BYTES;
 use crate::network::channels::Channels;
 use crate::network::peer::PeerNetwork;
 use crate::network::service::RaftService;
+use crate::session_clock;
 use crate::state_machine::SnapshotStore;
 use crate::state_machine::StateMachine;
 use crate::state_machine::sharding::Role;
@@ -69,6 +70,7 @@ fn raft_config(args: &NodeArgs) -> anyhow::Result<openraft::Config> {
 
 pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let node_id = args.resolved_node_id()?;
+    args.check_limits()?;
     let role = args.resolved_role()?;
     let scope = GroupScope { cluster_id: args.cluster_id.clone(), group_id: args.group_id };
     let wanted =
@@ -151,6 +153,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         prestop.clone(),
         shutdown_rx.clone(),
     ));
+    tokio::spawn(session_clock::run(ctx.clone(), args.session_expiry(), shutdown_rx.clone()));
     if let Role::Sharded { .. } = role {
         tokio::spawn(Driver::new(ctx.clone(), args.meta_endpoints.clone(), channels).run(shutdown_rx.clone()));
     }

@@ -75,6 +75,18 @@ pub fn write_error(err: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> 
     status
 }
 
+/// A retry older than every result its session caches: FAILED_PRECONDITION, marked
+/// outcome-unknown, because the write may have been applied before its result was evicted.
+pub fn response_evicted(seq: u64, client_id: u64) -> Status {
+    let mut status = Status::failed_precondition(format!(
+        "session window exceeded: sequence {seq} of client {client_id} is older than the {} results the session \
+         caches; it may have been applied, read the key before writing again",
+        crate::state_machine::session::MAX_CACHED_RESPONSES
+    ));
+    status.metadata_mut().insert(OUTCOME_HEADER, MetadataValue::from_static(OUTCOME_UNKNOWN));
+    status
+}
+
 /// Ok when this group serves `shard` now; otherwise WrongGroup (FAILED_PRECONDITION with the
 /// group's config number, so the client refreshes its shard map) or, while the shard is moving
 /// in, UNAVAILABLE naming the leader, so the client waits there instead of trying other
@@ -140,5 +152,7 @@ mod tests {
         assert_eq!(outcome(&status), Some(OUTCOME_UNKNOWN));
         let stopped = write_error(RaftError::Fatal(openraft::error::Fatal::Stopped));
         assert_eq!(outcome(&stopped), Some(OUTCOME_UNKNOWN));
+        let evicted = response_evicted(3, 9);
+        assert_eq!((evicted.code(), outcome(&evicted)), (tonic::Code::FailedPrecondition, Some(OUTCOME_UNKNOWN)));
     }
 }
