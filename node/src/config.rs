@@ -80,7 +80,7 @@ pub struct NodeArgs {
     pub max_value_bytes: usize,
     /// Delete a client session (its deduplication record) after this many seconds without a
     /// write through it, measured in log time, the same on every replica. It must exceed the
-    /// longest a client keeps retrying one write (the Rust client: its request timeout, 10 s by
+    /// longest a client keeps retrying one write (the Rust client: its request timeout, 5 s by
     /// default): a retry arriving after its session expired would be applied again.
     #[arg(long, env = "SHARDKV_SESSION_EXPIRY_SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
     pub session_expiry_secs: u64,

@@ -6,5 +6,6 @@ mod harness;
 mod lifecycle;
 mod replication;
 mod scan;
+mod sessions;
 mod sharded;
 mod sharding;
