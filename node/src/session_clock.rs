@@ -43,7 +43,12 @@ fn has_sessions(ctx: &NodeContext) -> bool {
     ctx.db.iterator_cf(cf(&ctx.db, CF_SESSIONS), IteratorMode::Start).next().is_some()
 }
 
-/// How many sessions this replica holds (a scan of the keys; for status calls).
-pub fn count_sessions(ctx: &NodeContext) -> u64 {
-    ctx.db.iterator_cf(cf(&ctx.db, CF_SESSIONS), IteratorMode::Start).take_while(Result::is_ok).count() as u64
+/// How many sessions this replica holds (a scan; for status calls, off the async runtime).
+pub fn count_sessions(ctx: &NodeContext) -> Result<u64, rocksdb::Error> {
+    let mut count = 0;
+    for item in ctx.db.iterator_cf(cf(&ctx.db, CF_SESSIONS), IteratorMode::Start) {
+        item?;
+        count += 1;
+    }
+    Ok(count)
 }

@@ -232,7 +232,8 @@ impl Admin for AdminService {
             let ctx = self.ctx.clone();
             let sessions = tokio::task::spawn_blocking(move || count_sessions(&ctx))
                 .await
-                .map_err(|e| Status::internal(format!("counting sessions failed: {e}")))?;
+                .map_err(|e| Status::internal(format!("counting sessions failed: {e}")))?
+                .map_err(|e| Status::internal(format!("reading the session table failed: {e}")))?;
             Ok(self.status(initialized, sessions))
         })
         .await

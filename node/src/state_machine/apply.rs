@@ -276,7 +276,7 @@ impl<'a> ApplyBatch<'a> {
     }
 
     /// Deletes every session last active below log index `cutoff`. A full scan, but only when
-    /// the cutoff moves (about every expiry/64), and it reads one word of each session.
+    /// the cutoff moves (about every expiry/64), and it decodes one word of each session.
     fn expire_sessions(&mut self, cutoff: u64) -> io::Result<()> {
         let sessions_cf = cf(self.db, CF_SESSIONS);
         let mut expired: Vec<[u8; 12]> = self
