@@ -163,7 +163,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         prestop.clone(),
         shutdown_rx.clone(),
     ));
-    tokio::spawn(session_clock::run(ctx.clone(), args.session_expiry(), shutdown_rx.clone()));
+    tokio::spawn(session_clock::run(ctx.clone(), channels.clone(), args.session_expiry(), shutdown_rx.clone()));
     if let Role::Sharded { .. } = role {
         tokio::spawn(Driver::new(ctx.clone(), args.meta_endpoints.clone(), channels).run(shutdown_rx.clone()));
     }

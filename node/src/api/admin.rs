@@ -130,6 +130,7 @@ impl AdminService {
             membership_index: index_of(m.membership_config.log_id()),
             version: env!("CARGO_PKG_VERSION").to_string(),
             sessions,
+            decodes_session_clock: true,
         }
     }
 }
