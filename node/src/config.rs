@@ -8,6 +8,8 @@ use clap::ValueEnum;
 
 use crate::meta::META_GROUP;
 use crate::state_machine::sharding::Role;
+use crate::state_machine::snapshot_file::MAX_RECORD_PART;
+use crate::storage::keys::SHARD_PREFIX_LEN;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum LogFormat {
@@ -76,6 +78,12 @@ pub struct NodeArgs {
     /// Largest accepted value, in bytes.
     #[arg(long, env = "SHARDKV_MAX_VALUE_BYTES", default_value_t = 1 << 20)]
     pub max_value_bytes: usize,
+    /// Delete a client session (its deduplication record) after this many seconds without a
+    /// write through it, measured in log time, the same on every replica. It must exceed the
+    /// longest a client keeps retrying one write (the Rust client: its request timeout, 5 s by
+    /// default): a retry arriving after its session expired would be applied again.
+    #[arg(long, env = "SHARDKV_SESSION_EXPIRY_SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub session_expiry_secs: u64,
     /// Build a snapshot after this many log entries since the last one.
     #[arg(long, env = "SHARDKV_SNAPSHOT_EVERY", default_value_t = 20_000)]
     pub snapshot_every: u64,
@@ -90,6 +98,24 @@ pub struct NodeArgs {
 }
 
 impl NodeArgs {
+    /// Refuses limits under which a node could write a snapshot no node can install: a data
+    /// record (shard prefix, key, value) must fit the snapshot reader's record limit.
+    pub fn check_limits(&self) -> anyhow::Result<()> {
+        let limit = MAX_RECORD_PART as usize;
+        if self.max_key_bytes + SHARD_PREFIX_LEN > limit || self.max_value_bytes > limit {
+            anyhow::bail!(
+                "--max-key-bytes {} / --max-value-bytes {} exceed the snapshot record limit of {limit} bytes",
+                self.max_key_bytes,
+                self.max_value_bytes
+            );
+        }
+        Ok(())
+    }
+
+    pub fn session_expiry(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.session_expiry_secs)
+    }
+
     /// The node id, from --node-id or else from the pod name.
     pub fn resolved_node_id(&self) -> anyhow::Result<u64> {
         match (self.node_id, &self.pod_name) {
@@ -140,6 +166,19 @@ mod tests {
         let err = args(&["--pod-name", "nodash"]).resolved_node_id().unwrap_err();
         assert!(err.to_string().contains("expected <name>-<ordinal>"), "{err}");
         assert!(args(&[]).resolved_node_id().is_err());
+    }
+
+    #[test]
+    fn limits_must_fit_a_snapshot_record_and_sessions_expire_after_ten_minutes() {
+        assert!(args(&[]).check_limits().is_ok());
+        assert_eq!(args(&[]).session_expiry(), std::time::Duration::from_secs(600));
+        assert_eq!(args(&["--session-expiry-secs", "2"]).session_expiry(), std::time::Duration::from_secs(2));
+        let err = args(&["--max-value-bytes", "100000000"]).check_limits().unwrap_err();
+        assert!(err.to_string().contains("snapshot record limit"), "{err}");
+        assert!(
+            NodeArgs::try_parse_from(["n", "--cluster-id", "c", "--data-dir", "d", "--session-expiry-secs", "0"])
+                .is_err()
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod migration;
 pub mod network;
 pub mod node;
+pub mod session_clock;
 pub mod state_machine;
 pub mod storage;
 pub mod types;

@@ -33,6 +33,7 @@ use crate::network::MAX_MESSAGE_BYTES;
 use crate::network::channels::Channels;
 use crate::network::peer::PeerNetwork;
 use crate::network::service::RaftService;
+use crate::session_clock;
 use crate::state_machine::SnapshotStore;
 use crate::state_machine::StateMachine;
 use crate::state_machine::sharding::Role;
@@ -45,6 +46,8 @@ use crate::types::index_of;
 /// How long in-flight gRPC calls may take to finish once shutdown starts.
 const GRPC_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 const RECOVERY_WAIT: Duration = Duration::from_secs(10);
+/// Session expiries below this may be shorter than how long clients retry one write.
+const LONGEST_CLIENT_RETRY: Duration = Duration::from_secs(60);
 
 fn raft_config(args: &NodeArgs) -> anyhow::Result<openraft::Config> {
     let config = openraft::Config {
@@ -69,6 +72,15 @@ fn raft_config(args: &NodeArgs) -> anyhow::Result<openraft::Config> {
 
 pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let node_id = args.resolved_node_id()?;
+    args.check_limits()?;
+    if args.session_expiry() < LONGEST_CLIENT_RETRY {
+        // Allowed (tests use seconds), but a client still retrying a write whose session
+        // expired would have it applied twice.
+        tracing::warn!(
+            expiry_secs = args.session_expiry_secs,
+            "--session-expiry-secs is shorter than a client may keep retrying one write; retries may apply twice"
+        );
+    }
     let role = args.resolved_role()?;
     let scope = GroupScope { cluster_id: args.cluster_id.clone(), group_id: args.group_id };
     let wanted =
@@ -151,6 +163,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         prestop.clone(),
         shutdown_rx.clone(),
     ));
+    tokio::spawn(session_clock::run(ctx.clone(), channels.clone(), args.session_expiry(), shutdown_rx.clone()));
     if let Role::Sharded { .. } = role {
         tokio::spawn(Driver::new(ctx.clone(), args.meta_endpoints.clone(), channels).run(shutdown_rx.clone()));
     }

@@ -60,6 +60,11 @@ pub enum Op {
     InstallChunk { config_num: u64, data: Vec<Record>, sessions: Vec<Record>, last: bool },
     /// Data group: the new owner has installed `Command::shard`; delete this group's copy.
     DropShard { config_num: u64 },
+    /// The leader's wall-clock time, the only time apply uses: sessions idle for `expiry_ms` of
+    /// log time are deleted, the same on every replica. The expiry travels with the entry so
+    /// that replicas configured differently still agree. (Appended last: stored logs and
+    /// snapshots encode variants by position.)
+    SessionClock { now_ms: u64, expiry_ms: u64 },
 }
 
 /// A key and value moved with a shard (data item, or a session keyed by client id).
@@ -109,6 +114,9 @@ pub enum OpResult {
     },
     /// A meta operation that cannot apply, with the reason.
     Refused(String),
+    /// A retry of a write older than every result its session still caches: it may have been
+    /// applied, so it is neither applied again nor answered.
+    ResponseEvicted,
 }
 
 /// Log lines name the operation, key length and session, never the value bytes.
@@ -130,6 +138,7 @@ impl std::fmt::Display for Command {
                 sessions.len()
             )?,
             Op::DropShard { config_num } => write!(f, "drop shard={} config={config_num}", self.shard)?,
+            Op::SessionClock { now_ms, expiry_ms } => write!(f, "session clock now_ms={now_ms} expiry_ms={expiry_ms}")?,
         }
         if let Some(s) = &self.session {
             write!(f, " client={} seq={}", s.client_id, s.seq)?;
@@ -303,6 +312,7 @@ mod tests {
                     last: false,
                 },
             },
+            Command { session: None, shard: 0, op: Op::SessionClock { now_ms: 1_700_000_000_000, expiry_ms: 600_000 } },
         ]
     }
 

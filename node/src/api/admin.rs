@@ -49,6 +49,7 @@ use crate::lifecycle::removal::Verdict;
 use crate::lifecycle::snapshot::snapshot_and_purge;
 use crate::migration::ShardState;
 use crate::network::channels::Channels;
+use crate::session_clock::count_sessions;
 use crate::types::index_of;
 
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -69,7 +70,7 @@ impl AdminService {
         Self { ctx, channels, prestop }
     }
 
-    fn status(&self, initialized: bool) -> StatusResponse {
+    fn status(&self, initialized: bool, sessions: u64) -> StatusResponse {
         let m = self.ctx.raft.metrics().borrow_watched().clone();
         let membership = m.membership_config.membership();
         let voters: BTreeSet<_> = membership.voter_ids().collect();
@@ -128,6 +129,8 @@ impl AdminService {
             shards,
             membership_index: index_of(m.membership_config.log_id()),
             version: env!("CARGO_PKG_VERSION").to_string(),
+            sessions,
+            decodes_session_clock: true,
         }
     }
 }
@@ -227,7 +230,12 @@ impl Admin for AdminService {
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         observed(&self.ctx.metrics, "Status", async {
             let initialized = self.ctx.raft.is_initialized().await.map_err(|e| Status::unavailable(e.to_string()))?;
-            Ok(self.status(initialized))
+            let ctx = self.ctx.clone();
+            let sessions = tokio::task::spawn_blocking(move || count_sessions(&ctx))
+                .await
+                .map_err(|e| Status::internal(format!("counting sessions failed: {e}")))?
+                .map_err(|e| Status::internal(format!("reading the session table failed: {e}")))?;
+            Ok(self.status(initialized, sessions))
         })
         .await
     }

@@ -75,6 +75,18 @@ pub fn write_error(err: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> 
     status
 }
 
+/// A retry older than every result its session caches: FAILED_PRECONDITION, marked
+/// outcome-unknown, because the write may have been applied before its result was evicted.
+pub fn response_evicted(seq: u64, client_id: u64) -> Status {
+    let mut status = Status::failed_precondition(format!(
+        "session window exceeded: sequence {seq} of client {client_id} is older than the {} results the session \
+         caches; it may have been applied, read the key before writing again",
+        crate::state_machine::session::MAX_CACHED_RESPONSES
+    ));
+    status.metadata_mut().insert(OUTCOME_HEADER, MetadataValue::from_static(OUTCOME_UNKNOWN));
+    status
+}
+
 /// The replica answering a request, as far as deciding WrongGroup goes.
 pub struct Answering<L> {
     /// This replica leads its group: its applied config is the group's view.
@@ -220,5 +232,7 @@ mod tests {
         assert_eq!(outcome(&status), Some(OUTCOME_UNKNOWN));
         let stopped = write_error(RaftError::Fatal(openraft::error::Fatal::Stopped));
         assert_eq!(outcome(&stopped), Some(OUTCOME_UNKNOWN));
+        let evicted = response_evicted(3, 9);
+        assert_eq!((evicted.code(), outcome(&evicted)), (tonic::Code::FailedPrecondition, Some(OUTCOME_UNKNOWN)));
     }
 }

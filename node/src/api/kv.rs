@@ -26,6 +26,7 @@ use super::errors::Answering;
 use super::errors::admit;
 use super::errors::raft_error;
 use super::errors::refused_at_apply;
+use super::errors::response_evicted;
 use super::errors::write_error;
 use super::observed;
 use super::scan;
@@ -99,11 +100,16 @@ impl KvService {
         let cmd = Command { session: Some(session), shard, op };
         let response = self.ctx.raft.client_write(cmd).await.map_err(write_error)?;
         refused_at_apply(&response.data, shard, header.config_num, || self.ctx.leader())?;
-        if response.data == OpResult::SessionExpired {
-            return Err(Status::failed_precondition(format!(
-                "session expired: sequence {} of client {} is below what the client already acknowledged",
-                header.seq, header.client_id
-            )));
+        match response.data {
+            OpResult::SessionExpired => {
+                return Err(Status::failed_precondition(format!(
+                    "session expired: sequence {} of client {} is below what the client already acknowledged",
+                    header.seq, header.client_id
+                )));
+            }
+            // Outcome unknown: the write may have been applied before its result was evicted.
+            OpResult::ResponseEvicted => return Err(response_evicted(header.seq, header.client_id)),
+            _ => {}
         }
         Ok((response.data, response.log_id.index()))
     }

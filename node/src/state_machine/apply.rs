@@ -6,11 +6,15 @@ use std::io;
 use std::sync::PoisonError;
 
 use rocksdb::DB;
+use rocksdb::IteratorMode;
 use rocksdb::WriteBatch;
 
 use super::records::check_chunk;
+use super::session;
+use super::session::CLOCK_KEY;
 use super::session::Dedup;
 use super::session::Session;
+use super::session::SessionClock;
 use super::sharding::Sharding;
 use super::sharding::SharedSharding;
 use super::sharding::write_config;
@@ -19,6 +23,7 @@ use crate::meta::next_config;
 use crate::migration::Admission;
 use crate::storage::CF_DATA;
 use crate::storage::CF_SESSIONS;
+use crate::storage::CF_SHARDS;
 use crate::storage::cf;
 use crate::storage::io_err;
 use crate::storage::keys::data_key;
@@ -36,7 +41,10 @@ pub struct ApplyBatch<'a> {
     db: &'a DB,
     batch: WriteBatch,
     data: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Sessions this batch wrote (a deleted one as a default session).
     sessions: HashMap<[u8; 12], Session>,
+    /// The session clock as changed by this batch.
+    clock: Option<SessionClock>,
     shared: &'a SharedSharding,
     /// The sharding state as changed by this batch; published only after the batch is written.
     sharding: Option<Sharding>,
@@ -49,14 +57,16 @@ impl<'a> ApplyBatch<'a> {
             batch: WriteBatch::default(),
             data: HashMap::new(),
             sessions: HashMap::new(),
+            clock: None,
             shared,
             sharding: None,
         }
     }
 
-    pub fn apply(&mut self, cmd: &Command) -> io::Result<OpResult> {
+    /// Applies `cmd`, the entry at log `index`.
+    pub fn apply(&mut self, index: u64, cmd: &Command) -> io::Result<OpResult> {
         match &cmd.op {
-            Op::Put { .. } | Op::Delete { .. } | Op::CompareAndSwap { .. } => self.apply_data(cmd),
+            Op::Put { .. } | Op::Delete { .. } | Op::CompareAndSwap { .. } => self.apply_data(index, cmd),
             Op::Meta(change) => self.apply_meta(change),
             Op::ApplyConfig { config } => {
                 if let Err(refusal) = self.sharding_mut().group.apply_config(config.clone()) {
@@ -67,7 +77,7 @@ impl<'a> ApplyBatch<'a> {
                 Ok(OpResult::Config { num: config.num })
             }
             Op::InstallChunk { config_num, data, sessions, last } => {
-                self.install_chunk(cmd.shard, *config_num, data, sessions, *last)
+                self.install_chunk(index, cmd.shard, *config_num, data, sessions, *last)
             }
             Op::DropShard { config_num } => {
                 if self.sharding_mut().group.finish_handoff(*config_num, cmd.shard) {
@@ -76,6 +86,10 @@ impl<'a> ApplyBatch<'a> {
                     self.batch.delete_range_cf(cf(self.db, CF_SESSIONS), start, end);
                     tracing::info!(shard = cmd.shard, config = config_num, "deleted a shard its new owner installed");
                 }
+                Ok(OpResult::Applied)
+            }
+            Op::SessionClock { now_ms, expiry_ms } => {
+                self.tick_clock(index, *now_ms, *expiry_ms)?;
                 Ok(OpResult::Applied)
             }
         }
@@ -126,6 +140,7 @@ impl<'a> ApplyBatch<'a> {
 
     fn install_chunk(
         &mut self,
+        index: u64,
         shard: ShardId,
         config_num: u64,
         data: &[Record],
@@ -148,9 +163,12 @@ impl<'a> ApplyBatch<'a> {
         for record in data {
             self.write(data_key(shard, &record.key), Some(record.value.clone()));
         }
-        for (record, (client_id, session)) in sessions.iter().zip(decoded) {
+        // Stored in the current format and active from now on: the previous owner's log indexes
+        // mean nothing in this group's log.
+        for (client_id, mut session) in decoded {
             let key = session_key(shard, client_id);
-            self.batch.put_cf(cf(self.db, CF_SESSIONS), key, &record.value);
+            session.touch(index);
+            self.batch.put_cf(cf(self.db, CF_SESSIONS), key, session.to_bytes());
             self.sessions.insert(key, session);
         }
         if last {
@@ -160,7 +178,7 @@ impl<'a> ApplyBatch<'a> {
         Ok(OpResult::Applied)
     }
 
-    fn apply_data(&mut self, cmd: &Command) -> io::Result<OpResult> {
+    fn apply_data(&mut self, index: u64, cmd: &Command) -> io::Result<OpResult> {
         // Ownership first: a refused request must leave no trace in the session table, because
         // the session moves with the shard and the new owner must execute the retry.
         match self.admission(cmd.shard) {
@@ -174,13 +192,14 @@ impl<'a> ApplyBatch<'a> {
         let key = session_key(cmd.shard, tag.client_id);
         let mut session = self.session(&key)?;
         match session.check(tag.seq) {
-            Dedup::Duplicate(result) => return Ok(result),
+            Dedup::Duplicate(cached) => return Ok(cached.result(&cmd.op)),
             Dedup::Expired => return Ok(OpResult::SessionExpired),
+            Dedup::Evicted => return Ok(OpResult::ResponseEvicted),
             Dedup::Fresh => {}
         }
         let result = self.execute(cmd)?;
-        session.record(tag.seq, tag.first_unacked, result.clone());
-        self.batch.put_cf(cf(self.db, CF_SESSIONS), key, encode(&session));
+        session.record(tag.seq, tag.first_unacked, &result, index);
+        self.batch.put_cf(cf(self.db, CF_SESSIONS), key, session.to_bytes());
         self.sessions.insert(key, session);
         Ok(result)
     }
@@ -232,9 +251,57 @@ impl<'a> ApplyBatch<'a> {
             return Ok(s.clone());
         }
         match self.db.get_cf(cf(self.db, CF_SESSIONS), key).map_err(io_err)? {
-            Some(bytes) => decode(&bytes),
+            Some(bytes) => Session::from_bytes(&bytes),
             None => Ok(Session::default()),
         }
+    }
+
+    /// Advances the session clock with the clock entry at `index` and deletes the sessions it
+    /// says are expired.
+    fn tick_clock(&mut self, index: u64, now_ms: u64, expiry_ms: u64) -> io::Result<()> {
+        let mut clock = match self.clock.take() {
+            Some(clock) => clock,
+            None => match self.db.get_cf(cf(self.db, CF_SHARDS), CLOCK_KEY).map_err(io_err)? {
+                Some(bytes) => decode(&bytes)?,
+                None => SessionClock::default(),
+            },
+        };
+        let cutoff = clock.tick(index, now_ms, expiry_ms);
+        self.batch.put_cf(cf(self.db, CF_SHARDS), CLOCK_KEY, encode(&clock));
+        self.clock = Some(clock);
+        if let Some(cutoff) = cutoff {
+            self.expire_sessions(cutoff)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes every session last active below log index `cutoff`. A full scan, but only when
+    /// the cutoff moves (about every expiry/64), and it decodes one word of each session.
+    fn expire_sessions(&mut self, cutoff: u64) -> io::Result<()> {
+        let sessions_cf = cf(self.db, CF_SESSIONS);
+        let mut expired: Vec<[u8; 12]> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.last_active() < cutoff && **s != Session::default())
+            .map(|(key, _)| *key)
+            .collect();
+        for item in self.db.iterator_cf(sessions_cf, IteratorMode::Start) {
+            let (key, value) = item.map_err(io_err)?;
+            if let Ok(key) = <[u8; 12]>::try_from(&*key)
+                && !self.sessions.contains_key(&key)
+                && session::last_active_in(&value) < cutoff
+            {
+                expired.push(key);
+            }
+        }
+        for key in &expired {
+            self.batch.delete_cf(sessions_cf, key);
+            self.sessions.insert(*key, Session::default());
+        }
+        if !expired.is_empty() {
+            tracing::info!(sessions = expired.len(), before_index = cutoff, "expired idle client sessions");
+        }
+        Ok(())
     }
 }
 
@@ -277,10 +344,12 @@ mod tests {
         let db = crate::storage::open_db(dir.path()).unwrap();
         let shared = pulling();
         let mut batch = ApplyBatch::new(&db, &shared);
-        let bad_sessions =
-            [vec![record(&7u64.to_be_bytes(), b"not a session")], vec![record(b"short", &encode(&Session::default()))]];
+        let bad_sessions = [
+            vec![record(&7u64.to_be_bytes(), b"not a session")],
+            vec![record(b"short", &Session::default().to_bytes())],
+        ];
         for sessions in bad_sessions {
-            let result = batch.apply(&chunk(sessions, true)).expect("bad content never fails apply");
+            let result = batch.apply(5, &chunk(sessions, true)).expect("bad content never fails apply");
             let OpResult::Refused(reason) = result else { panic!("applied as {result:?}") };
             assert!(reason.contains("shard 1 chunk for config 4"), "{reason}");
         }
@@ -299,8 +368,8 @@ mod tests {
 
         // A good chunk after the bad ones still installs.
         let mut batch = ApplyBatch::new(&db, &shared);
-        let good = vec![record(&7u64.to_be_bytes(), &encode(&Session::default()))];
-        assert_eq!(batch.apply(&chunk(good, true)).unwrap(), OpResult::Applied);
+        let good = vec![record(&7u64.to_be_bytes(), &Session::default().to_bytes())];
+        assert_eq!(batch.apply(6, &chunk(good, true)).unwrap(), OpResult::Applied);
         let (write_batch, sharding) = batch.finish();
         db.write(write_batch).unwrap();
         assert_eq!(sharding.unwrap().group.shards[&SHARD], ShardState::Serving);

@@ -29,6 +29,7 @@ pub use snapshot_store::SnapshotFile;
 pub use snapshot_store::SnapshotStore;
 
 use self::apply::ApplyBatch;
+use self::session::Session;
 use self::sharding::Role;
 use self::sharding::Sharding;
 use self::sharding::SharedSharding;
@@ -128,7 +129,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         while let Some((entry, responder)) = entries.try_next().await? {
             let result = match &entry.payload {
                 EntryPayload::Blank => OpResult::Applied,
-                EntryPayload::Normal(cmd) => batch.apply(cmd)?,
+                EntryPayload::Normal(cmd) => batch.apply(entry.log_id.index(), cmd)?,
                 EntryPayload::Membership(m) => {
                     self.membership = StoredMembership::new(Some(entry.log_id), m.clone());
                     OpResult::Applied
@@ -301,9 +302,96 @@ fn write_snapshot(state: &StateView, snapshots: &SnapshotStore) -> io::Result<Sn
     {
         for item in view.iterator_cf(cf(db, name), IteratorMode::Start) {
             let (key, value) = item.map_err(io_err)?;
-            writer.record(kind, &key, &value)?;
+            // A session stored before results were cached without values may be larger than
+            // the reader accepts; it is written in the current format.
+            let upgraded = if kind == RecordKind::Session { Session::upgraded_bytes(&value) } else { None };
+            writer.record(kind, &key, upgraded.as_deref().unwrap_or(&value))?;
         }
     }
     writer.finish()?;
     snapshots.adopt(&tmp, &header)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::RwLock;
+
+    use super::*;
+    use crate::storage::keys::session_key;
+    use crate::types::Command;
+    use crate::types::Op;
+    use crate::types::SessionTag;
+
+    const MIB: usize = 1 << 20;
+    /// Compare-and-swaps per client, each with a 1 MiB previous value: more than the snapshot
+    /// reader's 64 MiB record limit if a session kept them.
+    const SWAPS: u64 = 66;
+
+    /// A session as stored before results were cached without values.
+    #[derive(serde::Serialize)]
+    struct FirstFormatSession {
+        acked_below: u64,
+        responses: BTreeMap<u64, OpResult>,
+    }
+
+    fn apply(db: &DB, shared: &SharedSharding, index: u64, cmd: Command) -> OpResult {
+        let mut batch = ApplyBatch::new(db, shared);
+        let result = batch.apply(index, &cmd).unwrap();
+        let (write_batch, sharding) = batch.finish();
+        db.write(write_batch).unwrap();
+        ApplyBatch::publish(sharding, shared);
+        result
+    }
+
+    /// Clients each pin their window (first unacked stays 1) while they swap a 1 MiB value back
+    /// and forth, and one session was stored in the first format with as many 1 MiB results:
+    /// every session record stays small, so the snapshot is within the reader's limits and
+    /// installs on another replica, where the retries still get their answers.
+    #[test]
+    fn a_snapshot_holding_many_large_sessions_stays_installable() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::storage::open_db(&dir.path().join("db")).unwrap();
+        let shared: SharedSharding =
+            Arc::new(RwLock::new(Sharding::load(&db, Role::Standalone { group: 1 }, 4).unwrap()));
+        let values = [vec![b'a'; MIB], vec![b'b'; MIB]];
+        let mut index = 0;
+        for client in 1..=2u64 {
+            let key = format!("key-{client}").into_bytes();
+            for seq in 1..=SWAPS {
+                index += 1;
+                let (from, to) = (&values[seq as usize % 2], &values[(seq as usize + 1) % 2]);
+                let expected = (seq > 1).then(|| from.clone());
+                let op = Op::CompareAndSwap { key: key.clone(), expected, new_value: to.clone() };
+                let session = Some(SessionTag { client_id: client, seq, first_unacked: 1 });
+                let result = apply(&db, &shared, index, Command { session, shard: 0, op });
+                assert!(matches!(result, OpResult::CompareAndSwap { succeeded: true, .. }), "{result:?}");
+            }
+        }
+        let failed = OpResult::CompareAndSwap { succeeded: false, previous: Some(values[0].clone()) };
+        let first_format = FirstFormatSession {
+            acked_below: 1,
+            responses: (1..=SWAPS).map(|seq| (seq, failed.clone())).chain([(SWAPS + 1, OpResult::Put)]).collect(),
+        };
+        db.put_cf(cf(&db, CF_SESSIONS), session_key(1, 3), encode(&first_format)).unwrap();
+
+        let snapshots = SnapshotStore::open(dir.path().join("snapshots")).unwrap();
+        let snapshot = write_snapshot(&StateView::of(db.clone()), &snapshots).expect("the snapshot is written");
+        check_snapshot(&snapshot.snapshot.path, &snapshot.meta).expect("and can be installed");
+        assert!(snapshot.snapshot.size < 4 * MIB as u64, "{} bytes: two values per key", snapshot.snapshot.size);
+
+        let other = tempfile::tempdir().unwrap();
+        let replica = crate::storage::open_db(other.path()).unwrap();
+        load_snapshot(&replica, &snapshot.snapshot.path).unwrap();
+        let shared: SharedSharding =
+            Arc::new(RwLock::new(Sharding::load(&replica, Role::Standalone { group: 1 }, 4).unwrap()));
+        // Seq 3 swapped values[1] for values[0]; its retry carries the same expected value.
+        let retry = Op::CompareAndSwap { key: b"key-1".to_vec(), expected: Some(values[1].clone()), new_value: vec![] };
+        let session = Some(SessionTag { client_id: 1, seq: 3, first_unacked: 1 });
+        let answer = apply(&replica, &shared, index + 1, Command { session, shard: 0, op: retry });
+        assert_eq!(answer, OpResult::CompareAndSwap { succeeded: true, previous: Some(values[1].clone()) });
+        let session = Some(SessionTag { client_id: 3, seq: SWAPS + 1, first_unacked: 1 });
+        let put = Op::Put { key: b"k".to_vec(), value: b"v".to_vec() };
+        assert_eq!(apply(&replica, &shared, index + 2, Command { session, shard: 1, op: put }), OpResult::Put);
+    }
 }

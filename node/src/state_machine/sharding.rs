@@ -11,6 +11,8 @@ use rocksdb::Direction;
 use rocksdb::IteratorMode;
 use rocksdb::WriteBatch;
 
+use super::session::CLOCK_KEY;
+use super::session::SessionClock;
 use crate::meta::Config;
 use crate::meta::GroupId;
 use crate::migration::GroupShards;
@@ -103,6 +105,8 @@ pub fn check_record(key: &[u8], value: &[u8]) -> Result<(), String> {
         decode::<GroupShards>(value).map(drop)
     } else if key.len() == CONFIG_PREFIX.len() + 8 && key.starts_with(CONFIG_PREFIX) {
         decode::<Config>(value).map(drop)
+    } else if key == CLOCK_KEY {
+        decode::<SessionClock>(value).map(drop)
     } else {
         return Err(format!("unknown record {:?}", String::from_utf8_lossy(key)));
     };
@@ -155,5 +159,7 @@ mod tests {
         assert!(check_record(GROUP_KEY, b"garbage").is_err());
         assert!(check_record(&config_key(3), b"\x01").is_err());
         assert!(check_record(b"config/1", &encode(&group().config)).is_err());
+        assert_eq!(check_record(CLOCK_KEY, &encode(&SessionClock::default())), Ok(()));
+        assert!(check_record(CLOCK_KEY, b"\x01").is_err());
     }
 }

@@ -27,8 +27,9 @@ use crate::types::encode;
 
 const MAGIC: &[u8; 8] = b"SKVSNAP1";
 const END: u8 = 0;
-/// Records larger than this are corruption, not data (values are capped far below).
-const MAX_RECORD_PART: u32 = 64 << 20;
+/// Records larger than this are corruption, not data (values are capped far below). The writer
+/// refuses to write one, so that every snapshot written can be installed.
+pub const MAX_RECORD_PART: u32 = 64 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecordKind {
@@ -77,6 +78,17 @@ impl SnapshotWriter {
     }
 
     pub fn record(&mut self, kind: RecordKind, key: &[u8], value: &[u8]) -> io::Result<()> {
+        for (what, len) in [("key", key.len()), ("value", value.len())] {
+            if len > MAX_RECORD_PART as usize {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "a {kind:?} record {what} of {len} bytes is over the snapshot record limit of {MAX_RECORD_PART} \
+                         bytes; no node could install the snapshot"
+                    ),
+                ));
+            }
+        }
         self.put(&[kind as u8])?;
         self.put(&(key.len() as u32).to_le_bytes())?;
         self.put(&(value.len() as u32).to_le_bytes())?;
@@ -248,6 +260,21 @@ mod tests {
             n += 1;
         }
         assert_eq!(n, 101);
+    }
+
+    #[test]
+    fn the_writer_refuses_a_record_the_reader_would_refuse() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = SnapshotWriter::create(&dir.path().join("s"), &header()).unwrap();
+        let limit = vec![0u8; MAX_RECORD_PART as usize];
+        w.record(RecordKind::Session, b"k", &limit).expect("a record at the limit is written");
+        let err = w.record(RecordKind::Session, b"k", &[limit.as_slice(), &[0]].concat()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert!(err.to_string().contains("over the snapshot record limit"), "{err}");
+        w.finish().unwrap();
+        let path = dir.path().join("s");
+        let header = verify(&path, |r| if r.value.len() == limit.len() { Ok(()) } else { Err("other".into()) });
+        assert!(header.is_ok(), "what was written reads back: {header:?}");
     }
 
     #[test]

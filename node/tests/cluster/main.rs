@@ -7,5 +7,6 @@ mod lifecycle;
 mod replication;
 mod routing;
 mod scan;
+mod sessions;
 mod sharded;
 mod sharding;

@@ -99,6 +99,7 @@ pub fn status_to_json(s: &StatusResponse) -> Value {
         "initialized": s.initialized,
         "startup_log_entries": s.startup_log_entries,
         "snapshots_installed": s.snapshots_installed,
+        "sessions": s.sessions,
         "stopping": s.stopping,
         "role": s.role,
         "config_num": s.config_num,
