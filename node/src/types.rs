@@ -60,6 +60,9 @@ pub enum Op {
     InstallChunk { config_num: u64, data: Vec<Record>, sessions: Vec<Record>, last: bool },
     /// Data group: the new owner has installed `Command::shard`; delete this group's copy.
     DropShard { config_num: u64 },
+    /// Data group that has applied no config: start right after `baseline`, the config before
+    /// the one it joined in, owning nothing (see `GroupShards::start_after`).
+    StartAfter { baseline: Config },
 }
 
 /// A key and value moved with a shard (data item, or a session keyed by client id).
@@ -130,6 +133,7 @@ impl std::fmt::Display for Command {
                 sessions.len()
             )?,
             Op::DropShard { config_num } => write!(f, "drop shard={} config={config_num}", self.shard)?,
+            Op::StartAfter { baseline } => write!(f, "start after config={}", baseline.num)?,
         }
         if let Some(s) = &self.session {
             write!(f, " client={} seq={}", s.client_id, s.seq)?;
