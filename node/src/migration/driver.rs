@@ -201,13 +201,14 @@ impl Driver {
         }
     }
 
-    /// Starts a group that has applied no config right before the config it joined in (its
-    /// latest membership), so it never waits on moves of an earlier membership of its id that
-    /// finished long ago. Nothing happens until the group is in the latest config.
+    /// Starts a group that has applied no config, so it never waits on moves of an earlier
+    /// membership of its id that finished long ago. Outside the latest config, it starts after
+    /// it: every later config is this group's to apply, a join and leave that follow included.
+    /// In the latest config, it starts right before the config it joined in.
     async fn start(&self, group: GroupId) -> Result<(), MoveError> {
         let latest = self.fetch_latest().await?;
         if !latest.groups.contains_key(&group) {
-            return Ok(());
+            return self.propose_config(latest.num, Op::StartAfter { baseline: latest }).await;
         }
         let mut joined = latest;
         let baseline = loop {
