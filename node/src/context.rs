@@ -10,7 +10,7 @@ use rocksdb::DB;
 
 use crate::metrics::NodeMetrics;
 use crate::migration::Admission;
-use crate::migration::driver::MoveProgress;
+use crate::migration::progress::MoveProgress;
 use crate::network::GroupScope;
 use crate::state_machine::sharding::Sharding;
 use crate::state_machine::sharding::SharedSharding;

@@ -62,9 +62,12 @@ pub enum Op {
     DropShard { config_num: u64 },
     /// The leader's wall-clock time, the only time apply uses: sessions idle for `expiry_ms` of
     /// log time are deleted, the same on every replica. The expiry travels with the entry so
-    /// that replicas configured differently still agree. (Appended last: stored logs and
-    /// snapshots encode variants by position.)
+    /// that replicas configured differently still agree.
     SessionClock { now_ms: u64, expiry_ms: u64 },
+    /// Data group that has applied no config: start right after `baseline`, the config before
+    /// the one it joined in, owning nothing (see `GroupShards::start_after`).
+    StartAfter { baseline: Config },
+    // New variants go last: stored logs and snapshots encode a variant by its position.
 }
 
 /// A key and value moved with a shard (data item, or a session keyed by client id).
@@ -139,6 +142,7 @@ impl std::fmt::Display for Command {
             )?,
             Op::DropShard { config_num } => write!(f, "drop shard={} config={config_num}", self.shard)?,
             Op::SessionClock { now_ms, expiry_ms } => write!(f, "session clock now_ms={now_ms} expiry_ms={expiry_ms}")?,
+            Op::StartAfter { baseline } => write!(f, "start after config={}", baseline.num)?,
         }
         if let Some(s) = &self.session {
             write!(f, " client={} seq={}", s.client_id, s.seq)?;

@@ -1,10 +1,11 @@
 //! The meta group's shard maps: the numbered sequence of configs that says which data group
 //! owns each shard. `assignment` computes the next config (pure); `service` serves
-//! Join/Leave/Move/Query over gRPC; the configs themselves are replicated state (see
-//! `state_machine::sharding`).
+//! Join/Leave/Move/Query over gRPC; `wire` converts configs to and from their gRPC form. The
+//! configs themselves are replicated state (see `state_machine::sharding`).
 
 pub mod assignment;
 pub mod service;
+pub mod wire;
 
 pub use assignment::AssignmentError;
 pub use assignment::Config;

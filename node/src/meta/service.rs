@@ -1,27 +1,23 @@
 //! The meta group's gRPC service: Join, Leave and Move go through Raft; Query reads the
-//! configs. Also the conversions between configs and their wire form, shared with the data
-//! groups that fetch configs.
+//! configs.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use openraft::ReadPolicy;
 use shardkv_proto::v1::ConfigResponse;
-use shardkv_proto::v1::GroupMembers;
 use shardkv_proto::v1::JoinRequest;
 use shardkv_proto::v1::LeaveRequest;
 use shardkv_proto::v1::MoveRequest;
 use shardkv_proto::v1::QueryRequest;
-use shardkv_proto::v1::ShardConfig;
 use shardkv_proto::v1::meta_server::Meta;
 use tonic::Request;
 use tonic::Response;
 use tonic::Status;
 
-use super::Config;
 use super::META_GROUP;
-use super::Member;
 use super::MetaChange;
+use super::wire::config_to_wire;
+use super::wire::members_from_wire;
 use crate::api::errors::raft_error;
 use crate::api::observed;
 use crate::context::NodeContext;
@@ -86,7 +82,7 @@ impl Meta for MetaService {
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<ConfigResponse>, Status> {
         observed(&self.ctx.metrics, "Join", async {
             let group = request.into_inner().group.ok_or_else(|| Status::invalid_argument("join needs a group"))?;
-            let members = members_from_wire(&group)?;
+            let members = members_from_wire(&group).map_err(|e| Status::invalid_argument(e.to_string()))?;
             self.change(MetaChange::Join { group: group_of(group.group_id)?, members }).await
         })
         .await
@@ -119,78 +115,5 @@ impl Meta for MetaService {
             self.config_response(num)
         })
         .await
-    }
-}
-
-pub fn config_to_wire(config: &Config) -> ShardConfig {
-    ShardConfig {
-        num: config.num,
-        shard_groups: config.shards.iter().map(|owner| owner.unwrap_or(0)).collect(),
-        groups: config
-            .groups
-            .iter()
-            .map(|(&group_id, members)| GroupMembers {
-                group_id,
-                members: members
-                    .iter()
-                    .map(|m| shardkv_proto::v1::Member { node_id: m.node_id, addr: m.addr.clone() })
-                    .collect(),
-            })
-            .collect(),
-        pinned: config.pinned.keys().copied().collect(),
-    }
-}
-
-/// A config as a meta replica sent it; refused when it is not self-consistent.
-pub fn config_from_wire(wire: &ShardConfig) -> Result<Config, String> {
-    let mut groups = BTreeMap::new();
-    for group in &wire.groups {
-        let members = members_from_wire(group).map_err(|s| s.message().to_string())?;
-        groups.insert(group.group_id, members);
-    }
-    let shards: Vec<Option<u64>> = wire.shard_groups.iter().map(|&g| (g != 0).then_some(g)).collect();
-    if let Some(owner) = shards.iter().flatten().find(|g| !groups.contains_key(g)) {
-        return Err(format!("config {} gives shards to group {owner}, which it does not list", wire.num));
-    }
-    let pinned = wire
-        .pinned
-        .iter()
-        .filter_map(|&shard| shards.get(shard as usize).copied().flatten().map(|group| (shard, group)))
-        .collect();
-    Ok(Config { num: wire.num, shards, groups, pinned })
-}
-
-fn members_from_wire(group: &GroupMembers) -> Result<Vec<Member>, Status> {
-    group
-        .members
-        .iter()
-        .map(|m| {
-            if m.node_id == 0 || !m.addr.contains(':') {
-                return Err(Status::invalid_argument(format!(
-                    "group {} member {{node_id: {}, addr: {:?}}} needs a node id of 1 or more and a host:port address",
-                    group.group_id, m.node_id, m.addr
-                )));
-            }
-            Ok(Member { node_id: m.node_id, addr: m.addr.clone() })
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn configs_survive_the_wire() {
-        let members = vec![Member { node_id: 1, addr: "127.0.0.1:7100".into() }];
-        let config = Config::initial(6).join(1, members.clone()).unwrap().join(2, members).unwrap();
-        let config = config.move_shard(5, 1).unwrap();
-        assert_eq!(config_from_wire(&config_to_wire(&config)).unwrap(), config);
-    }
-
-    #[test]
-    fn a_config_naming_an_unlisted_group_is_refused() {
-        let wire = ShardConfig { num: 3, shard_groups: vec![4], groups: vec![], pinned: vec![] };
-        assert!(config_from_wire(&wire).unwrap_err().contains("group 4"));
     }
 }

@@ -1,19 +1,25 @@
-//! The one task per data group that moves its shards, run by the group's leader: fetch the
-//! next config once every shard has settled and propose it; pull shards that moved in; delete
-//! shards that moved out once their new owner has them. Every step is proposed through Raft
-//! and fenced by config number, so a new leader simply picks up where the state says.
+//! The one task per data group that moves its shards, run by the group's leader: start a new
+//! group at the config it joined in; fetch the next config once every shard has settled and
+//! propose it; pull shards that moved in; delete shards that moved out once their new owner
+//! (or a later one) has them. Every step is proposed through Raft and fenced by config number,
+//! so a new leader simply picks up where the state says.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
+use std::time::Instant;
 
 use futures::TryStreamExt;
 use openraft::ServerState;
 use openraft::async_runtime::WatchReceiver;
+use openraft::error::ClientWriteError;
+use openraft::error::RaftError;
 use shardkv_proto::v1::PullShardRequest;
 use shardkv_proto::v1::QueryRequest;
 use shardkv_proto::v1::ShardChunk;
+use shardkv_proto::v1::ShardConfig;
 use shardkv_proto::v1::ShardInstalledRequest;
 use shardkv_proto::v1::meta_client::MetaClient;
 use shardkv_proto::v1::migration_client::MigrationClient;
@@ -22,20 +28,26 @@ use tonic::transport::Channel;
 
 use super::GroupShards;
 use super::ShardState;
+use super::confirm::witnesses;
 use crate::context::NodeContext;
 use crate::meta::Config;
+use crate::meta::GroupId;
 use crate::meta::Member;
-use crate::meta::service::config_from_wire;
+use crate::meta::wire::WireError;
+use crate::meta::wire::config_from_wire;
 use crate::network::MAX_MESSAGE_BYTES;
 use crate::network::channels::Channels;
+use crate::state_machine::records::RecordError;
 use crate::state_machine::records::check_chunk;
 use crate::types::Command;
 use crate::types::Op;
 use crate::types::OpResult;
 use crate::types::Record;
 use crate::types::ShardId;
+use crate::types::TypeConfig;
 
-/// How often a settled group asks the meta group for the next config.
+/// How often a settled group asks the meta group for the next config, and a group handing a
+/// shard off looks for newer configs naming later owners of it.
 const POLL: Duration = Duration::from_millis(100);
 /// How soon a step of a move in progress is retried (a peer not ready yet, a shard not yet
 /// installed): writes to a moving shard wait for it, so this is kept short.
@@ -46,20 +58,26 @@ const CHUNKS_IN_FLIGHT: usize = 4;
 /// What the group's leader does next, decided from the replicated shard state alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Plan {
+    /// No config applied yet: find the config this group joined in and start right before it.
+    Start,
     /// Every shard has settled: look for config `num` in the meta group.
     FetchConfig { num: u64 },
     /// Shards are moving at `config_num`: pull these in, hand those off.
     Move { config_num: u64, pulls: Vec<Transfer>, handoffs: Vec<Transfer> },
 }
 
-/// One shard moving between this group and the group whose replicas are `members`.
+/// One shard moving between this group and `group`, whose replicas are `members`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transfer {
     pub shard: ShardId,
+    pub group: GroupId,
     pub members: Vec<Member>,
 }
 
 pub fn plan(group: &GroupShards) -> Plan {
+    if group.config_num() == 0 {
+        return Plan::Start;
+    }
     if group.settled() {
         return Plan::FetchConfig { num: group.config_num() + 1 };
     }
@@ -67,53 +85,81 @@ pub fn plan(group: &GroupShards) -> Plan {
     for (&shard, state) in &group.shards {
         match state {
             ShardState::Serving => {}
-            ShardState::Pulling { members, .. } => pulls.push(Transfer { shard, members: members.clone() }),
-            ShardState::BePulled { members, .. } => handoffs.push(Transfer { shard, members: members.clone() }),
+            ShardState::Pulling { from, members } => {
+                pulls.push(Transfer { shard, group: *from, members: members.clone() })
+            }
+            ShardState::BePulled { to, members } => {
+                handoffs.push(Transfer { shard, group: *to, members: members.clone() })
+            }
         }
     }
     Plan::Move { config_num: group.config_num(), pulls, handoffs }
 }
 
-/// Items and bytes received so far by the pulls this replica leads, by shard.
-#[derive(Clone, Default)]
-pub struct MoveProgress(Arc<Mutex<BTreeMap<ShardId, Progress>>>);
-
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Progress {
-    pub items: u64,
-    pub bytes: u64,
+/// Why a step of the driver did not happen; it is retried.
+#[derive(Debug, thiserror::Error)]
+pub enum MoveError {
+    #[error("no meta replica answered for config {num}: {refusals}")]
+    MetaUnreachable { num: u64, refusals: Refusals },
+    #[error("the meta group sent a malformed config {num}: {source}")]
+    BadConfig { num: u64, source: WireError },
+    #[error("the meta group's config {num} has {found} shards but this node was started with --shards {expected}")]
+    ShardCount { num: u64, found: usize, expected: u32 },
+    #[error("the meta group does not have config {num}, although it has later ones")]
+    MissingConfig { num: u64 },
+    #[error("config {num} was not applied: {result}")]
+    ConfigRefused { num: u64, result: OpResult },
+    #[error("pulling shard {shard} (config {config_num}): {refusals}")]
+    PullRefused { shard: ShardId, config_num: u64, refusals: Refusals },
+    #[error("pulling shard {shard}: {message}")]
+    PullBroken { shard: ShardId, message: String },
+    #[error("pulling shard {shard}: the previous owner sent a chunk that cannot install: {source}")]
+    BadChunk { shard: ShardId, source: RecordError },
+    #[error(
+        "handing off shard {shard} (config {config_num}): neither the new owner nor a later one confirms it installed: {refusals}"
+    )]
+    Unconfirmed { shard: ShardId, config_num: u64, refusals: Refusals },
+    #[error("shard {shard}: {result}")]
+    Refused { shard: ShardId, result: OpResult },
+    #[error("proposing: {0}")]
+    Propose(Box<RaftError<TypeConfig, ClientWriteError<TypeConfig>>>),
 }
 
-impl MoveProgress {
-    pub fn snapshot(&self) -> BTreeMap<ShardId, Progress> {
-        self.lock().clone()
-    }
+/// What each replica asked answered instead, by address.
+#[derive(Debug, Default)]
+pub struct Refusals(Vec<(String, String)>);
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<ShardId, Progress>> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+impl fmt::Display for Refusals {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("no replica to ask");
+        }
+        for (i, (addr, reason)) in self.0.iter().enumerate() {
+            write!(f, "{}{addr}: {reason}", if i == 0 { "" } else { "; " })?;
+        }
+        Ok(())
     }
+}
 
-    fn add(&self, shard: ShardId, items: u64, bytes: u64) {
-        let mut map = self.lock();
-        let entry = map.entry(shard).or_default();
-        entry.items += items;
-        entry.bytes += bytes;
-    }
-
-    fn clear(&self, shard: ShardId) {
-        self.lock().remove(&shard);
-    }
+/// Configs after the one this group is at, fetched to find the later owners of shards it
+/// hands off. A numbered config never changes, so each is fetched once.
+#[derive(Default)]
+struct LaterConfigs {
+    configs: BTreeMap<u64, Config>,
+    /// When the meta group was last asked for newer ones.
+    asked: Option<Instant>,
 }
 
 pub struct Driver {
     ctx: Arc<NodeContext>,
     meta_endpoints: Vec<String>,
     channels: Channels,
+    later: Mutex<LaterConfigs>,
 }
 
 impl Driver {
     pub fn new(ctx: Arc<NodeContext>, meta_endpoints: Vec<String>, channels: Channels) -> Self {
-        Self { ctx, meta_endpoints, channels }
+        Self { ctx, meta_endpoints, channels, later: Mutex::default() }
     }
 
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
@@ -130,7 +176,8 @@ impl Driver {
             }
             let before = self.ctx.sharding().group;
             let outcome = match plan(&before) {
-                Plan::FetchConfig { num } => self.next_config(num).await,
+                Plan::Start => self.start(before.group).await.map_err(|e| vec![e]),
+                Plan::FetchConfig { num } => self.next_config(num).await.map_err(|e| vec![e]),
                 Plan::Move { config_num, pulls, handoffs } => {
                     pause = MOVE_RETRY;
                     self.move_shards(config_num, &pulls, &handoffs).await
@@ -142,58 +189,106 @@ impl Driver {
             }
             // Log a failure once until it changes.
             match outcome {
-                Err(e) if e != last_error => {
-                    tracing::info!(error = %e, "shard move step will be retried");
-                    last_error = e;
+                Err(errors) => {
+                    let error = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+                    if error != last_error {
+                        tracing::info!(%error, "shard move step will be retried");
+                        last_error = error;
+                    }
                 }
-                Err(_) => {}
                 Ok(()) => last_error.clear(),
             }
         }
     }
 
-    async fn next_config(&self, num: u64) -> Result<(), String> {
-        let Some(config) = self.fetch_config(num).await? else { return Ok(()) };
-        if config.shards.len() != self.ctx.shards as usize {
-            return Err(format!(
-                "the meta group's config {num} has {} shards but this node was started with --shards {}",
-                config.shards.len(),
-                self.ctx.shards
-            ));
+    /// Starts a group that has applied no config, so it never waits on moves of an earlier
+    /// membership of its id that finished long ago. Outside the latest config, it starts after
+    /// it: every later config is this group's to apply, a join and leave that follow included.
+    /// In the latest config, it starts right before the config it joined in.
+    async fn start(&self, group: GroupId) -> Result<(), MoveError> {
+        let latest = self.fetch_latest().await?;
+        if !latest.groups.contains_key(&group) {
+            return self.propose_config(latest.num, Op::StartAfter { baseline: latest }).await;
         }
-        match self.propose(0, Op::ApplyConfig { config }).await? {
+        let mut joined = latest;
+        let baseline = loop {
+            let before = match joined.num - 1 {
+                0 => Config::initial(self.ctx.shards),
+                num => self.fetch_config(num).await?.ok_or(MoveError::MissingConfig { num })?,
+            };
+            if !before.groups.contains_key(&group) {
+                break before;
+            }
+            joined = before;
+        };
+        tracing::info!(config = joined.num, "this group joined in this config; starting there");
+        self.propose_config(baseline.num, Op::StartAfter { baseline }).await?;
+        self.propose_config(joined.num, Op::ApplyConfig { config: joined }).await
+    }
+
+    async fn next_config(&self, num: u64) -> Result<(), MoveError> {
+        let Some(config) = self.fetch_config(num).await? else { return Ok(()) };
+        self.propose_config(num, Op::ApplyConfig { config }).await
+    }
+
+    async fn propose_config(&self, num: u64, op: Op) -> Result<(), MoveError> {
+        match self.propose(0, op).await? {
             OpResult::Config { .. } => Ok(()),
-            other => Err(format!("config {num} was not applied: {other}")),
+            result => Err(MoveError::ConfigRefused { num, result }),
         }
     }
 
     /// Config `num` from any meta replica that has it; None while it does not exist yet.
-    async fn fetch_config(&self, num: u64) -> Result<Option<Config>, String> {
-        let wire = first_answer(&self.channels, self.meta_endpoints.iter().map(String::as_str), |channel| async move {
+    async fn fetch_config(&self, num: u64) -> Result<Option<Config>, MoveError> {
+        let wire = self.query_meta(num).await?;
+        if wire.num == num { self.checked(wire).map(Some) } else { Ok(None) }
+    }
+
+    /// The latest config, as the meta group's leader knows it.
+    async fn fetch_latest(&self) -> Result<Config, MoveError> {
+        let wire = self.query_meta(0).await?;
+        self.checked(wire)
+    }
+
+    async fn query_meta(&self, num: u64) -> Result<ShardConfig, MoveError> {
+        first_answer(&self.channels, self.meta_endpoints.iter().map(String::as_str), |channel| async move {
             let response =
                 MetaClient::new(channel).query(QueryRequest { num }).await.map_err(|s| s.message().to_string())?;
             response.into_inner().config.ok_or_else(|| "empty answer".to_string())
         })
         .await
-        .map_err(|e| format!("no meta replica answered for config {num}: {e}"))?;
-        if wire.num == num { config_from_wire(&wire).map(Some) } else { Ok(None) }
+        .map_err(|refusals| MoveError::MetaUnreachable { num, refusals })
     }
 
-    async fn move_shards(&self, config_num: u64, pulls: &[Transfer], handoffs: &[Transfer]) -> Result<(), String> {
+    fn checked(&self, wire: ShardConfig) -> Result<Config, MoveError> {
+        let num = wire.num;
+        let config = config_from_wire(&wire).map_err(|source| MoveError::BadConfig { num, source })?;
+        if config.shards.len() != self.ctx.shards as usize {
+            return Err(MoveError::ShardCount { num, found: config.shards.len(), expected: self.ctx.shards });
+        }
+        Ok(config)
+    }
+
+    async fn move_shards(
+        &self,
+        config_num: u64,
+        pulls: &[Transfer],
+        handoffs: &[Transfer],
+    ) -> Result<(), Vec<MoveError>> {
         let pulls = futures::future::join_all(pulls.iter().map(|t| self.pull(config_num, t)));
         let handoffs = futures::future::join_all(handoffs.iter().map(|t| self.hand_off(config_num, t)));
         let (pulled, handed) = futures::join!(pulls, handoffs);
-        let errors: Vec<String> = pulled.into_iter().chain(handed).filter_map(Result::err).collect();
-        if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+        let errors: Vec<MoveError> = pulled.into_iter().chain(handed).filter_map(Result::err).collect();
+        if errors.is_empty() { Ok(()) } else { Err(errors) }
     }
 
     /// Pulls one shard from a replica of its previous owner and proposes it chunk by chunk;
     /// the final entry makes it serve. Restarting a pull rewrites the same data, so a pull cut
     /// short by a failure or a leader change is simply done again.
-    async fn pull(&self, config_num: u64, transfer: &Transfer) -> Result<(), String> {
+    async fn pull(&self, config_num: u64, transfer: &Transfer) -> Result<(), MoveError> {
         let shard = transfer.shard;
         let request = PullShardRequest { cluster_id: self.ctx.scope.cluster_id.clone(), config_num, shard };
-        let stream = first_answer(&self.channels, member_addrs(transfer), |channel| {
+        let stream = first_answer(&self.channels, addrs(&transfer.members), |channel| {
             let request = request.clone();
             async move {
                 let mut client = MigrationClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
@@ -201,11 +296,11 @@ impl Driver {
             }
         })
         .await
-        .map_err(|e| format!("pulling shard {shard} (config {config_num}): {e}"))?;
+        .map_err(|refusals| MoveError::PullRefused { shard, config_num, refusals })?;
         let started = std::time::Instant::now();
         self.ctx.moves.clear(shard);
         stream
-            .map_err(|s| format!("pulling shard {shard}: {}", s.message()))
+            .map_err(|s| MoveError::PullBroken { shard, message: s.message().to_string() })
             .map_ok(|chunk| self.install(config_num, shard, chunk))
             .try_buffer_unordered(CHUNKS_IN_FLIGHT)
             .try_collect::<()>()
@@ -227,7 +322,7 @@ impl Driver {
         Ok(())
     }
 
-    async fn install(&self, config_num: u64, shard: ShardId, chunk: ShardChunk) -> Result<(), String> {
+    async fn install(&self, config_num: u64, shard: ShardId, chunk: ShardChunk) -> Result<(), MoveError> {
         let records = |list: Vec<shardkv_proto::v1::ShardRecord>| -> Vec<Record> {
             list.into_iter().map(|r| Record { key: r.key, value: r.value }).collect()
         };
@@ -235,18 +330,55 @@ impl Driver {
         let bytes: usize = chunk.data.iter().chain(&chunk.sessions).map(|r| r.key.len() + r.value.len()).sum();
         let (data, sessions) = (records(chunk.data), records(chunk.sessions));
         // A chunk apply would refuse is not proposed at all.
-        check_chunk(&data, &sessions)
-            .map_err(|e| format!("pulling shard {shard}: the previous owner sent a chunk that cannot install: {e}"))?;
+        check_chunk(&data, &sessions).map_err(|source| MoveError::BadChunk { shard, source })?;
         self.expect_applied(shard, Op::InstallChunk { config_num, data, sessions, last: false }).await?;
         self.ctx.moves.add(shard, items, bytes as u64);
         Ok(())
     }
 
-    /// Once the new owner reports the shard installed, deletes this group's copy.
-    async fn hand_off(&self, config_num: u64, transfer: &Transfer) -> Result<(), String> {
+    /// Deletes this group's copy once its installation by the new owner is certain: the new
+    /// owner says so, or, when it cannot (it may have left and been deleted since), a later
+    /// owner of the shard does (see `confirm`).
+    async fn hand_off(&self, config_num: u64, transfer: &Transfer) -> Result<(), MoveError> {
         let shard = transfer.shard;
-        let request = ShardInstalledRequest { cluster_id: self.ctx.scope.cluster_id.clone(), config_num, shard };
-        first_answer(&self.channels, member_addrs(transfer), |channel| {
+        if let Err(mut refusals) = self.installed(config_num, shard, transfer.group, &transfer.members).await {
+            let later = self.configs_after(config_num).await?;
+            let mut confirmed = false;
+            for witness in witnesses(shard, transfer.group, &transfer.members, config_num, &later) {
+                match self.installed(witness.config_num, shard, witness.group, &witness.members).await {
+                    Ok(()) => {
+                        tracing::info!(
+                            shard,
+                            config = config_num,
+                            receiver = transfer.group,
+                            witness = witness.group,
+                            witness_config = witness.config_num,
+                            "installation confirmed by a later owner"
+                        );
+                        confirmed = true;
+                        break;
+                    }
+                    Err(more) => refusals.0.extend(more.0),
+                }
+            }
+            if !confirmed {
+                return Err(MoveError::Unconfirmed { shard, config_num, refusals });
+            }
+        }
+        self.expect_applied(shard, Op::DropShard { config_num }).await
+    }
+
+    /// Whether `group`, at `members`, has installed `shard` at `config_num`.
+    async fn installed(
+        &self,
+        config_num: u64,
+        shard: ShardId,
+        group: GroupId,
+        members: &[Member],
+    ) -> Result<(), Refusals> {
+        let cluster_id = self.ctx.scope.cluster_id.clone();
+        let request = ShardInstalledRequest { cluster_id, config_num, shard, group_id: group };
+        first_answer(&self.channels, addrs(members), |channel| {
             let request = request.clone();
             async move {
                 let response = MigrationClient::new(channel)
@@ -254,43 +386,67 @@ impl Driver {
                     .await
                     .map_err(|s| s.message().to_string())?;
                 // A replica that says no may lag; another may already have applied the install.
-                if response.into_inner().installed { Ok(()) } else { Err("not installed yet".to_string()) }
+                if response.into_inner().installed { Ok(()) } else { Err("not installed".to_string()) }
             }
         })
         .await
-        .map_err(|e| format!("handing off shard {shard} (config {config_num}): {e}"))?;
-        self.expect_applied(shard, Op::DropShard { config_num }).await
     }
 
-    async fn expect_applied(&self, shard: ShardId, op: Op) -> Result<(), String> {
+    /// The configs after `config_num` as far as known, asking the meta group for newer ones at
+    /// most once per `POLL`: a hand-off in progress is retried every `MOVE_RETRY`, and the
+    /// receiver usually confirms it before any later config exists.
+    async fn configs_after(&self, config_num: u64) -> Result<Vec<Config>, MoveError> {
+        let next = {
+            let mut later = self.later_configs();
+            later.configs.retain(|&num, _| num > config_num);
+            let due = later.asked.is_none_or(|at| at.elapsed() >= POLL);
+            if due {
+                later.asked = Some(Instant::now());
+            }
+            due.then(|| later.configs.last_key_value().map_or(config_num + 1, |(&num, _)| num + 1))
+        };
+        if let Some(mut num) = next {
+            while let Some(config) = self.fetch_config(num).await? {
+                self.later_configs().configs.insert(num, config);
+                num += 1;
+            }
+        }
+        Ok(self.later_configs().configs.values().cloned().collect())
+    }
+
+    fn later_configs(&self) -> std::sync::MutexGuard<'_, LaterConfigs> {
+        self.later.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn expect_applied(&self, shard: ShardId, op: Op) -> Result<(), MoveError> {
         match self.propose(shard, op).await? {
             OpResult::Applied => Ok(()),
-            other => Err(format!("shard {shard}: {other}")),
+            result => Err(MoveError::Refused { shard, result }),
         }
     }
 
-    async fn propose(&self, shard: ShardId, op: Op) -> Result<OpResult, String> {
+    async fn propose(&self, shard: ShardId, op: Op) -> Result<OpResult, MoveError> {
         let cmd = Command { session: None, shard, op };
-        self.ctx.raft.client_write(cmd).await.map(|r| r.data).map_err(|e| format!("proposing: {e}"))
+        self.ctx.raft.client_write(cmd).await.map(|r| r.data).map_err(|e| MoveError::Propose(Box::new(e)))
     }
 }
 
-fn member_addrs(transfer: &Transfer) -> impl Iterator<Item = &str> {
-    transfer.members.iter().map(|m| m.addr.as_str())
+fn addrs(members: &[Member]) -> impl Iterator<Item = &str> {
+    members.iter().map(|m| m.addr.as_str())
 }
 
 /// The first answer `ask` accepts, trying the replicas at `addrs` in order (any replica of a
-/// group can answer these questions); otherwise every replica's refusal, "addr: reason; ...".
+/// group can answer these questions); otherwise every replica's refusal.
 async fn first_answer<'a, T, F, Fut>(
     channels: &Channels,
     addrs: impl IntoIterator<Item = &'a str>,
     ask: F,
-) -> Result<T, String>
+) -> Result<T, Refusals>
 where
     F: Fn(Channel) -> Fut,
     Fut: std::future::Future<Output = Result<T, String>>,
 {
-    let mut errors = Vec::new();
+    let mut refusals = Refusals::default();
     for addr in addrs {
         let answer = match channels.get(addr) {
             Ok(channel) => ask(channel).await,
@@ -298,10 +454,10 @@ where
         };
         match answer {
             Ok(value) => return Ok(value),
-            Err(e) => errors.push(format!("{addr}: {e}")),
+            Err(reason) => refusals.0.push((addr.to_string(), reason)),
         }
     }
-    Err(errors.join("; "))
+    Err(refusals)
 }
 
 #[cfg(test)]
@@ -313,9 +469,16 @@ mod tests {
     }
 
     #[test]
+    fn a_group_without_config_looks_for_where_it_joined() {
+        assert_eq!(plan(&GroupShards::new(1, 4)), Plan::Start);
+    }
+
+    #[test]
     fn a_settled_group_looks_for_the_next_config() {
-        let group = GroupShards::standalone(1, 4);
-        assert_eq!(plan(&group), Plan::FetchConfig { num: 1 });
+        let mut group = GroupShards::new(1, 4);
+        group.config.num = 3;
+        group.shards.insert(0, ShardState::Serving);
+        assert_eq!(plan(&group), Plan::FetchConfig { num: 4 });
     }
 
     #[test]
@@ -329,9 +492,16 @@ mod tests {
             plan(&group),
             Plan::Move {
                 config_num: 3,
-                pulls: vec![Transfer { shard: 1, members: members(2) }],
-                handoffs: vec![Transfer { shard: 2, members: members(3) }],
+                pulls: vec![Transfer { shard: 1, group: 2, members: members(2) }],
+                handoffs: vec![Transfer { shard: 2, group: 3, members: members(3) }],
             }
         );
+    }
+
+    #[test]
+    fn refusals_name_every_replica_asked() {
+        let refusals = Refusals(vec![("a:1".into(), "down".into()), ("b:2".into(), "not installed".into())]);
+        assert_eq!(refusals.to_string(), "a:1: down; b:2: not installed");
+        assert_eq!(Refusals::default().to_string(), "no replica to ask");
     }
 }

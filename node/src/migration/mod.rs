@@ -1,8 +1,10 @@
-//! Moving shards between data groups: the per-shard state machine (`shard_state`, pure), the
-//! leader's serialized task that advances it (`driver`), and the gRPC side a previous owner
-//! serves (`service`).
+//! Moving shards between data groups: the per-shard state machine (`shard_state`, pure), who
+//! can confirm a hand-off (`confirm`, pure), the leader's serialized task that advances it
+//! (`driver`), and the gRPC side a previous owner serves (`service`).
 
+mod confirm;
 pub mod driver;
+pub mod progress;
 pub mod service;
 mod shard_state;
 

@@ -88,7 +88,14 @@ impl Migration for MigrationService {
         let req = request.into_inner();
         observed(&self.ctx.metrics, "ShardInstalled", async {
             self.check_cluster(&req.cluster_id)?;
-            Ok(ShardInstalledResponse { installed: self.ctx.sharding().group.installed(req.config_num, req.shard) })
+            let group = self.ctx.sharding().group;
+            if req.group_id != 0 && req.group_id != group.group {
+                return Err(Status::failed_precondition(format!(
+                    "this is group {}, not group {}: it cannot say what that group installed",
+                    group.group, req.group_id
+                )));
+            }
+            Ok(ShardInstalledResponse { installed: group.installed(req.config_num, req.shard) })
         })
         .await
     }

@@ -52,6 +52,11 @@ pub enum ConfigRefusal {
     OutOfOrder { current: u64, offered: u64 },
     /// A shard of the current config is still moving.
     Unsettled,
+    /// Only a group that has applied no config and holds no shard may start at a later config.
+    NotFresh { current: u64 },
+    /// A group may start only after a config it is not in: it would otherwise own shards it
+    /// never received.
+    MemberAtStart { config: u64 },
 }
 
 /// The replicated shard state of a data group.
@@ -60,6 +65,9 @@ pub struct GroupShards {
     pub group: GroupId,
     /// The last config applied (number 0: none yet).
     pub config: Config,
+    /// The first config this state went through. A group that started fresh at a later join
+    /// never applied the configs before it, so it can vouch for no move in them.
+    pub history_from: u64,
     /// Every shard this group serves, pulls or still holds; absent shards are not ours.
     pub shards: BTreeMap<ShardId, ShardState>,
 }
@@ -67,12 +75,13 @@ pub struct GroupShards {
 impl GroupShards {
     /// A group that has applied no config owns nothing.
     pub fn new(group: GroupId, shards: u32) -> Self {
-        Self { group, config: Config::initial(shards), shards: BTreeMap::new() }
+        Self { group, config: Config::initial(shards), history_from: 1, shards: BTreeMap::new() }
     }
 
     /// A group outside any sharded cluster: it serves all `shards` shards, always.
     pub fn standalone(group: GroupId, shards: u32) -> Self {
-        Self { group, config: Config::initial(shards), shards: (0..shards).map(|s| (s, ShardState::Serving)).collect() }
+        let serving = (0..shards).map(|s| (s, ShardState::Serving)).collect();
+        Self { group, config: Config::initial(shards), history_from: 1, shards: serving }
     }
 
     pub fn config_num(&self) -> u64 {
@@ -133,6 +142,25 @@ impl GroupShards {
         Ok(())
     }
 
+    /// Starts a group that has applied no config (its data is new or was wiped) right after
+    /// `baseline`, the config before the one it joined in, as if it had applied every config up
+    /// to it owning nothing. That is true of this group: it is no member of `baseline`, so it
+    /// owns none of its shards, and whatever an earlier membership of the same id held was
+    /// handed on when it left. The next config makes it pull what it gains from the previous
+    /// owners as usual. Replaying the older configs instead would make it pull, at its first
+    /// join long ago, from groups that have long moved on, and wait for them forever.
+    pub fn start_after(&mut self, baseline: Config) -> Result<(), ConfigRefusal> {
+        if self.config.num != 0 || !self.shards.is_empty() {
+            return Err(ConfigRefusal::NotFresh { current: self.config.num });
+        }
+        if baseline.groups.contains_key(&self.group) {
+            return Err(ConfigRefusal::MemberAtStart { config: baseline.num });
+        }
+        self.history_from = baseline.num + 1;
+        self.config = baseline;
+        Ok(())
+    }
+
     /// The last chunk of a pulled shard was applied: the shard serves from now on. False (and
     /// nothing changes) for a stale or repeated completion.
     pub fn finish_pull(&mut self, config_num: u64, shard: ShardId) -> bool {
@@ -156,10 +184,13 @@ impl GroupShards {
     }
 
     /// Whether this group has installed `shard` as of `config_num` (the question the previous
-    /// owner asks before deleting its copy).
+    /// owner asks before deleting its copy). Having moved past the config means every move of
+    /// it finished; but a group that started after `config_num` never went through it, and
+    /// whatever an earlier membership of its id did there is unknown to it, so it says no.
     pub fn installed(&self, config_num: u64, shard: ShardId) -> bool {
-        self.config.num > config_num
-            || (self.config.num == config_num && self.shards.get(&shard) == Some(&ShardState::Serving))
+        config_num >= self.history_from
+            && (self.config.num > config_num
+                || (self.config.num == config_num && self.shards.get(&shard) == Some(&ShardState::Serving)))
     }
 
     /// Whether `shard` is frozen here for its new owner at `config_num`, so its data is final.
@@ -282,6 +313,56 @@ mod tests {
         two.config.num = 5;
         assert!(two.installed(4, 0), "a later config implies every earlier move finished");
         assert!(!two.installed(5, 0), "shard 0 is not served in config 5");
+    }
+
+    /// Group 2 joined at config 2 and left at 3; group 1 has owned everything since.
+    fn joined_and_left() -> Vec<Config> {
+        let mut c = configs();
+        let c3 = c[2].leave(2).unwrap();
+        let c4 = c3.join(3, member(3)).unwrap();
+        c.extend([c3, c4]);
+        c
+    }
+
+    #[test]
+    fn a_fresh_group_starts_after_a_config_it_is_not_in_owning_nothing() {
+        let c = joined_and_left();
+        let c5 = c[4].join(2, member(2)).unwrap();
+        let mut two = GroupShards::new(2, 8);
+        two.start_after(c[4].clone()).unwrap();
+        assert_eq!((two.config_num(), two.history_from), (4, 5));
+        assert!(two.shards.is_empty() && two.settled());
+        two.apply_config(c5.clone()).unwrap();
+        let gained = c5.shards_of(2);
+        assert!(!gained.is_empty());
+        for shard in gained {
+            let from = c[4].shards[shard as usize].unwrap();
+            assert_eq!(two.shards[&shard], ShardState::Pulling { from, members: member(from) }, "pulled at the rejoin");
+        }
+    }
+
+    #[test]
+    fn only_a_fresh_group_starts_and_only_where_it_owned_nothing() {
+        let c = joined_and_left();
+        let mut two = GroupShards::new(2, 8);
+        assert_eq!(two.start_after(c[2].clone()), Err(ConfigRefusal::MemberAtStart { config: 2 }));
+        two.start_after(c[0].clone()).unwrap();
+        assert_eq!(two.history_from, 1, "starting after config 0 is starting from the beginning");
+        two.start_after(c[3].clone()).unwrap();
+        assert_eq!(two.start_after(c[4].clone()), Err(ConfigRefusal::NotFresh { current: 3 }));
+        let mut standalone = GroupShards::standalone(2, 8);
+        assert_eq!(standalone.start_after(c[3].clone()), Err(ConfigRefusal::NotFresh { current: 0 }));
+    }
+
+    #[test]
+    fn a_group_vouches_for_no_install_before_it_started() {
+        let c = joined_and_left();
+        let mut two = GroupShards::new(2, 8);
+        two.start_after(c[4].clone()).unwrap();
+        two.config.num = 9;
+        assert!(!two.installed(2, 0), "what the earlier group 2 did at config 2 is unknown here");
+        assert!(!two.installed(4, 0));
+        assert!(two.installed(5, 0), "config 5 was applied here and settled");
     }
 
     #[test]

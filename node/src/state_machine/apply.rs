@@ -21,6 +21,8 @@ use super::sharding::write_config;
 use crate::meta::MetaChange;
 use crate::meta::next_config;
 use crate::migration::Admission;
+use crate::migration::ConfigRefusal;
+use crate::migration::GroupShards;
 use crate::storage::CF_DATA;
 use crate::storage::CF_SESSIONS;
 use crate::storage::CF_SHARDS;
@@ -69,12 +71,12 @@ impl<'a> ApplyBatch<'a> {
             Op::Put { .. } | Op::Delete { .. } | Op::CompareAndSwap { .. } => self.apply_data(index, cmd),
             Op::Meta(change) => self.apply_meta(change),
             Op::ApplyConfig { config } => {
-                if let Err(refusal) = self.sharding_mut().group.apply_config(config.clone()) {
-                    tracing::warn!(?refusal, config = config.num, "config not applied");
-                    return Ok(OpResult::Refused(format!("{refusal:?}")));
-                }
-                tracing::info!(config = config.num, "applied config");
-                Ok(OpResult::Config { num: config.num })
+                Ok(self.change_config(config.num, "applied config", |group| group.apply_config(config.clone())))
+            }
+            Op::StartAfter { baseline } => {
+                Ok(self.change_config(baseline.num, "started after config, owning nothing", |group| {
+                    group.start_after(baseline.clone())
+                }))
             }
             Op::InstallChunk { config_num, data, sessions, last } => {
                 self.install_chunk(index, cmd.shard, *config_num, data, sessions, *last)
@@ -113,6 +115,22 @@ impl<'a> ApplyBatch<'a> {
     fn sharding_mut(&mut self) -> &mut Sharding {
         let shared = self.shared;
         self.sharding.get_or_insert_with(|| shared.read().unwrap_or_else(PoisonError::into_inner).clone())
+    }
+
+    /// A change of this group's config, refused as the entry's result when the state does not
+    /// allow it (the same on every replica).
+    fn change_config(
+        &mut self,
+        num: u64,
+        done: &str,
+        change: impl FnOnce(&mut GroupShards) -> Result<(), ConfigRefusal>,
+    ) -> OpResult {
+        if let Err(refusal) = change(&mut self.sharding_mut().group) {
+            tracing::warn!(?refusal, config = num, "config change refused");
+            return OpResult::Refused(format!("{refusal:?}"));
+        }
+        tracing::info!(config = num, "{done}");
+        OpResult::Config { num }
     }
 
     fn admission(&self, shard: ShardId) -> Admission {
@@ -313,7 +331,6 @@ mod tests {
     use super::*;
     use crate::meta::Config;
     use crate::meta::Member;
-    use crate::migration::GroupShards;
     use crate::migration::ShardState;
     use crate::state_machine::sharding::Role;
 

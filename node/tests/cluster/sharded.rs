@@ -2,6 +2,7 @@
 //! on 127.0.`net + g`.0/24, all of one cluster id.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use shardkv_client::Client;
 use shardkv_proto::v1::ShardConfig;
@@ -53,18 +54,35 @@ impl ShardedCluster {
 
     /// Starts and initialises data group `group`; it serves nothing until it joins.
     pub async fn start_group(&mut self, group: u64) {
+        self.add_group(group);
+        self.boot_group(group).await;
+    }
+
+    /// Gives data group `group` its addresses and data dirs without starting a process, so it
+    /// can be joined before it runs.
+    pub fn add_group(&mut self, group: u64) {
         let cluster_id = self.meta.cluster_id.clone();
         let (group_arg, shards_arg, meta_arg) =
             (group.to_string(), self.shards.to_string(), self.meta_endpoints().join(","));
         let args = ["--role", "data", "--group-id", &group_arg, "--shards", &shards_arg, "--meta-endpoints", &meta_arg];
         let net = self.net + u8::try_from(group).expect("small group ids");
-        let mut data = Cluster::in_cluster(net, &cluster_id, &args);
+        self.groups.insert(group, Cluster::in_cluster(net, &cluster_id, &args));
+    }
+
+    /// Starts and initialises the replicas of a group added with [`Self::add_group`].
+    pub async fn boot_group(&mut self, group: u64) {
+        let data = self.groups.get_mut(&group).expect("group added");
         for id in 1..=self.replicas {
             data.start_node(id);
         }
         data.initialize(1, 1..=self.replicas).await;
         data.leader().await;
-        self.groups.insert(group, data);
+    }
+
+    /// Kills the replicas of data group `group` and deletes their data, as an operator does
+    /// with a group that left and holds no shard.
+    pub fn delete_group(&mut self, group: u64) {
+        drop(self.groups.remove(&group).expect("group exists"));
     }
 
     pub async fn join(&self, group: u64) -> ShardConfig {
@@ -79,7 +97,11 @@ impl ShardedCluster {
 
     /// Waits until every group has applied the latest config and no shard is moving.
     pub async fn wait_settled(&self) -> ShardConfig {
-        wait_for("every shard of the latest config to be served by its owner", WAIT * 2, || async {
+        self.wait_settled_within(WAIT * 2).await
+    }
+
+    pub async fn wait_settled_within(&self, timeout: Duration) -> ShardConfig {
+        wait_for("every shard of the latest config to be served by its owner", timeout, || async {
             let status = self.admin.cluster_status().await.ok()?;
             status.unsettled().is_none().then_some(status.config)
         })

@@ -210,12 +210,18 @@ async fn check(client: &Client, reports: &[WriterReport], moved: &BTreeSet<u32>)
     assert!(total_ops >= 200, "the load made only {total_ops} requests");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_group_joins_then_another_leaves_under_load() {
-    let mut cluster = ShardedCluster::start(21, 3, SHARDS, &[1]).await;
+/// A meta group and group 1 of three replicas on `net`, settled, with 8 writers running.
+async fn group_one_under_load(net: u8) -> (ShardedCluster, Client, ShardConfig, Load) {
+    let cluster = ShardedCluster::start(net, 3, SHARDS, &[1]).await;
     let client = cluster.client();
     let first = cluster.wait_settled().await;
     let load = Load::start(&client, 8, 8, 100_000, Duration::from_secs(120));
+    (cluster, client, first, load)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_group_joins_then_another_leaves_under_load() {
+    let (mut cluster, client, first, load) = group_one_under_load(21).await;
 
     cluster.start_group(2).await;
     let joined = cluster.join(2).await;
@@ -315,4 +321,121 @@ async fn joins_and_leaves_in_a_row_converge() {
     let reports = load.finish().await;
     let moved = moved_shards(&configs);
     check(&client, &reports, &moved).await;
+}
+
+/// Waits until the leader of `group` reports applying `config_num` and holding no shard (what
+/// an operator waits for before it deletes a group that left).
+async fn wait_holds_nothing(cluster: &ShardedCluster, group: u64, config_num: u64) {
+    let data = &cluster.groups[&group];
+    wait_for(&format!("group {group} to hold no shard at config {config_num}"), WAIT, || async {
+        let status = data.status(data.leader().await).await?;
+        (status.config_num >= config_num && status.shards.is_empty()).then_some(())
+    })
+    .await;
+}
+
+/// A group id that left and comes back with empty data (a new group under the old name)
+/// starts at the config it joined in again: it pulls from the owners at that config, not
+/// from those of its first join, which have long moved on and would never answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_group_that_returns_with_empty_data_joins_cleanly() {
+    let (mut cluster, client, first, load) = group_one_under_load(210).await;
+
+    cluster.start_group(2).await;
+    let joined = cluster.join(2).await;
+    cluster.wait_settled().await;
+    let left = cluster.leave(2).await;
+    cluster.wait_settled().await;
+    wait_holds_nothing(&cluster, 2, left.num).await;
+    cluster.delete_group(2);
+
+    cluster.start_group(2).await;
+    let rejoined = cluster.join(2).await;
+    let started = Instant::now();
+    let last = cluster.wait_settled_within(WAIT).await;
+    eprintln!("every shard served {:?} after group 2 joined again with empty data", started.elapsed());
+    assert_eq!(last.num, rejoined.num, "no config beyond the rejoin");
+    assert_eq!(last.shard_groups.iter().filter(|&&g| g == 2).count(), SHARDS as usize / 2);
+
+    let reports = load.finish().await;
+    check(&client, &reports, &moved_shards(&[first, joined, left, rejoined])).await;
+}
+
+/// (shard, owner before, owner after) for every shard whose owner differs.
+fn changes(from: &ShardConfig, to: &ShardConfig) -> Vec<(u32, u64, u64)> {
+    let pairs = from.shard_groups.iter().zip(&to.shard_groups).enumerate();
+    pairs.filter(|(_, (a, b))| a != b).map(|(shard, (&a, &b))| (shard as u32, a, b)).collect()
+}
+
+/// Group 2 hands a shard to group 3 but loses its majority before it can hear that group 3
+/// installed it; group 3 then hands the shard on, leaves and is deleted. When group 2 is back,
+/// the receiver is gone: the shard's later owner confirms the installation instead, and group
+/// 2 drops its copy and catches up with the latest config.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hand_off_settles_after_its_receiver_is_deleted() {
+    // Four shards, so that each join and leave below moves exactly one.
+    let mut cluster = ShardedCluster::start(215, 3, 4, &[1, 2]).await;
+    let client = cluster.client();
+    let keys: Vec<String> = (0..64).map(|i| format!("key-{i}")).collect();
+    for key in &keys {
+        client.put(key.clone(), format!("value of {key}")).await.expect("put");
+    }
+    let before = cluster.wait_settled().await;
+
+    // Group 3 joins before any replica of it runs, so group 2 keeps the shard frozen for it.
+    cluster.add_group(3);
+    let with_three = cluster.join(3).await;
+    let [(shard, 2, 3)] = changes(&before, &with_three)[..] else {
+        panic!("the join should move one shard from group 2 to group 3: {:?}", changes(&before, &with_three));
+    };
+    let senders = &cluster.groups[&2];
+    wait_for("every replica of group 2 to freeze the shard for group 3", WAIT, || async {
+        for id in senders.running() {
+            let status = senders.status(id).await?;
+            status.shards.iter().find(|s| s.shard == shard && s.state == "be_pulled")?;
+        }
+        Some(())
+    })
+    .await;
+    // Group 2 keeps one replica, which serves the pull but can commit nothing.
+    let leader = senders.leader().await;
+    let other = senders.running().into_iter().find(|&id| id != leader).expect("a follower");
+    let senders = cluster.groups.get_mut(&2).expect("group 2");
+    senders.kill9(leader);
+    senders.kill9(other);
+
+    cluster.boot_group(3).await;
+    let receivers = &cluster.groups[&3];
+    wait_for("group 3 to serve the shard", WAIT, || async {
+        let status = receivers.status(receivers.leader().await).await?;
+        status.shards.iter().find(|s| s.shard == shard && s.state == "serving").map(drop)
+    })
+    .await;
+
+    // Group 3 hands the shard on to a group other than 2, leaves, and is deleted.
+    cluster.start_group(4).await;
+    let with_four = cluster.join(4).await;
+    let without_three = cluster.leave(3).await;
+    let next_owner = without_three.shard_groups[shard as usize];
+    assert_eq!(with_four.shard_groups[shard as usize], 3, "the join of group 4 should leave the shard with group 3");
+    assert_ne!(next_owner, 2, "the shard should move on to a group other than 2");
+    wait_holds_nothing(&cluster, 3, without_three.num).await;
+    cluster.delete_group(3);
+
+    let senders = cluster.groups.get_mut(&2).expect("group 2");
+    senders.start_node(leader);
+    senders.start_node(other);
+    let started = Instant::now();
+    let last = cluster.wait_settled_within(WAIT).await;
+    eprintln!("group 2 settled {:?} after its restart", started.elapsed());
+    assert_eq!(last.num, without_three.num);
+    let senders = &cluster.groups[&2];
+    assert!(
+        senders.running().into_iter().any(|id| senders.log(id).contains("installation confirmed by a later owner")),
+        "group 2's leader should have heard of the installation from group {next_owner}"
+    );
+    for key in &keys {
+        let value = client.get(key.clone()).await.expect("read");
+        assert_eq!(value, Some(format!("value of {key}").into_bytes()), "{key}");
+    }
 }
