@@ -10,6 +10,7 @@ use crate::meta::Config;
 use crate::meta::GroupId;
 use crate::meta::Member;
 use crate::types::ShardId;
+use crate::types::decode;
 
 /// Where one shard stands in this group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,14 +66,34 @@ pub struct GroupShards {
     pub group: GroupId,
     /// The last config applied (number 0: none yet).
     pub config: Config,
-    /// The first config this state went through. A group that started fresh at a later join
-    /// never applied the configs before it, so it can vouch for no move in them.
-    pub history_from: u64,
     /// Every shard this group serves, pulls or still holds; absent shards are not ours.
     pub shards: BTreeMap<ShardId, ShardState>,
+    /// The first config this state went through. A group that started fresh at a later join
+    /// never applied the configs before it, so it can vouch for no move in them. Last, so that
+    /// the state stored before it existed reads as this one without its last 8 bytes.
+    pub history_from: u64,
+}
+
+/// The stored form of [`GroupShards`] before `history_from`: a state that went through every
+/// config, so it reads as `history_from` 1.
+#[derive(Deserialize)]
+struct GroupShardsWithoutHistory {
+    group: GroupId,
+    config: Config,
+    shards: BTreeMap<ShardId, ShardState>,
 }
 
 impl GroupShards {
+    /// Decodes stored state, of this version or of the one before `history_from`, so that a
+    /// node upgraded in place (or sent a snapshot by an older node) still loads it. The two
+    /// forms cannot be mistaken for each other: the decoder refuses trailing and missing bytes.
+    pub fn from_bytes(bytes: &[u8]) -> std::io::Result<Self> {
+        decode::<GroupShards>(bytes).or_else(|error| {
+            let old = decode::<GroupShardsWithoutHistory>(bytes).map_err(|_| error)?;
+            Ok(GroupShards { group: old.group, config: old.config, shards: old.shards, history_from: 1 })
+        })
+    }
+
     /// A group that has applied no config owns nothing.
     pub fn new(group: GroupId, shards: u32) -> Self {
         Self { group, config: Config::initial(shards), history_from: 1, shards: BTreeMap::new() }
@@ -370,5 +391,24 @@ mod tests {
         let group = GroupShards::standalone(0, 4);
         assert!((0..4).all(|s| group.admission(s) == Admission::Serve));
         assert!(group.settled());
+    }
+
+    #[test]
+    fn state_stored_before_history_from_still_loads() {
+        #[derive(Serialize)]
+        struct Stored<'a> {
+            group: GroupId,
+            config: &'a Config,
+            shards: &'a BTreeMap<ShardId, ShardState>,
+        }
+        let (c, one, _) = after_second_join();
+        let old = crate::types::encode(&Stored { group: one.group, config: &one.config, shards: &one.shards });
+        let loaded = GroupShards::from_bytes(&old).unwrap();
+        assert_eq!(loaded, GroupShards { history_from: 1, ..one.clone() });
+        assert_eq!(loaded.config, c[2]);
+        let mut fresh = one.clone();
+        fresh.history_from = 5;
+        assert_eq!(GroupShards::from_bytes(&crate::types::encode(&fresh)).unwrap(), fresh);
+        assert!(GroupShards::from_bytes(&old[..old.len() - 1]).is_err());
     }
 }

@@ -62,7 +62,7 @@ impl Sharding {
         let initial = Self::initial(role, shards);
         let shards_cf = cf(db, CF_SHARDS);
         let group = match db.get_cf(shards_cf, GROUP_KEY).map_err(io_err)? {
-            Some(bytes) => decode(&bytes)?,
+            Some(bytes) => GroupShards::from_bytes(&bytes)?,
             None => initial.group,
         };
         let latest = latest_config(db)?.unwrap_or(initial.latest);
@@ -102,7 +102,7 @@ fn config_key(num: u64) -> Vec<u8> {
 /// Checks that a sharding-state record (as stored, and as a snapshot carries it) decodes.
 pub fn check_record(key: &[u8], value: &[u8]) -> Result<(), String> {
     let decoded = if key == GROUP_KEY {
-        decode::<GroupShards>(value).map(drop)
+        GroupShards::from_bytes(value).map(drop)
     } else if key.len() == CONFIG_PREFIX.len() + 8 && key.starts_with(CONFIG_PREFIX) {
         decode::<Config>(value).map(drop)
     } else if key == CLOCK_KEY {
