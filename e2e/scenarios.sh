@@ -1707,9 +1707,12 @@ replaced_and_ready() {
     $1 >= since && $3 == pod && old && $4 != old && $5 == "ready=True" { found = 1 } END { exit !found }' "$SCENARIO_DIR/pods.watch"
 }
 
-# begin_rollout: what a rollout is checked against later: a watch of the node pods, and each
-# group's leader by its nodes' own Status (the pod that must be restarted last).
+# begin_rollout LOAD: starts load LOAD and waits for it to make progress, then takes what a
+# rollout is checked against later: a watch of the node pods, and each group's leader by its
+# nodes' own Status (the pod that must be restarted last).
 begin_rollout() {
+  start_load "$1" 600
+  wait_load_progress "$1" 1000
   wait_until 120 "no rollout in flight (status.rollout Complete) and Available" no_rollout_in_flight
   watch_node_pods
   local g leader
@@ -1744,9 +1747,11 @@ events_since() {
         | range(.series.count // 1) as $_ | .note'
 }
 
-# finish_rollout_load NAME FAULT_START_NS FAULT_END_NS: a rollout fails no request: the checker
-# requires every operation to succeed (-min-success 1), besides what every fault asks.
+# finish_rollout_load NAME FAULT_START_NS FAULT_END_NS: once load NAME made progress after the
+# rollout, a rollout fails no request: the checker requires every operation to succeed
+# (-min-success 1), besides what every fault asks.
 finish_rollout_load() {
+  wait_load_progress "$1" 1000
   MIN_SUCCESS=1 finish_disruptive_load "$@"
 }
 
@@ -1762,9 +1767,7 @@ scenario_rollout() {
   need_cluster
   local to gen since until t_fault t_healed
   to="$(other_image)"
-  start_load rollout 600
-  wait_load_progress rollout 1000
-  begin_rollout
+  begin_rollout rollout
   t_fault="$(epoch_ns)"; since="$(now_us)"
   gen="$(patch_spec "{\"image\":\"$to\"}")"
   wait_rolled_to "$to" "$gen" "$since"
@@ -1778,7 +1781,6 @@ scenario_rollout() {
   [[ "$complete" == *"($n/$n)" ]] || fail "the rollout said Complete before every pod was back on its update revision: RolloutComplete Events '$complete'"
   note "$(rollout_note)"
   note "status.rollout: $(jq -r '.status.rollout | "\(.progress) from \(.startedAt) to \(.finishedAt)"' "$SCENARIO_DIR/cluster.json")"
-  wait_load_progress rollout 1000
   finish_rollout_load rollout "$t_fault" "$t_healed"
 }
 
@@ -1788,9 +1790,7 @@ scenario_rollout_paused() {
   need_cluster
   local to gen since until t_fault t_healed first still_from still_to i
   to="$(other_image)"
-  start_load rpaused 600
-  wait_load_progress rpaused 1000
-  begin_rollout
+  begin_rollout rpaused
   t_fault="$(epoch_ns)"; since="$(now_us)"
   gen="$(patch_spec "{\"image\":\"$to\"}")"
   wait_until 120 "the first pod is being restarted" restarts_begun 1 "$since"
@@ -1818,7 +1818,6 @@ scenario_rollout_paused() {
   until="$(now_us)"; t_healed="$(epoch_ns)"
   check_rollout "$since" "$until" --restarts all=1 --order --clean --still "$still_from:$still_to"
   note "$(rollout_note)"
-  wait_load_progress rpaused 1000
   finish_rollout_load rpaused "$t_fault" "$t_healed"
 }
 
@@ -1829,9 +1828,7 @@ scenario_rollout_crash() {
   need_cluster
   local to gen since until t_fault t_healed op crash_after=5
   to="$(other_image)"
-  start_load rcrash 600
-  wait_load_progress rcrash 1000
-  begin_rollout
+  begin_rollout rcrash
   t_fault="$(epoch_ns)"; since="$(now_us)"
   gen="$(patch_spec "{\"image\":\"$to\"}")"
   wait_until 240 "the rollout is restarting its pod number $crash_after" restarts_begun "$crash_after" "$since"
@@ -1850,7 +1847,6 @@ scenario_rollout_crash() {
   [[ -z "$twice" ]] || fail "RolloutRestart Events name pods twice (group ordinal): $twice"
   note "operator $op force-deleted after $crashed_at restarts, the next one finished, every pod restarted once"
   note "$(rollout_note)"
-  wait_load_progress rcrash 1000
   finish_rollout_load rcrash "$t_fault" "$t_healed"
 }
 
@@ -1862,9 +1858,7 @@ scenario_rollout_halt() {
   need_cluster
   local image gen since until t_fault t_healed first halted_from halted_to msg
   image="$(current_image)"
-  start_load rhalt 600
-  wait_load_progress rhalt 1000
-  begin_rollout
+  begin_rollout rhalt
   t_fault="$(epoch_ns)"; since="$(now_us)"
   gen="$(patch_spec "{\"image\":\"$IMAGE_BROKEN\",\"rollout\":{\"podReadyTimeout\":\"$HALT_READY_TIMEOUT\"}}")"
   # Whatever fails, the next scenario does not find the broken image or the short timeout.
@@ -1895,7 +1889,6 @@ scenario_rollout_halt() {
   until="$(now_us)"; t_healed="$(epoch_ns)"
   check_rollout "$since" "$until" --restarts "$first=2" --still "$halted_from:$halted_to"
   note "converged $((($(now_us) - halted_to) / 1000000))s after the image was set back"
-  wait_load_progress rhalt 1000
   finish_rollout_load rhalt "$t_fault" "$t_healed"
 }
 
