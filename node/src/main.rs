@@ -11,7 +11,11 @@ fn main() -> std::process::ExitCode {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("starting the tokio runtime");
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = args.worker_threads {
+        runtime.worker_threads(threads.into());
+    }
+    let runtime = runtime.enable_all().build().expect("starting the tokio runtime");
     match runtime.block_on(shardkv_node::node::run(args)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -15,6 +15,7 @@ use super::session::CLOCK_KEY;
 use super::session::Dedup;
 use super::session::Session;
 use super::session::SessionClock;
+use super::session_cache::SessionCache;
 use super::sharding::Sharding;
 use super::sharding::SharedSharding;
 use super::sharding::write_config;
@@ -39,12 +40,35 @@ use crate::types::ShardId;
 use crate::types::decode;
 use crate::types::encode;
 
+/// What a written batch changed that lives outside RocksDB too.
+pub struct Applied {
+    /// The sharding state, when the batch changed it.
+    sharding: Option<Sharding>,
+    sessions: HashMap<[u8; 12], Session>,
+    sessions_dropped: bool,
+}
+
+impl Applied {
+    /// Makes the batch's changes visible: the sharding state to request handlers, the sessions
+    /// to the next batches. Call only after the batch is written.
+    pub fn publish(self, shared: &SharedSharding, cached_sessions: &mut SessionCache) {
+        if let Some(next) = self.sharding {
+            *shared.write().unwrap_or_else(PoisonError::into_inner) = next;
+        }
+        cached_sessions.written(self.sessions, self.sessions_dropped);
+    }
+}
+
 pub struct ApplyBatch<'a> {
     db: &'a DB,
     batch: WriteBatch,
     data: HashMap<Vec<u8>, Option<Vec<u8>>>,
     /// Sessions this batch wrote (a deleted one as a default session).
     sessions: HashMap<[u8; 12], Session>,
+    /// Sessions as of the previous batch, where they are cached.
+    cached_sessions: &'a SessionCache,
+    /// This batch deleted sessions wholesale (a dropped shard), so the cache must be emptied.
+    sessions_dropped: bool,
     /// The session clock as changed by this batch.
     clock: Option<SessionClock>,
     shared: &'a SharedSharding,
@@ -53,12 +77,14 @@ pub struct ApplyBatch<'a> {
 }
 
 impl<'a> ApplyBatch<'a> {
-    pub fn new(db: &'a DB, shared: &'a SharedSharding) -> Self {
+    pub fn new(db: &'a DB, shared: &'a SharedSharding, cached_sessions: &'a SessionCache) -> Self {
         Self {
             db,
             batch: WriteBatch::default(),
             data: HashMap::new(),
             sessions: HashMap::new(),
+            cached_sessions,
+            sessions_dropped: false,
             clock: None,
             shared,
             sharding: None,
@@ -86,6 +112,8 @@ impl<'a> ApplyBatch<'a> {
                     let (start, end) = shard_range(cmd.shard);
                     self.batch.delete_range_cf(cf(self.db, CF_DATA), start, end);
                     self.batch.delete_range_cf(cf(self.db, CF_SESSIONS), start, end);
+                    self.sessions.retain(|key, _| !key.starts_with(&start));
+                    self.sessions_dropped = true;
                     tracing::info!(shard = cmd.shard, config = config_num, "deleted a shard its new owner installed");
                 }
                 Ok(OpResult::Applied)
@@ -97,19 +125,14 @@ impl<'a> ApplyBatch<'a> {
         }
     }
 
-    /// Publishes the sharding state this batch produced; call after the batch is written.
-    pub fn publish(sharding: Option<Sharding>, shared: &SharedSharding) {
-        if let Some(next) = sharding {
-            *shared.write().unwrap_or_else(PoisonError::into_inner) = next;
-        }
-    }
-
-    /// The batch to write and the sharding state to publish once it is written.
-    pub fn finish(mut self) -> (WriteBatch, Option<Sharding>) {
+    /// The batch to write, and what it changed, to publish once it is written.
+    pub fn finish(mut self) -> (WriteBatch, Applied) {
         if let Some(sharding) = &self.sharding {
             sharding.write_group(self.db, &mut self.batch);
         }
-        (self.batch, self.sharding)
+        let applied =
+            Applied { sharding: self.sharding, sessions: self.sessions, sessions_dropped: self.sessions_dropped };
+        (self.batch, applied)
     }
 
     fn sharding_mut(&mut self) -> &mut Sharding {
@@ -265,7 +288,7 @@ impl<'a> ApplyBatch<'a> {
     }
 
     fn session(&self, key: &[u8; 12]) -> io::Result<Session> {
-        if let Some(s) = self.sessions.get(key) {
+        if let Some(s) = self.sessions.get(key).or_else(|| self.cached_sessions.get(key)) {
             return Ok(s.clone());
         }
         match self.db.get_cf(cf(self.db, CF_SESSIONS), key).map_err(io_err)? {
@@ -360,7 +383,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = crate::storage::open_db(dir.path()).unwrap();
         let shared = pulling();
-        let mut batch = ApplyBatch::new(&db, &shared);
+        let cache = SessionCache::default();
+        let mut batch = ApplyBatch::new(&db, &shared, &cache);
         let bad_sessions = [
             vec![record(&7u64.to_be_bytes(), b"not a session")],
             vec![record(b"short", &Session::default().to_bytes())],
@@ -370,8 +394,9 @@ mod tests {
             let OpResult::Refused(reason) = result else { panic!("applied as {result:?}") };
             assert!(reason.contains("shard 1 chunk for config 4"), "{reason}");
         }
-        let (write_batch, sharding) = batch.finish();
+        let (write_batch, applied) = batch.finish();
         db.write(write_batch).unwrap();
+        let sharding = applied.sharding;
         assert_eq!(
             db.get_cf(cf(&db, CF_DATA), data_key(SHARD, b"pulled")).unwrap(),
             None,
@@ -384,12 +409,54 @@ mod tests {
         );
 
         // A good chunk after the bad ones still installs.
-        let mut batch = ApplyBatch::new(&db, &shared);
+        let mut batch = ApplyBatch::new(&db, &shared, &cache);
         let good = vec![record(&7u64.to_be_bytes(), &Session::default().to_bytes())];
         assert_eq!(batch.apply(6, &chunk(good, true)).unwrap(), OpResult::Applied);
-        let (write_batch, sharding) = batch.finish();
+        let (write_batch, applied) = batch.finish();
         db.write(write_batch).unwrap();
-        assert_eq!(sharding.unwrap().group.shards[&SHARD], ShardState::Serving);
+        assert_eq!(applied.sharding.unwrap().group.shards[&SHARD], ShardState::Serving);
         assert_eq!(db.get_cf(cf(&db, CF_DATA), data_key(SHARD, b"pulled")).unwrap().as_deref(), Some(&b"value"[..]));
+    }
+
+    /// Applies `cmd` at `index` in a batch of its own and publishes it, as the state machine does.
+    fn apply_alone(db: &DB, shared: &SharedSharding, cache: &mut SessionCache, index: u64, cmd: &Command) -> OpResult {
+        let mut batch = ApplyBatch::new(db, shared, cache);
+        let result = batch.apply(index, cmd).unwrap();
+        let (write_batch, applied) = batch.finish();
+        db.write(write_batch).unwrap();
+        applied.publish(shared, cache);
+        result
+    }
+
+    /// The session cache never answers for a session RocksDB no longer holds: a shard handed
+    /// away and pulled back without its old session executes that session's next write afresh.
+    #[test]
+    fn a_dropped_shard_takes_its_cached_sessions_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::storage::open_db(dir.path()).unwrap();
+        let shared = pulling();
+        let mut cache = SessionCache::default();
+        let put = |value: &[u8]| Command {
+            session: Some(crate::types::SessionTag { client_id: 7, seq: 1, first_unacked: 1 }),
+            shard: SHARD,
+            op: Op::Put { key: b"k".to_vec(), value: value.to_vec() },
+        };
+        let read = |db: &DB| db.get_cf(cf(db, CF_DATA), data_key(SHARD, b"k")).unwrap();
+        assert_eq!(apply_alone(&db, &shared, &mut cache, 1, &chunk(vec![], true)), OpResult::Applied);
+        assert_eq!(apply_alone(&db, &shared, &mut cache, 2, &put(b"first")), OpResult::Put);
+        assert_eq!(apply_alone(&db, &shared, &mut cache, 3, &put(b"retry")), OpResult::Put);
+        assert_eq!(read(&db).as_deref(), Some(&b"first"[..]), "a retry is answered from the session");
+
+        let to = vec![Member { node_id: 9, addr: "127.0.0.1:7200".into() }];
+        shared.write().unwrap().group.shards.insert(SHARD, ShardState::BePulled { to: 3, members: to });
+        let drop = Command { session: None, shard: SHARD, op: Op::DropShard { config_num: CONFIG } };
+        assert_eq!(apply_alone(&db, &shared, &mut cache, 4, &drop), OpResult::Applied);
+        assert_eq!(read(&db), None);
+
+        let from = vec![Member { node_id: 9, addr: "127.0.0.1:7200".into() }];
+        shared.write().unwrap().group.shards.insert(SHARD, ShardState::Pulling { from: 3, members: from });
+        assert_eq!(apply_alone(&db, &shared, &mut cache, 5, &chunk(vec![], true)), OpResult::Applied);
+        assert_eq!(apply_alone(&db, &shared, &mut cache, 6, &put(b"again")), OpResult::Put);
+        assert_eq!(read(&db).as_deref(), Some(&b"again"[..]), "the session came back empty, so seq 1 is new");
     }
 }

@@ -7,6 +7,7 @@
 mod apply;
 pub mod records;
 pub mod session;
+mod session_cache;
 pub mod sharding;
 pub mod snapshot_file;
 mod snapshot_store;
@@ -30,6 +31,7 @@ pub use snapshot_store::SnapshotStore;
 
 use self::apply::ApplyBatch;
 use self::session::Session;
+use self::session_cache::SessionCache;
 use self::sharding::Role;
 use self::sharding::Sharding;
 use self::sharding::SharedSharding;
@@ -68,6 +70,7 @@ pub struct StateMachine {
     applied: Option<LogId>,
     membership: StoredMembership,
     sharding: SharedSharding,
+    sessions: SessionCache,
     shards: u32,
     metrics: Arc<NodeMetrics>,
 }
@@ -88,7 +91,7 @@ impl StateMachine {
         }
         let (applied, membership) = read_applied_state(|key| db.get_cf(meta_cf, key))?;
         let sharding = Arc::new(std::sync::RwLock::new(Sharding::load(&db, role, shards)?));
-        Ok(Self { db, snapshots, applied, membership, sharding, shards, metrics })
+        Ok(Self { db, snapshots, applied, membership, sharding, sessions: SessionCache::default(), shards, metrics })
     }
 
     /// The sharding state as of the last applied entry, shared with request handlers.
@@ -123,7 +126,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     where
         Strm: Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + OptionalSend,
     {
-        let mut batch = ApplyBatch::new(&self.db, &self.sharding);
+        let mut batch = ApplyBatch::new(&self.db, &self.sharding, &self.sessions);
         let mut replies = Vec::new();
         let mut count = 0u64;
         while let Some((entry, responder)) = entries.try_next().await? {
@@ -141,10 +144,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 replies.push((responder, result));
             }
         }
-        let (mut write_batch, sharding) = batch.finish();
+        let (mut write_batch, applied) = batch.finish();
         put_applied_state(&self.db, &mut write_batch, &self.applied, &self.membership);
         self.db.write_opt(write_batch, &WriteOptions::default()).map_err(io_err)?;
-        ApplyBatch::publish(sharding, &self.sharding);
+        applied.publish(&self.sharding, &mut self.sessions);
         self.metrics.applied_entries.inc_by(count);
         for (responder, result) in replies {
             responder.send(result);
@@ -191,7 +194,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.membership = installed.meta.last_membership;
         let role = self.sharding.read().unwrap_or_else(std::sync::PoisonError::into_inner).role;
         let reloaded = Sharding::load(&self.db, role, self.shards)?;
-        ApplyBatch::publish(Some(reloaded), &self.sharding);
+        *self.sharding.write().unwrap_or_else(std::sync::PoisonError::into_inner) = reloaded;
+        self.sessions.clear();
         Ok(())
     }
 
@@ -336,11 +340,12 @@ mod tests {
     }
 
     fn apply(db: &DB, shared: &SharedSharding, index: u64, cmd: Command) -> OpResult {
-        let mut batch = ApplyBatch::new(db, shared);
+        let mut cache = SessionCache::default();
+        let mut batch = ApplyBatch::new(db, shared, &cache);
         let result = batch.apply(index, &cmd).unwrap();
-        let (write_batch, sharding) = batch.finish();
+        let (write_batch, applied) = batch.finish();
         db.write(write_batch).unwrap();
-        ApplyBatch::publish(sharding, shared);
+        applied.publish(shared, &mut cache);
         result
     }
 

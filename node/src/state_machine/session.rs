@@ -133,6 +133,11 @@ impl Session {
         self.last_active = index;
     }
 
+    /// How many results this session keeps for retries.
+    pub fn cached_results(&self) -> usize {
+        self.responses.len()
+    }
+
     pub fn last_active(&self) -> u64 {
         self.last_active
     }

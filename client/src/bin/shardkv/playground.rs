@@ -179,6 +179,8 @@ pub async fn run(args: &PlaygroundArgs) -> anyhow::Result<ExitCode> {
     write_atomically(&layout_path, &serde_json::to_string(&layout)?)?;
     let specs = node_specs(dir, layout, args.base_port)?;
     let meta_endpoints = addrs(&group_specs(&specs, META));
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let worker_threads = worker_threads_per_node(specs.len(), cores);
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -192,7 +194,7 @@ pub async fn run(args: &PlaygroundArgs) -> anyhow::Result<ExitCode> {
     );
     let mut nodes = Vec::new();
     for spec in &specs {
-        match spawn_node(&binary, &cluster_id, spec, layout.shards, &meta_endpoints) {
+        match spawn_node(&binary, &cluster_id, spec, layout.shards, &meta_endpoints, worker_threads) {
             Ok(child) => nodes.push(RunningNode { spec: spec.clone(), child }),
             Err(error) => {
                 shutdown(&mut nodes, &endpoints_path).await;
@@ -331,12 +333,19 @@ fn remove_if_present(path: &Path) -> anyhow::Result<()> {
     }
 }
 
+/// Every node of the playground shares this machine: each gets its share of the CPUs as async
+/// worker threads, at least one. Threads beyond that only add wake-ups between them.
+fn worker_threads_per_node(nodes: usize, cores: usize) -> usize {
+    (cores / nodes.max(1)).max(1)
+}
+
 fn spawn_node(
     binary: &Path,
     cluster_id: &str,
     spec: &NodeSpec,
     shards: u32,
     meta_endpoints: &[String],
+    worker_threads: usize,
 ) -> anyhow::Result<Child> {
     let mut log = std::fs::OpenOptions::new()
         .create(true)
@@ -360,7 +369,9 @@ fn spawn_node(
         .arg("--listen")
         .arg(&spec.client_addr)
         .arg("--admin-listen")
-        .arg(&spec.admin_addr);
+        .arg(&spec.admin_addr)
+        .arg("--worker-threads")
+        .arg(worker_threads.to_string());
     if spec.group == META {
         command.args(["--role", "meta"]);
     } else {
@@ -660,6 +671,14 @@ mod tests {
 
     fn layout(groups: u16, replicas: u16, shards: u32) -> Layout {
         Layout { groups, replicas, shards }
+    }
+
+    #[test]
+    fn nodes_share_the_cpus_and_each_gets_at_least_one_thread() {
+        assert_eq!(worker_threads_per_node(6, 2), 1);
+        assert_eq!(worker_threads_per_node(6, 32), 5);
+        assert_eq!(worker_threads_per_node(3, 12), 4);
+        assert_eq!(worker_threads_per_node(0, 4), 4);
     }
 
     #[test]

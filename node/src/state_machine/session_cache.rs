@@ -1,0 +1,106 @@
+//! The sessions the state machine wrote last, kept in memory so that applying a write does not
+//! look its session up in RocksDB: under load that lookup, a search of a memtable holding every
+//! version of every session, took about a tenth of a put's CPU.
+//!
+//! RocksDB stays the source of truth. The cache changes only after a batch is written, with
+//! the sessions that batch wrote, and is emptied whenever sessions change any other way (a
+//! shard dropped, a snapshot installed), so an entry is always what RocksDB holds.
+
+use std::collections::HashMap;
+
+use super::session::Session;
+
+/// Sessions kept at most. Beyond it, new sessions are read from RocksDB as before; sessions
+/// already cached are still updated. With a few results each, this is a few MiB.
+const MAX_SESSIONS: usize = 8192;
+/// A session caching more results than this is not kept (a client with many writes in flight):
+/// it bounds the memory of the whole cache.
+const MAX_RESULTS_PER_SESSION: usize = 64;
+
+#[derive(Default)]
+pub struct SessionCache {
+    sessions: HashMap<[u8; 12], Session>,
+}
+
+impl SessionCache {
+    /// The session stored at `key`, if it is cached.
+    pub fn get(&self, key: &[u8; 12]) -> Option<&Session> {
+        self.sessions.get(key)
+    }
+
+    /// Takes in the sessions a batch has written to RocksDB (a default session is a deleted
+    /// one); `reset` empties the cache first, for a batch that also deleted sessions wholesale.
+    pub fn written(&mut self, written: HashMap<[u8; 12], Session>, reset: bool) {
+        if reset {
+            self.sessions.clear();
+        }
+        for (key, session) in written {
+            let keep = session != Session::default() && session.cached_results() <= MAX_RESULTS_PER_SESSION;
+            if !keep {
+                self.sessions.remove(&key);
+            } else if self.sessions.len() < MAX_SESSIONS || self.sessions.contains_key(&key) {
+                self.sessions.insert(key, session);
+            }
+        }
+    }
+
+    /// Forgets every session, for when RocksDB's sessions were replaced.
+    pub fn clear(&mut self) {
+        self.sessions.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::OpResult;
+
+    fn key(n: u64) -> [u8; 12] {
+        let mut key = [0; 12];
+        key[4..].copy_from_slice(&n.to_be_bytes());
+        key
+    }
+
+    fn session_with_results(results: u64) -> Session {
+        let mut session = Session::default();
+        for seq in 1..=results {
+            session.record(seq, 1, &OpResult::Put, seq);
+        }
+        session
+    }
+
+    #[test]
+    fn written_sessions_are_cached_and_deleted_ones_forgotten() {
+        let mut cache = SessionCache::default();
+        cache.written(HashMap::from([(key(1), session_with_results(1)), (key(2), session_with_results(2))]), false);
+        assert_eq!(cache.get(&key(1)), Some(&session_with_results(1)));
+        cache.written(HashMap::from([(key(1), Session::default())]), false);
+        assert_eq!(cache.get(&key(1)), None);
+        assert_eq!(cache.get(&key(2)), Some(&session_with_results(2)));
+    }
+
+    #[test]
+    fn a_reset_forgets_sessions_the_batch_did_not_write() {
+        let mut cache = SessionCache::default();
+        cache.written(HashMap::from([(key(1), session_with_results(1))]), false);
+        cache.written(HashMap::from([(key(2), session_with_results(1))]), true);
+        assert_eq!(cache.get(&key(1)), None);
+        assert!(cache.get(&key(2)).is_some());
+        cache.clear();
+        assert_eq!(cache.get(&key(2)), None);
+    }
+
+    #[test]
+    fn the_cache_is_bounded_in_sessions_and_results_but_updates_what_it_holds() {
+        let mut cache = SessionCache::default();
+        let full: HashMap<_, _> = (0..MAX_SESSIONS as u64).map(|n| (key(n), session_with_results(1))).collect();
+        cache.written(full, false);
+        cache.written(HashMap::from([(key(u64::MAX), session_with_results(1))]), false);
+        assert_eq!(cache.get(&key(u64::MAX)), None, "no room for a new session");
+        cache.written(HashMap::from([(key(0), session_with_results(2))]), false);
+        assert_eq!(cache.get(&key(0)), Some(&session_with_results(2)), "a cached session is updated");
+        let busy = session_with_results(MAX_RESULTS_PER_SESSION as u64 + 1);
+        cache.written(HashMap::from([(key(1), busy)]), false);
+        assert_eq!(cache.get(&key(1)), None, "a session with many results is not kept, not even stale");
+    }
+}
