@@ -157,6 +157,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
+        // openraft purges only what is applied (and snapshotted); applied state skips the WAL,
+        // so it is flushed first: after a crash the state machine resumes at or past the purge
+        // point, and the entries it re-applies are still in the log.
+        super::flush_state_machine(&self.db).map_err(io_err)?;
         // Record the purge point first: a crash in between leaves extra entries, never a gap.
         self.put_meta(PURGED_KEY, &log_id, false)?;
         let log_cf = cf(&self.db, CF_LOG);

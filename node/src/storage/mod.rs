@@ -27,6 +27,8 @@ pub const CF_SM_META: &str = "sm_meta";
 pub const CF_SHARDS: &str = "sm_shards";
 
 const ALL_CFS: [&str; 6] = [CF_LOG, CF_RAFT_META, CF_DATA, CF_SESSIONS, CF_SM_META, CF_SHARDS];
+/// The state machine's column families, which applied entries write without the WAL.
+const STATE_MACHINE_CFS: [&str; 4] = [CF_DATA, CF_SESSIONS, CF_SM_META, CF_SHARDS];
 
 pub fn open_db(path: &Path) -> Result<Arc<DB>, rocksdb::Error> {
     let mut opts = Options::default();
@@ -35,12 +37,20 @@ pub fn open_db(path: &Path) -> Result<Arc<DB>, rocksdb::Error> {
     // Detect corruption when opening and reading instead of serving damaged data.
     opts.set_paranoid_checks(true);
     opts.increase_parallelism(2);
+    // Applied entries are written without the WAL (the Raft log already holds them), so after
+    // a crash the state machine is what was last flushed. Atomic flush keeps the column
+    // families of one flush at the same point, so that state is always one applied prefix of
+    // the log: never data without its session, or a session without its data.
+    opts.set_atomic_flush(true);
     let cfs = ALL_CFS.iter().map(|name| {
         let mut cf_opts = Options::default();
         cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         // Bounded memtables: a snapshot install or a burst of large values must not grow memory
-        // with the size of the data.
-        cf_opts.set_write_buffer_size(32 << 20);
+        // with the size of the data. The small column families are rewritten on every apply
+        // (last applied, sessions): a large memtable there would hold thousands of versions of
+        // the same few keys, costing memory and search time for nothing.
+        let large = matches!(*name, CF_LOG | CF_DATA);
+        cf_opts.set_write_buffer_size(if large { 32 << 20 } else { 4 << 20 });
         cf_opts.set_max_write_buffer_number(2);
         ColumnFamilyDescriptor::new(*name, cf_opts)
     });
@@ -53,6 +63,13 @@ pub fn flush_all(db: &DB) -> Result<(), rocksdb::Error> {
         db.flush_cf(cf(db, name))?;
     }
     Ok(())
+}
+
+/// Makes everything applied so far durable: flushes the state machine's memtables, whose
+/// writes skip the WAL. Log entries may be purged only up to what this has made durable.
+pub fn flush_state_machine(db: &DB) -> Result<(), rocksdb::Error> {
+    let cfs: Vec<_> = STATE_MACHINE_CFS.iter().map(|name| cf(db, name)).collect();
+    db.flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())
 }
 
 pub fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {

@@ -1,6 +1,8 @@
 //! Process-level tests: real `shardkv-node` processes talking gRPC over loopback.
 
 mod bad_input;
+mod counters;
+mod durability;
 mod exactly_once;
 mod harness;
 mod lifecycle;

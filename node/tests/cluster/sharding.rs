@@ -1,19 +1,15 @@
 //! Shards move between data groups while clients keep writing: joins, leaves, churn, and
 //! failures of either side in the middle of a move.
 
-use std::collections::BTreeMap;
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use std::time::Instant;
 
 use shardkv_client::Client;
-use shardkv_proto::shard_for_key;
 use shardkv_proto::v1::ShardConfig;
 
+use crate::counters::Load;
+use crate::counters::check;
 use crate::harness::WAIT;
 use crate::harness::wait_for;
 use crate::sharded::ShardedCluster;
@@ -70,114 +66,6 @@ async fn leader_while_pulling(cluster: &ShardedCluster, group: u64) -> u64 {
 
 const SHARDS: u32 = 16;
 
-/// What one writer saw. Each writer counts its own keys up with compare-and-swap, so a write
-/// applied twice shows as a swap that finds the counter one ahead of what was acknowledged.
-#[derive(Debug, Default)]
-struct WriterReport {
-    /// Acknowledged count per key (the counter's value as far as acknowledgements go).
-    acked: BTreeMap<String, u64>,
-    /// Keys whose last write failed, so that write may or may not have applied.
-    uncertain: BTreeSet<String>,
-    /// Failed requests per shard.
-    failures: BTreeMap<u32, u64>,
-    /// Swaps refused although the writer had the acknowledged value: a lost or doubled write.
-    anomalies: Vec<String>,
-    ops: u64,
-}
-
-struct Load {
-    stop: Arc<AtomicBool>,
-    /// Requests made so far by all writers.
-    ops: Arc<AtomicU64>,
-    writers: Vec<tokio::task::JoinHandle<WriterReport>>,
-}
-
-impl Load {
-    /// `writers` tasks, each cycling over `keys` keys of its own, for at most `limit` and
-    /// `max_ops` operations each.
-    fn start(client: &Client, writers: usize, keys: usize, max_ops: u64, limit: Duration) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ops = Arc::new(AtomicU64::new(0));
-        let writers = (0..writers)
-            .map(|w| {
-                let (client, stop, ops) = (client.new_session(), stop.clone(), ops.clone());
-                tokio::spawn(async move { write_counters(client, w, keys, max_ops, limit, stop, ops).await })
-            })
-            .collect();
-        Load { stop, ops, writers }
-    }
-
-    /// Lets the load run until it has made `more` further requests (the cluster keeps serving
-    /// after the change, not only through it).
-    async fn continue_for(&self, more: u64) {
-        let target = self.ops.load(Ordering::SeqCst) + more;
-        wait_for(&format!("{more} more requests"), WAIT, || async {
-            (self.ops.load(Ordering::SeqCst) >= target).then_some(())
-        })
-        .await;
-    }
-
-    async fn finish(self) -> Vec<WriterReport> {
-        self.continue_for(200).await;
-        self.stop.store(true, Ordering::SeqCst);
-        let mut reports = Vec::new();
-        for writer in self.writers {
-            reports.push(writer.await.expect("writer task"));
-        }
-        reports
-    }
-}
-
-async fn write_counters(
-    client: Client,
-    writer: usize,
-    keys: usize,
-    max_ops: u64,
-    limit: Duration,
-    stop: Arc<AtomicBool>,
-    ops: Arc<AtomicU64>,
-) -> WriterReport {
-    let deadline = Instant::now() + limit;
-    let mut report = WriterReport::default();
-    while report.ops < max_ops && Instant::now() < deadline && !stop.load(Ordering::SeqCst) {
-        let key = format!("w{writer}-k{}", report.ops as usize % keys);
-        report.ops += 1;
-        ops.fetch_add(1, Ordering::SeqCst);
-        let mut count = report.acked.get(&key).copied().unwrap_or(0);
-        if report.uncertain.contains(&key) {
-            // The failed write may have applied: learn where the counter is before going on.
-            match client.get(key.clone()).await {
-                Ok(value) => {
-                    let current = value.map_or(0, |v| String::from_utf8(v).unwrap().parse::<u64>().unwrap());
-                    assert!(current == count || current == count + 1, "{key}: {current} after {count} acked");
-                    count = current;
-                    report.acked.insert(key.clone(), count);
-                    report.uncertain.remove(&key);
-                }
-                Err(_) => {
-                    *report.failures.entry(shard_for_key(key.as_bytes(), SHARDS)).or_default() += 1;
-                    continue;
-                }
-            }
-        }
-        let expected = (count > 0).then(|| count.to_string().into_bytes());
-        match client.compare_and_swap(key.clone(), expected, (count + 1).to_string()).await {
-            Ok(outcome) if outcome.succeeded => {
-                report.acked.insert(key, count + 1);
-            }
-            Ok(outcome) => report.anomalies.push(format!(
-                "{key}: swap from {count} refused, found {:?}",
-                outcome.previous.map(|v| String::from_utf8_lossy(&v).into_owned())
-            )),
-            Err(_) => {
-                *report.failures.entry(shard_for_key(key.as_bytes(), SHARDS)).or_default() += 1;
-                report.uncertain.insert(key);
-            }
-        }
-    }
-    report
-}
-
 /// Shards whose owner differs anywhere along the sequence of configs.
 fn moved_shards(configs: &[ShardConfig]) -> BTreeSet<u32> {
     configs
@@ -188,34 +76,12 @@ fn moved_shards(configs: &[ShardConfig]) -> BTreeSet<u32> {
         .collect()
 }
 
-/// Every acknowledged count is what the store holds (or one more, for a key whose last write
-/// failed); nothing was applied twice; shards that never moved never failed a request.
-async fn check(client: &Client, reports: &[WriterReport], moved: &BTreeSet<u32>) {
-    let mut total_ops = 0;
-    for report in reports {
-        total_ops += report.ops;
-        assert!(report.anomalies.is_empty(), "writes lost or applied twice: {:?}", report.anomalies);
-        for (key, &acked) in &report.acked {
-            let value = client.get(key.clone()).await.expect("final read");
-            let stored = value.map_or(0, |v| String::from_utf8(v).unwrap().parse::<u64>().unwrap());
-            let allowed = if report.uncertain.contains(key) { acked..=acked + 1 } else { acked..=acked };
-            assert!(allowed.contains(&stored), "{key}: store has {stored}, acknowledged {acked}");
-        }
-        for (shard, failures) in &report.failures {
-            assert!(moved.contains(shard), "{failures} requests to shard {shard}, which never moved, failed");
-        }
-    }
-    let failures: u64 = reports.iter().flat_map(|r| r.failures.values()).sum();
-    eprintln!("load: {total_ops} requests, {failures} failed, moved shards {moved:?}");
-    assert!(total_ops >= 200, "the load made only {total_ops} requests");
-}
-
 /// A meta group and group 1 of three replicas on `net`, settled, with 8 writers running.
 async fn group_one_under_load(net: u8) -> (ShardedCluster, Client, ShardConfig, Load) {
     let cluster = ShardedCluster::start(net, 3, SHARDS, &[1]).await;
     let client = cluster.client();
     let first = cluster.wait_settled().await;
-    let load = Load::start(&client, 8, 8, 100_000, Duration::from_secs(120));
+    let load = Load::start(&client, 8, 8, 100_000, Duration::from_secs(120), SHARDS);
     (cluster, client, first, load)
 }
 
@@ -259,7 +125,7 @@ impl MidMove {
         let client = cluster.client();
         load_bulk(&client).await;
         let first = cluster.wait_settled().await;
-        let load = Load::start(&client, 4, 8, 100_000, Duration::from_secs(120));
+        let load = Load::start(&client, 4, 8, 100_000, Duration::from_secs(120), SHARDS);
         cluster.start_group(2).await;
         cluster.join(2).await;
         let receiving_leader = leader_while_pulling(&cluster, 2).await;
@@ -305,7 +171,7 @@ async fn joins_and_leaves_in_a_row_converge() {
     for group in 2..=4 {
         cluster.start_group(group).await;
     }
-    let load = Load::start(&client, 8, 8, 100_000, Duration::from_secs(120));
+    let load = Load::start(&client, 8, 8, 100_000, Duration::from_secs(120), SHARDS);
     // No waiting in between: the groups work through the configs one number at a time.
     configs.push(cluster.join(2).await);
     configs.push(cluster.join(3).await);
