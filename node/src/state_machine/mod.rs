@@ -110,10 +110,14 @@ fn read_applied_state(
     Ok((applied, membership.unwrap_or_default()))
 }
 
-fn put_applied_state(db: &DB, batch: &mut WriteBatch, applied: &Option<LogId>, membership: &StoredMembership) {
+/// Records the last applied log id, and the membership when it changed (`None`: it did not;
+/// the stored one stays right).
+fn put_applied_state(db: &DB, batch: &mut WriteBatch, applied: &Option<LogId>, membership: Option<&StoredMembership>) {
     let meta_cf = cf(db, CF_SM_META);
     batch.put_cf(meta_cf, APPLIED_KEY, encode(applied));
-    batch.put_cf(meta_cf, MEMBERSHIP_KEY, encode(membership));
+    if let Some(membership) = membership {
+        batch.put_cf(meta_cf, MEMBERSHIP_KEY, encode(membership));
+    }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -131,12 +135,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut batch = ApplyBatch::new(&self.db, &self.sharding, &self.sessions);
         let mut replies = Vec::new();
         let mut count = 0u64;
+        let mut membership_changed = false;
         while let Some((entry, responder)) = entries.try_next().await? {
             let result = match &entry.payload {
                 EntryPayload::Blank => OpResult::Applied,
                 EntryPayload::Normal(cmd) => batch.apply(entry.log_id.index(), cmd)?,
                 EntryPayload::Membership(m) => {
                     self.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                    membership_changed = true;
                     OpResult::Applied
                 }
             };
@@ -147,7 +153,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
         }
         let (mut write_batch, applied) = batch.finish();
-        put_applied_state(&self.db, &mut write_batch, &self.applied, &self.membership);
+        let membership = membership_changed.then_some(&self.membership);
+        put_applied_state(&self.db, &mut write_batch, &self.applied, membership);
         // Without the WAL: every entry here is in the Raft log, which is durable, and a crash
         // re-applies from the last flush (see storage::flush_state_machine). This halves what
         // each write puts in the WAL and fsyncs.
@@ -246,7 +253,7 @@ fn load_snapshot(db: &DB, path: &std::path::Path) -> io::Result<()> {
         }
     }
     let header = reader.header;
-    put_applied_state(db, &mut batch, &header.last_log_id, &header.membership);
+    put_applied_state(db, &mut batch, &header.last_log_id, Some(&header.membership));
     batch.delete_cf(cf(db, CF_SM_META), INSTALLING_KEY);
     let mut opts = WriteOptions::default();
     opts.set_sync(true);
