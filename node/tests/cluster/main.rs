@@ -10,3 +10,4 @@ mod scan;
 mod sessions;
 mod sharded;
 mod sharding;
+mod tls;
