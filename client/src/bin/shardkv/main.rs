@@ -35,14 +35,15 @@ struct Cli {
     /// PEM CA certificate of the cluster; with --cert and --key, connect with mutual TLS.
     /// Without all three, the `tls.json` beside --endpoints-file is used if there is one (a
     /// TLS playground writes it), else plaintext.
-    #[arg(long, global = true, env = "SHARDKV_CA", value_name = "PEM")]
-    ca: Option<PathBuf>,
+    #[arg(long = "ca", global = true, env = "SHARDKV_CA", value_name = "PEM")]
+    tls_ca: Option<PathBuf>,
     /// PEM client certificate (its URI name says the cluster and role: client, admin, ...).
-    #[arg(long, global = true, env = "SHARDKV_CERT", value_name = "PEM")]
-    cert: Option<PathBuf>,
+    #[arg(long = "cert", global = true, env = "SHARDKV_CERT", value_name = "PEM")]
+    tls_cert: Option<PathBuf>,
     /// PEM private key of --cert.
-    #[arg(long, global = true, env = "SHARDKV_KEY", value_name = "PEM")]
-    key: Option<PathBuf>,
+    // Named apart from the `key` argument of the KV commands.
+    #[arg(long = "key", global = true, env = "SHARDKV_KEY", value_name = "PEM")]
+    tls_key: Option<PathBuf>,
     /// Deadline of each request, retries included, in milliseconds.
     #[arg(long, global = true, value_name = "MS", default_value_t = 5000)]
     timeout_ms: u64,
@@ -157,8 +158,12 @@ impl Cli {
                 "no endpoints: pass --endpoints host:port,... (or set SHARDKV_ENDPOINTS) or --endpoints-file PATH"
             ),
         };
-        let tls =
-            tls_files::resolve(self.ca.clone(), self.cert.clone(), self.key.clone(), self.endpoints_file.as_deref())?;
+        let tls = tls_files::resolve(
+            self.tls_ca.clone(),
+            self.tls_cert.clone(),
+            self.tls_key.clone(),
+            self.endpoints_file.as_deref(),
+        )?;
         let options = ClientOptions {
             request_timeout: std::time::Duration::from_millis(self.timeout_ms),
             tls: tls.map(ClientTls::new).transpose()?,
