@@ -1,6 +1,7 @@
 //! Mutual TLS for shardkv: who a certificate names (`identity`), loading and reloading PEM files
-//! (`files`, `reload`), the node's accepting side (`server`, `plaintext`), connecting channels
-//! (`client`), clear words for TLS failures (`explain`) and making certificates (`certs`).
+//! (`files`, `reload`), reading the URI names of a certificate (`san`), the node's accepting side
+//! (`server`, `plaintext`), connecting channels (`client`), clear words for TLS failures
+//! (`explain`) and making certificates (`certs`).
 //!
 //! rustls with the ring provider only.
 

@@ -64,7 +64,9 @@ where
             Err(denied) => {
                 let remote = peer.map(|peer| peer.remote.to_string()).unwrap_or_default();
                 tracing::warn!(remote, "{denied}");
-                self.layer.metrics.observe_denied(request.uri().path());
+                // Known RPCs only, so a caller cannot grow the metric without bound.
+                let path = request.uri().path();
+                self.layer.metrics.observe_denied(if policy::admits(path).is_some() { path } else { "unknown" });
                 Either::Right(ready(Ok(tonic::Status::permission_denied(denied.to_string()).into_http())))
             }
         }
