@@ -39,7 +39,7 @@ start_playground() {
   local name="$1" groups="$2"
   ensure_ports_free
   log "starting a playground of $groups data group(s) x 3 replicas ($name)"
-  "$shardkv" playground --groups "$groups" --replicas 3 --data-dir "$workdir/$name" --base-port "$BASE_PORT" \
+  "$shardkv" playground --insecure --groups "$groups" --replicas 3 --data-dir "$workdir/$name" --base-port "$BASE_PORT" \
     >"$workdir/$name.log" 2>&1 &
   playground_pid=$!
   local deadline=$((SECONDS + STARTUP_DEADLINE_SECS))

@@ -32,6 +32,14 @@ pub enum Error {
     /// No endpoint could be reached.
     #[error("transport error: {0}")]
     Transport(String),
+    /// The TLS connection was refused: a certificate of another CA, an expired one, a
+    /// plaintext client at a TLS node, ... Retrying does not help; nothing was sent.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The node refused the call for the identity of the client certificate (the message
+    /// names the identity and the RPC).
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     /// Any other gRPC status. Boxed because a `tonic::Status` is large and would bloat every
     /// `Result` the library returns.
     #[error("server error: {}: {}", .0.code(), .0.message())]
@@ -42,7 +50,11 @@ impl Error {
     /// Maps a final (not retried) gRPC status to an error.
     pub fn from_status(status: tonic::Status) -> Self {
         use tonic::Code;
+        if let Some(problem) = shardkv_tls::problem_of(&status) {
+            return Error::Tls(problem.to_string());
+        }
         match status.code() {
+            Code::PermissionDenied => Error::PermissionDenied(status.message().to_string()),
             Code::InvalidArgument => Error::InvalidArgument(status.message().to_string()),
             Code::FailedPrecondition => Error::FailedPrecondition(status.message().to_string()),
             Code::DeadlineExceeded => Error::DeadlineExceeded,
@@ -60,8 +72,12 @@ impl Error {
     }
 }
 
-/// True when the status says the connection could not be opened, so the request was never sent.
+/// True when the status says the connection could not be opened, so the request was never sent
+/// (a refused TLS handshake included: no request passes before it completes).
 pub(crate) fn is_connect_failure(status: &tonic::Status) -> bool {
+    if shardkv_tls::problem_of(status).is_some() {
+        return true;
+    }
     let mut source = status.source();
     while let Some(err) = source {
         if err.is::<tonic::ConnectError>() {
@@ -118,6 +134,10 @@ mod tests {
         assert!(matches!(Error::from_status(tonic::Status::deadline_exceeded("late")), Error::DeadlineExceeded));
         assert!(matches!(Error::from_status(tonic::Status::unavailable("no leader")), Error::Unavailable(_)));
         assert!(matches!(Error::from_status(tonic::Status::internal("boom")), Error::Other(_)));
+        assert!(matches!(
+            Error::from_status(tonic::Status::permission_denied("Kv/Put refused for x")),
+            Error::PermissionDenied(m) if m == "Kv/Put refused for x"
+        ));
     }
 
     #[test]

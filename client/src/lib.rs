@@ -18,3 +18,4 @@ pub use client::{
 pub use cluster::ClusterStatus;
 pub use endpoints::parse_endpoint_list;
 pub use error::{Error, Result};
+pub use shardkv_tls::{ClientTls, TlsFiles};

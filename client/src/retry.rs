@@ -97,6 +97,10 @@ pub enum NextStep {
 /// request was routed with (0 when it was not routed by a map).
 pub fn next_step(status: &tonic::Status, routed_with: u64) -> NextStep {
     use tonic::Code;
+    // A refused TLS handshake is refused by every replica alike.
+    if shardkv_tls::problem_of(status).is_some() {
+        return NextStep::Fail;
+    }
     match status.code() {
         Code::FailedPrecondition => match wrong_group_config(status) {
             Some(config_num) if config_num < routed_with => NextStep::Behind(config_num),

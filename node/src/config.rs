@@ -5,9 +5,10 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use clap::ValueEnum;
+use shardkv_tls::{Role, TlsFiles};
 
 use crate::meta::META_GROUP;
-use crate::state_machine::sharding::Role;
+use crate::state_machine::sharding::Role as GroupRole;
 use crate::state_machine::snapshot_file::MAX_RECORD_PART;
 use crate::storage::keys::SHARD_PREFIX_LEN;
 
@@ -100,6 +101,17 @@ pub struct NodeArgs {
     /// cross-thread wake-ups per request.
     #[arg(long, env = "SHARDKV_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
     pub worker_threads: Option<u16>,
+    /// PEM CA certificate of the cluster. With --tls-cert and --tls-key, every gRPC connection,
+    /// in and out, is mutual TLS verified against it; without all three, TLS is off.
+    #[arg(long, env = "SHARDKV_TLS_CA", value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM certificate of this node: a `spiffe://shardkv/<cluster-id>/node/<name>` URI name, and
+    /// the host names or addresses peers and clients connect to. Reloaded when it changes.
+    #[arg(long, env = "SHARDKV_TLS_CERT", value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert. Reloaded when it changes.
+    #[arg(long, env = "SHARDKV_TLS_KEY", value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl NodeArgs {
@@ -132,18 +144,35 @@ impl NodeArgs {
         }
     }
 
+    /// The TLS files, all three or none; a node's certificate must name a node of its cluster.
+    pub fn tls_files(&self) -> anyhow::Result<Option<TlsFiles>> {
+        let files = TlsFiles::from_parts(self.tls_ca.clone(), self.tls_cert.clone(), self.tls_key.clone())
+            .map_err(|e| anyhow::anyhow!("--tls-ca, --tls-cert, --tls-key: {e}"))?;
+        if let Some(files) = &files {
+            let identity = files.identity()?;
+            if identity.cluster != self.cluster_id || identity.role != Role::Node {
+                anyhow::bail!(
+                    "--tls-cert {} names {identity}, not a node of cluster {}",
+                    files.cert.display(),
+                    self.cluster_id
+                );
+            }
+        }
+        Ok(files)
+    }
+
     /// The role this node plays, checked against its group id.
-    pub fn resolved_role(&self) -> anyhow::Result<Role> {
+    pub fn resolved_role(&self) -> anyhow::Result<GroupRole> {
         match self.role {
             RoleArg::Meta if self.group_id != META_GROUP => {
                 anyhow::bail!("a meta replica belongs to group {META_GROUP}, not group {}", self.group_id)
             }
-            RoleArg::Meta => Ok(Role::Meta),
-            RoleArg::Data if self.meta_endpoints.is_empty() => Ok(Role::Standalone { group: self.group_id }),
+            RoleArg::Meta => Ok(GroupRole::Meta),
+            RoleArg::Data if self.meta_endpoints.is_empty() => Ok(GroupRole::Standalone { group: self.group_id }),
             RoleArg::Data if self.group_id == META_GROUP => {
                 anyhow::bail!("a data group of a sharded cluster needs --group-id 1 or higher (0 is the meta group)")
             }
-            RoleArg::Data => Ok(Role::Sharded { group: self.group_id }),
+            RoleArg::Data => Ok(GroupRole::Sharded { group: self.group_id }),
         }
     }
 }
@@ -200,13 +229,20 @@ mod tests {
     }
 
     #[test]
+    fn tls_needs_all_three_files() {
+        assert!(args(&[]).tls_files().unwrap().is_none());
+        let err = args(&["--tls-ca", "ca.pem", "--tls-key", "k.pem"]).tls_files().unwrap_err();
+        assert!(err.to_string().contains("missing: certificate"), "{err}");
+    }
+
+    #[test]
     fn roles_follow_group_and_meta_endpoints() {
-        assert_eq!(args(&["--role", "meta"]).resolved_role().unwrap(), Role::Meta);
+        assert_eq!(args(&["--role", "meta"]).resolved_role().unwrap(), GroupRole::Meta);
         assert!(args(&["--role", "meta", "--group-id", "3"]).resolved_role().is_err());
-        assert_eq!(args(&["--group-id", "2"]).resolved_role().unwrap(), Role::Standalone { group: 2 });
+        assert_eq!(args(&["--group-id", "2"]).resolved_role().unwrap(), GroupRole::Standalone { group: 2 });
         let sharded = args(&["--group-id", "2", "--meta-endpoints", "a:1,b:2"]);
         assert_eq!(sharded.meta_endpoints, ["a:1", "b:2"]);
-        assert_eq!(sharded.resolved_role().unwrap(), Role::Sharded { group: 2 });
+        assert_eq!(sharded.resolved_role().unwrap(), GroupRole::Sharded { group: 2 });
         assert!(args(&["--meta-endpoints", "a:1"]).resolved_role().is_err());
     }
 }

@@ -4,12 +4,14 @@
 //! - `state_machine`: applying commands, client sessions, snapshot files
 //! - `network`: node-to-node Raft transport over gRPC
 //! - `api`: the client KV service and the admin service
+//! - `auth`: who may call which RPC when TLS is on (the policy, pure, and the layer applying it)
 //! - `lifecycle`: leadership transfer, snapshot-then-purge, preStop, probes and metrics HTTP
 //! - `meta`: the meta group's shard maps: assignment (pure) and the Join/Leave/Move/Query service
 //! - `migration`: moving shards between data groups (per-shard states, the leader's driver, the
 //!   pull/confirm service)
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod context;
 pub mod identity;

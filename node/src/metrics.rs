@@ -59,6 +59,9 @@ pub struct NodeMetrics {
     rpc_requests: Family<Labels<2>, Counter>,
     rpc_seconds: HistogramFamily,
     prestop_step_seconds: HistogramFamily,
+    tls_refused: Family<Labels<1>, Counter>,
+    /// By RPC path, which is not a static string (refusals are rare; allocating is fine).
+    rpc_denied: Family<Vec<(&'static str, String)>, Counter>,
     term: Gauge,
     is_leader: Gauge,
     leader_id: Gauge,
@@ -85,6 +88,8 @@ impl Default for NodeMetrics {
             rpc_requests: Family::default(),
             rpc_seconds: Family::new_with_constructor(latency_histogram),
             prestop_step_seconds: Family::new_with_constructor(latency_histogram),
+            tls_refused: Family::default(),
+            rpc_denied: Family::default(),
             term: Gauge::default(),
             is_leader: Gauge::default(),
             leader_id: Gauge::default(),
@@ -115,6 +120,12 @@ impl Default for NodeMetrics {
         r.register("grpc_requests", "gRPC requests served, by method and status code", m.rpc_requests.clone());
         r.register("grpc_request_seconds", "gRPC request latency, by method", m.rpc_seconds.clone());
         r.register("prestop_step_seconds", "Duration of each preStop step", m.prestop_step_seconds.clone());
+        r.register(
+            "tls_connections_refused",
+            "Connections refused before any request (plaintext, a certificate of another CA, expired, ...), by reason",
+            m.tls_refused.clone(),
+        );
+        r.register("grpc_permission_denied", "gRPC calls refused by authorization, by RPC", m.rpc_denied.clone());
         r.register("raft_term", "Current Raft term", m.term.clone());
         r.register("raft_is_leader", "1 when this replica is the leader", m.is_leader.clone());
         r.register("raft_leader_id", "Node id of the known leader (0 = none)", m.leader_id.clone());
@@ -145,6 +156,14 @@ impl NodeMetrics {
 
     pub fn observe_prestop_step(&self, step: &'static str, took: Duration) {
         self.prestop_step_seconds.get_or_create(&[("step", step)]).observe(took.as_secs_f64());
+    }
+
+    pub fn observe_tls_refused(&self, reason: &'static str) {
+        self.tls_refused.get_or_create(&[("reason", reason)]).inc();
+    }
+
+    pub fn observe_denied(&self, rpc: &str) {
+        self.rpc_denied.get_or_create(&vec![("rpc", rpc.to_string())]).inc();
     }
 
     /// Renders the Prometheus text format, with the Raft gauges read from `raft` now.

@@ -12,11 +12,13 @@ use shardkv_proto::v1::kv_server::KvServer;
 use shardkv_proto::v1::meta_server::MetaServer;
 use shardkv_proto::v1::migration_server::MigrationServer;
 use shardkv_proto::v1::raft_server::RaftServer;
+use shardkv_tls::{ClientTls, ServerTls};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::api::admin::AdminService;
 use crate::api::kv::KvService;
+use crate::auth::layer::AuthorizeLayer;
 use crate::config::NodeArgs;
 use crate::context::Limits;
 use crate::context::NodeContext;
@@ -82,6 +84,9 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         );
     }
     let role = args.resolved_role()?;
+    let tls_files = args.tls_files()?;
+    let server_tls = tls_files.clone().map(ServerTls::new).transpose()?;
+    let client_tls = tls_files.map(ClientTls::new).transpose()?;
     let scope = GroupScope { cluster_id: args.cluster_id.clone(), group_id: args.group_id };
     let wanted =
         Identity { cluster_id: args.cluster_id.clone(), group_id: args.group_id, node_id, shards: args.shards };
@@ -115,7 +120,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let sharding = state_machine.sharding();
 
     let config = Arc::new(raft_config(&args)?);
-    let channels = Channels::default();
+    let channels = Channels::new(client_tls);
     let network = PeerNetwork::new(scope.clone(), channels.clone());
     let raft = Raft::new(node_id, config, network, log_store, state_machine).await?;
     tracing::info!(
@@ -124,6 +129,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         group = args.group_id,
         node = node_id,
         log_entries_on_disk = startup_entries,
+        tls = server_tls.is_some(),
         last_purged = index_of(&log_state.last_purged_log_id),
         "node started"
     );
@@ -157,6 +163,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let grpc = tokio::spawn(serve_grpc(
         grpc_listener,
+        server_tls,
         ctx.clone(),
         snapshots,
         channels.clone(),
@@ -202,6 +209,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
 
 async fn serve_grpc(
     listener: TcpListener,
+    tls: Option<ServerTls>,
     ctx: Arc<NodeContext>,
     snapshots: SnapshotStore,
     channels: Channels,
@@ -214,10 +222,10 @@ async fn serve_grpc(
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let raft_service = RaftService::new(ctx.raft.clone(), ctx.scope.clone(), snapshots);
-    // The listener was bound by us, so TCP_NODELAY must be set on the incoming stream itself:
-    // without it Nagle's algorithm and delayed ACKs add ~40 ms to small responses.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    let authorize = AuthorizeLayer::new(tls.is_some().then_some(ctx.scope.cluster_id.as_str()), ctx.metrics.clone());
+    let metrics = ctx.metrics.clone();
+    let router = tonic::transport::Server::builder()
+        .layer(authorize)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(KvServer::new(KvService::new(ctx.clone())))
@@ -228,11 +236,25 @@ async fn serve_grpc(
             RaftServer::new(raft_service)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .serve_with_incoming_shutdown(incoming, async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        })
-        .await?;
+        );
+    let stop = async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    };
+    match tls {
+        Some(tls) => {
+            let incoming = tls.incoming(listener, move |remote, refusal| {
+                tracing::warn!(%remote, "refused a connection: {refusal}");
+                metrics.observe_tls_refused(refusal.label());
+            });
+            router.serve_with_incoming_shutdown(incoming, stop).await?;
+        }
+        None => {
+            // The listener was bound by us, so TCP_NODELAY must be set on the incoming stream
+            // itself: without it Nagle's algorithm and delayed ACKs add ~40 ms to small responses.
+            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            router.serve_with_incoming_shutdown(incoming, stop).await?;
+        }
+    }
     Ok(())
 }
 

@@ -32,6 +32,7 @@ use shardkv_proto::v1::PutRequest;
 use shardkv_proto::v1::RequestHeader;
 use shardkv_proto::v1::kv_client::KvClient;
 pub use shardkv_proto::v1::{ReadConsistency, ShardConfig, StatusResponse, TriggerSnapshotResponse};
+use shardkv_tls::ClientTls;
 use tonic::transport::Channel;
 use tonic::transport::Endpoint;
 
@@ -71,6 +72,8 @@ pub struct ClientOptions {
     pub attempt_timeout: Duration,
     /// What the endpoints are; `None` detects it on first use.
     pub topology: Option<Topology>,
+    /// Mutual TLS with this CA, certificate and key; `None` connects in plaintext.
+    pub tls: Option<ClientTls>,
 }
 
 impl Default for ClientOptions {
@@ -81,6 +84,7 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(1),
             attempt_timeout: Duration::from_secs(2),
             topology: None,
+            tls: None,
         }
     }
 }
@@ -309,11 +313,11 @@ impl Client {
         if let Some(channel) = channels.get(endpoint) {
             return Ok(channel.clone());
         }
-        let channel = Endpoint::from_shared(endpoint_uri(endpoint))
+        let endpoint_config = Endpoint::from_shared(endpoint_uri(endpoint))
             .map_err(|e| Error::InvalidArgument(format!("bad endpoint {endpoint:?}: {e}")))?
             .connect_timeout(self.shared.options.connect_timeout)
-            .tcp_nodelay(true)
-            .connect_lazy();
+            .tcp_nodelay(true);
+        let channel = shardkv_tls::lazy_channel(endpoint_config, self.shared.options.tls.as_ref());
         channels.insert(endpoint.to_string(), channel.clone());
         Ok(channel)
     }

@@ -12,3 +12,4 @@ mod scan;
 mod sessions;
 mod sharded;
 mod sharding;
+mod tls;

@@ -1,16 +1,18 @@
 //! `shardkv`: command-line client, benchmark driver and local playground for shardkv.
 
 mod bench;
+mod certs;
 mod commands;
 mod output;
 mod playground;
+mod tls_files;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use shardkv_client::{Client, ClientOptions, parse_endpoint_list};
+use shardkv_client::{Client, ClientOptions, ClientTls, parse_endpoint_list};
 
 #[derive(Parser)]
 #[command(
@@ -30,6 +32,18 @@ struct Cli {
     /// Takes precedence over --endpoints.
     #[arg(long, global = true, value_name = "PATH")]
     endpoints_file: Option<PathBuf>,
+    /// PEM CA certificate of the cluster; with --cert and --key, connect with mutual TLS.
+    /// Without all three, the `tls.json` beside --endpoints-file is used if there is one (a
+    /// TLS playground writes it), else plaintext.
+    #[arg(long = "ca", global = true, env = "SHARDKV_CA", value_name = "PEM")]
+    tls_ca: Option<PathBuf>,
+    /// PEM client certificate (its URI name says the cluster and role: client, admin, ...).
+    #[arg(long = "cert", global = true, env = "SHARDKV_CERT", value_name = "PEM")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --cert.
+    // Named apart from the `key` argument of the KV commands.
+    #[arg(long = "key", global = true, env = "SHARDKV_KEY", value_name = "PEM")]
+    tls_key: Option<PathBuf>,
     /// Deadline of each request, retries included, in milliseconds.
     #[arg(long, global = true, value_name = "MS", default_value_t = 5000)]
     timeout_ms: u64,
@@ -89,6 +103,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Run a local cluster of shardkv-node processes until interrupted.
     Playground(playground::PlaygroundArgs),
+    /// Make TLS certificates.
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
 }
 
 #[derive(Subcommand)]
@@ -141,8 +158,15 @@ impl Cli {
                 "no endpoints: pass --endpoints host:port,... (or set SHARDKV_ENDPOINTS) or --endpoints-file PATH"
             ),
         };
+        let tls = tls_files::resolve(
+            self.tls_ca.clone(),
+            self.tls_cert.clone(),
+            self.tls_key.clone(),
+            self.endpoints_file.as_deref(),
+        )?;
         let options = ClientOptions {
             request_timeout: std::time::Duration::from_millis(self.timeout_ms),
+            tls: tls.map(ClientTls::new).transpose()?,
             ..ClientOptions::default()
         };
         Ok(Client::with_options(parse_endpoint_list(&list)?, options)?)
@@ -154,6 +178,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match &cli.command {
         Command::Playground(args) => playground::run(args).await,
+        Command::Certs(command) => certs::run(command).map(|()| ExitCode::SUCCESS),
         command => match cli.client() {
             Ok(client) => run_with_client(&client, command).await,
             Err(error) => Err(error),
@@ -198,6 +223,6 @@ async fn run_with_client(client: &Client, command: &Command) -> anyhow::Result<E
         Command::Status { json } => commands::status(client, *json).await,
         Command::Admin(admin) => commands::admin(client, admin).await,
         Command::Bench(args) => bench::run(client, args).await,
-        Command::Playground(_) => unreachable!("the playground needs no client"),
+        Command::Playground(_) | Command::Certs(_) => unreachable!("the playground and certs need no client"),
     }
 }

@@ -12,7 +12,10 @@ use futures::FutureExt;
 use futures::future::{BoxFuture, join_all, select_all};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use shardkv_client::{Client, ClientOptions, ClusterStatus, Error, StatusResponse, Topology};
+use shardkv_client::{Client, ClientOptions, ClientTls, ClusterStatus, Error, StatusResponse, TlsFiles, Topology};
+
+use crate::certs::{self, Bundle};
+use crate::tls_files::{self, TLS_JSON};
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::Instant;
@@ -40,6 +43,11 @@ pub struct PlaygroundArgs {
     /// How long to wait for the nodes to answer, elect leaders and serve every shard.
     #[arg(long, value_name = "SECONDS", default_value_t = 120)]
     startup_timeout: u64,
+    /// Run without TLS. By default the playground makes a CA and certificates in DIR/tls (once;
+    /// later runs reuse them), runs every node with mutual TLS, and writes DIR/tls.json, which
+    /// `shardkv --endpoints-file DIR/endpoints` picks up (the admin certificate).
+    #[arg(long)]
+    insecure: bool,
 }
 
 const DEFAULT_LAYOUT: Layout = Layout { groups: 2, replicas: 3, shards: 64 };
@@ -93,6 +101,8 @@ fn load_layout(path: &Path) -> anyhow::Result<Option<Layout>> {
 const STOP_GRACE: Duration = Duration::from_secs(30);
 /// Time allowed for a node's preStop procedure.
 const PRESTOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// The playground's certificates are for local use; ten years spares renewing them.
+const PLAYGROUND_CERT_DAYS: u64 = 3650;
 const STATUS_POLL: Duration = Duration::from_millis(250);
 const LOG_TAIL_LINES: usize = 20;
 /// Group id of the meta group.
@@ -177,6 +187,7 @@ pub async fn run(args: &PlaygroundArgs) -> anyhow::Result<ExitCode> {
     let layout = resolve_layout(args, load_layout(&layout_path)?)?;
     let cluster_id = load_or_create_cluster_id(&dir.join("cluster-id"))?;
     write_atomically(&layout_path, &serde_json::to_string(&layout)?)?;
+    let tls = playground_tls(dir, &cluster_id, args.insecure)?;
     let specs = node_specs(dir, layout, args.base_port)?;
     let meta_endpoints = addrs(&group_specs(&specs, META));
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
@@ -194,7 +205,15 @@ pub async fn run(args: &PlaygroundArgs) -> anyhow::Result<ExitCode> {
     );
     let mut nodes = Vec::new();
     for spec in &specs {
-        match spawn_node(&binary, &cluster_id, spec, layout.shards, &meta_endpoints, worker_threads) {
+        match spawn_node(
+            &binary,
+            &cluster_id,
+            spec,
+            layout.shards,
+            &meta_endpoints,
+            worker_threads,
+            tls.as_ref().map(|t| &t.node),
+        ) {
             Ok(child) => nodes.push(RunningNode { spec: spec.clone(), child }),
             Err(error) => {
                 shutdown(&mut nodes, &endpoints_path).await;
@@ -203,7 +222,11 @@ pub async fn run(args: &PlaygroundArgs) -> anyhow::Result<ExitCode> {
         }
     }
 
-    let options = ClientOptions { request_timeout: Duration::from_secs(2), ..ClientOptions::default() };
+    let options = ClientOptions {
+        request_timeout: Duration::from_secs(2),
+        tls: tls.as_ref().map(|t| ClientTls::new(t.admin.clone())).transpose()?,
+        ..ClientOptions::default()
+    };
     // Status and Initialize go to single nodes; joins and the shard map to the meta group.
     let nodes_client = Client::with_options(
         specs.iter().map(|s| s.client_addr.clone()).collect(),
@@ -222,7 +245,7 @@ pub async fn run(args: &PlaygroundArgs) -> anyhow::Result<ExitCode> {
         Ok(cluster) => {
             let endpoints = meta_endpoints.join(",");
             write_atomically(&endpoints_path, &endpoints)?;
-            print_usage(dir, &cluster_id, &endpoints, &cluster, layout);
+            print_usage(dir, &cluster_id, &endpoints, &cluster, layout, tls.as_ref());
             stop_requested(&mut sigint, &mut sigterm, &mut nodes).await
         }
         Err(reason) => reason,
@@ -339,6 +362,23 @@ fn worker_threads_per_node(nodes: usize, cores: usize) -> usize {
     (cores / nodes.max(1)).max(1)
 }
 
+/// The playground's certificates (made once in DIR/tls) and DIR/tls.json naming the admin's, or
+/// none with --insecure (and no tls.json, so clients of DIR/endpoints connect in plaintext).
+fn playground_tls(dir: &Path, cluster_id: &str, insecure: bool) -> anyhow::Result<Option<Bundle>> {
+    if insecure {
+        remove_if_present(&dir.join(TLS_JSON))?;
+        return Ok(None);
+    }
+    let tls_dir = dir.join("tls");
+    let bundle = if tls_dir.join("ca.pem").exists() {
+        Bundle::in_dir(&tls_dir)
+    } else {
+        certs::init(&tls_dir, cluster_id, &["localhost".to_string(), "127.0.0.1".to_string()], PLAYGROUND_CERT_DAYS)?
+    };
+    tls_files::write_beside(dir, &bundle.admin)?;
+    Ok(Some(bundle))
+}
+
 fn spawn_node(
     binary: &Path,
     cluster_id: &str,
@@ -346,6 +386,7 @@ fn spawn_node(
     shards: u32,
     meta_endpoints: &[String],
     worker_threads: usize,
+    tls: Option<&TlsFiles>,
 ) -> anyhow::Result<Child> {
     let mut log = std::fs::OpenOptions::new()
         .create(true)
@@ -376,6 +417,9 @@ fn spawn_node(
         command.args(["--role", "meta"]);
     } else {
         command.args(["--role", "data", "--meta-endpoints"]).arg(meta_endpoints.join(","));
+    }
+    if let Some(tls) = tls {
+        command.arg("--tls-ca").arg(&tls.ca).arg("--tls-cert").arg(&tls.cert).arg("--tls-key").arg(&tls.key);
     }
     let child = command
         .stdin(Stdio::null())
@@ -537,7 +581,14 @@ fn first_error(statuses: &[(String, Result<StatusResponse, Error>)]) -> (String,
         .unwrap_or_default()
 }
 
-fn print_usage(dir: &Path, cluster_id: &str, endpoints: &str, cluster: &ClusterStatus, layout: Layout) {
+fn print_usage(
+    dir: &Path,
+    cluster_id: &str,
+    endpoints: &str,
+    cluster: &ClusterStatus,
+    layout: Layout,
+    tls: Option<&Bundle>,
+) {
     let file = dir.join("endpoints");
     let file = file.display();
     println!(
@@ -552,6 +603,17 @@ fn print_usage(dir: &Path, cluster_id: &str, endpoints: &str, cluster: &ClusterS
         println!("  group {}: {} (leader {leader}), {owned} shards", group.group_id, members.join(","));
     }
     println!("  logs:           {}", dir.join("<meta|gG>-<i>.log").display());
+    match tls {
+        Some(tls) => {
+            println!("  TLS:            on; CA {}, certificates in {}", tls.ca.display(), dir.join("tls").display());
+            println!(
+                "  --endpoints-file uses the admin certificate ({}); or set, for a data client:",
+                dir.join(TLS_JSON).display()
+            );
+            certs::print_env("    ", &tls.client);
+        }
+        None => println!("  TLS:            off (--insecure)"),
+    }
     println!("try:");
     println!("  shardkv --endpoints-file {file} put k v");
     println!("  shardkv --endpoints-file {file} get k");
@@ -710,7 +772,15 @@ mod tests {
     }
 
     fn args(groups: Option<u16>, replicas: Option<u16>, shards: Option<u32>) -> PlaygroundArgs {
-        PlaygroundArgs { groups, replicas, shards, data_dir: PathBuf::from("/d"), base_port: 7100, startup_timeout: 1 }
+        PlaygroundArgs {
+            groups,
+            replicas,
+            shards,
+            data_dir: PathBuf::from("/d"),
+            base_port: 7100,
+            startup_timeout: 1,
+            insecure: false,
+        }
     }
 
     #[test]
