@@ -367,6 +367,29 @@ need_cluster() {
   need_cluster_prereqs
   kubectl get shardcluster -n "$CLUSTER_NS" "$CLUSTER" >/dev/null 2>&1 || skip "no ShardCluster $CLUSTER_NS/$CLUSTER (the cluster scenario creates it)"
   wait_until 120 "ShardCluster $CLUSTER Available" cluster_available
+  use_client_tls
+}
+
+# The Secret of the cluster's client certificate, which the operator makes (TLS is on by
+# default); load pods mount it.
+CLIENT_TLS_SECRET="$CLUSTER-client-tls"
+
+# secret_key SECRET KEY: one key of a Secret in the cluster's namespace, decoded.
+secret_key() {
+  kubectl get secret -n "$CLUSTER_NS" "$1" -o jsonpath="{.data.${2//./\\.}}" | base64 -d
+}
+
+# use_client_tls: the host's shardkv CLI (node_status, cli, direct) connects with the
+# cluster's client certificate, copied from its Secret into this scenario's directory.
+use_client_tls() {
+  local dir="$SCENARIO_DIR/client-tls" k
+  mkdir -p "$dir"
+  for k in ca.crt tls.crt tls.key; do
+    secret_key "$CLIENT_TLS_SECRET" "$k" >"$dir/$k" || fail "no key $k in Secret $CLIENT_TLS_SECRET"
+    [[ -s "$dir/$k" ]] || fail "key $k of Secret $CLIENT_TLS_SECRET is empty"
+  done
+  chmod 600 "$dir/tls.key"
+  export SHARDKV_CA="$dir/ca.crt" SHARDKV_CERT="$dir/tls.crt" SHARDKV_KEY="$dir/tls.key"
 }
 
 cluster_available() {
@@ -385,12 +408,15 @@ client_endpoints() {
 
 # load_pod NAME ARGS...: the load generator as a pod named load-NAME (so it
 # resolves the pods' DNS names like any in-cluster client), SCENARIO_DIR
-# mounted at /history.
+# mounted at /history, the client certificate Secret (LOAD_TLS_SECRET, the
+# cluster's by default) at /tls.
 load_pod() {
-  local name="$1" eps arg args=""; shift
+  local name="$1" eps arg args="" secret="${LOAD_TLS_SECRET:-$CLIENT_TLS_SECRET}"; shift
   eps="$(client_endpoints)"
   [[ -n "$eps" ]] || fail "the client Service $CLUSTER has no endpoints"
-  for arg in --endpoints "$eps" "$@"; do args+="\"$arg\", "; done
+  for arg in --endpoints "$eps" --ca /tls/ca.crt --cert /tls/tls.crt --key /tls/tls.key "$@"; do
+    args+="\"$arg\", "
+  done
   kubectl apply -n "$CLUSTER_NS" -f - >&2 <<YAML
 apiVersion: v1
 kind: Pod
@@ -402,10 +428,12 @@ spec:
   - name: load
     image: e2e-load:latest
     args: [${args%, }]
-    volumeMounts: [{name: history, mountPath: /history}]
+    volumeMounts: [{name: history, mountPath: /history}, {name: tls, mountPath: /tls, readOnly: true}]
   volumes:
   - name: history
     hostPath: {path: "$SCENARIO_DIR", type: Directory}
+  - name: tls
+    secret: {secretName: $secret}
 YAML
 }
 
@@ -603,10 +631,115 @@ spec:
 YAML
   wait_until 240 "ShardCluster $CLUSTER Available" cluster_available
   kubectl get shardcluster,statefulsets,pods -n "$CLUSTER_NS" -o wide >&2
+  use_client_tls
   start_load steady 120
   wait_load_progress steady 3000
   finish_load steady
 }
+
+# --- tls ----------------------------------------------------------------------
+
+# served_serial POD: the serial of the certificate POD's node presents to a new connection.
+served_serial() {
+  local ip; ip="$(pod_ip "$1")"
+  openssl s_client -connect "$ip:7100" -CAfile "$SHARDKV_CA" -cert "$SHARDKV_CERT" -key "$SHARDKV_KEY" </dev/null 2>/dev/null \
+    | openssl x509 -noout -serial | sed 's/^serial=//'
+}
+
+# cluster_id_of CERT: the cluster id in a shardkv certificate's identity (spiffe://shardkv/ID/ROLE/NAME).
+cluster_id_of() {
+  openssl x509 -in "$1" -noout -ext subjectAltName | grep -o 'URI:spiffe://shardkv/[^ ,]*' | cut -d/ -f4
+}
+
+node_pods() { kubectl get pods -n "$CLUSTER_NS" -l shardkv.dev/cluster="$CLUSTER" -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}'; }
+
+# The shared cluster's spec names no TLS, so it runs with TLS: every connection (load,
+# CLI, node to node, operator to node) is mutual TLS with the operator's certificates.
+scenario_tls() {
+  need_cluster
+  local enabled; enabled="$(kubectl get shardcluster -n "$CLUSTER_NS" "$CLUSTER" -o jsonpath='{.spec.tls.enabled}')"
+  [[ "$enabled" == true ]] || fail "spec.tls.enabled defaults to '$enabled', want true"
+  local ca_expiry; ca_expiry="$(kubectl get shardcluster -n "$CLUSTER_NS" "$CLUSTER" -o jsonpath='{.status.tls.caNotAfter}')"
+  [[ -n "$ca_expiry" ]] || fail "status.tls.caNotAfter is empty"
+  note "CA valid until $ca_expiry"
+  local args; args="$(kubectl get statefulset -n "$CLUSTER_NS" "$CLUSTER-g1" -o jsonpath='{.spec.template.spec.containers[0].args}')"
+  [[ "$args" == *--tls-cert* ]] || fail "group 1's pods run without --tls-cert: $args"
+  kubectl get networkpolicy -n "$CLUSTER_NS" -l shardkv.dev/cluster="$CLUSTER" -o name | grep -q . \
+    || fail "no NetworkPolicy for $CLUSTER"
+
+  local pod="$CLUSTER-g1-0" ip out
+  ip="$(pod_ip "$pod")"
+  step "a plaintext client is refused"
+  if out="$(env -u SHARDKV_CA -u SHARDKV_CERT -u SHARDKV_KEY "$SHARDKV_BIN/shardkv" --endpoints "$ip:7100" --timeout-ms 3000 get tls-probe 2>&1)"; then
+    fail "a plaintext client read from $pod: $out"
+  fi
+  [[ "$out" == *"server requires TLS"* ]] || fail "the plaintext client's error does not say TLS is required: $out"
+
+  step "/lifecycle/prestop from outside the pod is refused; /readyz answers"
+  out="$(curl -s -o /dev/null -w '%{http_code}' "http://$ip:7180/lifecycle/prestop")"
+  [[ "$out" == 403 ]] || fail "GET /lifecycle/prestop from the host answered HTTP $out, want 403"
+  [[ "$(curl -s -o /dev/null -w '%{http_code}' "http://$ip:7180/readyz")" == 200 ]] || fail "$pod is no longer ready"
+
+  step "a pod with a client certificate of another CA is refused"
+  local foreign="$SCENARIO_DIR/foreign" id
+  id="$(cluster_id_of "$SHARDKV_CERT")"
+  [[ -n "$id" ]] || fail "no cluster id in the client certificate's identity"
+  "$SHARDKV_BIN/shardkv" certs init --dir "$foreign" --cluster "$id" >&2
+  kubectl create secret generic -n "$CLUSTER_NS" foreign-client-tls --from-file=ca.crt="$SHARDKV_CA" \
+    --from-file=tls.crt="$foreign/client.pem" --from-file=tls.key="$foreign/client-key.pem" >&2
+  on_exit "kubectl delete secret -n '$CLUSTER_NS' foreign-client-tls --ignore-not-found >&2"
+  LOAD_TLS_SECRET=foreign-client-tls load_pod foreign --read-back --keys 2 --prefix tls-foreign --history /history/foreign.jsonl
+  wait_until 90 "the foreign-certificate pod finished" pod_phase_is "$CLUSTER_NS" load-foreign Failed
+  kubectl delete pod -n "$CLUSTER_NS" load-foreign --wait=false >&2
+  grep -q "the server refused our certificate: certificate not signed by this cluster's CA" "$SCENARIO_DIR/foreign.jsonl" \
+    || fail "the foreign pod's errors do not name the wrong CA: $(head -c 400 "$SCENARIO_DIR/foreign.jsonl")"
+  local logs=() p
+  for p in $(node_pods); do logs+=("$E2E_PODRUNNER_DIR/logs/${CLUSTER_NS}_${p}_node.log"); done
+  grep -qs "the peer's certificate is not signed by this cluster's CA" "${logs[@]}" \
+    || fail "no node logged the refusal of the foreign certificate"
+
+  start_load tls 60
+  wait_load_progress tls 2000
+  finish_load tls -min-success 1
+}
+
+pod_phase_is() { [[ "$(pod_field "$1" "$2" '{.status.phase}')" == "$3" ]]; }
+
+# Every node certificate is renewed under load (the annotation asks for it now): the
+# Secrets change in place, every node serves the new certificate to new connections without
+# a restart, and no request fails.
+scenario_tls_rotate() {
+  need_cluster
+  local p before=() restarts_before
+  for p in $(node_pods); do before+=("$p=$(served_serial "$p")"); done
+  step "serials served before: ${before[*]}"
+  restarts_before="$(kubectl get pods -n "$CLUSTER_NS" -l shardkv.dev/cluster="$CLUSTER" -o jsonpath='{range .items[*]}{.metadata.name}:{.metadata.uid}:{.status.containerStatuses[0].restartCount} {end}')"
+  start_load rotate 180
+  wait_load_progress rotate 1000
+  local token; token="rotate-$(date +%s)"
+  local t0; t0="$(epoch_ns)"
+  step "annotate shardkv.dev/renew-certificates=$token"
+  kubectl annotate shardcluster -n "$CLUSTER_NS" "$CLUSTER" --overwrite "shardkv.dev/renew-certificates=$token" >&2
+  wait_until 60 "status.tls.renewalToken is $token" \
+    test "$(kubectl get shardcluster -n "$CLUSTER_NS" "$CLUSTER" -o jsonpath='{.status.tls.renewalToken}')" == "$token"
+  local entry pod serial
+  for entry in "${before[@]}"; do
+    pod="${entry%%=*}" serial="${entry#*=}"
+    wait_until 60 "$pod serves a certificate other than serial $serial" serves_another_serial "$pod" "$serial"
+  done
+  wait_load_progress rotate 1000
+  local t1; t1="$(epoch_ns)"
+  # Rotation is not a fault the load may see: no request fails (-min-success 1).
+  finish_load rotate -fault "$t0:$t1" -max-gap "$MAX_GAP" -min-success 1
+  local restarts_after
+  restarts_after="$(kubectl get pods -n "$CLUSTER_NS" -l shardkv.dev/cluster="$CLUSTER" -o jsonpath='{range .items[*]}{.metadata.name}:{.metadata.uid}:{.status.containerStatuses[0].restartCount} {end}')"
+  [[ "$restarts_after" == "$restarts_before" ]] || fail "pods were restarted or replaced by the rotation: before '$restarts_before', after '$restarts_after'"
+  kubectl get events -n "$CLUSTER_NS" --field-selector reason=CertificateRenewed -o name | grep -q . \
+    || fail "no CertificateRenewed Event"
+  note "renewed $(( ${#before[@]} )) nodes' certificates in $(( (t1 - t0) / 1000000 )) ms under load"
+}
+
+serves_another_serial() { local s; s="$(served_serial "$1")" && [[ -n "$s" && "$s" != "$2" ]]; }
 
 scenario_kill() {
   need_cluster

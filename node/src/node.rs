@@ -178,7 +178,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         let mut rx = shutdown_rx;
         let app = http::router(ctx.clone(), prestop.clone());
         async move {
-            axum::serve(admin_listener, app)
+            axum::serve(admin_listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
                 .with_graceful_shutdown(async move {
                     let _ = rx.wait_for(|stop| *stop).await;
                 })

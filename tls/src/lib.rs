@@ -15,6 +15,7 @@ mod plaintext;
 mod reload;
 mod san;
 pub mod server;
+mod stream;
 
 pub use client::{ClientTls, lazy_channel};
 pub use error::TlsError;

@@ -22,7 +22,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use rand::Rng;
 use serde_json::{Value, json};
-use shardkv_client::{Client, ClientOptions, Error};
+use shardkv_client::{Client, ClientOptions, ClientTls, Error, TlsFiles};
 use tokio::sync::mpsc;
 
 #[derive(Parser, Debug)]
@@ -58,6 +58,14 @@ struct Args {
     /// The history file (JSON lines) to write.
     #[arg(long)]
     history: PathBuf,
+    /// PEM CA certificate of the cluster; with --cert and --key, connect with mutual TLS (the
+    /// operator's client Secret, mounted).
+    #[arg(long, requires_all = ["cert", "key"])]
+    ca: Option<PathBuf>,
+    #[arg(long, requires_all = ["ca", "key"])]
+    cert: Option<PathBuf>,
+    #[arg(long, requires_all = ["ca", "cert"])]
+    key: Option<PathBuf>,
 }
 
 struct Recorder {
@@ -201,7 +209,15 @@ async fn run_client(
 async fn main() -> Result<()> {
     let args = Args::parse();
     let endpoints = shardkv_client::parse_endpoint_list(&args.endpoints).context("--endpoints")?;
-    let options = ClientOptions { request_timeout: Duration::from_millis(args.timeout_ms), ..ClientOptions::default() };
+    let tls = match (&args.ca, &args.cert, &args.key) {
+        (Some(ca), Some(cert), Some(key)) => {
+            let files = TlsFiles { ca: ca.clone(), cert: cert.clone(), key: key.clone() };
+            Some(ClientTls::new(files).context("loading the TLS files")?)
+        }
+        _ => None,
+    };
+    let options =
+        ClientOptions { request_timeout: Duration::from_millis(args.timeout_ms), tls, ..ClientOptions::default() };
     let base = Client::with_options(endpoints, options).context("client")?;
     let keys: Vec<String> = (0..args.keys).map(|i| format!("{}-k{i}", args.prefix)).collect();
 

@@ -132,6 +132,10 @@ impl Ctr {
     }
 }
 
+/// How often running pods' secret volumes are compared with their Secrets (the kubelet's
+/// sync is about a minute; faster here so that rotation scenarios take seconds).
+const SECRET_SYNC_PERIOD: Duration = Duration::from_secs(3);
+
 struct Worker {
     runner: Arc<Runner>,
     pod: Arc<Pod>,
@@ -264,9 +268,14 @@ impl Worker {
         }
         self.set_condition("Initialized", true);
         let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let mut secrets_synced = Instant::now();
         loop {
             if let Some(o) = self.deletion_or_gone(updates) {
                 return o;
+            }
+            if secrets_synced.elapsed() >= SECRET_SYNC_PERIOD {
+                secrets_synced = Instant::now();
+                self.refresh_secrets().await;
             }
             // Start (or restart) containers whose time has come.
             for i in 0..self.ctrs.len() {
@@ -288,6 +297,17 @@ impl Worker {
                 Some((i, pid, code)) = self.exits.1.recv() => self.exited(i, pid, code),
                 _ = self.runner.shutdown.cancelled() => return Outcome::Shutdown,
             }
+        }
+    }
+
+    async fn refresh_secrets(&self) {
+        let fs_group = self.pod.spec.as_ref().and_then(|s| s.security_context.as_ref()).and_then(|c| c.fs_group);
+        match volumes::refresh_secrets(&self.runner.client, &self.pod, &self.dir, fs_group.map(|g| g as u32)).await {
+            Ok(changed) if !changed.is_empty() => {
+                tracing::info!(pod = %self.key, volumes = ?changed, "secret volumes updated from their Secrets")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(pod = %self.key, error = %format!("{e:#}"), "refreshing secret volumes failed"),
         }
     }
 

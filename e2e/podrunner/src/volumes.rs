@@ -130,21 +130,93 @@ fn write_file(dir: &Path, rel: &str, data: &[u8], mode: Option<i32>) -> Result<(
     Ok(())
 }
 
-fn write_items(dir: &Path, data: &BTreeMap<String, Vec<u8>>, items: &Option<Vec<KeyToPath>>) -> Result<()> {
+/// A volume's files from its source's data: every key, or the items asked for, each with
+/// its mode.
+type VolumeFiles = Vec<(String, Vec<u8>, Option<i32>)>;
+
+fn item_files(data: &BTreeMap<String, Vec<u8>>, items: &Option<Vec<KeyToPath>>) -> Result<VolumeFiles> {
     match items {
-        Some(items) => {
-            for it in items {
+        Some(items) => items
+            .iter()
+            .map(|it| {
                 let v = data.get(&it.key).with_context(|| format!("no key {}", it.key))?;
-                write_file(dir, &it.path, v, it.mode)?;
-            }
-        }
-        None => {
-            for (k, v) in data {
-                write_file(dir, k, v, None)?;
-            }
-        }
+                Ok((it.path.clone(), v.clone(), it.mode))
+            })
+            .collect(),
+        None => Ok(data.iter().map(|(k, v)| (k.clone(), v.clone(), None)).collect()),
+    }
+}
+
+fn write_items(dir: &Path, data: &BTreeMap<String, Vec<u8>>, items: &Option<Vec<KeyToPath>>) -> Result<()> {
+    for (rel, bytes, mode) in item_files(data, items)? {
+        write_file(dir, &rel, &bytes, mode)?;
     }
     Ok(())
+}
+
+/// Writes a secret volume the way the kubelet's atomic writer does, so that a reader never
+/// sees a mix of old and new files (a rotated certificate with the previous key): the files go
+/// into a fresh hidden directory, the `..data` symlink is swapped to it in one rename, and each
+/// top-level name is a symlink through `..data`. Returns whether anything changed.
+fn write_atomically(vdir: &Path, files: &VolumeFiles) -> Result<bool> {
+    let data_link = vdir.join("..data");
+    let unchanged = data_link.exists()
+        && files.iter().all(|(rel, bytes, _)| std::fs::read(data_link.join(rel)).is_ok_and(|have| have == *bytes))
+        && top_level_names(files).iter().all(|name| vdir.join(name).exists());
+    if unchanged {
+        return Ok(false);
+    }
+    let previous = std::fs::read_link(&data_link).ok();
+    let stamp = format!("..{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos());
+    let version = vdir.join(&stamp);
+    std::fs::create_dir_all(&version)?;
+    for (rel, bytes, mode) in files {
+        write_file(&version, rel, bytes, *mode)?;
+    }
+    let tmp_link = vdir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp_link);
+    std::os::unix::fs::symlink(&stamp, &tmp_link)?;
+    std::fs::rename(&tmp_link, &data_link).with_context(|| format!("swapping {}", data_link.display()))?;
+    for name in top_level_names(files) {
+        let link = vdir.join(&name);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(Path::new("..data").join(&name), &link)?;
+        }
+    }
+    if let Some(old) = previous {
+        let _ = std::fs::remove_dir_all(vdir.join(old));
+    }
+    Ok(true)
+}
+
+fn top_level_names(files: &VolumeFiles) -> std::collections::BTreeSet<String> {
+    files
+        .iter()
+        .filter_map(|(rel, _, _)| Path::new(rel).components().next())
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Brings the pod's secret volumes up to date with their Secrets, as the kubelet's periodic
+/// sync does (certificates rotated by an operator reach running containers without a
+/// restart). Returns the names of the volumes that changed.
+pub async fn refresh_secrets(client: &Client, pod: &Pod, dir: &Path, fs_group: Option<u32>) -> Result<Vec<String>> {
+    let ns = pod.namespace().unwrap_or_default();
+    let mut changed = Vec::new();
+    for v in pod.spec.as_ref().and_then(|s| s.volumes.clone()).unwrap_or_default() {
+        let Some(s) = &v.secret else { continue };
+        let name = s.secret_name.clone().unwrap_or_default();
+        // A Secret deleted or not yet there leaves the files as they are, as the kubelet does.
+        let Some(data) = secret_data(client, &ns, &name).await? else { continue };
+        let vdir = dir.join("volumes").join(&v.name);
+        if write_atomically(&vdir, &item_files(&data, &s.items)?)? {
+            if let Some(g) = fs_group {
+                give_to_group(&vdir, g)?;
+            }
+            changed.push(v.name.clone());
+        }
+    }
+    Ok(changed)
 }
 
 async fn config_map_data(client: &Client, ns: &str, name: &str) -> Result<Option<BTreeMap<String, Vec<u8>>>> {
@@ -264,7 +336,9 @@ async fn prepare_one(
     } else if let Some(s) = &v.secret {
         let name = s.secret_name.clone().unwrap_or_default();
         match secret_data(client, ns, &name).await? {
-            Some(d) => write_items(vdir, &d, &s.items)?,
+            Some(d) => {
+                write_atomically(vdir, &item_files(&d, &s.items)?)?;
+            }
             None if s.optional.unwrap_or(false) => {}
             None => bail!("secret {ns}/{name} not found"),
         }
@@ -328,4 +402,32 @@ pub fn give_to_group(path: &Path, gid: u32) -> Result<()> {
 pub fn give_to_user(path: &Path, uid: u32) -> Result<()> {
     walk(path, &mut |p, _| std::os::unix::fs::lchown(p, Some(uid), None))
         .with_context(|| format!("giving {} to user {uid}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{VolumeFiles, write_atomically};
+
+    fn files(cert: &[u8], key: &[u8]) -> VolumeFiles {
+        vec![("tls.crt".into(), cert.to_vec(), None), ("tls.key".into(), key.to_vec(), Some(0o600))]
+    }
+
+    #[test]
+    fn a_secret_volume_changes_all_its_files_in_one_swap() {
+        let dir = tempfile::tempdir().unwrap();
+        let vdir = dir.path();
+        assert!(write_atomically(vdir, &files(b"cert 1", b"key 1")).unwrap());
+        assert_eq!(std::fs::read(vdir.join("tls.crt")).unwrap(), b"cert 1");
+        let first = std::fs::read_link(vdir.join("..data")).unwrap();
+        assert!(!write_atomically(vdir, &files(b"cert 1", b"key 1")).unwrap(), "unchanged data rewrites nothing");
+
+        assert!(write_atomically(vdir, &files(b"cert 2", b"key 2")).unwrap());
+        assert_eq!(std::fs::read(vdir.join("tls.crt")).unwrap(), b"cert 2");
+        assert_eq!(std::fs::read(vdir.join("tls.key")).unwrap(), b"key 2");
+        assert_ne!(std::fs::read_link(vdir.join("..data")).unwrap(), first);
+        assert!(!vdir.join(&first).exists(), "the previous version is removed");
+        assert_eq!(std::fs::read_link(vdir.join("tls.key")).unwrap(), std::path::Path::new("..data/tls.key"));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(vdir.join("tls.key")).unwrap().permissions().mode() & 0o777, 0o600);
+    }
 }

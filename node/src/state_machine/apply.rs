@@ -67,8 +67,9 @@ pub struct ApplyBatch<'a> {
     sessions: HashMap<[u8; 12], Session>,
     /// Sessions as of the previous batch, where they are cached.
     cached_sessions: &'a SessionCache,
-    /// This batch deleted sessions wholesale (a dropped shard), so the cache must be emptied.
-    sessions_dropped: bool,
+    /// Shards this batch dropped (their data and sessions deleted by range): what RocksDB and
+    /// the session cache still hold of them is gone for the rest of the batch.
+    dropped_shards: Vec<[u8; 4]>,
     /// The session clock as changed by this batch.
     clock: Option<SessionClock>,
     shared: &'a SharedSharding,
@@ -84,7 +85,7 @@ impl<'a> ApplyBatch<'a> {
             data: HashMap::new(),
             sessions: HashMap::new(),
             cached_sessions,
-            sessions_dropped: false,
+            dropped_shards: Vec::new(),
             clock: None,
             shared,
             sharding: None,
@@ -113,7 +114,8 @@ impl<'a> ApplyBatch<'a> {
                     self.batch.delete_range_cf(cf(self.db, CF_DATA), start, end);
                     self.batch.delete_range_cf(cf(self.db, CF_SESSIONS), start, end);
                     self.sessions.retain(|key, _| !key.starts_with(&start));
-                    self.sessions_dropped = true;
+                    self.data.retain(|key, _| !key.starts_with(&start));
+                    self.dropped_shards.push(start);
                     tracing::info!(shard = cmd.shard, config = config_num, "deleted a shard its new owner installed");
                 }
                 Ok(OpResult::Applied)
@@ -130,8 +132,8 @@ impl<'a> ApplyBatch<'a> {
         if let Some(sharding) = &self.sharding {
             sharding.write_group(self.db, &mut self.batch);
         }
-        let applied =
-            Applied { sharding: self.sharding, sessions: self.sessions, sessions_dropped: self.sessions_dropped };
+        let sessions_dropped = !self.dropped_shards.is_empty();
+        let applied = Applied { sharding: self.sharding, sessions: self.sessions, sessions_dropped };
         (self.batch, applied)
     }
 
@@ -274,8 +276,14 @@ impl<'a> ApplyBatch<'a> {
     fn read(&self, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
         match self.data.get(key) {
             Some(pending) => Ok(pending.clone()),
+            None if self.dropped_in_this_batch(key) => Ok(None),
             None => self.db.get_cf(cf(self.db, CF_DATA), key).map_err(io_err),
         }
+    }
+
+    /// Whether `key` (shard-prefixed) belongs to a shard this batch dropped.
+    fn dropped_in_this_batch(&self, key: &[u8]) -> bool {
+        self.dropped_shards.iter().any(|prefix| key.starts_with(prefix))
     }
 
     fn write(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
@@ -288,7 +296,14 @@ impl<'a> ApplyBatch<'a> {
     }
 
     fn session(&self, key: &[u8; 12]) -> io::Result<Session> {
-        if let Some(s) = self.sessions.get(key).or_else(|| self.cached_sessions.get(key)) {
+        if let Some(s) = self.sessions.get(key) {
+            return Ok(s.clone());
+        }
+        if self.dropped_in_this_batch(key) {
+            return Ok(Session::default());
+        }
+        // Once this batch dropped a shard, the cache may hold sessions RocksDB is about to lose.
+        if let Some(s) = self.cached_sessions.get(key).filter(|_| self.dropped_shards.is_empty()) {
             return Ok(s.clone());
         }
         match self.db.get_cf(cf(self.db, CF_SESSIONS), key).map_err(io_err)? {
@@ -458,5 +473,38 @@ mod tests {
         assert_eq!(apply_alone(&db, &shared, &mut cache, 5, &chunk(vec![], true)), OpResult::Applied);
         assert_eq!(apply_alone(&db, &shared, &mut cache, 6, &put(b"again")), OpResult::Put);
         assert_eq!(read(&db).as_deref(), Some(&b"again"[..]), "the session came back empty, so seq 1 is new");
+    }
+
+    /// The same within one batch: a drop, the shard's return and a write of its old session.
+    #[test]
+    fn a_shard_dropped_and_pulled_back_in_one_batch_forgets_its_cached_sessions() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::storage::open_db(dir.path()).unwrap();
+        let shared = pulling();
+        let mut cache = SessionCache::default();
+        let put = |value: &[u8]| Command {
+            session: Some(crate::types::SessionTag { client_id: 7, seq: 1, first_unacked: 1 }),
+            shard: SHARD,
+            op: Op::Put { key: b"k".to_vec(), value: value.to_vec() },
+        };
+        assert_eq!(apply_alone(&db, &shared, &mut cache, 1, &chunk(vec![], true)), OpResult::Applied);
+        assert_eq!(apply_alone(&db, &shared, &mut cache, 2, &put(b"first")), OpResult::Put);
+
+        let members = vec![Member { node_id: 9, addr: "127.0.0.1:7200".into() }];
+        shared.write().unwrap().group.shards.insert(SHARD, ShardState::BePulled { to: 3, members: members.clone() });
+        let mut batch = ApplyBatch::new(&db, &shared, &cache);
+        let drop = Command { session: None, shard: SHARD, op: Op::DropShard { config_num: CONFIG } };
+        assert_eq!(batch.apply(3, &drop).unwrap(), OpResult::Applied);
+        batch.sharding_mut().group.shards.insert(SHARD, ShardState::Pulling { from: 3, members });
+        assert_eq!(batch.apply(4, &chunk(vec![], true)).unwrap(), OpResult::Applied);
+        assert_eq!(batch.apply(5, &put(b"again")).unwrap(), OpResult::Put);
+        let (write_batch, applied) = batch.finish();
+        db.write(write_batch).unwrap();
+        applied.publish(&shared, &mut cache);
+        assert_eq!(
+            db.get_cf(cf(&db, CF_DATA), data_key(SHARD, b"k")).unwrap().as_deref(),
+            Some(&b"again"[..]),
+            "seq 1 of the returned shard is new, not answered from the dropped session"
+        );
     }
 }

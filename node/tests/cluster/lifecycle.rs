@@ -231,3 +231,122 @@ async fn write_in_parallel(client: &Client) {
         w.await.unwrap();
     }
 }
+
+/// Two network namespaces joined by a veth pair (10.233.0.1 in `node`, 10.233.0.2 in `peer`),
+/// deleted on drop: a peer that is not on the node's loopback, without touching the host's
+/// network.
+struct NetnsPair {
+    node: String,
+    peer: String,
+}
+
+impl NetnsPair {
+    const NODE_IP: &str = "10.233.0.1";
+
+    /// None when this process may not create network namespaces (not root); under CI=true
+    /// that is a failure, not a skip.
+    fn create() -> Option<NetnsPair> {
+        let tag = std::process::id();
+        let pair = NetnsPair { node: format!("skv-node-{tag}"), peer: format!("skv-peer-{tag}") };
+        if !ip(&["netns", "add", &pair.node]) {
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "cannot create a network namespace (needs root)");
+            eprintln!("skipped: cannot create a network namespace (needs root)");
+            return None;
+        }
+        for step in [
+            vec!["netns", "add", &pair.peer],
+            vec![
+                "link", "add", "skv-n", "netns", &pair.node, "type", "veth", "peer", "name", "skv-p", "netns",
+                &pair.peer,
+            ],
+            vec!["-n", &pair.node, "addr", "add", "10.233.0.1/30", "dev", "skv-n"],
+            vec!["-n", &pair.peer, "addr", "add", "10.233.0.2/30", "dev", "skv-p"],
+            vec!["-n", &pair.node, "link", "set", "skv-n", "up"],
+            vec!["-n", &pair.peer, "link", "set", "skv-p", "up"],
+            vec!["-n", &pair.node, "link", "set", "lo", "up"],
+            vec!["-n", &pair.peer, "link", "set", "lo", "up"],
+        ] {
+            assert!(ip(&step), "ip {}", step.join(" "));
+        }
+        Some(pair)
+    }
+
+    /// An HTTP GET from inside namespace `ns` (bash's /dev/tcp): (status code, body).
+    fn http_get(ns: &str, host: &str, path: &str) -> Option<(u16, String)> {
+        let script = format!(
+            "exec 3<>/dev/tcp/{host}/{port} && printf 'GET {path} HTTP/1.1\\r\\nHost: {host}\\r\\nConnection: \
+             close\\r\\n\\r\\n' >&3 && cat <&3",
+            port = crate::harness::ADMIN_PORT
+        );
+        let out = std::process::Command::new("timeout")
+            .args(["30", "ip", "netns", "exec", ns, "bash", "-c", &script])
+            .output()
+            .expect("running ip netns exec");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let status = text.split_whitespace().nth(1)?.parse().ok()?;
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        Some((status, body))
+    }
+}
+
+impl Drop for NetnsPair {
+    fn drop(&mut self) {
+        ip(&["netns", "del", &self.node]);
+        ip(&["netns", "del", &self.peer]);
+    }
+}
+
+fn ip(args: &[&str]) -> bool {
+    std::process::Command::new("ip").args(args).status().is_ok_and(|s| s.success())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prestop_answers_only_loopback_peers_while_probes_and_metrics_answer_anyone() {
+    let Some(netns) = NetnsPair::create() else { return };
+    let mut cluster = Cluster::new(233, &[]);
+    // The node in its own namespace, with the admin port on every address (as in a pod).
+    let inner = cluster.node_command(1, &cluster.cluster_id.clone());
+    let mut args: Vec<std::ffi::OsString> = inner.get_args().map(|a| a.to_os_string()).collect();
+    let at = args.iter().position(|a| a == "--admin-listen").expect("node_command sets --admin-listen");
+    args[at + 1] = format!("0.0.0.0:{}", crate::harness::ADMIN_PORT).into();
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(cluster.log_path(1)).unwrap();
+    let mut command = std::process::Command::new("ip");
+    command
+        .args(["netns", "exec", &netns.node])
+        .arg(inner.get_program())
+        .args(args)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    cluster.start_command(1, command);
+
+    let remote = |path: &'static str| {
+        let peer = netns.peer.clone();
+        async move {
+            tokio::task::spawn_blocking(move || NetnsPair::http_get(&peer, NetnsPair::NODE_IP, path)).await.unwrap()
+        }
+    };
+    let (code, body) = wait_for("the node's /healthz from the other namespace", WAIT, || remote("/healthz")).await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = remote("/metrics").await.expect("/metrics answers a remote peer");
+    assert_eq!(code, 200);
+    assert!(body.contains("shardkv_"), "{body}");
+
+    let (code, body) = remote("/lifecycle/prestop").await.expect("an answer");
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("answers only 127.0.0.1 and ::1, not 10.233.0.2"), "{body}");
+    let (_, ready) = remote("/readyz").await.expect("/readyz answers a remote peer");
+    assert!(!ready.contains("stopping"), "a refused preStop changed nothing: {ready}");
+    assert!(cluster.log(1).contains("refused /lifecycle/prestop from a non-loopback peer"));
+
+    let node_ns = netns.node.clone();
+    let (code, body) =
+        tokio::task::spawn_blocking(move || NetnsPair::http_get(&node_ns, "127.0.0.1", "/lifecycle/prestop"))
+            .await
+            .unwrap()
+            .expect("an answer on loopback");
+    assert_eq!(code, 200, "{body}");
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(report["node_id"] == 1, "{report}");
+    let (_, ready) = remote("/readyz").await.expect("/readyz answers");
+    assert!(ready.contains("stopping"), "the loopback preStop ran: {ready}");
+}

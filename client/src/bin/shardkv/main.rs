@@ -5,6 +5,7 @@ mod certs;
 mod commands;
 mod output;
 mod playground;
+mod prestop;
 mod tls_files;
 
 use std::path::PathBuf;
@@ -106,6 +107,9 @@ enum Command {
     /// Make TLS certificates.
     #[command(subcommand)]
     Certs(certs::CertsCommand),
+    /// Prepare the local node's stop (the pod's preStop hook): it stops being ready, hands
+    /// leadership over and snapshots; prints its report.
+    Prestop(prestop::PrestopArgs),
 }
 
 #[derive(Subcommand)]
@@ -179,6 +183,7 @@ async fn main() -> ExitCode {
     let outcome = match &cli.command {
         Command::Playground(args) => playground::run(args).await,
         Command::Certs(command) => certs::run(command).map(|()| ExitCode::SUCCESS),
+        Command::Prestop(args) => prestop::run(args).await,
         command => match cli.client() {
             Ok(client) => run_with_client(&client, command).await,
             Err(error) => Err(error),
@@ -223,6 +228,8 @@ async fn run_with_client(client: &Client, command: &Command) -> anyhow::Result<E
         Command::Status { json } => commands::status(client, *json).await,
         Command::Admin(admin) => commands::admin(client, admin).await,
         Command::Bench(args) => bench::run(client, args).await,
-        Command::Playground(_) | Command::Certs(_) => unreachable!("the playground and certs need no client"),
+        Command::Playground(_) | Command::Certs(_) | Command::Prestop(_) => {
+            unreachable!("the playground, certs and prestop need no client")
+        }
     }
 }

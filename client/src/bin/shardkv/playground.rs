@@ -11,7 +11,6 @@ use clap::Args;
 use futures::FutureExt;
 use futures::future::{BoxFuture, join_all, select_all};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use shardkv_client::{Client, ClientOptions, ClientTls, ClusterStatus, Error, StatusResponse, TlsFiles, Topology};
 
 use crate::certs::{self, Bundle};
@@ -641,7 +640,11 @@ async fn shutdown(nodes: &mut [RunningNode], endpoints_path: &Path) {
     for (label, outcome) in join_all(prestops).await {
         match outcome {
             Ok(response) => {
-                eprintln!("{label} prestop: HTTP {} {}", response.status, summarize_report(&response.body))
+                eprintln!(
+                    "{label} prestop: HTTP {} {}",
+                    response.status,
+                    crate::prestop::summarize_report(&response.body)
+                )
             }
             Err(error) => eprintln!("{label} prestop failed: {error:#}"),
         }
@@ -680,40 +683,6 @@ fn describe_exit(status: &std::io::Result<ExitStatus>) -> String {
         Ok(status) => status.to_string(),
         Err(error) => format!("status unknown: {error}"),
     }
-}
-
-/// One line from a node's preStop report: per group, where leadership went and how far the
-/// snapshot reaches; then whether every step succeeded and how long it took.
-fn summarize_report(body: &[u8]) -> String {
-    let Ok(report) = serde_json::from_slice::<Value>(body) else {
-        return String::from_utf8_lossy(body).trim().replace('\n', " ");
-    };
-    let index = |v: &Value| v.as_u64().map_or_else(|| "?".to_string(), |i| i.to_string());
-    let groups: Vec<String> = report["groups"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|g| {
-            let role = match (g["was_leader"] == Value::Bool(true), g["new_leader"].as_u64()) {
-                (true, Some(new_leader)) => format!("led it, leadership moved to node {new_leader}"),
-                (true, None) => "led it, leadership stayed".to_string(),
-                (false, _) => "follower".to_string(),
-            };
-            let mut line = format!(
-                "group {}: {role}, snapshot at {}, log purged to {}",
-                index(&g["group_id"]),
-                index(&g["snapshot_index"]),
-                index(&g["purged_index"])
-            );
-            for key in ["transfer_error", "snapshot_error"] {
-                if let Some(error) = g[key].as_str() {
-                    line.push_str(&format!(", {key}: {error}"));
-                }
-            }
-            line
-        })
-        .collect();
-    format!("{}; clean={} in {} ms", groups.join("; "), report["clean"], index(&report["total_ms"]))
 }
 
 /// The last `count` lines of a log file (empty if it cannot be read).
@@ -803,27 +772,6 @@ mod tests {
         let created = load_or_create_cluster_id(&path).unwrap();
         assert!(created.starts_with("playground-"));
         assert_eq!(load_or_create_cluster_id(&path).unwrap(), created);
-    }
-
-    #[test]
-    fn report_summary_says_where_leadership_went_and_how_far_the_snapshot_reaches() {
-        let body = br#"{"node_id":2,"clean":true,"total_ms":118,"steps":[],
-            "groups":[{"group_id":0,"was_leader":true,"new_leader":3,"snapshot_index":42,"purged_index":42}]}"#;
-        assert_eq!(
-            summarize_report(body),
-            "group 0: led it, leadership moved to node 3, snapshot at 42, log purged to 42; clean=true in 118 ms"
-        );
-        let failed =
-            br#"{"clean":false,"total_ms":5,"groups":[{"group_id":0,"was_leader":false,"snapshot_error":"boom"}]}"#;
-        assert!(summarize_report(failed).contains("follower, snapshot at ?, log purged to ?, snapshot_error: boom"));
-        assert_eq!(summarize_report(b"plain text\n"), "plain text");
-        let alone = br#"{"clean":false,"total_ms":3,"groups":[{"group_id":1,"was_leader":true,"new_leader":null,
-            "snapshot_index":4,"purged_index":4,"transfer_error":"no other voter"}]}"#;
-        assert_eq!(
-            summarize_report(alone),
-            "group 1: led it, leadership stayed, snapshot at 4, log purged to 4, transfer_error: no other voter; \
-             clean=false in 3 ms"
-        );
     }
 
     #[test]
