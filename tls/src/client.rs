@@ -21,15 +21,25 @@ use crate::error::TlsError;
 use crate::files::{Material, TlsFiles};
 use crate::reload::Reloading;
 
+/// A client's TLS configuration: from files (reloaded when they change) or from PEM text held
+/// in memory (fixed; make a new one to rotate).
 #[derive(Clone)]
 pub struct ClientTls {
-    files: TlsFiles,
-    config: Arc<Reloading<ClientConfig>>,
+    source: Source,
+}
+
+#[derive(Clone)]
+enum Source {
+    Files { files: TlsFiles, config: Arc<Reloading<ClientConfig>> },
+    Memory(Arc<ClientConfig>),
 }
 
 impl fmt::Debug for ClientTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientTls").field("files", &self.files).finish()
+        match &self.source {
+            Source::Files { files, .. } => f.debug_struct("ClientTls").field("files", files).finish(),
+            Source::Memory(_) => f.debug_struct("ClientTls").field("files", &"(in memory)").finish(),
+        }
     }
 }
 
@@ -46,27 +56,45 @@ fn build(material: Material) -> Result<ClientConfig, TlsError> {
 
 impl ClientTls {
     pub fn new(files: TlsFiles) -> Result<Self, TlsError> {
-        Ok(ClientTls { config: Arc::new(Reloading::new(files.clone(), build)?), files })
+        let config = Arc::new(Reloading::new(files.clone(), build)?);
+        Ok(ClientTls { source: Source::Files { files, config } })
     }
 
-    pub fn files(&self) -> &TlsFiles {
-        &self.files
+    /// From the PEM text of the CA, the certificate (chain, leaf first) and its key.
+    pub fn from_pem(ca: &str, cert: &str, key: &str) -> Result<Self, TlsError> {
+        Ok(ClientTls { source: Source::Memory(Arc::new(build(Material::from_pem(ca, cert, key)?)?)) })
     }
 
-    /// TCP, then a TLS handshake verifying the server's certificate names the host connected to,
-    /// then the server's first bytes: with TLS 1.3 the server checks our certificate only after
+    /// The files it reloads from; none when made from PEM text.
+    pub fn files(&self) -> Option<&TlsFiles> {
+        match &self.source {
+            Source::Files { files, .. } => Some(files),
+            Source::Memory(_) => None,
+        }
+    }
+
+    fn config(&self) -> Arc<ClientConfig> {
+        match &self.source {
+            Source::Files { config, .. } => config.current(),
+            Source::Memory(config) => config.clone(),
+        }
+    }
+
+    /// TCP, then a TLS handshake verifying the server's certificate names the host connected to
+    /// (or `server_name` when given), then the server's first bytes: with TLS 1.3 the server checks our certificate only after
     /// our side of the handshake is done, so its refusal (an alert) or its acceptance (its
     /// HTTP/2 SETTINGS) comes then. Waiting for it makes a refusal a connection error that says
     /// why, before any request is sent.
-    async fn connect(self, uri: Uri) -> io::Result<TokioIo<Accepted>> {
+    async fn connect(self, uri: Uri, server_name: Option<String>) -> io::Result<TokioIo<Accepted>> {
         let invalid = |message: String| io::Error::new(io::ErrorKind::InvalidInput, message);
         let host = uri.host().ok_or_else(|| invalid(format!("{uri} names no host")))?;
         let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
         let port = uri.port_u16().ok_or_else(|| invalid(format!("{uri} names no port")))?;
-        let name = ServerName::try_from(host.clone()).map_err(|e| invalid(format!("{host}: {e}")))?;
+        let expected = server_name.unwrap_or_else(|| host.clone());
+        let name = ServerName::try_from(expected.clone()).map_err(|e| invalid(format!("{expected}: {e}")))?;
         let tcp = TcpStream::connect((host.as_str(), port)).await?;
         tcp.set_nodelay(true)?;
-        let mut stream = TlsConnector::from(self.config.current()).connect(name, tcp).await?;
+        let mut stream = TlsConnector::from(self.config()).connect(name, tcp).await?;
         let mut head = vec![0u8; FIRST_READ];
         let read = stream.read(&mut head).await?;
         if read == 0 {
@@ -133,9 +161,19 @@ impl AsyncWrite for Accepted {
 pub fn lazy_channel(endpoint: Endpoint, tls: Option<&ClientTls>) -> Channel {
     match tls {
         None => endpoint.connect_lazy(),
-        Some(tls) => {
-            let tls = tls.clone();
-            endpoint.connect_with_connector_lazy(tower::service_fn(move |uri: Uri| tls.clone().connect(uri)))
-        }
+        Some(tls) => named_channel(endpoint, tls, None),
     }
+}
+
+/// A TLS channel to `endpoint` (an address, typically) that connects on first use and checks the
+/// server's certificate names `server_name` rather than the host dialled: the operator dials a
+/// pod's IP and expects the pod's DNS name, which the node certificate carries.
+pub fn lazy_channel_named(endpoint: Endpoint, tls: &ClientTls, server_name: &str) -> Channel {
+    named_channel(endpoint, tls, Some(server_name.to_string()))
+}
+
+fn named_channel(endpoint: Endpoint, tls: &ClientTls, server_name: Option<String>) -> Channel {
+    let tls = tls.clone();
+    endpoint
+        .connect_with_connector_lazy(tower::service_fn(move |uri: Uri| tls.clone().connect(uri, server_name.clone())))
 }

@@ -16,7 +16,7 @@ mod reload;
 mod san;
 pub mod server;
 
-pub use client::{ClientTls, lazy_channel};
+pub use client::{ClientTls, lazy_channel, lazy_channel_named};
 pub use error::TlsError;
 pub use explain::{TlsProblem, problem_of};
 pub use files::TlsFiles;
