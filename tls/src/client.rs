@@ -177,3 +177,59 @@ fn named_channel(endpoint: Endpoint, tls: &ClientTls, server_name: Option<String
     endpoint
         .connect_with_connector_lazy(tower::service_fn(move |uri: Uri| tls.clone().connect(uri, server_name.clone())))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::certs::{Ca, Validity};
+    use crate::identity::{PeerIdentity, Role};
+
+    /// A handshake in memory: the client's error, if any.
+    fn handshake(client: ClientConfig, server: rustls::ServerConfig, name: &str) -> Result<(), rustls::Error> {
+        let mut c = rustls::ClientConnection::new(Arc::new(client), ServerName::try_from(name.to_string()).unwrap())?;
+        let mut s = rustls::ServerConnection::new(Arc::new(server))?;
+        for _ in 0..10 {
+            let mut buf = Vec::new();
+            while c.wants_write() {
+                c.write_tls(&mut buf).unwrap();
+            }
+            if !buf.is_empty() {
+                s.read_tls(&mut buf.as_slice()).unwrap();
+                s.process_new_packets()?;
+            }
+            let mut buf = Vec::new();
+            while s.wants_write() {
+                s.write_tls(&mut buf).unwrap();
+            }
+            if !buf.is_empty() {
+                c.read_tls(&mut buf.as_slice()).unwrap();
+                c.process_new_packets()?;
+            }
+            if !c.is_handshaking() && !s.is_handshaking() {
+                return Ok(());
+            }
+        }
+        Err(rustls::Error::General("the handshake did not finish".into()))
+    }
+
+    #[test]
+    fn a_wildcard_node_certificate_serves_a_pod_name_and_in_memory_pem_makes_a_client() {
+        let ca = Ca::generate("prod.demo", Validity::days_from_now(1)).unwrap();
+        let node = PeerIdentity::new("prod.demo", Role::Node, "node").unwrap();
+        let hosts = ["*.demo-g1.prod.svc.cluster.local".to_string(), "demo.prod.svc".to_string()];
+        let server = ca.issue(&node, &hosts, Validity::days_from_now(1)).unwrap();
+        let operator = PeerIdentity::new("prod.demo", Role::Operator, "op").unwrap();
+        let client = ca.issue(&operator, &[], Validity::days_from_now(1)).unwrap();
+        let ca_pem = &ca.pem().cert_pem;
+        let server_config =
+            || crate::server::build(Material::from_pem(ca_pem, &server.cert_pem, &server.key_pem).unwrap()).unwrap();
+        let tls = ClientTls::from_pem(ca_pem, &client.cert_pem, &client.key_pem).unwrap();
+        assert!(tls.files().is_none());
+        let config = || (*tls.config()).clone();
+        handshake(config(), server_config(), "demo-g1-2.demo-g1.prod.svc.cluster.local").unwrap();
+        handshake(config(), server_config(), "demo.prod.svc").unwrap();
+        let wrong = handshake(config(), server_config(), "demo-g2-0.demo-g2.prod.svc.cluster.local").unwrap_err();
+        assert!(matches!(wrong, rustls::Error::InvalidCertificate(_)), "{wrong:?}");
+        assert!(ClientTls::from_pem("junk", &client.cert_pem, &client.key_pem).is_err());
+    }
+}
