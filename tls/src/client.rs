@@ -184,27 +184,27 @@ mod tests {
     use crate::certs::{Ca, Validity};
     use crate::identity::{PeerIdentity, Role};
 
-    /// A handshake in memory: the client's error, if any.
+    /// Moves what `from` has to send to `to`.
+    fn pump(from: &mut rustls::Connection, to: &mut rustls::Connection) -> Result<(), rustls::Error> {
+        let mut buf = Vec::new();
+        while from.wants_write() {
+            from.write_tls(&mut buf).unwrap();
+        }
+        if !buf.is_empty() {
+            to.read_tls(&mut buf.as_slice()).unwrap();
+            to.process_new_packets()?;
+        }
+        Ok(())
+    }
+
+    /// A handshake in memory: the first error, if any.
     fn handshake(client: ClientConfig, server: rustls::ServerConfig, name: &str) -> Result<(), rustls::Error> {
-        let mut c = rustls::ClientConnection::new(Arc::new(client), ServerName::try_from(name.to_string()).unwrap())?;
-        let mut s = rustls::ServerConnection::new(Arc::new(server))?;
+        let name = ServerName::try_from(name.to_string()).unwrap();
+        let mut c = rustls::Connection::Client(rustls::ClientConnection::new(Arc::new(client), name)?);
+        let mut s = rustls::Connection::Server(rustls::ServerConnection::new(Arc::new(server))?);
         for _ in 0..10 {
-            let mut buf = Vec::new();
-            while c.wants_write() {
-                c.write_tls(&mut buf).unwrap();
-            }
-            if !buf.is_empty() {
-                s.read_tls(&mut buf.as_slice()).unwrap();
-                s.process_new_packets()?;
-            }
-            let mut buf = Vec::new();
-            while s.wants_write() {
-                s.write_tls(&mut buf).unwrap();
-            }
-            if !buf.is_empty() {
-                c.read_tls(&mut buf.as_slice()).unwrap();
-                c.process_new_packets()?;
-            }
+            pump(&mut c, &mut s)?;
+            pump(&mut s, &mut c)?;
             if !c.is_handshaking() && !s.is_handshaking() {
                 return Ok(());
             }
