@@ -8,13 +8,16 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 use std::time::Instant;
+use std::time::SystemTime;
 
 use futures::StreamExt;
 use futures::future::join_all;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -47,13 +50,19 @@ use serde_json::json;
 use shardkv_proto::v1::Member;
 use shardkv_proto::v1::ShardConfig;
 
+use crate::certificates;
+use crate::certificates::CertificateError;
+use crate::certificates::RENEW_ANNOTATION;
+use crate::crd::CertificateStatus;
 use crate::crd::FINALIZER;
 use crate::crd::PodRestart;
 use crate::crd::RolloutHalt;
 use crate::crd::ShardCluster;
 use crate::crd::ShardClusterStatus;
+use crate::crd::TlsStatus;
 use crate::metrics::Metrics;
 use crate::nodes::NodeApi;
+use crate::nodes::NodeEndpoint;
 use crate::plan::DataGroupView;
 use crate::plan::DataLeader;
 use crate::plan::GroupStep;
@@ -85,6 +94,7 @@ use crate::resources::LABEL_GROUP;
 use crate::resources::LABEL_REVISION;
 use crate::resources::MANAGER;
 use crate::resources::META_GROUP;
+use crate::resources::OperatorPods;
 use crate::status;
 use crate::status::ObservedGroup;
 use crate::status::RolloutObserved;
@@ -99,6 +109,8 @@ pub enum Error {
     NoNamespace(String),
     #[error("{}", steps_failed(.0))]
     Steps(Vec<FailedStep>),
+    #[error("certificates: {0}")]
+    Certificates(#[from] CertificateError),
 }
 
 fn steps_failed(steps: &[FailedStep]) -> String {
@@ -141,6 +153,7 @@ impl Error {
             Error::Finalizer(_) => "Finalizer",
             Error::NoNamespace(_) => "NoNamespace",
             Error::Steps(_) => "NodeStep",
+            Error::Certificates(_) => "Certificates",
         }
     }
 }
@@ -160,6 +173,8 @@ pub struct Settings {
     /// First retry delay after an error; doubles per consecutive error of the same object.
     pub error_backoff: Duration,
     pub max_error_backoff: Duration,
+    /// The operator's own pods, which each cluster's NetworkPolicy lets reach the nodes.
+    pub operator_pods: OperatorPods,
 }
 
 impl Default for Settings {
@@ -171,6 +186,10 @@ impl Default for Settings {
             settled_interval: Duration::from_secs(30),
             error_backoff: Duration::from_secs(1),
             max_error_backoff: Duration::from_secs(300),
+            operator_pods: OperatorPods {
+                namespace: None,
+                labels: std::collections::BTreeMap::from([(resources::LABEL_NAME.to_string(), MANAGER.to_string())]),
+            },
         }
     }
 }
@@ -258,10 +277,15 @@ pub async fn run<N: NodeApi>(ctx: Arc<Context<N>>) {
         .default_backoff()
         .reflect(writer)
         .applied_objects()
-        .predicate_filter(predicates::generation.combine(predicates::finalizers), Default::default());
+        .predicate_filter(
+            predicates::generation.combine(predicates::finalizers).combine(renewal_requested),
+            Default::default(),
+        );
     let selector = watcher::Config::default().labels(LABEL_CLUSTER);
     Controller::for_stream(clusters, reader)
         .owns(Api::<StatefulSet>::all(ctx.client.clone()), selector.clone())
+        // A deleted or edited certificate Secret is repaired at once.
+        .owns(Api::<Secret>::all(ctx.client.clone()), selector.clone())
         .watches(Api::<Pod>::all(ctx.client.clone()), selector, |pod| {
             let cluster = pod.labels().get(LABEL_CLUSTER)?;
             Some(ObjectRef::new(cluster).within(&pod.namespace()?))
@@ -275,6 +299,17 @@ pub async fn run<N: NodeApi>(ctx: Arc<Context<N>>) {
             }
         })
         .await;
+}
+
+/// The renewal annotation's value, so that setting it triggers a reconcile (annotations do not
+/// change the generation).
+fn renewal_requested(cluster: &ShardCluster) -> Option<u64> {
+    use std::hash::Hash;
+    use std::hash::Hasher;
+    let value = cluster.annotations().get(RENEW_ANNOTATION)?;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    value.hash(&mut hasher);
+    Some(hasher.finish())
 }
 
 /// One reconcile of one ShardCluster.
@@ -329,9 +364,16 @@ fn pod_ready(pod: &Pod) -> bool {
     conditions.is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-fn pod_endpoint(pod: &Pod) -> Option<String> {
+/// How the operator reaches a node pod: its IP, checked (with TLS) against its DNS name.
+fn pod_endpoint(pod: &Pod, names: &ClusterNames) -> Option<NodeEndpoint> {
     let ip = pod.status.as_ref()?.pod_ip.as_ref()?;
-    (pod.meta().deletion_timestamp.is_none()).then(|| format!("{ip}:{GRPC_PORT}"))
+    let group = group_of(pod)?;
+    let ordinal = ordinal_of(pod, &names.group(group))?;
+    (pod.meta().deletion_timestamp.is_none()).then(|| NodeEndpoint {
+        addr: format!("{ip}:{GRPC_PORT}"),
+        server_name: names.pod_dns_name(group, ordinal),
+        cluster_id: names.cluster_id(),
+    })
 }
 
 async fn apply_object<K>(ctx: &Context<impl NodeApi>, namespace: &str, object: &K) -> Result<K, Error>
@@ -383,7 +425,7 @@ async fn observe_group(
         .collect();
     members.sort_by_key(|(o, _)| *o);
     let statuses = join_all(members.iter().map(|(_, pod)| async {
-        let endpoint = pod_endpoint(pod)?;
+        let endpoint = pod_endpoint(pod, names)?;
         ctx.nodes.status(&endpoint).await.inspect_err(|e| tracing::debug!(%endpoint, error = %e, "no status")).ok()
     }))
     .await;
@@ -410,9 +452,9 @@ async fn observe_group(
     (view, revisions)
 }
 
-fn endpoint_of(view: &GroupView, pods: &[Pod], names: &ClusterNames, ordinal: u32) -> Option<String> {
+fn endpoint_of(view: &GroupView, pods: &[Pod], names: &ClusterNames, ordinal: u32) -> Option<NodeEndpoint> {
     let name = names.pod(view.group_id, ordinal);
-    pods.iter().find(|p| p.name_any() == name).and_then(pod_endpoint)
+    pods.iter().find(|p| p.name_any() == name).and_then(|p| pod_endpoint(p, names))
 }
 
 /// Takes a group's step (at most one node call) and publishes an Event saying what it did.
@@ -458,7 +500,7 @@ async fn take_meta_step(
     ctx: &Context<impl NodeApi>,
     cluster: &ShardCluster,
     names: &ClusterNames,
-    meta_leader: Option<&str>,
+    meta_leader: Option<&NodeEndpoint>,
     step: &MetaStep,
 ) -> Result<(), FailedStep> {
     let result = match (step, meta_leader) {
@@ -554,6 +596,10 @@ async fn apply<N: NodeApi>(cached: &ShardCluster, ctx: &Context<N>) -> Result<Ac
         .collect();
     let last_group_id = group_ids.iter().copied().max().unwrap_or(0).max(recorded_last_id);
 
+    // Certificates before anything that uses them: the pods mount the node Secret, and the
+    // node calls below go over TLS as the operator.
+    let tls = ensure_tls(ctx, cluster, &names, &group_ids).await?;
+
     let mut observed = Vec::new();
     for group_id in &group_ids {
         let statefulset = statefulsets.iter().find(|s| group_of(*s) == Some(*group_id));
@@ -623,6 +669,12 @@ async fn apply<N: NodeApi>(cached: &ShardCluster, ctx: &Context<N>) -> Result<Ac
             apply_object(ctx, &namespace, &resources::pod_disruption_budget(cluster, &names, group_id, voters)).await?;
         }
         apply_object(ctx, &namespace, &resources::client_service(cluster, &names)).await?;
+        if cluster.spec.network_policy.enabled {
+            let policy = resources::network_policy(cluster, &names, &ctx.settings.operator_pods);
+            apply_object(ctx, &namespace, &policy).await?;
+        } else {
+            delete_object::<NetworkPolicy>(ctx, &namespace, &names.network_policy()).await?;
+        }
 
         for group in observed.iter_mut().filter(|g| !deleting.contains(&g.view.group_id)) {
             match take_group_step(ctx, cluster, &names, &group.view, &group.plan.step, &pods).await {
@@ -635,7 +687,7 @@ async fn apply<N: NodeApi>(cached: &ShardCluster, ctx: &Context<N>) -> Result<Ac
             if matches!(step, MetaStep::DeleteGroup { group_id } if terminating.contains(group_id)) {
                 continue;
             }
-            if let Err(e) = take_meta_step(ctx, cluster, &names, meta_leader.as_deref(), step).await {
+            if let Err(e) = take_meta_step(ctx, cluster, &names, meta_leader.as_ref(), step).await {
                 failures.push(e);
             }
         }
@@ -647,7 +699,7 @@ async fn apply<N: NodeApi>(cached: &ShardCluster, ctx: &Context<N>) -> Result<Ac
         failures.push(failure);
     }
 
-    let status = status::build(&status::Observed {
+    let mut status = status::build(&status::Observed {
         generation: cluster.metadata.generation,
         paused: cluster.spec.paused,
         wanted: &wanted,
@@ -660,6 +712,8 @@ async fn apply<N: NodeApi>(cached: &ShardCluster, ctx: &Context<N>) -> Result<Ac
         previous,
         now: Timestamp::now(),
     });
+    let next_renewal = tls.as_ref().and_then(|t| t.next_renewal);
+    status.tls = tls.map(|t| t.status);
     publish_rollout_changes(ctx, cluster, previous, &status).await;
     publish_removal_changes(ctx, cluster, &names, previous, &status, &group_ids).await;
     ctx.metrics.shards_in_flight(&names.namespace, &names.name, status.shards_in_flight);
@@ -671,7 +725,148 @@ async fn apply<N: NodeApi>(cached: &ShardCluster, ctx: &Context<N>) -> Result<Ac
     }
     let interval =
         if in_flight && !cluster.spec.paused { ctx.settings.progress_interval } else { ctx.settings.settled_interval };
-    Ok(Action::requeue(interval))
+    // Renewal happens on time even if nothing else brings a reconcile.
+    Ok(Action::requeue(next_renewal.map_or(interval, |next| interval.min(next))))
+}
+
+/// What the certificate step found or did: status, and when the next renewal is due.
+struct TlsOutcome {
+    status: TlsStatus,
+    next_renewal: Option<Duration>,
+}
+
+fn time(at: SystemTime) -> Time {
+    Time(Timestamp::try_from(at).unwrap_or(Timestamp::UNIX_EPOCH))
+}
+
+/// Keeps the cluster's CA and certificates (see `certificates`): creates what is missing,
+/// renews what is due, and tells the node client which identity to use for this cluster. A
+/// paused cluster gets nothing written (status still reports what is there). With TLS off,
+/// nothing: the nodes are called in plaintext.
+async fn ensure_tls(
+    ctx: &Context<impl NodeApi>,
+    cluster: &ShardCluster,
+    names: &ClusterNames,
+    group_ids: &BTreeSet<u64>,
+) -> Result<Option<TlsOutcome>, Error> {
+    let cluster_id = names.cluster_id();
+    if !cluster.spec.tls.enabled {
+        ctx.nodes.use_tls(&cluster_id, None);
+        return Ok(None);
+    }
+    let writable = !cluster.spec.paused;
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &names.namespace);
+    let secrets = api.list(&ListParams::default().labels(&names.cluster_selector())).await?.items;
+    let find = |name: &str| secrets.iter().find(|s| s.name_any() == name);
+    // By name too: a CA Secret the user made beforehand (without the operator's labels) is used,
+    // never overwritten.
+    let ca_secret = match find(&names.ca_secret()) {
+        Some(secret) => Some(secret.clone()),
+        None => api.get_opt(&names.ca_secret()).await?,
+    };
+    let (ca, ca_info) = match ca_secret {
+        Some(secret) => certificates::ca_of(&secret, &cluster_id)?,
+        None if !writable => return Ok(None),
+        None => {
+            let ca = certificates::generate_ca(names)?;
+            apply_object(ctx, &names.namespace, &certificates::ca_secret(cluster, names, &ca)).await?;
+            let info = certificates::info_of(&names.ca_secret(), &ca.pem().cert_pem)?;
+            let note = format!(
+                "created the cluster's CA in Secret {} (serial {}, valid until {})",
+                names.ca_secret(),
+                info.serial,
+                time(info.not_after).0
+            );
+            publish_certificate(ctx, cluster, &names.ca_secret(), "CertificateIssued", note).await;
+            (ca, info)
+        }
+    };
+    let ca_pem = ca.pem().cert_pem.clone();
+    let honoured = cluster.status.as_ref().and_then(|s| s.tls.as_ref()).and_then(|t| t.renewal_token.clone());
+    let requested = certificates::requested_token(cluster, honoured.as_deref());
+    let now = SystemTime::now();
+    let mut entries = Vec::new();
+    let mut renew_times = Vec::new();
+    let mut all_current = true;
+    for leaf in certificates::leaves(names, group_ids)? {
+        let existing = find(&leaf.secret);
+        let held = existing.and_then(certificates::held);
+        let reason = certificates::renewal(held.as_ref(), &leaf, &ca_pem, now, requested.is_some());
+        let (info, issued) = match (reason, held) {
+            (Some(reason), _) if writable => {
+                let issued = certificates::issue(&ca, &ca_info, &leaf, cluster.spec.tls.certificate_days)?;
+                let secret = certificates::leaf_secret(cluster, names, &leaf, &ca_pem, &issued);
+                apply_object(ctx, &names.namespace, &secret).await?;
+                let info = certificates::info_of(&leaf.secret, &issued.cert_pem)?;
+                let (event, verb) =
+                    if reason.is_first() { ("CertificateIssued", "issued") } else { ("CertificateRenewed", "renewed") };
+                let note = format!(
+                    "{verb} {} in Secret {}: serial {}, valid until {} ({})",
+                    leaf.identity,
+                    leaf.secret,
+                    info.serial,
+                    time(info.not_after).0,
+                    reason.describe()
+                );
+                tracing::info!(cluster = %names.name, secret = %leaf.secret, serial = %info.serial, "{note}");
+                publish_certificate(ctx, cluster, &leaf.secret, event, note).await;
+                (info, Some(issued))
+            }
+            (reason, Some(held)) => {
+                all_current &= reason.is_none();
+                (held.info, None)
+            }
+            (_, None) => {
+                all_current = false;
+                continue;
+            }
+        };
+        if leaf.secret == names.operator_tls_secret() {
+            let issued = match (issued, existing) {
+                (Some(issued), _) => issued,
+                (None, Some(secret)) => certificates::issued_of(secret)?,
+                (None, None) => unreachable!("a certificate that was neither issued nor held is skipped"),
+            };
+            ctx.nodes.use_tls(&cluster_id, Some(certificates::operator_tls(&leaf.secret, &ca_pem, &issued)?));
+        }
+        let renew_after = certificates::renew_after(&info);
+        renew_times.push(renew_after);
+        entries.push(CertificateStatus {
+            secret: leaf.secret.clone(),
+            identity: leaf.identity.uri(),
+            serial: info.serial,
+            not_after: time(info.not_after),
+            renew_after: time(renew_after),
+        });
+    }
+    let renewal_token = if all_current { requested.map(str::to_string).or(honoured) } else { honoured };
+    let status = TlsStatus {
+        ca_secret: names.ca_secret(),
+        ca_not_after: Some(time(ca_info.not_after)),
+        ca_serial: Some(ca_info.serial.clone()),
+        renewal_token,
+        certificates: entries,
+    };
+    Ok(Some(TlsOutcome { status, next_renewal: certificates::until_earliest(renew_times, now) }))
+}
+
+/// An Event about a certificate, related to its Secret (so each Secret's Events form their own
+/// series).
+async fn publish_certificate(
+    ctx: &Context<impl NodeApi>,
+    cluster: &ShardCluster,
+    secret: &str,
+    reason: &str,
+    note: String,
+) {
+    let related = ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Secret".into()),
+        name: Some(secret.to_string()),
+        namespace: cluster.namespace(),
+        ..Default::default()
+    };
+    ctx.publish_related(cluster, Some(related), EventType::Normal, reason, "Certificates", note).await;
 }
 
 /// The removals recorded in status (an entry whose phase this operator does not know is
@@ -1018,6 +1213,8 @@ async fn publish_rollout_changes(
 /// Volumes follow spec.pvcRetention.whenDeleted through the StatefulSets' retention policy.
 async fn cleanup<N: NodeApi>(cluster: &ShardCluster, ctx: &Context<N>) -> Result<Action, Error> {
     let names = ClusterNames::of(cluster, &ctx.settings.cluster_domain);
+    // Its Secrets and NetworkPolicy go with it (owner references).
+    ctx.nodes.use_tls(&names.cluster_id(), None);
     let by_cluster = ListParams::default().labels(&names.cluster_selector());
     let statefulsets =
         Api::<StatefulSet>::namespaced(ctx.client.clone(), &names.namespace).list(&by_cluster).await?.items;

@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::Affinity;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::api::core::v1::Toleration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::CustomResource;
 use kube::KubeSchema;
@@ -39,6 +40,8 @@ pub const FINALIZER: &str = "shardkv.dev/cleanup";
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(has(self.tls) && has(self.tls.enabled) ? self.tls.enabled : true) == (has(oldSelf.tls) && has(oldSelf.tls.enabled) ? oldSelf.tls.enabled : true)")
+    .message("tls.enabled cannot change on an existing cluster: its nodes all speak TLS or all speak plaintext, and a node restarted with the other setting could not talk to the rest; create a new cluster to switch"))]
 pub struct ShardClusterSpec {
     /// Container image of `shardkv-node`.
     #[x_kube(validation = Rule::new("self.size() > 0").message("image is required"))]
@@ -82,6 +85,84 @@ pub struct ShardClusterSpec {
     /// How a change of the pod template (image, resources, scheduling) reaches the pods.
     #[serde(default)]
     pub rollout: RolloutSpec,
+    /// Mutual TLS on every gRPC connection, with certificates the operator issues and renews.
+    /// On unless turned off explicitly; fixed when the cluster is created.
+    #[serde(default)]
+    pub tls: TlsSpec,
+    /// The NetworkPolicy the operator creates for the cluster's pods.
+    #[serde(default)]
+    pub network_policy: NetworkPolicySpec,
+}
+
+/// Mutual TLS: the operator keeps a CA per cluster (Secret `<cluster>-ca`) and issues from it
+/// the nodes' certificate (`<cluster>-node-tls`), its own (`<cluster>-operator-tls`) and one
+/// for data clients to mount (`<cluster>-client-tls`), each renewed in place with a third of
+/// its lifetime left or when the annotation `shardkv.dev/renew-certificates` takes a new value.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// false runs the cluster in plaintext: anyone who can reach the pods may read, write and
+    /// reconfigure it. Cannot change once the cluster exists.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Validity of the certificates the operator issues (not the CA's: ten years), in days;
+    /// each is renewed when a third of it is left.
+    #[serde(default = "default_certificate_days")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 365").message("tls.certificateDays must be between 1 and 365"))]
+    pub certificate_days: u32,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_certificate_days() -> u32 {
+    90
+}
+
+impl Default for TlsSpec {
+    fn default() -> Self {
+        TlsSpec { enabled: true, certificate_days: default_certificate_days() }
+    }
+}
+
+/// Ingress rules of the cluster's pods. The gRPC port (7100) carries client calls, Raft,
+/// shard migration and the operator's Admin calls alike (each authorized by its certificate's
+/// role when TLS is on): it is open to the cluster's own pods, the operator's pods and the
+/// `clients` below. The admin HTTP port (7180: /healthz, /readyz, /metrics) is open to the
+/// `metrics` pods only; probes come from the kubelet on the pod's node, which most network
+/// plugins do not subject to NetworkPolicy.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    /// false: no NetworkPolicy (an existing one is deleted); the pods take whatever the
+    /// namespace's other policies allow.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Who may call the gRPC port as a client. Unset: every pod in the cluster's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clients: Option<PeerSelector>,
+    /// Who may scrape /metrics on the admin port. Unset: no pod (the kubelet's probes only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<PeerSelector>,
+}
+
+impl Default for NetworkPolicySpec {
+    fn default() -> Self {
+        NetworkPolicySpec { enabled: true, clients: None, metrics: None }
+    }
+}
+
+/// Pods, by labels and namespace, as in a NetworkPolicy peer.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerSelector {
+    /// Pods with these labels. Unset: every pod of the selected namespaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_selector: Option<LabelSelector>,
+    /// Namespaces with these labels (`{}`: every namespace). Unset: the cluster's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
 }
 
 /// Rolling restarts: one pod of the cluster at a time, each group's leader last.
@@ -278,6 +359,44 @@ pub struct ShardClusterStatus {
     /// Where the rolling restart onto the StatefulSets' update revisions is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutStatus>,
+    /// The cluster's CA and the certificates issued from it (expiry and serial; no key
+    /// material), while TLS is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsStatus>,
+}
+
+/// The certificates the operator manages for a cluster.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsStatus {
+    /// Secret of the CA (`ca.crt`, `ca.key`).
+    pub ca_secret: String,
+    /// When the CA expires. The operator does not rotate the CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_not_after: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_serial: Option<String>,
+    /// The value of the `shardkv.dev/renew-certificates` annotation last honoured: every
+    /// certificate below was issued after it was set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal_token: Option<String>,
+    /// Each certificate issued from the CA, one Secret each (`ca.crt`, `tls.crt`, `tls.key`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<CertificateStatus>,
+}
+
+/// One certificate the operator issued, as its Secret holds it now.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateStatus {
+    pub secret: String,
+    /// The identity it carries: spiffe://shardkv/<namespace>.<cluster>/<role>/<name>.
+    pub identity: String,
+    /// Serial number, lowercase hex.
+    pub serial: String,
+    pub not_after: Time,
+    /// When the operator renews it (two thirds into its lifetime).
+    pub renew_after: Time,
 }
 
 /// The rolling restart of node pods onto their StatefulSets' update revisions.

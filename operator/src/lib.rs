@@ -1,6 +1,7 @@
 //! shardkv-operator: reconciles `ShardCluster` resources into replica groups of shardkv nodes
 //! and drives their bootstrap and membership through the nodes' Admin and Meta gRPC APIs.
 
+pub mod certificates;
 pub mod controller;
 pub mod crd;
 pub mod leader;

@@ -1,6 +1,7 @@
 //! shardkv-operator: serves /metrics and /healthz, takes the leader Lease, then runs the
 //! ShardCluster controller until told to stop (or until the Lease is lost).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,7 @@ use shardkv_operator::leader::Leadership;
 use shardkv_operator::metrics::Metrics;
 use shardkv_operator::nodes::GrpcNodes;
 use shardkv_operator::resources::MANAGER;
+use shardkv_operator::resources::OperatorPods;
 use shardkv_operator::telemetry;
 use shardkv_operator::telemetry::LogFormat;
 
@@ -48,9 +50,23 @@ struct Args {
     /// Namespace of the Lease; the client's default namespace when unset.
     #[arg(long, env = "POD_NAMESPACE")]
     lease_namespace: Option<String>,
+    /// Labels of the operator's pods (`k=v,k=v`): each cluster's NetworkPolicy lets pods with
+    /// them, in the operator's namespace (POD_NAMESPACE), reach the nodes.
+    #[arg(long, env = "SHARDKV_OPERATOR_POD_LABELS", default_value = "app.kubernetes.io/name=shardkv-operator", value_parser = parse_labels)]
+    operator_pod_labels: BTreeMap<String, String>,
     /// This replica's identity in the election (its pod name).
     #[arg(long, env = "POD_NAME", default_value = "shardkv-operator")]
     identity: String,
+}
+
+fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, String> {
+    text.split(',')
+        .filter(|pair| !pair.trim().is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+            _ => Err(format!("{pair:?} is not key=value")),
+        })
+        .collect()
 }
 
 async fn metrics(State(metrics): State<Arc<Metrics>>) -> String {
@@ -92,12 +108,18 @@ async fn main() -> anyhow::Result<()> {
         None
     };
 
-    let nodes = GrpcNodes {
-        connect_timeout: Duration::from_millis(args.node_timeout_ms),
-        request_timeout: Duration::from_millis(args.node_timeout_ms),
+    let nodes =
+        GrpcNodes::new(Duration::from_millis(args.node_timeout_ms), Duration::from_millis(args.node_timeout_ms));
+    let operator_pods = OperatorPods {
+        namespace: Some(args.lease_namespace.clone().unwrap_or_else(|| client.default_namespace().to_string())),
+        labels: args.operator_pod_labels,
     };
-    let settings =
-        Settings { cluster_domain: args.cluster_domain, max_learner_lag: args.max_learner_lag, ..Settings::default() };
+    let settings = Settings {
+        cluster_domain: args.cluster_domain,
+        max_learner_lag: args.max_learner_lag,
+        operator_pods,
+        ..Settings::default()
+    };
     let reporter = Reporter { controller: MANAGER.into(), instance: Some(args.identity) };
     let ctx = Arc::new(Context::new(client, nodes, metrics, settings, reporter));
 

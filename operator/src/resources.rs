@@ -6,6 +6,11 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::networking::v1::NetworkPolicyIngressRule;
+use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
+use k8s_openapi::api::networking::v1::NetworkPolicyPort;
+use k8s_openapi::api::networking::v1::NetworkPolicySpec;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::policy::v1::PodDisruptionBudgetSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -18,6 +23,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use serde_json::json;
 
+use crate::crd::PeerSelector;
 use crate::crd::ShardCluster;
 
 /// gRPC port of every node (Kv, Admin, Raft, Meta).
@@ -31,6 +37,14 @@ pub const DATA_DIR: &str = "/var/lib/shardkv";
 pub const TERMINATION_GRACE_SECONDS: i64 = 180;
 /// User and group the node runs as.
 pub const NODE_UID: i64 = 10001;
+/// Where a node pod mounts the cluster's node certificate Secret (read-only). The node reloads
+/// the files when the Secret's content changes, so renewals need no restart.
+pub const TLS_DIR: &str = "/etc/shardkv/tls";
+/// Keys of a certificate Secret (those of `kubernetes.io/tls`, plus the CA).
+pub const CA_CERT_KEY: &str = "ca.crt";
+pub const CA_KEY_KEY: &str = "ca.key";
+pub const TLS_CERT_KEY: &str = "tls.crt";
+pub const TLS_KEY_KEY: &str = "tls.key";
 
 pub const LABEL_NAME: &str = "app.kubernetes.io/name";
 pub const LABEL_INSTANCE: &str = "app.kubernetes.io/instance";
@@ -89,13 +103,7 @@ impl ClusterNames {
 
     /// The stable gRPC address peers and clients use for a node: its StatefulSet DNS name.
     pub fn peer_addr(&self, group_id: u64, ordinal: u32) -> String {
-        format!(
-            "{}.{}.{}.svc.{}:{GRPC_PORT}",
-            self.pod(group_id, ordinal),
-            self.group(group_id),
-            self.namespace,
-            self.cluster_domain
-        )
+        format!("{}:{GRPC_PORT}", self.pod_dns_name(group_id, ordinal))
     }
 
     fn selector(&self, group_id: u64) -> BTreeMap<String, String> {
@@ -117,6 +125,60 @@ impl ClusterNames {
     /// Label selector of every pod and owned object of the cluster.
     pub fn cluster_selector(&self) -> String {
         format!("{LABEL_CLUSTER}={}", self.name)
+    }
+
+    /// Labels of the cluster's objects that belong to no group (Secrets, the NetworkPolicy).
+    pub fn cluster_labels(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (LABEL_NAME.to_string(), NODE_APP.to_string()),
+            (LABEL_INSTANCE.to_string(), self.name.clone()),
+            (LABEL_CLUSTER.to_string(), self.name.clone()),
+            (LABEL_MANAGED_BY.to_string(), MANAGER.to_string()),
+        ])
+    }
+
+    /// Labels every node pod of the cluster carries (and only they).
+    pub fn pod_selector(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (LABEL_NAME.to_string(), NODE_APP.to_string()),
+            (LABEL_INSTANCE.to_string(), self.name.clone()),
+        ])
+    }
+
+    /// The CA's Secret: `ca.crt`, `ca.key`.
+    pub fn ca_secret(&self) -> String {
+        format!("{}-ca", self.name)
+    }
+
+    /// The Secret every node pod mounts: `ca.crt`, `tls.crt`, `tls.key`.
+    pub fn node_tls_secret(&self) -> String {
+        format!("{}-node-tls", self.name)
+    }
+
+    /// The data client certificate users mount.
+    pub fn client_tls_secret(&self) -> String {
+        format!("{}-client-tls", self.name)
+    }
+
+    /// The operator's own client certificate for this cluster.
+    pub fn operator_tls_secret(&self) -> String {
+        format!("{}-operator-tls", self.name)
+    }
+
+    pub fn network_policy(&self) -> String {
+        self.name.clone()
+    }
+
+    /// The DNS name a node's certificate is checked against (its pod's name under the group's
+    /// headless Service), without the port.
+    pub fn pod_dns_name(&self, group_id: u64, ordinal: u32) -> String {
+        format!(
+            "{}.{}.{}.svc.{}",
+            self.pod(group_id, ordinal),
+            self.group(group_id),
+            self.namespace,
+            self.cluster_domain
+        )
     }
 }
 
@@ -163,7 +225,8 @@ pub fn statefulset(cluster: &ShardCluster, names: &ClusterNames, group_id: u64, 
         json!({"name": "SHARDKV_SHARDS", "value": spec.shards.to_string()}),
         json!({"name": "SHARDKV_DATA_DIR", "value": DATA_DIR}),
         json!({"name": "SHARDKV_LISTEN", "value": format!("$(POD_IP):{GRPC_PORT}")}),
-        json!({"name": "SHARDKV_ADMIN_LISTEN", "value": format!("$(POD_IP):{ADMIN_PORT}")}),
+        // Every address: the kubelet probes the pod IP, the preStop hook calls loopback.
+        json!({"name": "SHARDKV_ADMIN_LISTEN", "value": format!("0.0.0.0:{ADMIN_PORT}")}),
         json!({"name": "SHARDKV_LOG_FORMAT", "value": "json"}),
         // A pod that comes back onto the retained volume of a member the operator removed starts
         // over as a new, empty member (it confirmed its removal before recording it).
@@ -172,6 +235,19 @@ pub fn statefulset(cluster: &ShardCluster, names: &ClusterNames, group_id: u64, 
     if group_id != META_GROUP {
         let meta: Vec<String> = (0..spec.meta.replicas).map(|i| names.peer_addr(META_GROUP, i)).collect();
         env.push(json!({"name": "SHARDKV_META_ENDPOINTS", "value": meta.join(",")}));
+    }
+    let mut mounts = vec![json!({"name": "data", "mountPath": DATA_DIR}), json!({"name": "tmp", "mountPath": "/tmp"})];
+    let mut volumes = vec![json!({"name": "tmp", "emptyDir": {}})];
+    if spec.tls.enabled {
+        for (var, key) in
+            [("SHARDKV_TLS_CA", CA_CERT_KEY), ("SHARDKV_TLS_CERT", TLS_CERT_KEY), ("SHARDKV_TLS_KEY", TLS_KEY_KEY)]
+        {
+            env.push(json!({"name": var, "value": format!("{TLS_DIR}/{key}")}));
+        }
+        mounts.push(json!({"name": "tls", "mountPath": TLS_DIR, "readOnly": true}));
+        // No hash of the content anywhere in the template: a renewal rewrites the Secret, the
+        // kubelet updates the files and the node reloads them, with no pod restarted.
+        volumes.push(json!({"name": "tls", "secret": {"secretName": names.node_tls_secret(), "defaultMode": 0o440}}));
     }
     let probe = |path: &str, period: i32, failures: i32| {
         json!({
@@ -243,25 +319,37 @@ pub fn statefulset(cluster: &ShardCluster, names: &ClusterNames, group_id: u64, 
                         "startupProbe": probe("/healthz", 2, 150),
                         "livenessProbe": probe("/healthz", 10, 6),
                         "readinessProbe": probe("/readyz", 2, 2),
-                        "lifecycle": {"preStop": {"httpGet": {"path": "/lifecycle/prestop", "port": "admin"}}},
+                        // The node answers /lifecycle/prestop on loopback only: the hook runs
+                        // inside the container.
+                        "lifecycle": {"preStop": {"exec": {"command": prestop_command()}}},
                         "resources": spec.resources,
                         "securityContext": {
                             "allowPrivilegeEscalation": false,
                             "readOnlyRootFilesystem": true,
                             "capabilities": {"drop": ["ALL"]},
                         },
-                        "volumeMounts": [
-                            {"name": "data", "mountPath": DATA_DIR},
-                            {"name": "tmp", "mountPath": "/tmp"},
-                        ],
+                        "volumeMounts": mounts,
                     }],
-                    "volumes": [{"name": "tmp", "emptyDir": {}}],
+                    "volumes": volumes,
                 },
             },
             "volumeClaimTemplates": [claim],
         },
     }))
 }
+
+/// The preStop hook: the `shardkv` CLI in the image asks the node's admin port on loopback to
+/// run its stop sequence.
+fn prestop_command() -> Vec<String> {
+    let mut command = vec!["shardkv".to_string(), "prestop".to_string()];
+    if ADMIN_PORT != DEFAULT_ADMIN_PORT {
+        command.extend(["--admin-addr".to_string(), format!("127.0.0.1:{ADMIN_PORT}")]);
+    }
+    command
+}
+
+/// The admin port `shardkv prestop` calls when not told otherwise.
+const DEFAULT_ADMIN_PORT: u16 = 7180;
 
 /// Metadata of an object the ShardCluster owns (garbage collected with it).
 fn owned_metadata(
@@ -340,6 +428,83 @@ pub fn client_service(cluster: &ShardCluster, names: &ClusterNames) -> Service {
             "ports": [{"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc"}],
         },
     }))
+}
+
+/// The operator's pods, as the NetworkPolicy lets them in: by labels, in its namespace (any
+/// namespace when it is not known).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorPods {
+    pub namespace: Option<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The label Kubernetes puts on every namespace, naming it.
+const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+fn peer(pods: Option<LabelSelector>, namespaces: Option<LabelSelector>) -> NetworkPolicyPeer {
+    NetworkPolicyPeer { pod_selector: pods, namespace_selector: namespaces, ..Default::default() }
+}
+
+fn port(port: u16) -> NetworkPolicyPort {
+    NetworkPolicyPort {
+        port: Some(IntOrString::Int(i32::from(port))),
+        protocol: Some("TCP".to_string()),
+        ..Default::default()
+    }
+}
+
+fn selected(peer_selector: &PeerSelector) -> NetworkPolicyPeer {
+    match (&peer_selector.pod_selector, &peer_selector.namespace_selector) {
+        // Neither: every pod of the cluster's namespace.
+        (None, None) => peer(Some(LabelSelector::default()), None),
+        (pods, namespaces) => peer(pods.clone(), namespaces.clone()),
+    }
+}
+
+/// The cluster's NetworkPolicy (ingress only; egress is left alone): the gRPC port from the
+/// cluster's own node pods (Raft, migration and their other calls share it with clients),
+/// from the operator's pods and from `spec.networkPolicy.clients` (default: every pod of the
+/// namespace); the admin HTTP port from `spec.networkPolicy.metrics` only (default: no pod).
+pub fn network_policy(cluster: &ShardCluster, names: &ClusterNames, operator: &OperatorPods) -> NetworkPolicy {
+    let spec = &cluster.spec.network_policy;
+    let nodes = peer(Some(LabelSelector { match_labels: Some(names.pod_selector()), ..Default::default() }), None);
+    let operator_namespace = LabelSelector {
+        match_labels: operator
+            .namespace
+            .as_ref()
+            .map(|ns| BTreeMap::from([(NAMESPACE_NAME_LABEL.to_string(), ns.clone())])),
+        ..Default::default()
+    };
+    let operator_pods = peer(
+        Some(LabelSelector { match_labels: Some(operator.labels.clone()), ..Default::default() }),
+        Some(operator_namespace),
+    );
+    let clients = selected(spec.clients.as_ref().unwrap_or(&PeerSelector::default()));
+    let mut ingress = vec![NetworkPolicyIngressRule {
+        from: Some(vec![nodes, operator_pods, clients]),
+        ports: Some(vec![port(GRPC_PORT)]),
+    }];
+    if let Some(metrics) = &spec.metrics {
+        ingress.push(NetworkPolicyIngressRule {
+            from: Some(vec![selected(metrics)]),
+            ports: Some(vec![port(ADMIN_PORT)]),
+        });
+    }
+    NetworkPolicy {
+        metadata: ObjectMeta {
+            name: Some(names.network_policy()),
+            namespace: Some(names.namespace.clone()),
+            labels: Some(names.cluster_labels()),
+            owner_references: Some(vec![owner(cluster)]),
+            ..Default::default()
+        },
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector { match_labels: Some(names.pod_selector()), ..Default::default() }),
+            policy_types: Some(vec!["Ingress".to_string()]),
+            ingress: Some(ingress),
+            egress: None,
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -427,9 +592,95 @@ mod tests {
         };
         assert_eq!(http_path(&c.readiness_probe), "/readyz");
         assert_eq!(http_path(&c.liveness_probe), "/healthz");
-        let pre_stop = c.lifecycle.as_ref().unwrap().pre_stop.as_ref().unwrap().http_get.as_ref().unwrap();
-        assert_eq!(pre_stop.path.as_deref(), Some("/lifecycle/prestop"));
-        assert_eq!(pre_stop.port, IntOrString::String("admin".into()));
+        let pre_stop = c.lifecycle.as_ref().unwrap().pre_stop.as_ref().unwrap();
+        assert!(pre_stop.http_get.is_none(), "the node answers /lifecycle/prestop on loopback only");
+        let command = pre_stop.exec.as_ref().unwrap().command.clone().unwrap();
+        assert_eq!(command, ["shardkv", "prestop"], "the admin port is the CLI's default, 7180");
+        assert_eq!(ADMIN_PORT, DEFAULT_ADMIN_PORT);
+        assert_eq!(env(&c, "SHARDKV_ADMIN_LISTEN").as_deref(), Some("0.0.0.0:7180"), "loopback reaches it too");
+    }
+
+    fn tls_cluster(enabled: bool) -> ShardCluster {
+        let mut c = cluster(1, 3);
+        c.spec.tls.enabled = enabled;
+        c
+    }
+
+    #[test]
+    fn with_tls_the_pod_mounts_the_node_secret_and_names_its_files() {
+        let sts = statefulset(&tls_cluster(true), &names(), 1, 3);
+        let c = container(&sts);
+        assert_eq!(env(&c, "SHARDKV_TLS_CA").as_deref(), Some("/etc/shardkv/tls/ca.crt"));
+        assert_eq!(env(&c, "SHARDKV_TLS_CERT").as_deref(), Some("/etc/shardkv/tls/tls.crt"));
+        assert_eq!(env(&c, "SHARDKV_TLS_KEY").as_deref(), Some("/etc/shardkv/tls/tls.key"));
+        let mount = c.volume_mounts.unwrap().into_iter().find(|m| m.name == "tls").unwrap();
+        assert_eq!((mount.mount_path.as_str(), mount.read_only), (TLS_DIR, Some(true)));
+        let pod = sts.spec.unwrap().template;
+        let volume = pod.spec.unwrap().volumes.unwrap().into_iter().find(|v| v.name == "tls").unwrap();
+        assert_eq!(volume.secret.unwrap().secret_name.as_deref(), Some("demo-node-tls"));
+        assert!(pod.metadata.unwrap().annotations.is_none(), "no checksum of the certificates: renewals roll no pod");
+        let probe = c.readiness_probe.unwrap().http_get.unwrap();
+        assert_eq!(probe.scheme, None, "probes stay plain HTTP on the admin port");
+    }
+
+    #[test]
+    fn without_tls_the_pod_has_no_certificates() {
+        let c = container(&statefulset(&tls_cluster(false), &names(), 1, 3));
+        assert_eq!(env(&c, "SHARDKV_TLS_CA"), None);
+        assert!(!c.volume_mounts.unwrap().iter().any(|m| m.name == "tls"));
+    }
+
+    fn operator_pods() -> OperatorPods {
+        OperatorPods {
+            namespace: Some("shardkv-system".into()),
+            labels: BTreeMap::from([(LABEL_NAME.to_string(), MANAGER.to_string())]),
+        }
+    }
+
+    #[test]
+    fn network_policy_admits_the_cluster_the_operator_and_the_namespace_to_grpc_only() {
+        let policy = network_policy(&cluster(1, 3), &names(), &operator_pods());
+        assert_eq!(policy.metadata.name.as_deref(), Some("demo"));
+        let spec = policy.spec.unwrap();
+        assert_eq!(spec.pod_selector.unwrap().match_labels, Some(names().pod_selector()));
+        assert_eq!(spec.policy_types.as_deref(), Some(&["Ingress".to_string()][..]));
+        assert!(spec.egress.is_none());
+        let ingress = spec.ingress.unwrap();
+        assert_eq!(ingress.len(), 1, "no metrics selector: the admin port is open to no pod");
+        assert_eq!(ingress[0].ports.as_ref().unwrap()[0].port, Some(IntOrString::Int(7100)));
+        let from = ingress[0].from.as_ref().unwrap();
+        assert_eq!(from[0].pod_selector.as_ref().unwrap().match_labels, Some(names().pod_selector()));
+        assert_eq!(from[0].namespace_selector, None, "the cluster's own pods, in its namespace");
+        let operator_ns = from[1].namespace_selector.as_ref().unwrap().match_labels.clone().unwrap();
+        assert_eq!(operator_ns.get("kubernetes.io/metadata.name").map(String::as_str), Some("shardkv-system"));
+        assert_eq!(from[1].pod_selector.as_ref().unwrap().match_labels, Some(operator_pods().labels));
+        assert_eq!(from[2].pod_selector, Some(LabelSelector::default()), "default clients: every pod of the namespace");
+        assert_eq!(from[2].namespace_selector, None);
+    }
+
+    #[test]
+    fn network_policy_takes_the_configured_clients_and_scrapers() {
+        let mut c = cluster(1, 3);
+        let app = LabelSelector {
+            match_labels: Some(BTreeMap::from([("app".to_string(), "web".to_string())])),
+            ..Default::default()
+        };
+        c.spec.network_policy.clients =
+            Some(PeerSelector { pod_selector: Some(app.clone()), namespace_selector: None });
+        c.spec.network_policy.metrics =
+            Some(PeerSelector { pod_selector: None, namespace_selector: Some(LabelSelector::default()) });
+        let mut unknown_namespace = operator_pods();
+        unknown_namespace.namespace = None;
+        let ingress = network_policy(&c, &names(), &unknown_namespace).spec.unwrap().ingress.unwrap();
+        let from = ingress[0].from.as_ref().unwrap();
+        assert_eq!(from[1].namespace_selector, Some(LabelSelector::default()), "operator namespace unknown: any");
+        assert_eq!(from[2].pod_selector, Some(app));
+        assert_eq!(ingress[1].ports.as_ref().unwrap()[0].port, Some(IntOrString::Int(7180)));
+        let scrapers = &ingress[1].from.as_ref().unwrap()[0];
+        assert_eq!(
+            (scrapers.pod_selector.clone(), scrapers.namespace_selector.clone()),
+            (None, Some(LabelSelector::default()))
+        );
     }
 
     #[test]

@@ -344,6 +344,8 @@ pub fn build(observed: &Observed<'_>) -> ShardClusterStatus {
         operations,
         group_removals,
         last_group_id: observed.last_group_id,
+        // The certificate step reports this itself.
+        tls: None,
     }
 }
 

@@ -162,3 +162,29 @@ fn a_pod_ready_timeout_that_is_not_a_duration_is_rejected() {
     let bad = with(valid_cluster(), "/spec/rollout", json!({"podReadyTimeout": "5 minutes"}));
     assert_eq!(violations(&bad, None), ["rollout.podReadyTimeout must be a duration such as 90s, 5m or 1h30m"]);
 }
+
+#[test]
+fn switching_tls_on_a_cluster_is_rejected_and_the_default_is_on() {
+    let message = "tls.enabled cannot change on an existing cluster: its nodes all speak TLS or all speak plaintext, and a node restarted with the other setting could not talk to the rest; create a new cluster to switch";
+    let cluster = valid_cluster();
+    let mut off = cluster.clone();
+    off["spec"]["tls"] = json!({"enabled": false});
+    assert_eq!(violations(&off, None), Vec::<String>::new(), "off at creation is allowed");
+    assert_eq!(violations(&off, Some(&cluster)), [message], "default (on) -> off");
+    assert_eq!(violations(&cluster, Some(&off)), [message], "off -> default (on)");
+    let mut on = cluster.clone();
+    on["spec"]["tls"] = json!({"enabled": true, "certificateDays": 30});
+    assert_eq!(violations(&on, Some(&cluster)), Vec::<String>::new(), "explicitly on, as before");
+    let spec: shardkv_operator::crd::ShardClusterSpec = serde_json::from_value(cluster["spec"].clone()).unwrap();
+    assert!(spec.tls.enabled && spec.network_policy.enabled, "TLS and the NetworkPolicy are on by default");
+    assert_eq!(spec.tls.certificate_days, 90);
+}
+
+#[test]
+fn certificate_days_out_of_range_are_rejected() {
+    for days in [0, 366] {
+        let mut cluster = valid_cluster();
+        cluster["spec"]["tls"] = json!({"certificateDays": days});
+        assert_eq!(violations(&cluster, None), ["tls.certificateDays must be between 1 and 365"], "{days} days");
+    }
+}

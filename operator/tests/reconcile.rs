@@ -14,12 +14,15 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::Reporter;
 use serde_json::Value;
 use serde_json::json;
+use shardkv_operator::certificates;
 use shardkv_operator::controller::Context;
 use shardkv_operator::controller::Settings;
 use shardkv_operator::controller::reconcile;
 use shardkv_operator::crd::ShardCluster;
 use shardkv_operator::metrics::Metrics;
 use shardkv_operator::nodes::NodeApi;
+use shardkv_operator::nodes::NodeEndpoint;
+use shardkv_operator::resources::ClusterNames;
 use shardkv_proto::v1::GroupMembers;
 use shardkv_proto::v1::Member;
 use shardkv_proto::v1::ReplicaStatus;
@@ -49,6 +52,29 @@ struct World {
     stop_reports: HashMap<String, StopReport>,
     /// The status the apiserver holds when the watch cache (`cluster`) is behind it.
     newer_status: Option<Value>,
+    /// The cluster's Secrets; valid certificates unless `without_certificates`.
+    secrets: Vec<Value>,
+    /// No certificate Secrets exist yet (a new cluster).
+    without_certificates: bool,
+}
+
+/// The Secrets the operator would have made for `cluster`: its CA and valid certificates.
+fn certificates(world: &World) -> Vec<Value> {
+    let cluster: ShardCluster = serde_json::from_value(world.cluster.clone()).unwrap();
+    let names = ClusterNames::of(&cluster, "cluster.local");
+    let existing =
+        world.statefulsets.iter().filter_map(|s| s["metadata"]["labels"]["shardkv.dev/group"].as_str()?.parse().ok());
+    let group_ids: BTreeSet<u64> = (0..=u64::from(cluster.spec.groups)).chain(existing).collect();
+    let ca = certificates::generate_ca(&names).unwrap();
+    let ca_secret = certificates::ca_secret(&cluster, &names, &ca);
+    let (ca, ca_info) = certificates::ca_of(&ca_secret, &names.cluster_id()).unwrap();
+    let mut secrets = vec![serde_json::to_value(&ca_secret).unwrap()];
+    for leaf in certificates::leaves(&names, &group_ids).unwrap() {
+        let issued = certificates::issue(&ca, &ca_info, &leaf, 90).unwrap();
+        let secret = certificates::leaf_secret(&cluster, &names, &leaf, &ca.pem().cert_pem, &issued);
+        secrets.push(serde_json::to_value(secret).unwrap());
+    }
+    secrets
 }
 
 struct FakeNodes {
@@ -59,59 +85,59 @@ struct FakeNodes {
 }
 
 impl FakeNodes {
-    fn record(&self, endpoint: &str, call: String) {
-        self.log.lock().unwrap().push(Call::Node { endpoint: endpoint.to_string(), call });
+    fn record(&self, endpoint: &NodeEndpoint, call: String) {
+        self.log.lock().unwrap().push(Call::Node { endpoint: endpoint.addr.clone(), call });
     }
 }
 
 impl NodeApi for FakeNodes {
-    async fn status(&self, endpoint: &str) -> Result<StatusResponse, Status> {
-        self.statuses.get(endpoint).cloned().ok_or_else(|| Status::unavailable("connection refused"))
+    async fn status(&self, endpoint: &NodeEndpoint) -> Result<StatusResponse, Status> {
+        self.statuses.get(&endpoint.addr).cloned().ok_or_else(|| Status::unavailable("connection refused"))
     }
 
-    async fn initialize(&self, endpoint: &str, members: Vec<Member>) -> Result<(), Status> {
+    async fn initialize(&self, endpoint: &NodeEndpoint, members: Vec<Member>) -> Result<(), Status> {
         let members: Vec<String> = members.iter().map(|m| format!("{}={}", m.node_id, m.addr)).collect();
         self.record(endpoint, format!("initialize {}", members.join(",")));
         Ok(())
     }
 
-    async fn add_learner(&self, endpoint: &str, member: Member) -> Result<(), Status> {
+    async fn add_learner(&self, endpoint: &NodeEndpoint, member: Member) -> Result<(), Status> {
         self.record(endpoint, format!("add_learner {}={}", member.node_id, member.addr));
         Ok(())
     }
 
-    async fn change_membership(&self, endpoint: &str, voters: BTreeSet<u64>) -> Result<(), Status> {
+    async fn change_membership(&self, endpoint: &NodeEndpoint, voters: BTreeSet<u64>) -> Result<(), Status> {
         self.record(endpoint, format!("change_membership {voters:?}"));
         Ok(())
     }
 
-    async fn remove_learners(&self, endpoint: &str, learners: BTreeSet<u64>) -> Result<(), Status> {
+    async fn remove_learners(&self, endpoint: &NodeEndpoint, learners: BTreeSet<u64>) -> Result<(), Status> {
         self.record(endpoint, format!("remove_learners {learners:?}"));
         Ok(())
     }
 
-    async fn transfer_leader(&self, endpoint: &str, to: u64) -> Result<(), Status> {
+    async fn transfer_leader(&self, endpoint: &NodeEndpoint, to: u64) -> Result<(), Status> {
         self.record(endpoint, format!("transfer_leader {to}"));
         Ok(())
     }
 
-    async fn prepare_stop(&self, endpoint: &str) -> Result<StopReport, Status> {
+    async fn prepare_stop(&self, endpoint: &NodeEndpoint) -> Result<StopReport, Status> {
         self.record(endpoint, "prepare_stop".to_string());
-        Ok(self.stop_reports.get(endpoint).cloned().unwrap_or_else(|| clean_stop(false)))
+        Ok(self.stop_reports.get(&endpoint.addr).cloned().unwrap_or_else(|| clean_stop(false)))
     }
 
-    async fn query_config(&self, endpoint: &str) -> Result<ShardConfig, Status> {
+    async fn query_config(&self, endpoint: &NodeEndpoint) -> Result<ShardConfig, Status> {
         let _ = endpoint;
         self.config.clone().ok_or_else(|| Status::unavailable("no meta"))
     }
 
-    async fn join(&self, endpoint: &str, group: GroupMembers) -> Result<(), Status> {
+    async fn join(&self, endpoint: &NodeEndpoint, group: GroupMembers) -> Result<(), Status> {
         let ids: Vec<u64> = group.members.iter().map(|m| m.node_id).collect();
         self.record(endpoint, format!("join {} {ids:?}", group.group_id));
         Ok(())
     }
 
-    async fn leave(&self, endpoint: &str, group_id: u64) -> Result<(), Status> {
+    async fn leave(&self, endpoint: &NodeEndpoint, group_id: u64) -> Result<(), Status> {
         self.record(endpoint, format!("leave {group_id}"));
         Ok(())
     }
@@ -126,7 +152,21 @@ async fn serve(mut handle: tower_test::mock::Handle<Request<Body>, Response<Body
         let bytes = request.into_body().collect_bytes().await.unwrap();
         let body: Value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
         log.lock().unwrap().push(Call::Api { method: method.clone(), path: path.clone(), query, body: body.clone() });
+        let mut code = 200;
         let answer = match (method.as_str(), path.as_str()) {
+            ("GET", p) if p.ends_with("/secrets") => {
+                json!({"apiVersion": "v1", "kind": "SecretList", "metadata": {}, "items": world.secrets})
+            }
+            ("GET", p) if p.contains("/secrets/") => {
+                let name = p.rsplit('/').next().unwrap();
+                match world.secrets.iter().find(|s| s["metadata"]["name"] == name) {
+                    Some(secret) => secret.clone(),
+                    None => {
+                        code = 404;
+                        json!({"apiVersion": "v1", "kind": "Status", "status": "Failure", "reason": "NotFound", "code": 404, "metadata": {}, "message": "not found"})
+                    }
+                }
+            }
             ("GET", p) if p.ends_with("/pods") => {
                 json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": world.pods})
             }
@@ -151,7 +191,9 @@ async fn serve(mut handle: tower_test::mock::Handle<Request<Body>, Response<Body
             ("PATCH" | "POST", _) => body,
             other => panic!("unexpected request {other:?}"),
         };
-        respond.send_response(Response::builder().body(Body::from(serde_json::to_vec(&answer).unwrap())).unwrap());
+        respond.send_response(
+            Response::builder().status(code).body(Body::from(serde_json::to_vec(&answer).unwrap())).unwrap(),
+        );
     }
 }
 
@@ -214,7 +256,10 @@ impl Outcome {
     }
 }
 
-async fn run(world: World) -> Outcome {
+async fn run(mut world: World) -> Outcome {
+    if world.secrets.is_empty() && !world.without_certificates && tls_enabled(&world.cluster) {
+        world.secrets = certificates(&world);
+    }
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let log: Log = Arc::default();
     let server = tokio::spawn(serve(handle, world.clone(), log.clone()));
@@ -237,6 +282,10 @@ async fn run(world: World) -> Outcome {
     server.await.unwrap();
     let calls = log.lock().unwrap().clone();
     Outcome { action, calls }
+}
+
+fn tls_enabled(cluster: &Value) -> bool {
+    cluster["spec"]["tls"]["enabled"].as_bool().unwrap_or(true)
 }
 
 fn cluster(groups: u32, replicas: u32, meta_replicas: u32) -> Value {
@@ -352,7 +401,7 @@ fn running(spec_replicas: u32, statefulset_replicas: u32, voters: &[u64]) -> Wor
 
 #[tokio::test]
 async fn create_applies_every_group_object_and_reports_bootstrapping() {
-    let out = run(World { cluster: cluster(2, 3, 3), ..Default::default() }).await;
+    let out = run(World { cluster: cluster(2, 3, 3), without_certificates: true, ..Default::default() }).await;
     assert_eq!(out.action, Ok(Action::requeue(Settings::default().progress_interval)));
     for group in ["demo-meta", "demo-g1", "demo-g2"] {
         let sts = out.applied("statefulsets", group).unwrap_or_else(|| panic!("no StatefulSet {group}"));
@@ -363,12 +412,17 @@ async fn create_applies_every_group_object_and_reports_bootstrapping() {
         assert_eq!(out.applied("poddisruptionbudgets", group).unwrap()["spec"]["minAvailable"], 2);
     }
     assert!(out.applied("services", "demo").is_some(), "client Service");
+    assert!(out.applied("networkpolicies", "demo").is_some(), "NetworkPolicy");
+    for secret in ["demo-ca", "demo-node-tls", "demo-operator-tls", "demo-client-tls"] {
+        assert!(out.applied("secrets", secret).is_some(), "Secret {secret}");
+    }
+    assert_eq!(out.event_reasons(), ["CertificateIssued"; 4]);
     let applies: Vec<&Call> = out
         .calls
         .iter()
         .filter(|c| matches!(c, Call::Api { method, path, .. } if method == "PATCH" && !path.contains("shardclusters")))
         .collect();
-    assert_eq!(applies.len(), 10);
+    assert_eq!(applies.len(), 15, "3 x (StatefulSet, Service, PDB), client Service, NetworkPolicy, 4 Secrets");
     assert!(
         applies.iter().all(|c| matches!(c, Call::Api { query, .. } if query.contains("fieldManager=shardkv-operator") && query.contains("force=true"))),
         "every owned object is server-side applied: {applies:?}"
@@ -728,4 +782,50 @@ async fn a_paused_rollout_touches_nothing() {
     assert_eq!(out.node_calls(), Vec::<(String, String)>::new());
     assert_eq!(out.api("DELETE"), Vec::<(String, Value)>::new());
     assert_eq!(out.status()["rollout"]["phase"], "Paused");
+}
+
+#[tokio::test]
+async fn a_new_renewal_token_reissues_every_certificate_in_place_and_is_recorded() {
+    let mut world = running(3, 3, &[1, 2, 3]);
+    world.secrets = certificates(&world);
+    world.cluster["metadata"]["annotations"] = json!({"shardkv.dev/renew-certificates": "r1"});
+    let out = run(world.clone()).await;
+    assert_eq!(out.event_reasons(), ["CertificateRenewed"; 3], "the CA is not rotated");
+    for secret in ["demo-node-tls", "demo-operator-tls", "demo-client-tls"] {
+        let applied = out.applied("secrets", secret).unwrap_or_else(|| panic!("{secret} not rewritten"));
+        assert_eq!(applied["type"], "kubernetes.io/tls");
+        let before = world.secrets.iter().find(|s| s["metadata"]["name"] == secret).unwrap();
+        assert_ne!(applied["data"]["tls.crt"], before["data"]["tls.crt"], "{secret}: a new certificate");
+        assert_eq!(applied["data"]["ca.crt"], before["data"]["ca.crt"], "{secret}: the same CA");
+    }
+    assert!(out.applied("secrets", "demo-ca").is_none());
+    let tls = out.status()["tls"].clone();
+    assert_eq!(tls["renewalToken"], "r1");
+    assert_eq!(tls["caSecret"], "demo-ca");
+    assert!(tls["caNotAfter"].is_string());
+    let certs = tls["certificates"].as_array().unwrap();
+    let secrets: Vec<&str> = certs.iter().map(|c| c["secret"].as_str().unwrap()).collect();
+    assert_eq!(secrets, ["demo-node-tls", "demo-operator-tls", "demo-client-tls"]);
+    assert_eq!(certs[0]["identity"], "spiffe://shardkv/prod.demo/node/node");
+    assert!(certs.iter().all(|c| c["notAfter"].is_string() && c["serial"].is_string() && c["renewAfter"].is_string()));
+    assert!(!tls.to_string().contains("PRIVATE KEY"), "no key material in status");
+
+    // Honoured: the same token asks for nothing more.
+    world.cluster["status"] = out.status();
+    let again = run(world).await;
+    assert_eq!(again.event_reasons(), Vec::<String>::new());
+    assert!(again.applied("secrets", "demo-node-tls").is_none());
+}
+
+#[tokio::test]
+async fn with_tls_off_no_certificate_is_read_or_made() {
+    let mut world = running(3, 3, &[1, 2, 3]);
+    world.cluster["spec"]["tls"] = json!({"enabled": false});
+    let out = run(world).await;
+    assert!(out.calls.iter().all(|c| !matches!(c, Call::Api { path, .. } if path.contains("/secrets"))));
+    let sts = out.applied("statefulsets", "demo-g1").unwrap();
+    let env = sts["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap().clone();
+    assert!(!env.iter().any(|e| e["name"] == "SHARDKV_TLS_CA"));
+    assert!(out.status().get("tls").is_none());
+    assert!(out.applied("networkpolicies", "demo").is_some(), "the NetworkPolicy does not depend on TLS");
 }

@@ -38,6 +38,29 @@ pub struct Issued {
     pub key_pem: String,
 }
 
+/// What a certificate says about itself that the operator reports: never key material.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateInfo {
+    /// The serial number in lowercase hex (leading zero bytes dropped).
+    pub serial: String,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
+impl CertificateInfo {
+    /// Of the first certificate in `cert_pem`.
+    pub fn of_pem(cert_pem: &str) -> Result<CertificateInfo, TlsError> {
+        let der: rustls_pki_types::CertificateDer<'static> =
+            rustls_pki_types::pem::PemObject::from_pem_slice(cert_pem.as_bytes())
+                .map_err(|source| TlsError::Pem { what: "certificate", source })?;
+        let (serial, not_before, not_after) =
+            crate::san::serial_and_validity(&der).map_err(|e| TlsError::Unparsable(e.to_string()))?;
+        let significant = serial.iter().position(|b| *b != 0).unwrap_or(serial.len().saturating_sub(1));
+        let serial = serial[significant..].iter().map(|b| format!("{b:02x}")).collect();
+        Ok(CertificateInfo { serial, not_before, not_after })
+    }
+}
+
 /// A cluster's certificate authority.
 pub struct Ca {
     issuer: Issuer<'static, KeyPair>,
@@ -139,6 +162,20 @@ mod tests {
         let again = Ca::from_pem("c1", &ca.pem().cert_pem, &ca.pem().key_pem).unwrap();
         let client = PeerIdentity::new("c1", Role::Client, "app").unwrap();
         assert!(again.issue(&client, &[], Validity::days_from_now(1)).is_ok());
+    }
+
+    #[test]
+    fn certificate_info_names_a_new_serial_per_issue() {
+        let ca = Ca::generate("c1", Validity::days_from_now(1)).unwrap();
+        let id = PeerIdentity::new("c1", Role::Client, "app").unwrap();
+        let validity = Validity::days_from_now(3);
+        let first = CertificateInfo::of_pem(&ca.issue(&id, &[], validity).unwrap().cert_pem).unwrap();
+        let second = CertificateInfo::of_pem(&ca.issue(&id, &[], validity).unwrap().cert_pem).unwrap();
+        assert_ne!(first.serial, second.serial);
+        assert!(first.serial.bytes().all(|b| b.is_ascii_hexdigit()));
+        let seconds = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+        assert_eq!(seconds(first.not_after), seconds(validity.not_after));
+        assert!(CertificateInfo::of_pem("not a certificate").is_err());
     }
 
     #[test]

@@ -12,6 +12,14 @@ pub enum TlsError {
     Empty { what: &'static str, path: PathBuf },
     #[error("the CA file {path} holds a certificate rustls refuses: {source}")]
     BadCa { path: PathBuf, source: rustls::Error },
+    #[error("reading the {what} PEM: {source}")]
+    Pem { what: &'static str, source: rustls_pki_types::pem::Error },
+    #[error("the {what} PEM holds no certificate")]
+    NoPem { what: &'static str },
+    #[error("the CA PEM holds a certificate rustls refuses: {0}")]
+    BadCaPem(rustls::Error),
+    #[error("the certificate does not parse: {0}")]
+    Unparsable(String),
     #[error("the certificate and key do not make a usable identity: {0}")]
     BadKeyPair(rustls::Error),
     #[error("building the TLS configuration: {0}")]

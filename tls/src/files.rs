@@ -80,6 +80,29 @@ impl TlsFiles {
     }
 }
 
+impl Material {
+    /// The same from PEM text held in memory.
+    pub(crate) fn from_pem(ca: &str, cert: &str, key: &str) -> Result<Material, TlsError> {
+        let certs = |what: &'static str, pem: &str| {
+            let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|source| TlsError::Pem { what, source })?;
+            if certs.is_empty() {
+                return Err(TlsError::NoPem { what });
+            }
+            Ok(certs)
+        };
+        let mut roots = RootCertStore::empty();
+        for cert in certs("CA", ca)? {
+            roots.add(cert).map_err(TlsError::BadCaPem)?;
+        }
+        let chain = certs("certificate", cert)?;
+        let key =
+            PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|source| TlsError::Pem { what: "key", source })?;
+        Ok(Material { roots: Arc::new(roots), chain, key })
+    }
+}
+
 fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())

@@ -17,7 +17,7 @@ mod san;
 pub mod server;
 mod stream;
 
-pub use client::{ClientTls, lazy_channel};
+pub use client::{ClientTls, lazy_channel, lazy_channel_named};
 pub use error::TlsError;
 pub use explain::{TlsProblem, problem_of};
 pub use files::TlsFiles;

@@ -1,6 +1,9 @@
-//! The URI names in a DER certificate's subjectAltName extension, read with a minimal DER
-//! walker: only the path certificate → tbsCertificate → extensions → subjectAltName is read,
-//! every length is checked against what is left, and anything unexpected is an error.
+//! The URI names in a DER certificate's subjectAltName extension, and its serial number and
+//! expiry, read with a minimal DER walker: only the path certificate → tbsCertificate →
+//! serialNumber, validity, extensions → subjectAltName is read, every length is checked against
+//! what is left, and anything unexpected is an error.
+
+use std::time::SystemTime;
 
 /// subjectAltName, 2.5.29.17.
 const SAN_OID: &[u8] = &[0x55, 0x1d, 0x11];
@@ -12,6 +15,11 @@ const OCTET_STRING: u8 = 0x04;
 const EXTENSIONS: u8 = 0xa3;
 /// A GeneralName's `uniformResourceIdentifier [6] IA5String`.
 const URI: u8 = 0x86;
+/// The `[0]` explicit tag around a certificate's version.
+const VERSION: u8 = 0xa0;
+const INTEGER: u8 = 0x02;
+const UTC_TIME: u8 = 0x17;
+const GENERALIZED_TIME: u8 = 0x18;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("malformed certificate: {0}")]
@@ -94,6 +102,50 @@ pub fn uris(cert_der: &[u8]) -> Result<Vec<&str>, DerError> {
     Ok(uris)
 }
 
+/// A certificate's serial number (big-endian bytes, as encoded) and its validity (not before,
+/// not after).
+pub fn serial_and_validity(cert_der: &[u8]) -> Result<(Vec<u8>, SystemTime, SystemTime), DerError> {
+    let (cert, _) = expect(cert_der, SEQUENCE, "not a certificate")?;
+    let (mut tbs, _) = expect(cert, SEQUENCE, "no tbsCertificate")?;
+    if let Ok((VERSION, _, rest)) = element(tbs) {
+        tbs = rest;
+    }
+    let (serial, rest) = expect(tbs, INTEGER, "no serial number")?;
+    let (_signature, rest) = expect(rest, SEQUENCE, "no signature algorithm")?;
+    let (_issuer, rest) = expect(rest, SEQUENCE, "no issuer")?;
+    let (validity, _) = expect(rest, SEQUENCE, "no validity")?;
+    let (tag, not_before, rest) = element(validity)?;
+    let not_before = time_of(tag, not_before)?;
+    let (tag, not_after, _) = element(rest)?;
+    Ok((serial.to_vec(), not_before, time_of(tag, not_after)?))
+}
+
+/// A UTCTime (`YYMMDDHHMMSSZ`, years 1950-2049) or GeneralizedTime (`YYYYMMDDHHMMSSZ`).
+fn time_of(tag: u8, text: &[u8]) -> Result<SystemTime, DerError> {
+    let bad = || DerError("a validity time is not of the form YYMMDDHHMMSSZ");
+    let digits = text.strip_suffix(b"Z").ok_or_else(bad)?;
+    if !digits.iter().all(u8::is_ascii_digit) {
+        return Err(bad());
+    }
+    let number = |range: std::ops::Range<usize>| {
+        digits.get(range).ok_or_else(bad).map(|d| d.iter().fold(0u32, |n, b| n * 10 + u32::from(b - b'0')))
+    };
+    let (year, rest) = match (tag, digits.len()) {
+        (UTC_TIME, 12) => {
+            let yy = number(0..2)?;
+            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, 2)
+        }
+        (GENERALIZED_TIME, 14) => (number(0..4)?, 4),
+        _ => return Err(bad()),
+    };
+    let field = |i: usize| number(rest + 2 * i..rest + 2 * i + 2).and_then(|n| u8::try_from(n).map_err(|_| bad()));
+    let month = time::Month::try_from(field(0)?).map_err(|_| bad())?;
+    let date =
+        time::Date::from_calendar_date(i32::try_from(year).map_err(|_| bad())?, month, field(1)?).map_err(|_| bad())?;
+    let time = time::Time::from_hms(field(2)?, field(3)?, field(4)?).map_err(|_| bad())?;
+    Ok(time::PrimitiveDateTime::new(date, time).assume_utc().into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,6 +167,36 @@ mod tests {
     }
 
     #[test]
+    fn reads_the_serial_and_the_expiry() {
+        let ca = Ca::generate("c", Validity::days_from_now(1)).unwrap();
+        let id = PeerIdentity::new("c", Role::Client, "app").unwrap();
+        let not_after = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(2_000_000_000);
+        let validity = Validity { not_before: SystemTime::now(), not_after };
+        let issued = ca.issue(&id, &[], validity).unwrap();
+        let der: rustls_pki_types::CertificateDer<'static> =
+            rustls_pki_types::pem::PemObject::from_pem_slice(issued.cert_pem.as_bytes()).unwrap();
+        let (serial, _, read) = serial_and_validity(&der).unwrap();
+        assert_eq!(read, not_after);
+        assert!(!serial.is_empty());
+        let later = Validity {
+            not_before: SystemTime::now(),
+            not_after: not_after + std::time::Duration::from_secs(86_400 * 365 * 40),
+        };
+        let (_, _, read) = serial_and_validity(&der_of(&ca.issue(&id, &[], later).unwrap().cert_pem)).unwrap();
+        assert_eq!(read, later.not_after, "a GeneralizedTime after 2049");
+        let der = cert();
+        for len in 0..der.len() {
+            assert!(serial_and_validity(&der[..len]).is_err(), "a certificate cut at {len} bytes was accepted");
+        }
+    }
+
+    fn der_of(pem: &str) -> Vec<u8> {
+        let der: rustls_pki_types::CertificateDer<'static> =
+            rustls_pki_types::pem::PemObject::from_pem_slice(pem.as_bytes()).unwrap();
+        der.to_vec()
+    }
+
+    #[test]
     fn truncated_or_garbled_certificates_are_errors_not_panics() {
         let der = cert();
         for len in 0..der.len() {
@@ -124,6 +206,7 @@ mod tests {
             let mut garbled = der.clone();
             garbled[at] ^= 0xff;
             let _ = uris(&garbled);
+            let _ = serial_and_validity(&garbled);
         }
         assert!(uris(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]).is_err());
     }

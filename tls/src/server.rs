@@ -89,7 +89,7 @@ impl std::fmt::Display for Refusal {
     }
 }
 
-fn build(material: Material) -> Result<ServerConfig, TlsError> {
+pub(crate) fn build(material: Material) -> Result<ServerConfig, TlsError> {
     let provider = crate::provider();
     let verifier = WebPkiClientVerifier::builder_with_provider(material.roots, provider.clone())
         .build()
