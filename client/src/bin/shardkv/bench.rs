@@ -25,7 +25,8 @@ pub enum OpArg {
 #[derive(Clone, Copy, ValueEnum)]
 pub enum TargetArg {
     Shardkv,
-    /// An etcd v3 cluster at --endpoints (only in builds with the `etcd` feature).
+    /// An etcd v3 cluster at --endpoints (only in builds with the `etcd` feature); with
+    /// --ca/--cert/--key, over mutual TLS.
     #[cfg(feature = "etcd")]
     Etcd,
 }
@@ -103,12 +104,14 @@ pub async fn run(client: &Client, args: &BenchArgs) -> anyhow::Result<ExitCode> 
         TargetArg::Shardkv => run_against(client, args).await,
         #[cfg(feature = "etcd")]
         TargetArg::Etcd => {
-            // The same endpoint list and deadlines as a shardkv run, so both see equal settings.
+            // The same endpoint list, deadlines and TLS files (--ca/--cert/--key) as a shardkv
+            // run, so both see equal settings.
             let options = client.options();
             let etcd = shardkv_client::bench::etcd::EtcdTarget::connect(
                 client.endpoints(),
                 options.request_timeout,
                 options.connect_timeout,
+                options.tls.as_ref(),
             )
             .await
             .context("connecting to etcd")?;
