@@ -400,11 +400,17 @@ cluster_available() {
 note() { echo "$*" >>"$NOTE_FILE"; }
 epoch_ns() { date +%s%N; }
 
-# The client Service's endpoints (its EndpointSlices), as host:port,...
+# The meta group's pods by their DNS names, as host:port,...: where clients fetch the shard
+# map. (The client Service has a cluster IP, which nothing routes here; its pods' names are
+# what the node certificate names, so TLS clients check them.)
 client_endpoints() {
-  kubectl get endpointslices -n "$CLUSTER_NS" -l kubernetes.io/service-name="$CLUSTER" \
-    -o jsonpath='{range .items[*].endpoints[*]}{.addresses[0]}:7100,{end}' | sed 's/,$//'
+  kubectl get pods -n "$CLUSTER_NS" -l "shardkv.dev/cluster=$CLUSTER,shardkv.dev/group=0" \
+    -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}' | while read -r p; do echo "$(pod_dns "$p"):7100"; done | paste -sd,
 }
+
+# pod_dns POD: the DNS name of a node pod (POD.GROUP.NAMESPACE.svc, its StatefulSet's headless
+# Service being named like the group), which its certificate carries.
+pod_dns() { echo "$1.${1%-*}.$CLUSTER_NS.svc"; }
 
 # load_pod NAME ARGS...: the load generator as a pod named load-NAME (so it
 # resolves the pods' DNS names like any in-cluster client), SCENARIO_DIR
@@ -413,7 +419,7 @@ client_endpoints() {
 load_pod() {
   local name="$1" eps arg args="" secret="${LOAD_TLS_SECRET:-$CLIENT_TLS_SECRET}"; shift
   eps="$(client_endpoints)"
-  [[ -n "$eps" ]] || fail "the client Service $CLUSTER has no endpoints"
+  [[ -n "$eps" ]] || fail "the meta group of $CLUSTER has no pods"
   for arg in --endpoints "$eps" --ca /tls/ca.crt --cert /tls/tls.crt --key /tls/tls.key "$@"; do
     args+="\"$arg\", "
   done
@@ -509,7 +515,7 @@ pod_ip() { pod_field "$CLUSTER_NS" "$1" '{.status.podIP}'; }
 node_status() {
   local ip; ip="$(pod_ip "$1")"
   [[ -n "$ip" ]] || return 1
-  "$SHARDKV_BIN/shardkv" --endpoints "$ip:7100" --timeout-ms 2000 status --json \
+  "$SHARDKV_BIN/shardkv" --endpoints "$ip:7100" --tls-server-name "$(pod_dns "$1")" --timeout-ms 2000 status --json \
     | jq -ce 'if type == "array" then .[0].status else .meta.nodes[0].status end // empty'
 }
 
@@ -877,7 +883,7 @@ shard_of() { python3 -c "$SHARD_PY"'print(shard(sys.argv[1], int(sys.argv[2])))'
 direct() {
   local pod="$1" ip; shift
   ip="$(pod_ip "$pod")"
-  in_pod "$pod" "$SHARDKV_BIN/shardkv" --endpoints "$ip:7100" --timeout-ms 3000 "$@"
+  in_pod "$pod" "$SHARDKV_BIN/shardkv" --endpoints "$ip:7100" --tls-server-name "$(pod_dns "$pod")" --timeout-ms 3000 "$@"
 }
 
 # isolated_serves_nothing POD KEY: linearizable reads and writes at the isolated

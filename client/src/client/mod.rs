@@ -74,6 +74,9 @@ pub struct ClientOptions {
     pub topology: Option<Topology>,
     /// Mutual TLS with this CA, certificate and key; `None` connects in plaintext.
     pub tls: Option<ClientTls>,
+    /// With `tls`: the name every node's certificate must carry, instead of the host dialled
+    /// (dialling a pod's IP, its DNS name). `None` checks the host dialled.
+    pub tls_server_name: Option<String>,
 }
 
 impl Default for ClientOptions {
@@ -85,6 +88,7 @@ impl Default for ClientOptions {
             attempt_timeout: Duration::from_secs(2),
             topology: None,
             tls: None,
+            tls_server_name: None,
         }
     }
 }
@@ -317,7 +321,11 @@ impl Client {
             .map_err(|e| Error::InvalidArgument(format!("bad endpoint {endpoint:?}: {e}")))?
             .connect_timeout(self.shared.options.connect_timeout)
             .tcp_nodelay(true);
-        let channel = shardkv_tls::lazy_channel(endpoint_config, self.shared.options.tls.as_ref());
+        let options = &self.shared.options;
+        let channel = match (&options.tls, &options.tls_server_name) {
+            (Some(tls), Some(name)) => shardkv_tls::lazy_channel_named(endpoint_config, tls, name),
+            (tls, _) => shardkv_tls::lazy_channel(endpoint_config, tls.as_ref()),
+        };
         channels.insert(endpoint.to_string(), channel.clone());
         Ok(channel)
     }

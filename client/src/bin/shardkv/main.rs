@@ -45,6 +45,10 @@ struct Cli {
     // Named apart from the `key` argument of the KV commands.
     #[arg(long = "key", global = true, env = "SHARDKV_KEY", value_name = "PEM")]
     tls_key: Option<PathBuf>,
+    /// Check that the nodes' certificates name this host instead of the address dialled (e.g. a
+    /// pod's DNS name when dialling its IP).
+    #[arg(long, global = true, env = "SHARDKV_TLS_SERVER_NAME", value_name = "NAME")]
+    tls_server_name: Option<String>,
     /// Deadline of each request, retries included, in milliseconds.
     #[arg(long, global = true, value_name = "MS", default_value_t = 5000)]
     timeout_ms: u64,
@@ -171,6 +175,7 @@ impl Cli {
         let options = ClientOptions {
             request_timeout: std::time::Duration::from_millis(self.timeout_ms),
             tls: tls.map(ClientTls::new).transpose()?,
+            tls_server_name: self.tls_server_name.clone(),
             ..ClientOptions::default()
         };
         Ok(Client::with_options(parse_endpoint_list(&list)?, options)?)
