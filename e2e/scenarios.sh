@@ -668,8 +668,9 @@ scenario_tls() {
   local ca_expiry; ca_expiry="$(kubectl get shardcluster -n "$CLUSTER_NS" "$CLUSTER" -o jsonpath='{.status.tls.caNotAfter}')"
   [[ -n "$ca_expiry" ]] || fail "status.tls.caNotAfter is empty"
   note "CA valid until $ca_expiry"
-  local args; args="$(kubectl get statefulset -n "$CLUSTER_NS" "$CLUSTER-g1" -o jsonpath='{.spec.template.spec.containers[0].args}')"
-  [[ "$args" == *--tls-cert* ]] || fail "group 1's pods run without --tls-cert: $args"
+  local cert_env; cert_env="$(kubectl get statefulset -n "$CLUSTER_NS" "$CLUSTER-g1" \
+    -o jsonpath='{.spec.template.spec.containers[0].env[?(@.name=="SHARDKV_TLS_CERT")].value}')"
+  [[ -n "$cert_env" ]] || fail "group 1's pods run without SHARDKV_TLS_CERT"
   kubectl get networkpolicy -n "$CLUSTER_NS" -l shardkv.dev/cluster="$CLUSTER" -o name | grep -q . \
     || fail "no NetworkPolicy for $CLUSTER"
 
@@ -726,8 +727,7 @@ scenario_tls_rotate() {
   local t0; t0="$(epoch_ns)"
   step "annotate shardkv.dev/renew-certificates=$token"
   kubectl annotate shardcluster -n "$CLUSTER_NS" "$CLUSTER" --overwrite "shardkv.dev/renew-certificates=$token" >&2
-  wait_until 60 "status.tls.renewalToken is $token" \
-    test "$(kubectl get shardcluster -n "$CLUSTER_NS" "$CLUSTER" -o jsonpath='{.status.tls.renewalToken}')" == "$token"
+  wait_until 60 "status.tls.renewalToken is $token" renewal_token_is "$token"
   local entry pod serial
   for entry in "${before[@]}"; do
     pod="${entry%%=*}" serial="${entry#*=}"
@@ -743,6 +743,10 @@ scenario_tls_rotate() {
   kubectl get events -n "$CLUSTER_NS" --field-selector reason=CertificateRenewed -o name | grep -q . \
     || fail "no CertificateRenewed Event"
   note "renewed $(( ${#before[@]} )) nodes' certificates in $(( (t1 - t0) / 1000000 )) ms under load"
+}
+
+renewal_token_is() {
+  [[ "$(kubectl get shardcluster -n "$CLUSTER_NS" "$CLUSTER" -o jsonpath='{.status.tls.renewalToken}')" == "$1" ]]
 }
 
 serves_another_serial() { local s; s="$(served_serial "$1")" && [[ -n "$s" && "$s" != "$2" ]]; }
