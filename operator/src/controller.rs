@@ -111,6 +111,9 @@ pub enum Error {
     Steps(Vec<FailedStep>),
     #[error("certificates: {0}")]
     Certificates(#[from] CertificateError),
+    /// Deleting a cluster: the meta group goes only after every data group is gone.
+    #[error("deleting {}: the meta group waits until they are gone", .0.join(", "))]
+    DataGroupsRemain(Vec<String>),
 }
 
 fn steps_failed(steps: &[FailedStep]) -> String {
@@ -154,6 +157,7 @@ impl Error {
             Error::NoNamespace(_) => "NoNamespace",
             Error::Steps(_) => "NodeStep",
             Error::Certificates(_) => "Certificates",
+            Error::DataGroupsRemain(_) => "DataGroupsRemain",
         }
     }
 }
@@ -1218,11 +1222,21 @@ async fn cleanup<N: NodeApi>(cluster: &ShardCluster, ctx: &Context<N>) -> Result
     let by_cluster = ListParams::default().labels(&names.cluster_selector());
     let statefulsets =
         Api::<StatefulSet>::namespaced(ctx.client.clone(), &names.namespace).list(&by_cluster).await?.items;
-    let mut data_groups: Vec<u64> = statefulsets.iter().filter_map(group_of).filter(|g| *g != META_GROUP).collect();
-    data_groups.sort_unstable_by(|a, b| b.cmp(a));
-    for group_id in data_groups.into_iter().chain([META_GROUP]) {
-        delete_group(ctx, &names, group_id).await?;
+    let data_groups: Vec<&StatefulSet> =
+        statefulsets.iter().filter(|s| group_of(*s).is_some_and(|g| g != META_GROUP)).collect();
+    if !data_groups.is_empty() {
+        for statefulset in &data_groups {
+            if statefulset.metadata.deletion_timestamp.is_none()
+                && let Some(group_id) = group_of(*statefulset)
+            {
+                delete_group(ctx, &names, group_id).await?;
+            }
+        }
+        // The meta group holds the shard map the data groups' nodes consult while they stop;
+        // it goes last, once they are gone. Failing keeps the finalizer, and retries.
+        return Err(Error::DataGroupsRemain(data_groups.iter().map(|s| s.name_any()).collect()));
     }
+    delete_group(ctx, &names, META_GROUP).await?;
     delete_object::<Service>(ctx, &names.namespace, &names.client_service()).await?;
     let note =
         format!("deleted the groups of {} (volumes: {})", names.name, cluster.spec.pvc_retention.when_deleted.as_str());

@@ -532,27 +532,54 @@ async fn paused_cluster_changes_nothing_and_says_so() {
 }
 
 #[tokio::test]
-async fn delete_removes_data_groups_then_meta_then_the_finalizer() {
-    let mut world = World { cluster: cluster(2, 3, 3), ..Default::default() };
-    world.cluster["metadata"]["deletionTimestamp"] = json!("2026-11-23T16:00:00Z");
+async fn delete_removes_data_groups_then_meta_once_they_are_gone_then_the_finalizer() {
+    let deleting = || {
+        let mut world = World { cluster: cluster(2, 3, 3), ..Default::default() };
+        world.cluster["metadata"]["deletionTimestamp"] = json!("2026-11-23T16:00:00Z");
+        world
+    };
+    let deleted = |out: &Outcome| -> Vec<String> {
+        out.api("DELETE").into_iter().map(|(p, _)| p.rsplit_once("/prod/").unwrap().1.to_string()).collect()
+    };
+    let finalizer_removed = |out: &Outcome| {
+        out.calls.iter().any(|c| matches!(c, Call::Api { method, path, body, .. } if method == "PATCH" && path.ends_with("/shardclusters/demo") && body.to_string().contains("/metadata/finalizers")))
+    };
+
+    // Data groups first; the meta group and the finalizer wait for them to be gone.
+    let mut world = deleting();
     world.statefulsets = vec![statefulset(0, 3), statefulset(1, 3), statefulset(2, 3)];
     let out = run(world).await;
-    let deleted: Vec<String> =
-        out.api("DELETE").into_iter().map(|(p, _)| p.rsplit_once("/prod/").unwrap().1.to_string()).collect();
     assert_eq!(
-        deleted,
+        deleted(&out),
         [
-            "poddisruptionbudgets/demo-g2",
-            "services/demo-g2",
-            "statefulsets/demo-g2",
             "poddisruptionbudgets/demo-g1",
             "services/demo-g1",
             "statefulsets/demo-g1",
-            "poddisruptionbudgets/demo-meta",
-            "services/demo-meta",
-            "statefulsets/demo-meta",
-            "services/demo",
+            "poddisruptionbudgets/demo-g2",
+            "services/demo-g2",
+            "statefulsets/demo-g2",
         ]
+    );
+    let error = out.action.as_ref().unwrap_err();
+    assert!(error.contains("deleting demo-g1, demo-g2: the meta group waits until they are gone"), "{error}");
+    assert!(!finalizer_removed(&out));
+    assert!(out.event_reasons().is_empty());
+
+    // Still on their way out: nothing is deleted again, and still the meta group waits.
+    let mut world = deleting();
+    world.statefulsets = vec![statefulset(0, 3), statefulset(2, 3)];
+    world.statefulsets[1]["metadata"]["deletionTimestamp"] = json!("2026-11-23T16:00:01Z");
+    let out = run(world).await;
+    assert_eq!(deleted(&out), Vec::<String>::new());
+    assert!(out.action.as_ref().unwrap_err().contains("deleting demo-g2"));
+
+    // Gone: the meta group, the client Service, the Event, and last the finalizer.
+    let mut world = deleting();
+    world.statefulsets = vec![statefulset(0, 3)];
+    let out = run(world).await;
+    assert_eq!(
+        deleted(&out),
+        ["poddisruptionbudgets/demo-meta", "services/demo-meta", "statefulsets/demo-meta", "services/demo"]
     );
     let last = out.calls.last().unwrap();
     assert!(
