@@ -720,7 +720,7 @@ scenario_tls_rotate() {
   local p before=() restarts_before
   for p in $(node_pods); do before+=("$p=$(served_serial "$p")"); done
   step "serials served before: ${before[*]}"
-  restarts_before="$(kubectl get pods -n "$CLUSTER_NS" -l shardkv.dev/cluster="$CLUSTER" -o jsonpath='{range .items[*]}{.metadata.name}:{.metadata.uid}:{.status.containerStatuses[0].restartCount} {end}')"
+  restarts_before="$(node_pod_incarnations)"
   start_load rotate 180
   wait_load_progress rotate 1000
   local token; token="rotate-$(date +%s)"
@@ -738,11 +738,11 @@ scenario_tls_rotate() {
   # Rotation is not a fault the load may see: no request fails (-min-success 1).
   finish_load rotate -fault "$t0:$t1" -max-gap "$MAX_GAP" -min-success 1
   local restarts_after
-  restarts_after="$(kubectl get pods -n "$CLUSTER_NS" -l shardkv.dev/cluster="$CLUSTER" -o jsonpath='{range .items[*]}{.metadata.name}:{.metadata.uid}:{.status.containerStatuses[0].restartCount} {end}')"
+  restarts_after="$(node_pod_incarnations)"
   [[ "$restarts_after" == "$restarts_before" ]] || fail "pods were restarted or replaced by the rotation: before '$restarts_before', after '$restarts_after'"
   kubectl get events -n "$CLUSTER_NS" --field-selector reason=CertificateRenewed -o name | grep -q . \
     || fail "no CertificateRenewed Event"
-  note "renewed $(( ${#before[@]} )) nodes' certificates in $(( (t1 - t0) / 1000000 )) ms under load"
+  note "renewed ${#before[@]} nodes' certificates in $(( (t1 - t0) / 1000000 )) ms under load"
 }
 
 renewal_token_is() {

@@ -81,9 +81,9 @@ impl ClientTls {
     }
 
     /// TCP, then a TLS handshake verifying the server's certificate names the host connected to
-    /// (or `server_name` when given), then the server's first bytes: with TLS 1.3 the server checks our certificate only after
-    /// our side of the handshake is done, so its refusal (an alert) or its acceptance (its
-    /// HTTP/2 SETTINGS) comes then. Waiting for it makes a refusal a connection error that says
+    /// (or `server_name` when given), then the server's first bytes: with TLS 1.3 the server
+    /// checks our certificate only after our side of the handshake is done, so its refusal (an
+    /// alert) or its acceptance (its HTTP/2 SETTINGS) comes then. Waiting for it makes a refusal a connection error that says
     /// why, before any request is sent.
     async fn connect(self, uri: Uri, server_name: Option<String>) -> io::Result<TokioIo<Accepted>> {
         let invalid = |message: String| io::Error::new(io::ErrorKind::InvalidInput, message);

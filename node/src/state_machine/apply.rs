@@ -303,7 +303,9 @@ impl<'a> ApplyBatch<'a> {
             return Ok(Session::default());
         }
         // Once this batch dropped a shard, the cache may hold sessions RocksDB is about to lose.
-        if let Some(s) = self.cached_sessions.get(key).filter(|_| self.dropped_shards.is_empty()) {
+        if self.dropped_shards.is_empty()
+            && let Some(s) = self.cached_sessions.get(key)
+        {
             return Ok(s.clone());
         }
         match self.db.get_cf(cf(self.db, CF_SESSIONS), key).map_err(io_err)? {
@@ -443,6 +445,15 @@ mod tests {
         result
     }
 
+    /// A put of key `k` as seq 1 of session 7.
+    fn first_put_of_session_7(value: &[u8]) -> Command {
+        Command {
+            session: Some(crate::types::SessionTag { client_id: 7, seq: 1, first_unacked: 1 }),
+            shard: SHARD,
+            op: Op::Put { key: b"k".to_vec(), value: value.to_vec() },
+        }
+    }
+
     /// The session cache never answers for a session RocksDB no longer holds: a shard handed
     /// away and pulled back without its old session executes that session's next write afresh.
     #[test]
@@ -451,15 +462,10 @@ mod tests {
         let db = crate::storage::open_db(dir.path()).unwrap();
         let shared = pulling();
         let mut cache = SessionCache::default();
-        let put = |value: &[u8]| Command {
-            session: Some(crate::types::SessionTag { client_id: 7, seq: 1, first_unacked: 1 }),
-            shard: SHARD,
-            op: Op::Put { key: b"k".to_vec(), value: value.to_vec() },
-        };
         let read = |db: &DB| db.get_cf(cf(db, CF_DATA), data_key(SHARD, b"k")).unwrap();
         assert_eq!(apply_alone(&db, &shared, &mut cache, 1, &chunk(vec![], true)), OpResult::Applied);
-        assert_eq!(apply_alone(&db, &shared, &mut cache, 2, &put(b"first")), OpResult::Put);
-        assert_eq!(apply_alone(&db, &shared, &mut cache, 3, &put(b"retry")), OpResult::Put);
+        assert_eq!(apply_alone(&db, &shared, &mut cache, 2, &first_put_of_session_7(b"first")), OpResult::Put);
+        assert_eq!(apply_alone(&db, &shared, &mut cache, 3, &first_put_of_session_7(b"retry")), OpResult::Put);
         assert_eq!(read(&db).as_deref(), Some(&b"first"[..]), "a retry is answered from the session");
 
         let to = vec![Member { node_id: 9, addr: "127.0.0.1:7200".into() }];
@@ -471,7 +477,7 @@ mod tests {
         let from = vec![Member { node_id: 9, addr: "127.0.0.1:7200".into() }];
         shared.write().unwrap().group.shards.insert(SHARD, ShardState::Pulling { from: 3, members: from });
         assert_eq!(apply_alone(&db, &shared, &mut cache, 5, &chunk(vec![], true)), OpResult::Applied);
-        assert_eq!(apply_alone(&db, &shared, &mut cache, 6, &put(b"again")), OpResult::Put);
+        assert_eq!(apply_alone(&db, &shared, &mut cache, 6, &first_put_of_session_7(b"again")), OpResult::Put);
         assert_eq!(read(&db).as_deref(), Some(&b"again"[..]), "the session came back empty, so seq 1 is new");
     }
 
@@ -482,13 +488,8 @@ mod tests {
         let db = crate::storage::open_db(dir.path()).unwrap();
         let shared = pulling();
         let mut cache = SessionCache::default();
-        let put = |value: &[u8]| Command {
-            session: Some(crate::types::SessionTag { client_id: 7, seq: 1, first_unacked: 1 }),
-            shard: SHARD,
-            op: Op::Put { key: b"k".to_vec(), value: value.to_vec() },
-        };
         assert_eq!(apply_alone(&db, &shared, &mut cache, 1, &chunk(vec![], true)), OpResult::Applied);
-        assert_eq!(apply_alone(&db, &shared, &mut cache, 2, &put(b"first")), OpResult::Put);
+        assert_eq!(apply_alone(&db, &shared, &mut cache, 2, &first_put_of_session_7(b"first")), OpResult::Put);
 
         let members = vec![Member { node_id: 9, addr: "127.0.0.1:7200".into() }];
         shared.write().unwrap().group.shards.insert(SHARD, ShardState::BePulled { to: 3, members: members.clone() });
@@ -497,7 +498,7 @@ mod tests {
         assert_eq!(batch.apply(3, &drop).unwrap(), OpResult::Applied);
         batch.sharding_mut().group.shards.insert(SHARD, ShardState::Pulling { from: 3, members });
         assert_eq!(batch.apply(4, &chunk(vec![], true)).unwrap(), OpResult::Applied);
-        assert_eq!(batch.apply(5, &put(b"again")).unwrap(), OpResult::Put);
+        assert_eq!(batch.apply(5, &first_put_of_session_7(b"again")).unwrap(), OpResult::Put);
         let (write_batch, applied) = batch.finish();
         db.write(write_batch).unwrap();
         applied.publish(&shared, &mut cache);
