@@ -1442,8 +1442,10 @@ release_traffic() {
   rm -f "$SCENARIO_DIR/held"
 }
 
-# pulling_into G: the group's leader is pulling at least one shard in.
-pulling_into() { leader_status "$1" | jq -e 'any(.shards[]; .state == "pulling")' >/dev/null; }
+# A shard moving into the reporting group: copied while its owner still serves it, or pulled.
+MOVING_IN='.state == "copying" or .state == "pulling" or .state == "catching_up"'
+# pulling_into G: the group's leader is copying or pulling at least one shard in.
+pulling_into() { leader_status "$1" | jq -e "any(.shards[]; $MOVING_IN)" >/dev/null; }
 
 # scale_out_group LAST: spec.groups 2 -> 3, and wait until the new group serves its share.
 # Sets NEW_GROUP (its id), STEP_T0 and STEP_T1 (ns) and STEP_C0 and STEP_C1 (the shard maps
@@ -1632,12 +1634,12 @@ scenario_groups_flap() {
   hold_traffic "$(group_pods 1) $(group_pods 2)" "$(kubectl get pods -A -o jsonpath='{.items[*].status.podIP}')" except
   set_groups 3
   g="$(wait_new_group "$last")"
-  wait_until 60 "group $g in the shard map and pulling shards in" pulling_into "$g"
+  wait_until 60 "group $g in the shard map and copying or pulling shards in" pulling_into "$g"
   t_in="$(epoch_ns)"
   set_groups 2
-  pulling="$(leader_status "$g" | jq '[.shards[] | select(.state == "pulling")] | length')"
-  ((pulling > 0)) || fail "group $g was no longer pulling when groups went back to 2"
-  step "groups -> 2 while group $g pulls $pulling shards in"
+  pulling="$(leader_status "$g" | jq "[.shards[] | select($MOVING_IN)] | length")"
+  ((pulling > 0)) || fail "group $g was no longer moving shards in when groups went back to 2"
+  step "groups -> 2 while group $g moves $pulling shards in"
   wait_until 60 "status.groupRemovals lists group $g" skv_is_removing "$g"
   t_release="$(epoch_ns)"
   release_traffic

@@ -51,6 +51,7 @@ pub struct NodeMetrics {
     pub snapshots_installed: Counter,
     pub shards_pulled: Counter,
     pub shard_moved_bytes: Counter,
+    pub shard_copied_bytes: Counter,
     pub startup_log_entries: Gauge,
     fsync_seconds: Histogram,
     fsync_group_size: Histogram,
@@ -80,6 +81,7 @@ impl Default for NodeMetrics {
             snapshots_installed: Counter::default(),
             shards_pulled: Counter::default(),
             shard_moved_bytes: Counter::default(),
+            shard_copied_bytes: Counter::default(),
             startup_log_entries: Gauge::default(),
             fsync_seconds: latency_histogram(),
             fsync_group_size: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
@@ -112,7 +114,12 @@ impl Default for NodeMetrics {
             m.startup_log_entries.clone(),
         );
         r.register("shards_pulled", "Shards this replica pulled in from their previous owner", m.shards_pulled.clone());
-        r.register("shard_moved_bytes", "Bytes of shard data and sessions pulled in", m.shard_moved_bytes.clone());
+        r.register(
+            "shard_moved_bytes",
+            "Bytes pulled from frozen shards (whole or changes)",
+            m.shard_moved_bytes.clone(),
+        );
+        r.register("shard_copied_bytes", "Bytes copied from shards still served", m.shard_copied_bytes.clone());
         r.register("wal_fsync_seconds", "Latency of one group-commit WAL fsync", m.fsync_seconds.clone());
         r.register("wal_fsync_group_size", "Log appends made durable by one fsync", m.fsync_group_size.clone());
         r.register("snapshot_build_seconds", "Time to write a snapshot file", m.snapshot_build_seconds.clone());

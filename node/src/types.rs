@@ -68,6 +68,27 @@ pub enum Op {
     /// the one it joined in, owning nothing (see `GroupShards::start_after`).
     StartAfter { baseline: Config },
     // New variants go last: stored logs and snapshots encode a variant by its position.
+    /// Data group, previous owner: its new owner at `config_num` is copying `Command::shard`
+    /// while this group still serves it, so every key written to it from now on is recorded,
+    /// for the new owner to pull once the shard is frozen.
+    TrackChanges { config_num: u64 },
+    /// Data group, new owner: start (or start over) a copy of `Command::shard` ahead of the move
+    /// at `config_num`, deleting what this replica holds of it.
+    BeginCopy { config_num: u64 },
+    /// A slice of that copy's data.
+    CopyChunk { config_num: u64, data: Vec<Record> },
+    /// The copy is whole.
+    FinishCopy { config_num: u64 },
+    /// Data group, new owner: what the previous owner changed in `Command::shard` since the copy
+    /// (current values, and `deleted` user keys), with the shard's sessions; `last` marks the
+    /// end, after which the shard serves.
+    InstallChanges {
+        config_num: u64,
+        data: Vec<Record>,
+        deleted: Vec<serde_bytes::ByteBuf>,
+        sessions: Vec<Record>,
+        last: bool,
+    },
 }
 
 /// A key and value moved with a shard (data item, or a session keyed by client id).
@@ -143,6 +164,20 @@ impl std::fmt::Display for Command {
             Op::DropShard { config_num } => write!(f, "drop shard={} config={config_num}", self.shard)?,
             Op::SessionClock { now_ms, expiry_ms } => write!(f, "session clock now_ms={now_ms} expiry_ms={expiry_ms}")?,
             Op::StartAfter { baseline } => write!(f, "start after config={}", baseline.num)?,
+            Op::TrackChanges { config_num } => write!(f, "track changes shard={} config={config_num}", self.shard)?,
+            Op::BeginCopy { config_num } => write!(f, "begin copy shard={} config={config_num}", self.shard)?,
+            Op::CopyChunk { config_num, data } => {
+                write!(f, "copy shard={} config={config_num} items={}", self.shard, data.len())?
+            }
+            Op::FinishCopy { config_num } => write!(f, "finish copy shard={} config={config_num}", self.shard)?,
+            Op::InstallChanges { config_num, data, deleted, sessions, last } => write!(
+                f,
+                "install changes shard={} config={config_num} items={} deleted={} sessions={} last={last}",
+                self.shard,
+                data.len(),
+                deleted.len(),
+                sessions.len()
+            )?,
         }
         if let Some(s) = &self.session {
             write!(f, " client={} seq={}", s.client_id, s.seq)?;

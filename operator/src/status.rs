@@ -24,7 +24,6 @@ use crate::plan::MetaStep;
 use crate::plan::Removal;
 use crate::plan::RemovalPhase;
 use crate::plan::RolloutStep;
-use crate::plan::ShardState;
 use crate::resources::META_GROUP;
 
 pub const AVAILABLE: &str = "Available";
@@ -339,7 +338,7 @@ pub fn build(observed: &Observed<'_>) -> ShardClusterStatus {
         ready_replicas: groups.iter().map(|g| g.ready_replicas).sum(),
         operation: summary(observed.paused, &operations, &group_removals, observed.rollout),
         rollout: Some(rollout_status(observed)),
-        shards_in_flight: held_shards(observed).filter(|(_, s)| s.state == ShardState::Pulling).count() as u32,
+        shards_in_flight: held_shards(observed).filter(|(_, s)| s.moving_in()).count() as u32,
         groups,
         operations,
         group_removals,
@@ -370,7 +369,7 @@ fn removals(observed: &Observed<'_>) -> Vec<GroupRemovalStatus> {
             let previous = observed.previous.and_then(|p| p.group_removals.iter().find(|r| r.group_id == id)).cloned();
             let mut moves = previous.as_ref().map(|p| p.moves.clone()).unwrap_or_default();
             for (to_group, shard) in held_shards(observed).filter(|(_, s)| s.peer_group == id) {
-                if shard.state != ShardState::Pulling {
+                if !shard.moving_in() {
                     continue;
                 }
                 match moves.iter_mut().find(|m| m.shard == shard.shard && m.to_group == to_group) {

@@ -98,7 +98,10 @@ impl AdminService {
                     state: state.name().to_string(),
                     peer_group: match state {
                         ShardState::Serving => 0,
-                        ShardState::Pulling { from, .. } => *from,
+                        ShardState::Pulling { from, .. }
+                        | ShardState::CatchingUp { from, .. }
+                        | ShardState::Copying { from, .. }
+                        | ShardState::Copied { from, .. } => *from,
                         ShardState::BePulled { to, .. } => *to,
                     },
                     moved_items: progress.items,

@@ -1,13 +1,21 @@
 //! The one task per data group that moves its shards, run by the group's leader: start a new
-//! group at the config it joined in; fetch the next config once every shard has settled and
-//! propose it; pull shards that moved in; delete shards that moved out once their new owner
-//! (or a later one) has them. Every step is proposed through Raft and fenced by config number,
-//! so a new leader simply picks up where the state says.
+//! group at the config it joined in; fetch the next config once every shard has settled; copy
+//! the shards it gains while their owners still serve them, and wait for the groups it gives
+//! shards to do the same; then propose the config; pull what changed in the shards that moved
+//! in since their copy (or all of them, without one); delete shards that moved out once their
+//! new owner (or a later one) has them. Every step is proposed through Raft and fenced by
+//! config number, so a new leader simply picks up where the state says.
+//!
+//! Writes to a moving shard are refused only between its owner applying the config (which
+//! freezes it) and its new owner installing the changes since the copy: a short time whatever
+//! the shard's size.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -16,6 +24,7 @@ use openraft::ServerState;
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::ClientWriteError;
 use openraft::error::RaftError;
+use serde_bytes::ByteBuf;
 use shardkv_proto::v1::PullShardRequest;
 use shardkv_proto::v1::QueryRequest;
 use shardkv_proto::v1::ShardChunk;
@@ -28,6 +37,7 @@ use tonic::transport::Channel;
 
 use super::GroupShards;
 use super::ShardState;
+use super::Transfer;
 use super::confirm::witnesses;
 use crate::context::NodeContext;
 use crate::meta::Config;
@@ -39,6 +49,7 @@ use crate::network::MAX_MESSAGE_BYTES;
 use crate::network::channels::Channels;
 use crate::state_machine::records::RecordError;
 use crate::state_machine::records::check_chunk;
+use crate::state_machine::records::check_deleted;
 use crate::types::Command;
 use crate::types::Op;
 use crate::types::OpResult;
@@ -54,6 +65,10 @@ const POLL: Duration = Duration::from_millis(100);
 const MOVE_RETRY: Duration = Duration::from_millis(20);
 /// Chunks of one pull proposed to Raft at the same time.
 const CHUNKS_IN_FLIGHT: usize = 4;
+/// How long a group waits for the shards the next config moves in or out to be copied before
+/// it applies that config anyway: the moves then pull whole shards, frozen for the whole pull.
+/// Reached only when a peer is down, far behind, or runs a version without copies.
+const COPY_WAIT: Duration = Duration::from_secs(120);
 
 /// What the group's leader does next, decided from the replicated shard state alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,16 +77,9 @@ pub enum Plan {
     Start,
     /// Every shard has settled: look for config `num` in the meta group.
     FetchConfig { num: u64 },
-    /// Shards are moving at `config_num`: pull these in, hand those off.
-    Move { config_num: u64, pulls: Vec<Transfer>, handoffs: Vec<Transfer> },
-}
-
-/// One shard moving between this group and `group`, whose replicas are `members`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transfer {
-    pub shard: ShardId,
-    pub group: GroupId,
-    pub members: Vec<Member>,
+    /// Shards are moving at `config_num`: pull these in (whole, or the changes since their
+    /// copy), hand those off.
+    Move { config_num: u64, pulls: Vec<Transfer>, catch_ups: Vec<Transfer>, handoffs: Vec<Transfer> },
 }
 
 pub fn plan(group: &GroupShards) -> Plan {
@@ -81,19 +89,22 @@ pub fn plan(group: &GroupShards) -> Plan {
     if group.settled() {
         return Plan::FetchConfig { num: group.config_num() + 1 };
     }
-    let (mut pulls, mut handoffs) = (Vec::new(), Vec::new());
+    let (mut pulls, mut catch_ups, mut handoffs) = (Vec::new(), Vec::new(), Vec::new());
     for (&shard, state) in &group.shards {
         match state {
-            ShardState::Serving => {}
+            ShardState::Serving | ShardState::Copying { .. } | ShardState::Copied { .. } => {}
             ShardState::Pulling { from, members } => {
                 pulls.push(Transfer { shard, group: *from, members: members.clone() })
+            }
+            ShardState::CatchingUp { from, members } => {
+                catch_ups.push(Transfer { shard, group: *from, members: members.clone() })
             }
             ShardState::BePulled { to, members } => {
                 handoffs.push(Transfer { shard, group: *to, members: members.clone() })
             }
         }
     }
-    Plan::Move { config_num: group.config_num(), pulls, handoffs }
+    Plan::Move { config_num: group.config_num(), pulls, catch_ups, handoffs }
 }
 
 /// Why a step of the driver did not happen; it is retried.
@@ -115,6 +126,10 @@ pub enum MoveError {
     PullBroken { shard: ShardId, message: String },
     #[error("pulling shard {shard}: the previous owner sent a chunk that cannot install: {source}")]
     BadChunk { shard: ShardId, source: RecordError },
+    #[error("copying shard {shard} ahead of config {config_num}: {refusals}")]
+    CopyRefused { shard: ShardId, config_num: u64, refusals: Refusals },
+    #[error("waiting for group {group} to copy shard {shard} before freezing it for config {config_num}: {refusals}")]
+    NotCopiedYet { shard: ShardId, group: GroupId, config_num: u64, refusals: Refusals },
     #[error(
         "handing off shard {shard} (config {config_num}): neither the new owner nor a later one confirms it installed: {refusals}"
     )]
@@ -155,11 +170,13 @@ pub struct Driver {
     meta_endpoints: Vec<String>,
     channels: Channels,
     later: Mutex<LaterConfigs>,
+    /// The config whose moves are being copied ahead, and since when.
+    copying_since: Mutex<Option<(u64, Instant)>>,
 }
 
 impl Driver {
     pub fn new(ctx: Arc<NodeContext>, meta_endpoints: Vec<String>, channels: Channels) -> Self {
-        Self { ctx, meta_endpoints, channels, later: Mutex::default() }
+        Self { ctx, meta_endpoints, channels, later: Mutex::default(), copying_since: Mutex::default() }
     }
 
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
@@ -176,11 +193,11 @@ impl Driver {
             }
             let before = self.ctx.sharding().group;
             let outcome = match plan(&before) {
-                Plan::Start => self.start(before.group).await.map_err(|e| vec![e]),
-                Plan::FetchConfig { num } => self.next_config(num).await.map_err(|e| vec![e]),
-                Plan::Move { config_num, pulls, handoffs } => {
+                Plan::Start => self.start(before.group).await,
+                Plan::FetchConfig { num } => self.next_config(num).await,
+                Plan::Move { config_num, pulls, catch_ups, handoffs } => {
                     pause = MOVE_RETRY;
-                    self.move_shards(config_num, &pulls, &handoffs).await
+                    self.move_shards(config_num, &pulls, &catch_ups, &handoffs).await
                 }
             };
             // A step that changed the shard state is followed at once by the next one.
@@ -204,17 +221,22 @@ impl Driver {
     /// Starts a group that has applied no config, so it never waits on moves of an earlier
     /// membership of its id that finished long ago. Outside the latest config, it starts after
     /// it: every later config is this group's to apply, a join and leave that follow included.
-    /// In the latest config, it starts right before the config it joined in.
-    async fn start(&self, group: GroupId) -> Result<(), MoveError> {
-        let latest = self.fetch_latest().await?;
+    /// In the latest config, it starts right before the config it joined in, and applies that
+    /// one as any next config (a start after config 0 looks like no start at all).
+    async fn start(&self, group: GroupId) -> Result<(), Vec<MoveError>> {
+        let latest = self.fetch_latest().await.map_err(|e| vec![e])?;
         if !latest.groups.contains_key(&group) {
-            return self.propose_config(latest.num, Op::StartAfter { baseline: latest }).await;
+            return self.propose_config(latest.num, Op::StartAfter { baseline: latest }).await.map_err(|e| vec![e]);
         }
         let mut joined = latest;
         let baseline = loop {
             let before = match joined.num - 1 {
                 0 => Config::initial(self.ctx.shards),
-                num => self.fetch_config(num).await?.ok_or(MoveError::MissingConfig { num })?,
+                num => self
+                    .fetch_config(num)
+                    .await
+                    .and_then(|c| c.ok_or(MoveError::MissingConfig { num }))
+                    .map_err(|e| vec![e])?,
             };
             if !before.groups.contains_key(&group) {
                 break before;
@@ -222,13 +244,120 @@ impl Driver {
             joined = before;
         };
         tracing::info!(config = joined.num, "this group joined in this config; starting there");
-        self.propose_config(baseline.num, Op::StartAfter { baseline }).await?;
-        self.propose_config(joined.num, Op::ApplyConfig { config: joined }).await
+        self.propose_config(baseline.num, Op::StartAfter { baseline }).await.map_err(|e| vec![e])?;
+        self.apply_next(joined).await
     }
 
-    async fn next_config(&self, num: u64) -> Result<(), MoveError> {
-        let Some(config) = self.fetch_config(num).await? else { return Ok(()) };
-        self.propose_config(num, Op::ApplyConfig { config }).await
+    /// Applies config `num` once it exists and its moves are copied ahead (or `COPY_WAIT` has
+    /// passed).
+    async fn next_config(&self, num: u64) -> Result<(), Vec<MoveError>> {
+        match self.fetch_config(num).await {
+            Ok(Some(config)) => self.apply_next(config).await,
+            Ok(None) => Ok(()),
+            Err(e) => Err(vec![e]),
+        }
+    }
+
+    async fn apply_next(&self, config: Config) -> Result<(), Vec<MoveError>> {
+        self.copy_ahead(&config).await?;
+        let num = config.num;
+        self.propose_config(num, Op::ApplyConfig { config }).await.map_err(|e| vec![e])
+    }
+
+    /// Copies the shards `next` moves into this group while their owners serve them, and checks
+    /// that the groups `next` moves this group's shards to have copied them. Ok once both are
+    /// done, or `COPY_WAIT` after the first try for this config.
+    async fn copy_ahead(&self, next: &Config) -> Result<(), Vec<MoveError>> {
+        let since = {
+            let mut slot = self.copying_since();
+            match *slot {
+                Some((num, at)) if num == next.num => at,
+                _ => slot.insert((next.num, Instant::now())).1,
+            }
+        };
+        if since.elapsed() >= COPY_WAIT {
+            tracing::warn!(
+                config = next.num,
+                "shards of this config were not copied ahead in time; applying it, moving them whole"
+            );
+            return Ok(());
+        }
+        let group = self.ctx.sharding().group;
+        let copies =
+            group.incoming(next).into_iter().filter(|t| !group.ready_for(next.num, t.shard)).collect::<Vec<_>>();
+        let copied = futures::future::join_all(copies.iter().map(|t| self.copy(next.num, t))).await;
+        let mut errors: Vec<MoveError> = copied.into_iter().filter_map(Result::err).collect();
+        let outgoing = group.outgoing(next);
+        let ready = futures::future::join_all(outgoing.iter().map(|t| self.copied_there(next.num, t))).await;
+        errors.extend(ready.into_iter().filter_map(Result::err));
+        if errors.is_empty() { Ok(()) } else { Err(errors) }
+    }
+
+    fn copying_since(&self) -> std::sync::MutexGuard<'_, Option<(u64, Instant)>> {
+        self.copying_since.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Copies one shard from its owner, which keeps serving it, ahead of the move at
+    /// `config_num`. Done too (with nothing copied) when the owner can no longer be copied from:
+    /// the shard is then pulled whole.
+    async fn copy(&self, config_num: u64, transfer: &Transfer) -> Result<(), MoveError> {
+        let shard = transfer.shard;
+        let request =
+            PullShardRequest { cluster_id: self.ctx.scope.cluster_id.clone(), config_num, shard, changes_only: false };
+        let stream = first_answer(&self.channels, addrs(&transfer.members), |channel| {
+            let request = request.clone();
+            async move {
+                let mut client = MigrationClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+                match client.copy_shard(request).await {
+                    Ok(response) => Ok(Some(response.into_inner())),
+                    Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+                        tracing::info!(
+                            shard,
+                            config = config_num,
+                            reason = status.message(),
+                            "no copy ahead of the move"
+                        );
+                        Ok(None)
+                    }
+                    Err(status) => Err(status.message().to_string()),
+                }
+            }
+        })
+        .await
+        .map_err(|refusals| MoveError::CopyRefused { shard, config_num, refusals })?;
+        let Some(stream) = stream else { return Ok(()) };
+        self.expect_applied(shard, Op::BeginCopy { config_num }).await?;
+        self.receive(config_num, shard, Pull::Copy, stream).await
+    }
+
+    /// Whether this group may freeze `transfer.shard` for the group `next` gives it to: that
+    /// group holds a whole copy, has applied the config, or none of its replicas answers (a
+    /// group that is down copies nothing; it pulls the shard whole once it is back).
+    async fn copied_there(&self, config_num: u64, transfer: &Transfer) -> Result<(), MoveError> {
+        let shard = transfer.shard;
+        let cluster_id = self.ctx.scope.cluster_id.clone();
+        let request = ShardInstalledRequest { cluster_id, config_num, shard, group_id: transfer.group };
+        let answered = AtomicBool::new(false);
+        let ready = first_answer(&self.channels, addrs(&transfer.members), |channel| {
+            let (request, answered) = (request.clone(), &answered);
+            async move {
+                let response = MigrationClient::new(channel)
+                    .shard_installed(request)
+                    .await
+                    .map_err(|s| s.message().to_string())?;
+                answered.store(true, Ordering::Relaxed);
+                if response.into_inner().ready { Ok(()) } else { Err("no whole copy yet".to_string()) }
+            }
+        })
+        .await;
+        match ready {
+            Ok(()) => Ok(()),
+            Err(refusals) if !answered.load(Ordering::Relaxed) => {
+                tracing::info!(shard, config = config_num, group = transfer.group, %refusals, "the next owner does not answer; freezing the shard without a copy there");
+                Ok(())
+            }
+            Err(refusals) => Err(MoveError::NotCopiedYet { shard, group: transfer.group, config_num, refusals }),
+        }
     }
 
     async fn propose_config(&self, num: u64, op: Op) -> Result<(), MoveError> {
@@ -273,21 +402,29 @@ impl Driver {
         &self,
         config_num: u64,
         pulls: &[Transfer],
+        catch_ups: &[Transfer],
         handoffs: &[Transfer],
     ) -> Result<(), Vec<MoveError>> {
-        let pulls = futures::future::join_all(pulls.iter().map(|t| self.pull(config_num, t)));
+        let whole = pulls.iter().map(|t| (Pull::Whole, t));
+        let changes = catch_ups.iter().map(|t| (Pull::Changes, t));
+        let pulls = futures::future::join_all(whole.chain(changes).map(|(kind, t)| self.pull(config_num, kind, t)));
         let handoffs = futures::future::join_all(handoffs.iter().map(|t| self.hand_off(config_num, t)));
         let (pulled, handed) = futures::join!(pulls, handoffs);
         let errors: Vec<MoveError> = pulled.into_iter().chain(handed).filter_map(Result::err).collect();
         if errors.is_empty() { Ok(()) } else { Err(errors) }
     }
 
-    /// Pulls one shard from a replica of its previous owner and proposes it chunk by chunk;
-    /// the final entry makes it serve. Restarting a pull rewrites the same data, so a pull cut
-    /// short by a failure or a leader change is simply done again.
-    async fn pull(&self, config_num: u64, transfer: &Transfer) -> Result<(), MoveError> {
+    /// Pulls one shard (or its changes since a copy) from a replica of its previous owner and
+    /// proposes it chunk by chunk; the final entry makes it serve. Restarting a pull rewrites
+    /// the same data, so a pull cut short by a failure or a leader change is simply done again.
+    async fn pull(&self, config_num: u64, kind: Pull, transfer: &Transfer) -> Result<(), MoveError> {
         let shard = transfer.shard;
-        let request = PullShardRequest { cluster_id: self.ctx.scope.cluster_id.clone(), config_num, shard };
+        let request = PullShardRequest {
+            cluster_id: self.ctx.scope.cluster_id.clone(),
+            config_num,
+            shard,
+            changes_only: kind == Pull::Changes,
+        };
         let stream = first_answer(&self.channels, addrs(&transfer.members), |channel| {
             let request = request.clone();
             async move {
@@ -297,41 +434,62 @@ impl Driver {
         })
         .await
         .map_err(|refusals| MoveError::PullRefused { shard, config_num, refusals })?;
-        let started = std::time::Instant::now();
+        self.receive(config_num, shard, kind, stream).await
+    }
+
+    /// Proposes every chunk of `stream` in order of arrival, a few at a time, then the entry
+    /// that ends the stream, and counts what was received.
+    async fn receive(
+        &self,
+        config_num: u64,
+        shard: ShardId,
+        kind: Pull,
+        stream: tonic::Streaming<ShardChunk>,
+    ) -> Result<(), MoveError> {
+        let started = Instant::now();
         self.ctx.moves.clear(shard);
         stream
             .map_err(|s| MoveError::PullBroken { shard, message: s.message().to_string() })
-            .map_ok(|chunk| self.install(config_num, shard, chunk))
+            .map_ok(|chunk| self.install(config_num, shard, kind, chunk))
             .try_buffer_unordered(CHUNKS_IN_FLIGHT)
             .try_collect::<()>()
             .await?;
-        let done = Op::InstallChunk { config_num, data: Vec::new(), sessions: Vec::new(), last: true };
-        self.expect_applied(shard, done).await?;
-        let moved = self.ctx.moves.snapshot().get(&shard).copied().unwrap_or_default();
+        self.expect_applied(shard, kind.last(config_num)).await?;
+        let received = self.ctx.moves.snapshot().get(&shard).copied().unwrap_or_default();
         self.ctx.moves.clear(shard);
-        self.ctx.metrics.shard_moved_bytes.inc_by(moved.bytes);
-        self.ctx.metrics.shards_pulled.inc();
+        let metrics = &self.ctx.metrics;
+        if kind == Pull::Copy {
+            metrics.shard_copied_bytes.inc_by(received.bytes);
+        } else {
+            metrics.shard_moved_bytes.inc_by(received.bytes);
+            metrics.shards_pulled.inc();
+        }
         tracing::info!(
             shard,
             config = config_num,
-            items = moved.items,
-            bytes = moved.bytes,
+            items = received.items,
+            bytes = received.bytes,
             ms = started.elapsed().as_millis() as u64,
-            "pulled a shard"
+            "{}",
+            kind.done()
         );
         Ok(())
     }
 
-    async fn install(&self, config_num: u64, shard: ShardId, chunk: ShardChunk) -> Result<(), MoveError> {
+    async fn install(&self, config_num: u64, shard: ShardId, kind: Pull, chunk: ShardChunk) -> Result<(), MoveError> {
         let records = |list: Vec<shardkv_proto::v1::ShardRecord>| -> Vec<Record> {
             list.into_iter().map(|r| Record { key: r.key, value: r.value }).collect()
         };
-        let items = (chunk.data.len() + chunk.sessions.len()) as u64;
-        let bytes: usize = chunk.data.iter().chain(&chunk.sessions).map(|r| r.key.len() + r.value.len()).sum();
+        let items = (chunk.data.len() + chunk.sessions.len() + chunk.deleted.len()) as u64;
+        let bytes: usize = chunk.data.iter().chain(&chunk.sessions).map(|r| r.key.len() + r.value.len()).sum::<usize>()
+            + chunk.deleted.iter().map(Vec::len).sum::<usize>();
         let (data, sessions) = (records(chunk.data), records(chunk.sessions));
+        let deleted: Vec<ByteBuf> = chunk.deleted.into_iter().map(ByteBuf::from).collect();
         // A chunk apply would refuse is not proposed at all.
-        check_chunk(&data, &sessions).map_err(|source| MoveError::BadChunk { shard, source })?;
-        self.expect_applied(shard, Op::InstallChunk { config_num, data, sessions, last: false }).await?;
+        check_chunk(&data, &sessions)
+            .and_then(|_| check_deleted(&deleted))
+            .map_err(|source| MoveError::BadChunk { shard, source })?;
+        self.expect_applied(shard, kind.op(config_num, data, deleted, sessions, false)).await?;
         self.ctx.moves.add(shard, items, bytes as u64);
         Ok(())
     }
@@ -431,6 +589,43 @@ impl Driver {
     }
 }
 
+/// What a stream of chunks from a shard's owner holds, and so which entry installs each chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pull {
+    /// A copy taken while the owner still serves the shard (data only).
+    Copy,
+    /// The whole frozen shard.
+    Whole,
+    /// The keys changed since the copy, and the sessions.
+    Changes,
+}
+
+impl Pull {
+    fn op(self, config_num: u64, data: Vec<Record>, deleted: Vec<ByteBuf>, sessions: Vec<Record>, last: bool) -> Op {
+        match self {
+            Pull::Copy => Op::CopyChunk { config_num, data },
+            Pull::Whole => Op::InstallChunk { config_num, data, sessions, last },
+            Pull::Changes => Op::InstallChanges { config_num, data, deleted, sessions, last },
+        }
+    }
+
+    fn done(self) -> &'static str {
+        match self {
+            Pull::Copy => "copied a shard while its owner serves it",
+            Pull::Whole => "pulled a shard",
+            Pull::Changes => "pulled a shard's changes since its copy",
+        }
+    }
+
+    /// The entry that ends a stream of this kind.
+    fn last(self, config_num: u64) -> Op {
+        match self {
+            Pull::Copy => Op::FinishCopy { config_num },
+            kind => kind.op(config_num, Vec::new(), Vec::new(), Vec::new(), true),
+        }
+    }
+}
+
 fn addrs(members: &[Member]) -> impl Iterator<Item = &str> {
     members.iter().map(|m| m.addr.as_str())
 }
@@ -488,11 +683,14 @@ mod tests {
         group.shards.insert(0, ShardState::Serving);
         group.shards.insert(1, ShardState::Pulling { from: 2, members: members(2) });
         group.shards.insert(2, ShardState::BePulled { to: 3, members: members(3) });
+        group.shards.insert(3, ShardState::CatchingUp { from: 2, members: members(2) });
+        group.shards.insert(4, ShardState::Copied { config_num: 4, from: 2 });
         assert_eq!(
             plan(&group),
             Plan::Move {
                 config_num: 3,
                 pulls: vec![Transfer { shard: 1, group: 2, members: members(2) }],
+                catch_ups: vec![Transfer { shard: 3, group: 2, members: members(2) }],
                 handoffs: vec![Transfer { shard: 2, group: 3, members: members(3) }],
             }
         );

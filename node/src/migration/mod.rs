@@ -12,3 +12,4 @@ pub use shard_state::Admission;
 pub use shard_state::ConfigRefusal;
 pub use shard_state::GroupShards;
 pub use shard_state::ShardState;
+pub use shard_state::Transfer;

@@ -22,6 +22,15 @@ pub enum ShardState {
     /// Owned in the previous config, by `to` now: frozen until `to` confirms it installed it,
     /// then deleted.
     BePulled { to: GroupId, members: Vec<Member> },
+    // New variants go last: stored states encode a variant by its position.
+    /// Not owned yet: a copy is being taken from `from`, which still serves it, ahead of the
+    /// move to this group at `config_num`.
+    Copying { config_num: u64, from: GroupId },
+    /// Not owned yet: a whole copy taken from `from` ahead of the move at `config_num`.
+    Copied { config_num: u64, from: GroupId },
+    /// Owned in the current config, copied from `from` while it still served it: the leader
+    /// pulls only the keys `from` changed since the copy, and the sessions.
+    CatchingUp { from: GroupId, members: Vec<Member> },
 }
 
 impl ShardState {
@@ -30,7 +39,15 @@ impl ShardState {
             ShardState::Serving => "serving",
             ShardState::Pulling { .. } => "pulling",
             ShardState::BePulled { .. } => "be_pulled",
+            ShardState::Copying { .. } => "copying",
+            ShardState::Copied { .. } => "copied",
+            ShardState::CatchingUp { .. } => "catching_up",
         }
+    }
+
+    /// A copy taken ahead of a move: the shard is not this group's yet.
+    fn is_copy(&self) -> bool {
+        matches!(self, ShardState::Copying { .. } | ShardState::Copied { .. })
     }
 }
 
@@ -58,6 +75,14 @@ pub enum ConfigRefusal {
     /// A group may start only after a config it is not in: it would otherwise own shards it
     /// never received.
     MemberAtStart { config: u64 },
+}
+
+/// One shard moving between this group and `group`, whose replicas are `members`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transfer {
+    pub shard: ShardId,
+    pub group: GroupId,
+    pub members: Vec<Member>,
 }
 
 /// The replicated shard state of a data group.
@@ -112,14 +137,17 @@ impl GroupShards {
     pub fn admission(&self, shard: ShardId) -> Admission {
         match self.shards.get(&shard) {
             Some(ShardState::Serving) => Admission::Serve,
-            Some(ShardState::Pulling { .. }) => Admission::MovingIn,
-            Some(ShardState::BePulled { .. }) | None => Admission::WrongGroup { config_num: self.config.num },
+            Some(ShardState::Pulling { .. } | ShardState::CatchingUp { .. }) => Admission::MovingIn,
+            Some(ShardState::BePulled { .. } | ShardState::Copying { .. } | ShardState::Copied { .. }) | None => {
+                Admission::WrongGroup { config_num: self.config.num }
+            }
         }
     }
 
-    /// Every shard has finished moving: the next config may be applied.
+    /// Every shard has finished moving: the next config may be applied. Copies taken ahead of
+    /// the next config's moves are not moves yet.
     pub fn settled(&self) -> bool {
-        self.shards.values().all(|state| *state == ShardState::Serving)
+        self.shards.values().all(|state| *state == ShardState::Serving || state.is_copy())
     }
 
     pub fn serving(&self) -> impl Iterator<Item = ShardId> + '_ {
@@ -127,18 +155,26 @@ impl GroupShards {
     }
 
     /// Moves to `next`, which must be the config after the current one, with every shard
-    /// settled. Shards gained from another group start Pulling; shards gained from nobody (the
-    /// first config) start Serving empty; shards lost become BePulled.
-    pub fn apply_config(&mut self, next: Config) -> Result<(), ConfigRefusal> {
+    /// settled. Shards gained from another group start Pulling, or CatchingUp when a whole copy
+    /// was taken ahead of this config from that group; shards gained from nobody (the first
+    /// config) start Serving empty; shards lost become BePulled. Returns the shards whose local
+    /// copies no longer count (a copy cut short, or taken for another move) and must be deleted.
+    pub fn apply_config(&mut self, next: Config) -> Result<Vec<ShardId>, ConfigRefusal> {
         if next.num != self.config.num + 1 {
             return Err(ConfigRefusal::OutOfOrder { current: self.config.num, offered: next.num });
         }
         if !self.settled() {
             return Err(ConfigRefusal::Unsettled);
         }
+        let copies: BTreeMap<ShardId, ShardState> = {
+            let (copies, owned) = std::mem::take(&mut self.shards).into_iter().partition(|(_, s)| s.is_copy());
+            self.shards = owned;
+            copies
+        };
         let me = Some(self.group);
         let previous = &self.config;
         let mut changes = Vec::new();
+        let mut discarded: Vec<ShardId> = copies.keys().copied().collect();
         for shard in 0..next.shards.len() as ShardId {
             let before = previous.shards.get(shard as usize).copied().flatten();
             let after = next.shards[shard as usize];
@@ -146,7 +182,16 @@ impl GroupShards {
                 (true, true) => continue,
                 (false, true) => match before {
                     None => ShardState::Serving,
-                    Some(from) => ShardState::Pulling { from, members: members_of(previous, from) },
+                    Some(from) => {
+                        let members = members_of(previous, from);
+                        let copied = ShardState::Copied { config_num: next.num, from };
+                        if copies.get(&shard) == Some(&copied) {
+                            discarded.retain(|&s| s != shard);
+                            ShardState::CatchingUp { from, members }
+                        } else {
+                            ShardState::Pulling { from, members }
+                        }
+                    }
                 },
                 (true, false) => match after {
                     Some(to) => ShardState::BePulled { to, members: members_of(&next, to) },
@@ -160,7 +205,86 @@ impl GroupShards {
         }
         self.shards.extend(changes);
         self.config = next;
-        Ok(())
+        Ok(discarded)
+    }
+
+    /// The shards `next`, the config after the current one, gives this group from another
+    /// group, with that group's replicas now: what to copy before applying it.
+    pub fn incoming(&self, next: &Config) -> Vec<Transfer> {
+        self.moves_to(next, |before, after| (after == self.group && before != self.group).then_some(before))
+            .map(|(shard, from)| Transfer { shard, group: from, members: members_of(&self.config, from) })
+            .collect()
+    }
+
+    /// The shards `next` takes from this group to another one, with that group's replicas in
+    /// `next`: what must be copied there before this group applies it and freezes them.
+    pub fn outgoing(&self, next: &Config) -> Vec<Transfer> {
+        self.moves_to(next, |before, after| (before == self.group && after != self.group).then_some(after))
+            .map(|(shard, to)| Transfer { shard, group: to, members: members_of(next, to) })
+            .collect()
+    }
+
+    /// Each shard owned by a group in both the current config and `next` (when it is the config
+    /// after the current one) for which `pick` names a group.
+    fn moves_to<'a>(
+        &'a self,
+        next: &'a Config,
+        pick: impl Fn(GroupId, GroupId) -> Option<GroupId> + 'a,
+    ) -> impl Iterator<Item = (ShardId, GroupId)> + 'a {
+        let in_order = next.num == self.config.num + 1;
+        let owners = self.config.shards.iter().zip(&next.shards).take(if in_order { usize::MAX } else { 0 });
+        owners.enumerate().filter_map(move |(shard, owners)| match owners {
+            (Some(before), Some(after)) => pick(*before, *after).map(|group| (shard as ShardId, group)),
+            _ => None,
+        })
+    }
+
+    /// Starts (or restarts) a copy of `shard` ahead of the move to this group at `config_num`,
+    /// the next config, from the group that owns it now. False, and nothing changes, when the
+    /// shard is this group's already or `config_num` is not the next config. On true, whatever
+    /// this replica holds of the shard must be deleted before the copy is written.
+    pub fn begin_copy(&mut self, config_num: u64, shard: ShardId) -> bool {
+        let owner = self.config.shards.get(shard as usize).copied().flatten();
+        let Some(from) = owner.filter(|&g| g != self.group) else { return false };
+        let fresh = match self.shards.get(&shard) {
+            None => true,
+            Some(state) => state.is_copy(),
+        };
+        if config_num != self.config.num + 1 || !fresh {
+            return false;
+        }
+        self.shards.insert(shard, ShardState::Copying { config_num, from });
+        true
+    }
+
+    /// Whether a chunk of a copy of `shard` for the move at `config_num` may be written now.
+    pub fn accepts_copy(&self, config_num: u64, shard: ShardId) -> bool {
+        matches!(self.shards.get(&shard), Some(ShardState::Copying { config_num: c, .. }) if *c == config_num)
+    }
+
+    /// The whole copy of `shard` for the move at `config_num` is written. False for a stale or
+    /// repeated completion.
+    pub fn finish_copy(&mut self, config_num: u64, shard: ShardId) -> bool {
+        let Some(ShardState::Copying { config_num: c, from }) = self.shards.get(&shard) else { return false };
+        if *c != config_num {
+            return false;
+        }
+        let from = *from;
+        self.shards.insert(shard, ShardState::Copied { config_num, from });
+        true
+    }
+
+    /// Whether the previous owner of `shard` may freeze it for the move at `config_num`: this
+    /// group holds a whole copy for that move, or has applied that config already (and pulls
+    /// whatever it lacks).
+    pub fn ready_for(&self, config_num: u64, shard: ShardId) -> bool {
+        self.config.num >= config_num
+            || matches!(self.shards.get(&shard), Some(ShardState::Copied { config_num: c, .. }) if *c == config_num)
+    }
+
+    /// Whether the changes made to `shard` since its copy may be written now.
+    pub fn accepts_changes(&self, config_num: u64, shard: ShardId) -> bool {
+        config_num == self.config.num && matches!(self.shards.get(&shard), Some(ShardState::CatchingUp { .. }))
     }
 
     /// Starts a group that has applied no config (its data is new or was wiped) right after
@@ -182,13 +306,13 @@ impl GroupShards {
         Ok(())
     }
 
-    /// The last chunk of a pulled shard was applied: the shard serves from now on. False (and
-    /// nothing changes) for a stale or repeated completion.
+    /// The last chunk of a pulled shard (or of its changes since a copy) was applied: the shard
+    /// serves from now on. False (and nothing changes) for a stale or repeated completion.
     pub fn finish_pull(&mut self, config_num: u64, shard: ShardId) -> bool {
         self.transition(
             config_num,
             shard,
-            |state| matches!(state, ShardState::Pulling { .. }),
+            |state| matches!(state, ShardState::Pulling { .. } | ShardState::CatchingUp { .. }),
             Some(ShardState::Serving),
         )
     }
@@ -410,5 +534,75 @@ mod tests {
         fresh.history_from = 5;
         assert_eq!(GroupShards::from_bytes(&crate::types::encode(&fresh)).unwrap(), fresh);
         assert!(GroupShards::from_bytes(&old[..old.len() - 1]).is_err());
+    }
+
+    /// Group 2 started after config 1 (group 1 owning everything), about to apply config 2.
+    fn before_second_join() -> (Vec<Config>, GroupShards, GroupShards) {
+        let c = configs();
+        let mut one = GroupShards::new(1, 8);
+        one.apply_config(c[1].clone()).unwrap();
+        let mut two = GroupShards::new(2, 8);
+        two.start_after(c[1].clone()).unwrap();
+        (c, one, two)
+    }
+
+    #[test]
+    fn the_next_config_names_what_to_copy_in_and_what_to_wait_for() {
+        let (c, one, two) = before_second_join();
+        let gained = c[2].shards_of(2);
+        let incoming: Vec<_> = gained.iter().map(|&shard| Transfer { shard, group: 1, members: member(1) }).collect();
+        assert_eq!(two.incoming(&c[2]), incoming);
+        let outgoing: Vec<_> = gained.iter().map(|&shard| Transfer { shard, group: 2, members: member(2) }).collect();
+        assert_eq!(one.outgoing(&c[2]), outgoing);
+        assert!(one.incoming(&c[2]).is_empty() && two.outgoing(&c[2]).is_empty());
+        assert!(two.incoming(&c[1]).is_empty(), "only the config after the current one counts");
+        let c3 = c[2].join(3, member(3)).unwrap();
+        assert!(one.outgoing(&c3).is_empty(), "a config two ahead is not the next one");
+    }
+
+    #[test]
+    fn a_whole_copy_taken_ahead_makes_the_move_catch_up_and_a_partial_one_is_discarded() {
+        let (c, mut one, mut two) = before_second_join();
+        let gained = c[2].shards_of(2);
+        let (whole, partial) = (gained[0], gained[1]);
+        assert!(!two.begin_copy(3, whole), "only for the next config");
+        assert!(!one.begin_copy(2, whole), "not a shard this group owns already");
+        for &shard in &gained[..2] {
+            assert!(two.begin_copy(2, shard));
+            assert!(two.accepts_copy(2, shard) && !two.accepts_copy(3, shard));
+            assert_eq!(two.admission(shard), Admission::WrongGroup { config_num: 1 }, "a copy serves nothing");
+        }
+        assert!(!two.ready_for(2, whole));
+        assert!(!two.finish_copy(3, whole), "stale completion");
+        assert!(two.finish_copy(2, whole));
+        assert!(!two.finish_copy(2, whole), "repeated completion");
+        assert!(!two.accepts_copy(2, whole), "a whole copy takes no more chunks");
+        assert!(two.ready_for(2, whole) && !two.ready_for(2, partial));
+        assert!(two.settled(), "copies ahead of a config do not hold it back");
+        assert!(two.begin_copy(2, whole), "a copy may be started over");
+        assert!(two.finish_copy(2, whole));
+
+        assert_eq!(two.apply_config(c[2].clone()), Ok(vec![partial]), "the partial copy is deleted");
+        assert_eq!(two.shards[&whole], ShardState::CatchingUp { from: 1, members: member(1) });
+        assert_eq!(two.shards[&partial], ShardState::Pulling { from: 1, members: member(1) });
+        assert_eq!(two.admission(whole), Admission::MovingIn);
+        assert!(two.ready_for(2, partial), "past the config, the giver need not wait");
+        assert!(two.accepts_changes(2, whole) && !two.accepts_changes(2, partial) && !two.accepts_changes(1, whole));
+        assert!(!two.accepts_chunk(2, whole), "a caught-up shard takes changes, not whole chunks");
+        assert!(two.finish_pull(2, whole));
+        assert_eq!(two.admission(whole), Admission::Serve);
+        one.apply_config(c[2].clone()).unwrap();
+        assert!(one.handing_off(2, whole));
+    }
+
+    #[test]
+    fn a_copy_for_a_move_that_does_not_happen_is_discarded() {
+        let (c, _, mut two) = before_second_join();
+        let shard = c[2].shards_of(2)[0];
+        assert!(two.begin_copy(2, shard));
+        assert!(two.finish_copy(2, shard));
+        two.shards.insert(shard, ShardState::Copied { config_num: 2, from: 3 });
+        assert_eq!(two.apply_config(c[2].clone()), Ok(vec![shard]), "copied from a group that does not give it");
+        assert_eq!(two.shards[&shard], ShardState::Pulling { from: 1, members: member(1) });
     }
 }

@@ -10,6 +10,7 @@ use rocksdb::IteratorMode;
 use rocksdb::WriteBatch;
 
 use super::records::check_chunk;
+use super::records::check_deleted;
 use super::session;
 use super::session::CLOCK_KEY;
 use super::session::Dedup;
@@ -29,6 +30,8 @@ use crate::storage::CF_SESSIONS;
 use crate::storage::CF_SHARDS;
 use crate::storage::cf;
 use crate::storage::io_err;
+use crate::storage::keys::change_key;
+use crate::storage::keys::change_range;
 use crate::storage::keys::data_key;
 use crate::storage::keys::session_key;
 use crate::storage::keys::shard_range;
@@ -57,6 +60,16 @@ impl Applied {
         }
         cached_sessions.written(self.sessions, self.sessions_dropped);
     }
+}
+
+/// A slice of a shard pulled from its previous owner.
+struct Pulled<'a> {
+    config_num: u64,
+    data: &'a [Record],
+    /// User keys the previous owner deleted since the copy this pull completes.
+    deleted: &'a [serde_bytes::ByteBuf],
+    sessions: &'a [Record],
+    last: bool,
 }
 
 pub struct ApplyBatch<'a> {
@@ -98,7 +111,20 @@ impl<'a> ApplyBatch<'a> {
             Op::Put { .. } | Op::Delete { .. } | Op::CompareAndSwap { .. } => self.apply_data(index, cmd),
             Op::Meta(change) => self.apply_meta(change),
             Op::ApplyConfig { config } => {
-                Ok(self.change_config(config.num, "applied config", |group| group.apply_config(config.clone())))
+                let mut discarded = Vec::new();
+                let result = self.change_config(config.num, "applied config", |group| {
+                    discarded = group.apply_config(config.clone())?;
+                    Ok(())
+                });
+                for shard in discarded {
+                    tracing::info!(
+                        shard,
+                        config = config.num,
+                        "deleted a copy taken ahead of a move that did not use it"
+                    );
+                    self.delete_shard(shard);
+                }
+                Ok(result)
             }
             Op::StartAfter { baseline } => {
                 Ok(self.change_config(baseline.num, "started after config, owning nothing", |group| {
@@ -106,18 +132,40 @@ impl<'a> ApplyBatch<'a> {
                 }))
             }
             Op::InstallChunk { config_num, data, sessions, last } => {
-                self.install_chunk(index, cmd.shard, *config_num, data, sessions, *last)
+                let pulled = Pulled { config_num: *config_num, data, deleted: &[], sessions, last: *last };
+                let accepted = self.sharding_mut().group.accepts_chunk(*config_num, cmd.shard);
+                self.install(index, cmd.shard, accepted, pulled)
+            }
+            Op::InstallChanges { config_num, data, deleted, sessions, last } => {
+                let pulled = Pulled { config_num: *config_num, data, deleted, sessions, last: *last };
+                let accepted = self.sharding_mut().group.accepts_changes(*config_num, cmd.shard);
+                self.install(index, cmd.shard, accepted, pulled)
             }
             Op::DropShard { config_num } => {
                 if self.sharding_mut().group.finish_handoff(*config_num, cmd.shard) {
-                    let (start, end) = shard_range(cmd.shard);
-                    self.batch.delete_range_cf(cf(self.db, CF_DATA), start, end);
-                    self.batch.delete_range_cf(cf(self.db, CF_SESSIONS), start, end);
-                    self.sessions.retain(|key, _| !key.starts_with(&start));
-                    self.data.retain(|key, _| !key.starts_with(&start));
-                    self.dropped_shards.push(start);
+                    self.delete_shard(cmd.shard);
                     tracing::info!(shard = cmd.shard, config = config_num, "deleted a shard its new owner installed");
                 }
+                Ok(OpResult::Applied)
+            }
+            Op::TrackChanges { config_num } => Ok(self.track_changes(cmd.shard, *config_num)),
+            Op::BeginCopy { config_num } => {
+                if !self.sharding_mut().group.begin_copy(*config_num, cmd.shard) {
+                    return Ok(OpResult::Refused(format!(
+                        "shard {} cannot be copied for config {config_num}",
+                        cmd.shard
+                    )));
+                }
+                self.delete_shard(cmd.shard);
+                tracing::info!(shard = cmd.shard, config = config_num, "copying a shard ahead of its move here");
+                Ok(OpResult::Applied)
+            }
+            Op::CopyChunk { config_num, data } => self.copy_chunk(cmd.shard, *config_num, data),
+            Op::FinishCopy { config_num } => {
+                if !self.sharding_mut().group.finish_copy(*config_num, cmd.shard) {
+                    return Ok(OpResult::Refused(format!("shard {} has no copy for config {config_num}", cmd.shard)));
+                }
+                tracing::info!(shard = cmd.shard, config = config_num, "copied a shard ahead of its move here");
                 Ok(OpResult::Applied)
             }
             Op::SessionClock { now_ms, expiry_ms } => {
@@ -158,11 +206,67 @@ impl<'a> ApplyBatch<'a> {
         OpResult::Config { num }
     }
 
-    fn admission(&self, shard: ShardId) -> Admission {
+    /// Reads the sharding state as this batch has it so far.
+    fn sharding_view<T>(&self, read: impl FnOnce(&Sharding) -> T) -> T {
         match &self.sharding {
-            Some(sharding) => sharding.group.admission(shard),
-            None => self.shared.read().unwrap_or_else(PoisonError::into_inner).group.admission(shard),
+            Some(sharding) => read(sharding),
+            None => read(&self.shared.read().unwrap_or_else(PoisonError::into_inner)),
         }
+    }
+
+    /// Deletes everything this replica holds of `shard`: data, sessions, and the changes
+    /// recorded for a copy of it. For the rest of the batch, reads of it find nothing.
+    fn delete_shard(&mut self, shard: ShardId) {
+        let (start, end) = shard_range(shard);
+        self.batch.delete_range_cf(cf(self.db, CF_DATA), start, end);
+        self.batch.delete_range_cf(cf(self.db, CF_SESSIONS), start, end);
+        self.sessions.retain(|key, _| !key.starts_with(&start));
+        self.data.retain(|key, _| !key.starts_with(&start));
+        self.dropped_shards.push(start);
+        if self.sharding_view(|s| s.copied_out.contains_key(&shard)) {
+            self.sharding_mut().copied_out.remove(&shard);
+            self.delete_changes(shard);
+        }
+    }
+
+    fn delete_changes(&mut self, shard: ShardId) {
+        let (start, end) = change_range(shard);
+        self.batch.delete_range_cf(cf(self.db, CF_SHARDS), start, end);
+    }
+
+    /// Starts recording the keys written to `shard`, which its owner at `config_num` (the next
+    /// config) is copying. Repeated for the same move, it changes nothing: the keys recorded
+    /// since the first time cover every later copy too.
+    fn track_changes(&mut self, shard: ShardId, config_num: u64) -> OpResult {
+        let (serving, tracked) = self.sharding_view(|s| {
+            let next = s.group.config_num() + 1 == config_num;
+            (next && s.group.admission(shard) == Admission::Serve, s.copied_out.get(&shard).copied())
+        });
+        if !serving {
+            return OpResult::Refused(format!("shard {shard} is not served here ahead of config {config_num}"));
+        }
+        if tracked != Some(config_num) {
+            // Left from a copy for another move, which cannot be pulled from any more.
+            if tracked.is_some() {
+                self.delete_changes(shard);
+            }
+            self.sharding_mut().copied_out.insert(shard, config_num);
+            tracing::info!(shard, config = config_num, "recording changes to a shard its next owner is copying");
+        }
+        OpResult::Applied
+    }
+
+    fn copy_chunk(&mut self, shard: ShardId, config_num: u64, data: &[Record]) -> io::Result<OpResult> {
+        if !self.sharding_mut().group.accepts_copy(config_num, shard) {
+            return Ok(OpResult::Refused(format!("shard {shard} takes no copy for config {config_num}")));
+        }
+        if let Err(refusal) = check_chunk(data, &[]) {
+            return Ok(OpResult::Refused(format!("shard {shard} copy for config {config_num}: {refusal}")));
+        }
+        for record in data {
+            self.write(data_key(shard, &record.key), Some(record.value.clone()));
+        }
+        Ok(OpResult::Applied)
     }
 
     fn apply_meta(&mut self, change: &MetaChange) -> io::Result<OpResult> {
@@ -181,30 +285,28 @@ impl<'a> ApplyBatch<'a> {
         })
     }
 
-    fn install_chunk(
-        &mut self,
-        index: u64,
-        shard: ShardId,
-        config_num: u64,
-        data: &[Record],
-        sessions: &[Record],
-        last: bool,
-    ) -> io::Result<OpResult> {
-        if !self.sharding_mut().group.accepts_chunk(config_num, shard) {
+    /// Writes a pulled slice of `shard` (all of it, or its changes since a copy) if `accepted`.
+    fn install(&mut self, index: u64, shard: ShardId, accepted: bool, pulled: Pulled<'_>) -> io::Result<OpResult> {
+        let config_num = pulled.config_num;
+        if !accepted {
             return Ok(OpResult::Refused(format!("shard {shard} takes no chunk for config {config_num}")));
         }
         // Content is checked before anything is written: a bad chunk is a no-op with a reason,
         // the same on every replica; failing apply would stop Raft on all of them.
-        let decoded = match check_chunk(data, sessions) {
-            Ok(decoded) => decoded,
-            Err(refusal) => {
-                tracing::warn!(shard, config = config_num, reason = %refusal, "refused a shard chunk");
-                return Ok(OpResult::Refused(format!("shard {shard} chunk for config {config_num}: {refusal}")));
-            }
-        };
+        let decoded =
+            match check_chunk(pulled.data, pulled.sessions).and_then(|d| check_deleted(pulled.deleted).map(|()| d)) {
+                Ok(decoded) => decoded,
+                Err(refusal) => {
+                    tracing::warn!(shard, config = config_num, reason = %refusal, "refused a shard chunk");
+                    return Ok(OpResult::Refused(format!("shard {shard} chunk for config {config_num}: {refusal}")));
+                }
+            };
         // Through the overlay, so operations later in this batch read what the chunk wrote.
-        for record in data {
+        for record in pulled.data {
             self.write(data_key(shard, &record.key), Some(record.value.clone()));
+        }
+        for key in pulled.deleted {
+            self.write(data_key(shard, key), None);
         }
         // Stored in the current format and active from now on: the previous owner's log indexes
         // mean nothing in this group's log.
@@ -214,7 +316,7 @@ impl<'a> ApplyBatch<'a> {
             self.batch.put_cf(cf(self.db, CF_SESSIONS), key, session.to_bytes());
             self.sessions.insert(key, session);
         }
-        if last {
+        if pulled.last {
             self.sharding_mut().group.finish_pull(config_num, shard);
             tracing::info!(shard, config = config_num, "shard installed; serving it");
         }
@@ -224,10 +326,17 @@ impl<'a> ApplyBatch<'a> {
     fn apply_data(&mut self, index: u64, cmd: &Command) -> io::Result<OpResult> {
         // Ownership first: a refused request must leave no trace in the session table, because
         // the session moves with the shard and the new owner must execute the retry.
-        match self.admission(cmd.shard) {
+        let (admission, tracked) =
+            self.sharding_view(|s| (s.group.admission(cmd.shard), s.copied_out.contains_key(&cmd.shard)));
+        match admission {
             Admission::Serve => {}
             Admission::MovingIn => return Ok(OpResult::MovingIn),
             Admission::WrongGroup { config_num } => return Ok(OpResult::WrongGroup { config_num }),
+        }
+        // The shard's next owner holds a copy: it pulls the keys written since.
+        if tracked {
+            let key = change_key(cmd.shard, cmd.op.key().unwrap_or_default());
+            self.batch.put_cf(cf(self.db, CF_SHARDS), key, []);
         }
         let Some(tag) = cmd.session else {
             return self.execute(cmd);
@@ -383,7 +492,8 @@ mod tests {
         group.config.num = CONFIG;
         let members = vec![Member { node_id: 1, addr: "127.0.0.1:7100".into() }];
         group.shards.insert(SHARD, ShardState::Pulling { from: 1, members });
-        Arc::new(RwLock::new(Sharding { role: Role::Sharded { group: 2 }, group, latest: Config::initial(4) }))
+        let role = Role::Sharded { group: 2 };
+        Arc::new(RwLock::new(Sharding { role, group, latest: Config::initial(4), copied_out: Default::default() }))
     }
 
     fn record(key: &[u8], value: &[u8]) -> Record {

@@ -42,6 +42,11 @@ pub fn check_chunk(data: &[Record], sessions: &[Record]) -> Result<Vec<(u64, Ses
         .collect()
 }
 
+/// Checks the user keys a pull of changes says were deleted.
+pub fn check_deleted(keys: &[serde_bytes::ByteBuf]) -> Result<(), RecordError> {
+    if keys.iter().any(|k| k.is_empty()) { Err(RecordError::EmptyKey) } else { Ok(()) }
+}
+
 /// Checks one record of a snapshot file (keys as stored, shard prefix included).
 pub fn check_snapshot_record(kind: RecordKind, key: &[u8], value: &[u8]) -> Result<(), RecordError> {
     match kind {

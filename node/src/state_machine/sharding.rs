@@ -2,6 +2,7 @@
 //! shard states. Applied entries change it; request handlers and the migration driver read
 //! the shared copy, which is replaced only after the batch that changed it is written.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::sync::Arc;
 use std::sync::RwLock;
@@ -19,10 +20,14 @@ use crate::migration::GroupShards;
 use crate::storage::CF_SHARDS;
 use crate::storage::cf;
 use crate::storage::io_err;
+use crate::storage::keys::CHANGE_PREFIX;
+use crate::storage::keys::SHARD_PREFIX_LEN;
+use crate::types::ShardId;
 use crate::types::decode;
 use crate::types::encode;
 
 const GROUP_KEY: &[u8] = b"group";
+const COPIED_OUT_KEY: &[u8] = b"copied_out";
 const CONFIG_PREFIX: &[u8] = b"config/";
 
 /// What a node is, fixed by its flags.
@@ -52,6 +57,10 @@ pub struct Sharding {
     pub group: GroupShards,
     /// Meta group: the latest config (older ones are read from the store by number).
     pub latest: Config,
+    /// Data groups: shards this group serves (or holds frozen) that their next owner copied
+    /// while they were served, with the config they move in. Every key written to them since is
+    /// recorded under `keys::change_key`, until the shard is dropped.
+    pub copied_out: BTreeMap<ShardId, u64>,
 }
 
 pub type SharedSharding = Arc<RwLock<Sharding>>;
@@ -66,7 +75,11 @@ impl Sharding {
             None => initial.group,
         };
         let latest = latest_config(db)?.unwrap_or(initial.latest);
-        Ok(Sharding { role, group, latest })
+        let copied_out = match db.get_cf(shards_cf, COPIED_OUT_KEY).map_err(io_err)? {
+            Some(bytes) => decode(&bytes)?,
+            None => BTreeMap::new(),
+        };
+        Ok(Sharding { role, group, latest, copied_out })
     }
 
     fn initial(role: Role, shards: u32) -> Sharding {
@@ -75,7 +88,7 @@ impl Sharding {
             Role::Sharded { group } => GroupShards::new(group, shards),
             Role::Standalone { group } => GroupShards::standalone(group, shards),
         };
-        Sharding { role, group, latest: Config::initial(shards) }
+        Sharding { role, group, latest: Config::initial(shards), copied_out: BTreeMap::new() }
     }
 
     /// The config number clients and peers are told about.
@@ -88,6 +101,7 @@ impl Sharding {
 
     pub fn write_group(&self, db: &DB, batch: &mut WriteBatch) {
         batch.put_cf(cf(db, CF_SHARDS), GROUP_KEY, encode(&self.group));
+        batch.put_cf(cf(db, CF_SHARDS), COPIED_OUT_KEY, encode(&self.copied_out));
     }
 }
 
@@ -107,6 +121,14 @@ pub fn check_record(key: &[u8], value: &[u8]) -> Result<(), String> {
         decode::<Config>(value).map(drop)
     } else if key == CLOCK_KEY {
         decode::<SessionClock>(value).map(drop)
+    } else if key == COPIED_OUT_KEY {
+        decode::<BTreeMap<ShardId, u64>>(value).map(drop)
+    } else if key.len() >= CHANGE_PREFIX.len() + SHARD_PREFIX_LEN && key.starts_with(CHANGE_PREFIX) {
+        return if value.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("a change record has a {}-byte value", value.len()))
+        };
     } else {
         return Err(format!("unknown record {:?}", String::from_utf8_lossy(key)));
     };
@@ -132,6 +154,7 @@ mod tests {
     use super::*;
     use crate::meta::Member;
     use crate::migration::ShardState;
+    use crate::storage::keys::change_key;
     use crate::types::hostile_input;
 
     fn group() -> GroupShards {
@@ -161,5 +184,10 @@ mod tests {
         assert!(check_record(b"config/1", &encode(&group().config)).is_err());
         assert_eq!(check_record(CLOCK_KEY, &encode(&SessionClock::default())), Ok(()));
         assert!(check_record(CLOCK_KEY, b"\x01").is_err());
+        assert_eq!(check_record(COPIED_OUT_KEY, &encode(&BTreeMap::from([(3u32, 7u64)]))), Ok(()));
+        assert!(check_record(COPIED_OUT_KEY, b"\x01").is_err());
+        assert_eq!(check_record(&change_key(3, b"k"), b""), Ok(()));
+        assert!(check_record(&change_key(3, b"k"), b"v").is_err());
+        assert!(check_record(b"changed/", b"").is_err());
     }
 }

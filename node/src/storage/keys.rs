@@ -34,6 +34,21 @@ pub fn session_key(shard: ShardId, client_id: u64) -> [u8; 12] {
     k
 }
 
+/// Prefix of the keys recorded as changed in shards being copied by their next owner
+/// (sharding-state column family).
+pub const CHANGE_PREFIX: &[u8] = b"changed/";
+
+/// Records that user key `user_key` of `shard` was written since its copy began.
+pub fn change_key(shard: ShardId, user_key: &[u8]) -> Vec<u8> {
+    [CHANGE_PREFIX, &shard.to_be_bytes(), user_key].concat()
+}
+
+/// The key range `[start, end)` of the changes recorded for `shard`.
+pub fn change_range(shard: ShardId) -> (Vec<u8>, Vec<u8>) {
+    let (start, end) = shard_range(shard);
+    ([CHANGE_PREFIX, &start].concat(), [CHANGE_PREFIX, &end].concat())
+}
+
 /// The key range `[start, end)` holding every data item or session of `shard`.
 pub fn shard_range(shard: ShardId) -> ([u8; 4], [u8; 4]) {
     (shard.to_be_bytes(), (shard + 1).to_be_bytes())
@@ -60,6 +75,15 @@ mod tests {
         assert!(a < b, "all keys of shard 1 sort before shard 2");
         assert_eq!(split_data_key(&data_key(7, b"hello")), (7, &b"hello"[..]));
         assert!(data_key(u16::MAX as u32, &[0xff; 64]).as_slice() < &SHARD_KEYS_END[..]);
+    }
+
+    #[test]
+    fn change_keys_of_a_shard_stay_in_its_range() {
+        let (start, end) = change_range(3);
+        for key in [change_key(3, b""), change_key(3, b"a"), change_key(3, &[0xff; 32])] {
+            assert!(start <= key && key < end);
+        }
+        assert!(change_key(2, &[0xff; 32]) < start && change_key(4, b"") >= end);
     }
 
     #[test]

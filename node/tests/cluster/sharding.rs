@@ -18,19 +18,21 @@ use crate::sharded::ShardedCluster;
 /// to fail in the middle of it (about 24 MiB).
 const BULK_KEYS: usize = 1500;
 const BULK_VALUE_BYTES: usize = 16 << 10;
+/// Bulk keys rewritten while a copy runs.
+const REWRITTEN: usize = 200;
 
 fn bulk_value(i: usize) -> Vec<u8> {
     let seed = format!("bulk-{i}-");
     seed.bytes().cycle().take(BULK_VALUE_BYTES).collect()
 }
 
-/// Writes the bulk data with 32 concurrent writers.
-async fn load_bulk(client: &Client) {
+/// Writes `keys` bulk keys with 32 concurrent writers.
+async fn load_bulk(client: &Client, keys: usize) {
     let tasks: Vec<_> = (0..32)
         .map(|t| {
             let client = client.new_session();
             tokio::spawn(async move {
-                for i in (t..BULK_KEYS).step_by(32) {
+                for i in (t..keys).step_by(32) {
                     client.put(format!("bulk-{i}"), bulk_value(i)).await.expect("bulk put");
                 }
             })
@@ -49,13 +51,15 @@ async fn check_bulk(client: &Client) {
     }
 }
 
-/// Waits until the leader of `group` reports a shard being pulled in, and returns the leader.
-async fn leader_while_pulling(cluster: &ShardedCluster, group: u64) -> u64 {
+/// Waits until the leader of `group` reports a shard moving in (copied ahead of the move, or
+/// pulled), and returns the leader.
+async fn leader_while_moving_in(cluster: &ShardedCluster, group: u64) -> u64 {
     let data = &cluster.groups[&group];
-    wait_for(&format!("group {group} to be pulling a shard"), WAIT, || async {
+    wait_for(&format!("group {group} to be copying or pulling a shard"), WAIT, || async {
         for id in data.running() {
             let status = data.status(id).await?;
-            if status.state == "Leader" && status.shards.iter().any(|s| s.state == "pulling") {
+            let moving_in = |state: &str| matches!(state, "copying" | "pulling" | "catching_up");
+            if status.state == "Leader" && status.shards.iter().any(|s| moving_in(&s.state)) {
                 return Some(id);
             }
         }
@@ -123,12 +127,12 @@ impl MidMove {
     async fn start(net: u8) -> MidMove {
         let mut cluster = ShardedCluster::start(net, 3, SHARDS, &[1]).await;
         let client = cluster.client();
-        load_bulk(&client).await;
+        load_bulk(&client, BULK_KEYS).await;
         let first = cluster.wait_settled().await;
         let load = Load::start(&client, 4, 8, 100_000, Duration::from_secs(120), SHARDS);
         cluster.start_group(2).await;
         cluster.join(2).await;
-        let receiving_leader = leader_while_pulling(&cluster, 2).await;
+        let receiving_leader = leader_while_moving_in(&cluster, 2).await;
         MidMove { cluster, client, first, load, receiving_leader }
     }
 }
@@ -161,6 +165,81 @@ async fn restarting_the_sending_group_mid_move_loses_nothing() {
     let reports = load.finish().await;
     check(&client, &reports, &moved_shards(&[first, after])).await;
     check_bulk(&client).await;
+}
+
+/// The sum of counter `name` over the running replicas of `group`, from their metrics.
+async fn group_counter(cluster: &ShardedCluster, group: u64, name: &str) -> u64 {
+    let data = &cluster.groups[&group];
+    let mut total = 0;
+    for id in data.running() {
+        let (_, body) = data.http_get(id, "/metrics").await;
+        let line = format!("{name} ");
+        total += body.lines().find_map(|l| l.strip_prefix(line.as_str())?.parse::<u64>().ok()).unwrap_or(0);
+    }
+    total
+}
+
+/// A joining group copies the shards it gains while group 1 still serves them; once group 1
+/// freezes them, only what changed since the copy is pulled. Writes, overwrites and deletes
+/// made while the copy runs all reach the new owner, and no acknowledged write is lost or
+/// applied twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_joining_group_copies_shards_while_they_are_served_and_pulls_only_the_changes() {
+    let mut cluster = ShardedCluster::start(47, 3, SHARDS, &[1]).await;
+    let client = cluster.client();
+    // Enough data (about 96 MiB) that the copy is still running when the writes below start.
+    let bulk_keys = 4 * BULK_KEYS;
+    load_bulk(&client, bulk_keys).await;
+    const DOOMED: usize = 300;
+    for i in 0..DOOMED {
+        client.put(format!("doomed-{i}"), b"to be deleted".to_vec()).await.expect("put");
+    }
+    let first = cluster.wait_settled().await;
+    let load = Load::start(&client, 4, 8, 100_000, Duration::from_secs(120), SHARDS);
+    cluster.start_group(2).await;
+    cluster.join(2).await;
+    let receivers = &cluster.groups[&2];
+    wait_for("group 2 to be copying a shard", WAIT, || async {
+        let status = receivers.status(receivers.leader().await).await?;
+        status.shards.iter().any(|s| s.state == "copying").then_some(())
+    })
+    .await;
+    // While the copy runs: delete some keys and rewrite some bulk keys, concurrently.
+    let writers: Vec<_> = (0..16)
+        .map(|t| {
+            let client = client.new_session();
+            tokio::spawn(async move {
+                for i in (t..DOOMED).step_by(16) {
+                    assert!(client.delete(format!("doomed-{i}")).await.expect("delete"), "doomed-{i} existed");
+                }
+                for i in (t..REWRITTEN).step_by(16) {
+                    client.put(format!("bulk-{i}"), b"rewritten".to_vec()).await.expect("rewrite");
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    let after = cluster.wait_settled().await;
+
+    for i in 0..DOOMED {
+        assert_eq!(client.get(format!("doomed-{i}")).await.expect("get"), None, "doomed-{i} came back after the move");
+    }
+    for i in 0..bulk_keys {
+        let value = client.get(format!("bulk-{i}")).await.expect("bulk read");
+        let expected = if i < REWRITTEN { b"rewritten".to_vec() } else { bulk_value(i) };
+        assert!(value == Some(expected), "bulk-{i} lost, damaged or stale after the move");
+    }
+    let copied = group_counter(&cluster, 2, "shardkv_shard_copied_bytes_total").await;
+    let pulled = group_counter(&cluster, 2, "shardkv_shard_moved_bytes_total").await;
+    eprintln!("group 2 copied {copied} bytes ahead of the move and pulled {pulled} bytes from frozen shards");
+    let half = (bulk_keys * BULK_VALUE_BYTES / 2) as u64;
+    assert!(copied >= half * 8 / 10, "group 2 copied only {copied} bytes of about {half} ahead of the move");
+    assert!(pulled < copied / 4, "group 2 pulled {pulled} bytes from frozen shards, against {copied} copied ahead");
+
+    let reports = load.finish().await;
+    check(&client, &reports, &moved_shards(&[first, after])).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

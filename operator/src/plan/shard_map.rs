@@ -20,6 +20,8 @@ pub enum ShardState {
     Serving,
     /// Moving in from the peer group.
     Pulling,
+    /// Being copied from the peer group, which still serves it, ahead of the move.
+    Copying,
     /// Frozen until the peer group confirms it installed the shard, then deleted here.
     BePulled,
 }
@@ -30,7 +32,8 @@ impl ShardState {
     fn parse(state: &str) -> Self {
         match state {
             "serving" => ShardState::Serving,
-            "pulling" => ShardState::Pulling,
+            "pulling" | "catching_up" => ShardState::Pulling,
+            "copying" | "copied" => ShardState::Copying,
             _ => ShardState::BePulled,
         }
     }
@@ -58,12 +61,21 @@ impl From<&ShardStatus> for HeldShard {
 }
 
 impl HeldShard {
+    /// Moving into the reporting group (copied ahead, or pulled).
+    pub fn moving_in(&self) -> bool {
+        matches!(self.state, ShardState::Pulling | ShardState::Copying)
+    }
+
     fn describe(&self, group_id: u64) -> String {
         match self.state {
             ShardState::Serving => format!("group {group_id} serves shard {}", self.shard),
             ShardState::Pulling => {
                 format!("group {group_id} is pulling shard {} from group {}", self.shard, self.peer_group)
             }
+            ShardState::Copying => format!(
+                "group {group_id} is copying shard {} from group {}, which still serves it",
+                self.shard, self.peer_group
+            ),
             ShardState::BePulled => {
                 format!("group {group_id} holds shard {} until group {} has it", self.shard, self.peer_group)
             }
