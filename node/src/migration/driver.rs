@@ -194,7 +194,14 @@ impl Driver {
             let before = self.ctx.sharding().group;
             let outcome = match plan(&before) {
                 Plan::Start => self.start(before.group).await,
-                Plan::FetchConfig { num } => self.next_config(num).await,
+                Plan::FetchConfig { num } => {
+                    let outcome = self.next_config(num).await;
+                    // Waiting only for a copy to finish: freeze soon after it does.
+                    if outcome.as_ref().is_err_and(|e| e.iter().all(|e| matches!(e, MoveError::NotCopiedYet { .. }))) {
+                        pause = MOVE_RETRY;
+                    }
+                    outcome
+                }
                 Plan::Move { config_num, pulls, catch_ups, handoffs } => {
                     pause = MOVE_RETRY;
                     self.move_shards(config_num, &pulls, &catch_ups, &handoffs).await
