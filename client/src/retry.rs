@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use shardkv_proto::{CONFIG_NUM_HEADER, LEADER_ADDR_HEADER, OUTCOME_HEADER, OUTCOME_UNKNOWN};
+use shardkv_proto::{CONFIG_NUM_HEADER, LEADER_ADDR_HEADER, MOVING_IN_HEADER, OUTCOME_HEADER, OUTCOME_UNKNOWN};
 
 use crate::error::is_connect_failure;
 
@@ -10,6 +10,9 @@ use crate::error::is_connect_failure;
 pub const BACKOFF_INITIAL: Duration = Duration::from_millis(10);
 /// Largest backoff delay between two attempts.
 pub const BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// Largest delay before retrying a shard that is moving into the group asked: its move is
+/// frozen only for moments, so a doubling backoff would mostly add waiting after it serves.
+pub const MOVING_IN_RETRY_MAX: Duration = Duration::from_millis(20);
 
 /// Exponential backoff with jitter: each delay is drawn from [base/2, base], and the base
 /// doubles up to a cap. Jitter keeps many clients from retrying in lockstep after a failover.
@@ -156,6 +159,14 @@ pub fn wrong_group_config(status: &tonic::Status) -> Option<u64> {
     status.metadata().get(CONFIG_NUM_HEADER)?.to_str().ok()?.trim().parse().ok()
 }
 
+/// The delay before the next attempt after `status`: `backoff`'s next one, but never more than
+/// `MOVING_IN_RETRY_MAX` while the shard is moving in.
+pub fn retry_delay(status: &tonic::Status, backoff: &mut Backoff, unit_jitter: f64) -> Duration {
+    let delay = backoff.next_delay(unit_jitter);
+    let moving_in = status.code() == tonic::Code::Unavailable && status.metadata().get(MOVING_IN_HEADER).is_some();
+    if moving_in { delay.min(MOVING_IN_RETRY_MAX) } else { delay }
+}
+
 /// The leader address a follower put in its UNAVAILABLE answer, if any.
 pub fn leader_hint(status: &tonic::Status) -> Option<String> {
     let addr = status.metadata().get(LEADER_ADDR_HEADER)?.to_str().ok()?.trim();
@@ -175,6 +186,17 @@ mod tests {
         let mut backoff = Backoff::new(ms(10), ms(500));
         let delays: Vec<Duration> = (0..8).map(|_| backoff.next_delay(1.0)).collect();
         assert_eq!(delays, [ms(10), ms(20), ms(40), ms(80), ms(160), ms(320), ms(500), ms(500)]);
+    }
+
+    #[test]
+    fn a_shard_moving_in_is_retried_at_short_steady_intervals() {
+        let mut moving_in = tonic::Status::unavailable("shard 3 is moving into this group");
+        moving_in.metadata_mut().insert(MOVING_IN_HEADER, "1".parse().unwrap());
+        let not_leader = tonic::Status::unavailable("not the leader");
+        let mut backoff = Backoff::new(ms(10), ms(500));
+        let delays: Vec<Duration> = (0..8).map(|_| retry_delay(&moving_in, &mut backoff, 1.0)).collect();
+        assert_eq!(delays, [ms(10), ms(20), ms(20), ms(20), ms(20), ms(20), ms(20), ms(20)]);
+        assert_eq!(retry_delay(&not_leader, &mut backoff, 1.0), ms(500), "other refusals still back off");
     }
 
     #[test]

@@ -15,6 +15,10 @@ pub const LEADER_ADDR_HEADER: &str = "x-shardkv-leader-addr";
 /// Response metadata key on a WrongGroup answer (FAILED_PRECONDITION): the config number of the
 /// group that refused, so the client knows how fresh a shard map it needs.
 pub const CONFIG_NUM_HEADER: &str = "x-shardkv-config-num";
+/// Response metadata key on an UNAVAILABLE answer for a shard moving into the group (any
+/// value). A move freezes a shard only while the changes since its copy are pulled, moments,
+/// so the client retries at short steady intervals instead of backing off.
+pub const MOVING_IN_HEADER: &str = "x-shardkv-moving-in";
 
 /// Response metadata key on a failed write whose proposal may still commit (its log entry was
 /// discarded on a leader change, or Raft stopped with it in flight): value [`OUTCOME_UNKNOWN`].

@@ -17,6 +17,7 @@ use crate::retry::Deadline;
 use crate::retry::NextStep;
 use crate::retry::attempt_effect;
 use crate::retry::next_step;
+use crate::retry::retry_delay;
 use crate::shard_map::ShardMap;
 use crate::shard_map::Unroutable;
 
@@ -350,7 +351,7 @@ impl Client {
                     ));
                 }
             }
-            let delay = backoff.next_delay(rand::random::<f64>());
+            let delay = retry_delay(&status, &mut backoff, rand::random::<f64>());
             match deadline.sleep_before_retry(Instant::now(), delay) {
                 Some(pause) => {
                     tokio::time::sleep(pause).await;

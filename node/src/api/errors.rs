@@ -7,6 +7,7 @@ use openraft::error::RaftError;
 use shardkv_proto::CONFIG_NUM_HEADER;
 use shardkv_proto::LEADER_ADDR_HEADER;
 use shardkv_proto::LEADER_ID_HEADER;
+use shardkv_proto::MOVING_IN_HEADER;
 use shardkv_proto::OUTCOME_HEADER;
 use shardkv_proto::OUTCOME_UNKNOWN;
 use tonic::Status;
@@ -142,7 +143,11 @@ pub fn admit(
 ) -> Result<(), Status> {
     let mut status = match answer(admission, replica.leads, replica.routed_with) {
         Answer::Serve => return Ok(()),
-        Answer::MovingIn => Status::unavailable(format!("shard {shard} is moving into this group; retry shortly")),
+        Answer::MovingIn => {
+            let mut status = Status::unavailable(format!("shard {shard} is moving into this group; retry shortly"));
+            status.metadata_mut().insert(MOVING_IN_HEADER, MetadataValue::from_static("1"));
+            status
+        }
         Answer::WrongGroup { config_num } => {
             let mut status = Status::failed_precondition(format!(
                 "wrong group: shard {shard} is not served by this group in config {config_num}; refresh the shard map"
@@ -200,6 +205,15 @@ mod tests {
         assert_eq!(answer(wrong, false, 5), Answer::NotThisReplica { config_num: 5, behind: false });
         assert_eq!(answer(Admission::Serve, false, 9), Answer::Serve, "a follower serves what it has");
         assert_eq!(answer(Admission::MovingIn, false, 9), Answer::MovingIn);
+    }
+
+    #[test]
+    fn a_shard_moving_in_says_so_to_the_client() {
+        let leader = || Some((3, "127.0.0.3:7000".to_string()));
+        let status = admit(Admission::MovingIn, 1, Answering { leads: true, routed_with: 5, leader }).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(status.metadata().get(MOVING_IN_HEADER).is_some());
+        assert_eq!(status.metadata().get(LEADER_ADDR_HEADER).unwrap(), "127.0.0.3:7000");
     }
 
     #[test]
