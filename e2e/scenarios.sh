@@ -1290,9 +1290,9 @@ removal_phase_is() {
   skv_status | jq -e --argjson g "$1" --arg p "$2" 'any(.groupRemovals[]?; .groupId == $g and .phase == $p)' >/dev/null
 }
 
-# pulled_bytes FROM TO SINCE_NS: what the data groups' leaders logged pulling for shard maps
-# FROM+1..TO from SINCE_NS on: "SHARDS BYTES SECONDS", SECONDS from the first pull's start to
-# the last one's end.
+# pulled_bytes FROM TO SINCE_NS: what the data groups' leaders logged copying (ahead of a move)
+# and pulling for shard maps FROM+1..TO from SINCE_NS on: "STREAMS BYTES SECONDS", SECONDS from
+# the first stream's start to the last one's end.
 pulled_bytes() {
   cat "$E2E_PODRUNNER_DIR/logs/${CLUSTER_NS}_$CLUSTER"-g*_node.log | python3 -c 'import json, sys
 from datetime import datetime
@@ -1303,7 +1303,7 @@ for line in sys.stdin:
     try:
         e = json.loads(line)
         f = e["fields"]
-        if f.get("message") != "pulled a shard" or not lo < f["config"] <= hi:
+        if not f.get("message", "").startswith(("pulled a shard", "copied a shard")) or not lo < f["config"] <= hi:
             continue
         t = datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")).timestamp()
     except (ValueError, KeyError, TypeError):
@@ -1322,7 +1322,7 @@ note_step() {
   local moved
   moved="$(pulled_bytes "$4" "$5" "$2")"
   note "$(awk -v l="$1" -v a="$2" -v b="$3" -v m="$moved" 'BEGIN { split(m, x, " "); s = (b - a) / 1e9
-    printf "%s: %.1fs, %d shards pulled, %.2f MB in %.1fs (%.1f MB/s)", l, s, x[1], x[2] / 1e6, x[3], (x[3] > 0 ? x[2] / 1e6 / x[3] : 0) }')"
+    printf "%s: %.1fs, %d shard copies and pulls, %.2f MB in %.1fs (%.1f MB/s)", l, s, x[1], x[2] / 1e6, x[3], (x[3] > 0 ? x[2] / 1e6 / x[3] : 0) }')"
 }
 
 # unmoved_shards FROM TO: the shards whose owner is the same in every shard map FROM..TO.
@@ -1443,7 +1443,7 @@ release_traffic() {
 }
 
 # A shard moving into the reporting group: copied while its owner still serves it, or pulled.
-MOVING_IN='.state == "copying" or .state == "pulling" or .state == "catching_up"'
+MOVING_IN='.state == "copying" or .state == "copied" or .state == "pulling" or .state == "catching_up"'
 # pulling_into G: the group's leader is copying or pulling at least one shard in.
 pulling_into() { leader_status "$1" | jq -e "any(.shards[]; $MOVING_IN)" >/dev/null; }
 

@@ -52,10 +52,11 @@ pub struct ShardView {
     pub shard: u32,
     /// Owner in the latest map (0: unassigned).
     pub owner: u64,
-    /// "serving", "pulling", "unassigned", "no leader" (the owner's leader did not answer), or
-    /// "awaiting config" (the owner has not applied the latest map yet).
+    /// "serving", "pulling" or "catching_up" (moving in, whole or the changes since a copy),
+    /// "unassigned", "no leader" (the owner's leader did not answer), or "awaiting config" (the
+    /// owner has not applied the latest map yet, and may be copying the shard ahead of it).
     pub state: String,
-    /// For "pulling": the group the shard comes from.
+    /// For a shard moving in: the group it comes from.
     pub peer_group: u64,
     pub moved_items: u64,
     pub moved_bytes: u64,
@@ -67,8 +68,10 @@ pub struct MoveView {
     pub shard: u32,
     /// The group reporting it.
     pub group: u64,
-    /// "pulling" (the group is receiving it from `peer_group`) or "be_pulled" (the group
-    /// keeps it frozen until `peer_group` confirms it installed it).
+    /// "copying" (the group copies it from `peer_group`, which still serves it, ahead of the
+    /// move), "copied", "catching_up" or "pulling" (the group is receiving it from `peer_group`:
+    /// the changes since its copy, or all of it), or "be_pulled" (the group keeps it frozen until
+    /// `peer_group` confirms it installed it).
     pub state: String,
     pub peer_group: u64,
     pub moved_items: u64,

@@ -89,6 +89,9 @@ pub enum Op {
         sessions: Vec<Record>,
         last: bool,
     },
+    /// Data group, new owner: the previous owner recorded no changes since the copy of
+    /// `Command::shard`, so the copy is deleted and the shard is pulled whole.
+    DiscardCopy { config_num: u64 },
 }
 
 /// A key and value moved with a shard (data item, or a session keyed by client id).
@@ -170,6 +173,7 @@ impl std::fmt::Display for Command {
                 write!(f, "copy shard={} config={config_num} items={}", self.shard, data.len())?
             }
             Op::FinishCopy { config_num } => write!(f, "finish copy shard={} config={config_num}", self.shard)?,
+            Op::DiscardCopy { config_num } => write!(f, "discard copy shard={} config={config_num}", self.shard)?,
             Op::InstallChanges { config_num, data, deleted, sessions, last } => write!(
                 f,
                 "install changes shard={} config={config_num} items={} deleted={} sessions={} last={last}",

@@ -11,6 +11,7 @@
 //! the shard's size.
 
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -170,13 +171,23 @@ pub struct Driver {
     meta_endpoints: Vec<String>,
     channels: Channels,
     later: Mutex<LaterConfigs>,
-    /// The config whose moves are being copied ahead, and since when.
-    copying_since: Mutex<Option<(u64, Instant)>>,
+    /// The copies ahead of the next config's moves, while they run.
+    copy_ahead: Mutex<Option<CopyAhead>>,
+}
+
+/// The copies this leader takes ahead of config `config_num`.
+struct CopyAhead {
+    config_num: u64,
+    since: Instant,
+    /// Shards whose copy has been received whole, for which `FinishCopy` waits until every
+    /// incoming shard's has: a shard counts as copied only then, so that its owner does not
+    /// freeze it while this group is still copying another, larger one.
+    received: BTreeSet<ShardId>,
 }
 
 impl Driver {
     pub fn new(ctx: Arc<NodeContext>, meta_endpoints: Vec<String>, channels: Channels) -> Self {
-        Self { ctx, meta_endpoints, channels, later: Mutex::default(), copying_since: Mutex::default() }
+        Self { ctx, meta_endpoints, channels, later: Mutex::default(), copy_ahead: Mutex::default() }
     }
 
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
@@ -276,10 +287,13 @@ impl Driver {
     /// done, or `COPY_WAIT` after the first try for this config.
     async fn copy_ahead(&self, next: &Config) -> Result<(), Vec<MoveError>> {
         let since = {
-            let mut slot = self.copying_since();
-            match *slot {
-                Some((num, at)) if num == next.num => at,
-                _ => slot.insert((next.num, Instant::now())).1,
+            let mut slot = self.copy_ahead_state();
+            match &*slot {
+                Some(copies) if copies.config_num == next.num => copies.since,
+                _ => {
+                    let fresh = CopyAhead { config_num: next.num, since: Instant::now(), received: BTreeSet::new() };
+                    slot.insert(fresh).since
+                }
             }
         };
         if since.elapsed() >= COPY_WAIT {
@@ -290,25 +304,43 @@ impl Driver {
             return Ok(());
         }
         let group = self.ctx.sharding().group;
-        let copies =
-            group.incoming(next).into_iter().filter(|t| !group.ready_for(next.num, t.shard)).collect::<Vec<_>>();
-        let copied = futures::future::join_all(copies.iter().map(|t| self.copy(next.num, t))).await;
-        let mut errors: Vec<MoveError> = copied.into_iter().filter_map(Result::err).collect();
+        let incoming: Vec<Transfer> =
+            group.incoming(next).into_iter().filter(|t| !group.ready_for(next.num, t.shard)).collect();
+        let copies = futures::future::join_all(incoming.iter().map(|t| self.copy(next.num, t, &group))).await;
+        let mut errors: Vec<MoveError> = copies.into_iter().filter_map(Result::err).collect();
+        if errors.is_empty() {
+            let now = self.ctx.sharding().group;
+            for shard in self.received_copies().into_iter().filter(|&shard| !now.ready_for(next.num, shard)) {
+                if let Err(e) = self.expect_applied(shard, Op::FinishCopy { config_num: next.num }).await {
+                    errors.push(e);
+                }
+            }
+        }
         let outgoing = group.outgoing(next);
         let ready = futures::future::join_all(outgoing.iter().map(|t| self.copied_there(next.num, t))).await;
         errors.extend(ready.into_iter().filter_map(Result::err));
         if errors.is_empty() { Ok(()) } else { Err(errors) }
     }
 
-    fn copying_since(&self) -> std::sync::MutexGuard<'_, Option<(u64, Instant)>> {
-        self.copying_since.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn copy_ahead_state(&self) -> std::sync::MutexGuard<'_, Option<CopyAhead>> {
+        self.copy_ahead.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn received_copies(&self) -> Vec<ShardId> {
+        self.copy_ahead_state().as_ref().map(|c| c.received.iter().copied().collect()).unwrap_or_default()
     }
 
     /// Copies one shard from its owner, which keeps serving it, ahead of the move at
-    /// `config_num`. Done too (with nothing copied) when the owner can no longer be copied from:
-    /// the shard is then pulled whole.
-    async fn copy(&self, config_num: u64, transfer: &Transfer) -> Result<(), MoveError> {
+    /// `config_num`, unless this leader already received it whole (`group` is the state it
+    /// started from). Done too, with nothing copied, when the owner can no longer be copied
+    /// from: the shard is then pulled whole.
+    async fn copy(&self, config_num: u64, transfer: &Transfer, group: &GroupShards) -> Result<(), MoveError> {
         let shard = transfer.shard;
+        let copying =
+            matches!(group.shards.get(&shard), Some(ShardState::Copying { config_num: c, .. }) if *c == config_num);
+        if copying && self.received_copies().contains(&shard) {
+            return Ok(());
+        }
         let request =
             PullShardRequest { cluster_id: self.ctx.scope.cluster_id.clone(), config_num, shard, changes_only: false };
         let stream = first_answer(&self.channels, addrs(&transfer.members), |channel| {
@@ -334,7 +366,11 @@ impl Driver {
         .map_err(|refusals| MoveError::CopyRefused { shard, config_num, refusals })?;
         let Some(stream) = stream else { return Ok(()) };
         self.expect_applied(shard, Op::BeginCopy { config_num }).await?;
-        self.receive(config_num, shard, Pull::Copy, stream).await
+        self.receive(config_num, shard, Pull::Copy, stream).await?;
+        if let Some(copies) = self.copy_ahead_state().as_mut().filter(|c| c.config_num == config_num) {
+            copies.received.insert(shard);
+        }
+        Ok(())
     }
 
     /// Whether this group may freeze `transfer.shard` for the group `next` gives it to: that
@@ -436,12 +472,23 @@ impl Driver {
             let request = request.clone();
             async move {
                 let mut client = MigrationClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
-                client.pull_shard(request).await.map(|r| r.into_inner()).map_err(|s| s.message().to_string())
+                match client.pull_shard(request).await {
+                    Ok(response) => Ok(Some(response.into_inner())),
+                    Err(status) if status.code() == tonic::Code::NotFound && kind == Pull::Changes => {
+                        tracing::warn!(shard, config = config_num, reason = status.message(), "pulling it whole");
+                        Ok(None)
+                    }
+                    Err(status) => Err(status.message().to_string()),
+                }
             }
         })
         .await
         .map_err(|refusals| MoveError::PullRefused { shard, config_num, refusals })?;
-        self.receive(config_num, shard, kind, stream).await
+        match stream {
+            Some(stream) => self.receive(config_num, shard, kind, stream).await,
+            // The previous owner recorded no changes since the copy: the next step pulls it whole.
+            None => self.expect_applied(shard, Op::DiscardCopy { config_num }).await,
+        }
     }
 
     /// Proposes every chunk of `stream` in order of arrival, a few at a time, then the entry
@@ -455,13 +502,27 @@ impl Driver {
     ) -> Result<(), MoveError> {
         let started = Instant::now();
         self.ctx.moves.clear(shard);
+        let ended = AtomicBool::new(false);
         stream
             .map_err(|s| MoveError::PullBroken { shard, message: s.message().to_string() })
-            .map_ok(|chunk| self.install(config_num, shard, kind, chunk))
+            .map_ok(|chunk| {
+                if chunk.end {
+                    ended.store(true, Ordering::Relaxed);
+                }
+                self.install(config_num, shard, kind, chunk)
+            })
             .try_buffer_unordered(CHUNKS_IN_FLIGHT)
             .try_collect::<()>()
             .await?;
-        self.expect_applied(shard, kind.last(config_num)).await?;
+        // A sender that fails mid-stream may close it without an error: only the end marker
+        // says it is whole. (Whole pulls from nodes older than the marker end without one.)
+        if !ended.load(Ordering::Relaxed) && kind != Pull::Whole {
+            let message = "the stream ended without its end marker, so it was cut short".to_string();
+            return Err(MoveError::PullBroken { shard, message });
+        }
+        if let Some(last) = kind.last(config_num) {
+            self.expect_applied(shard, last).await?;
+        }
         let received = self.ctx.moves.snapshot().get(&shard).copied().unwrap_or_default();
         self.ctx.moves.clear(shard);
         let metrics = &self.ctx.metrics;
@@ -484,6 +545,9 @@ impl Driver {
     }
 
     async fn install(&self, config_num: u64, shard: ShardId, kind: Pull, chunk: ShardChunk) -> Result<(), MoveError> {
+        if chunk.data.is_empty() && chunk.sessions.is_empty() && chunk.deleted.is_empty() {
+            return Ok(());
+        }
         let records = |list: Vec<shardkv_proto::v1::ShardRecord>| -> Vec<Record> {
             list.into_iter().map(|r| Record { key: r.key, value: r.value }).collect()
         };
@@ -624,11 +688,12 @@ impl Pull {
         }
     }
 
-    /// The entry that ends a stream of this kind.
-    fn last(self, config_num: u64) -> Op {
+    /// The entry that ends a pull, after which the shard serves. A copy ends with the others
+    /// of its config (see `CopyAhead::received`).
+    fn last(self, config_num: u64) -> Option<Op> {
         match self {
-            Pull::Copy => Op::FinishCopy { config_num },
-            kind => kind.op(config_num, Vec::new(), Vec::new(), Vec::new(), true),
+            Pull::Copy => None,
+            kind => Some(kind.op(config_num, Vec::new(), Vec::new(), Vec::new(), true)),
         }
     }
 }

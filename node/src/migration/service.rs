@@ -87,7 +87,7 @@ impl Migration for MigrationService {
         let db = self.ctx.db.clone();
         if req.changes_only {
             if self.ctx.sharding().copied_out.get(&req.shard) != Some(&req.config_num) {
-                return Err(Status::failed_precondition(format!(
+                return Err(Status::not_found(format!(
                     "shard {} was not copied for config {}, so no changes were recorded: pull it whole",
                     req.shard, req.config_num
                 )));
@@ -114,6 +114,13 @@ impl Migration for MigrationService {
                 group.group,
                 group.config_num(),
                 config_num - 1
+            )));
+        }
+        // Still moving in here (at the config before): it can be copied once it serves.
+        if group.config_num() + 1 == config_num && group.admission(shard) == Admission::MovingIn {
+            return Err(Status::unavailable(format!(
+                "shard {shard} is still moving into group {}; it can be copied once it serves it",
+                group.group
             )));
         }
         if group.config_num() + 1 > config_num || group.admission(shard) != Admission::Serve {
@@ -287,11 +294,10 @@ impl<'a> Chunker<'a> {
         Ok(())
     }
 
-    /// Sends what is left, or the error that cut the stream short.
+    /// Sends what is left with the end marker, or the error that cut the stream short.
     fn finish(self, outcome: Result<(), String>) {
         let last = match outcome {
-            Ok(()) if self.chunk == ShardChunk::default() => return,
-            Ok(()) => Ok(self.chunk),
+            Ok(()) => Ok(ShardChunk { end: true, ..self.chunk }),
             Err(e) => Err(Status::internal(e)),
         };
         let _ = self.tx.blocking_send(last);

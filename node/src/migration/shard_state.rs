@@ -282,6 +282,18 @@ impl GroupShards {
             || matches!(self.shards.get(&shard), Some(ShardState::Copied { config_num: c, .. }) if *c == config_num)
     }
 
+    /// The previous owner has no changes of `shard` since its copy: pull it whole instead. False
+    /// for a stale or repeated request. On true, the copy must be deleted.
+    pub fn discard_copy(&mut self, config_num: u64, shard: ShardId) -> bool {
+        let Some(ShardState::CatchingUp { from, members }) = self.shards.get(&shard) else { return false };
+        if config_num != self.config.num {
+            return false;
+        }
+        let pulling = ShardState::Pulling { from: *from, members: members.clone() };
+        self.shards.insert(shard, pulling);
+        true
+    }
+
     /// Whether the changes made to `shard` since its copy may be written now.
     pub fn accepts_changes(&self, config_num: u64, shard: ShardId) -> bool {
         config_num == self.config.num && matches!(self.shards.get(&shard), Some(ShardState::CatchingUp { .. }))
@@ -589,6 +601,10 @@ mod tests {
         assert!(two.ready_for(2, partial), "past the config, the giver need not wait");
         assert!(two.accepts_changes(2, whole) && !two.accepts_changes(2, partial) && !two.accepts_changes(1, whole));
         assert!(!two.accepts_chunk(2, whole), "a caught-up shard takes changes, not whole chunks");
+        let mut without_changes = two.clone();
+        assert!(!without_changes.discard_copy(1, whole) && !without_changes.discard_copy(2, partial));
+        assert!(without_changes.discard_copy(2, whole));
+        assert!(without_changes.accepts_chunk(2, whole), "then it is pulled whole");
         assert!(two.finish_pull(2, whole));
         assert_eq!(two.admission(whole), Admission::Serve);
         one.apply_config(c[2].clone()).unwrap();

@@ -133,12 +133,12 @@ impl<'a> ApplyBatch<'a> {
             }
             Op::InstallChunk { config_num, data, sessions, last } => {
                 let pulled = Pulled { config_num: *config_num, data, deleted: &[], sessions, last: *last };
-                let accepted = self.sharding_mut().group.accepts_chunk(*config_num, cmd.shard);
+                let accepted = self.sharding_view(|s| s.group.accepts_chunk(*config_num, cmd.shard));
                 self.install(index, cmd.shard, accepted, pulled)
             }
             Op::InstallChanges { config_num, data, deleted, sessions, last } => {
                 let pulled = Pulled { config_num: *config_num, data, deleted, sessions, last: *last };
-                let accepted = self.sharding_mut().group.accepts_changes(*config_num, cmd.shard);
+                let accepted = self.sharding_view(|s| s.group.accepts_changes(*config_num, cmd.shard));
                 self.install(index, cmd.shard, accepted, pulled)
             }
             Op::DropShard { config_num } => {
@@ -161,6 +161,18 @@ impl<'a> ApplyBatch<'a> {
                 Ok(OpResult::Applied)
             }
             Op::CopyChunk { config_num, data } => self.copy_chunk(cmd.shard, *config_num, data),
+            Op::DiscardCopy { config_num } => {
+                if !self.sharding_mut().group.discard_copy(*config_num, cmd.shard) {
+                    return Ok(OpResult::Refused(format!("shard {} has no copy for config {config_num}", cmd.shard)));
+                }
+                self.delete_shard(cmd.shard);
+                tracing::warn!(
+                    shard = cmd.shard,
+                    config = config_num,
+                    "deleted a copy without changes; pulling it whole"
+                );
+                Ok(OpResult::Applied)
+            }
             Op::FinishCopy { config_num } => {
                 if !self.sharding_mut().group.finish_copy(*config_num, cmd.shard) {
                     return Ok(OpResult::Refused(format!("shard {} has no copy for config {config_num}", cmd.shard)));
@@ -257,7 +269,7 @@ impl<'a> ApplyBatch<'a> {
     }
 
     fn copy_chunk(&mut self, shard: ShardId, config_num: u64, data: &[Record]) -> io::Result<OpResult> {
-        if !self.sharding_mut().group.accepts_copy(config_num, shard) {
+        if !self.sharding_view(|s| s.group.accepts_copy(config_num, shard)) {
             return Ok(OpResult::Refused(format!("shard {shard} takes no copy for config {config_num}")));
         }
         if let Err(refusal) = check_chunk(data, &[]) {
@@ -530,10 +542,7 @@ mod tests {
             "a refused chunk writes nothing"
         );
         assert_eq!(db.get_cf(cf(&db, CF_SESSIONS), session_key(SHARD, 7)).unwrap(), None);
-        assert!(
-            sharding.is_some_and(|s| s.group.shards[&SHARD] != ShardState::Serving),
-            "and does not finish the pull"
-        );
+        assert!(sharding.is_none_or(|s| s.group.shards[&SHARD] != ShardState::Serving), "and does not finish the pull");
 
         // A good chunk after the bad ones still installs.
         let mut batch = ApplyBatch::new(&db, &shared, &cache);

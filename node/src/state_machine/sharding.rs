@@ -101,7 +101,13 @@ impl Sharding {
 
     pub fn write_group(&self, db: &DB, batch: &mut WriteBatch) {
         batch.put_cf(cf(db, CF_SHARDS), GROUP_KEY, encode(&self.group));
-        batch.put_cf(cf(db, CF_SHARDS), COPIED_OUT_KEY, encode(&self.copied_out));
+        // Absent when empty, as it is on nodes that predate copies, so their snapshots stay
+        // readable by such nodes as long as no copy is under way.
+        if self.copied_out.is_empty() {
+            batch.delete_cf(cf(db, CF_SHARDS), COPIED_OUT_KEY);
+        } else {
+            batch.put_cf(cf(db, CF_SHARDS), COPIED_OUT_KEY, encode(&self.copied_out));
+        }
     }
 }
 

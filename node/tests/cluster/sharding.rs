@@ -58,7 +58,7 @@ async fn leader_while_moving_in(cluster: &ShardedCluster, group: u64) -> u64 {
     wait_for(&format!("group {group} to be copying or pulling a shard"), WAIT, || async {
         for id in data.running() {
             let status = data.status(id).await?;
-            let moving_in = |state: &str| matches!(state, "copying" | "pulling" | "catching_up");
+            let moving_in = |state: &str| matches!(state, "copying" | "copied" | "pulling" | "catching_up");
             if status.state == "Leader" && status.shards.iter().any(|s| moving_in(&s.state)) {
                 return Some(id);
             }

@@ -20,7 +20,8 @@ pub enum ShardState {
     Serving,
     /// Moving in from the peer group.
     Pulling,
-    /// Being copied from the peer group, which still serves it, ahead of the move.
+    /// Being copied from the peer group ahead of the move (while that group serves it), or
+    /// copied and waiting for the move.
     Copying,
     /// Frozen until the peer group confirms it installed the shard, then deleted here.
     BePulled,
@@ -72,10 +73,12 @@ impl HeldShard {
             ShardState::Pulling => {
                 format!("group {group_id} is pulling shard {} from group {}", self.shard, self.peer_group)
             }
-            ShardState::Copying => format!(
-                "group {group_id} is copying shard {} from group {}, which still serves it",
-                self.shard, self.peer_group
-            ),
+            ShardState::Copying => {
+                format!(
+                    "group {group_id} is copying shard {} from group {} ahead of the move",
+                    self.shard, self.peer_group
+                )
+            }
             ShardState::BePulled => {
                 format!("group {group_id} holds shard {} until group {} has it", self.shard, self.peer_group)
             }

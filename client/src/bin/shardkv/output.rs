@@ -204,15 +204,31 @@ fn bytes_text(bytes: u64) -> String {
     if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }
 
+/// What a group receiving a shard in `state` is doing, for shards that receive data.
+fn receiving(state: &str) -> Option<&'static str> {
+    match state {
+        "copying" => Some("copying, still served, from"),
+        "catching_up" => Some("pulling changes since its copy from"),
+        "pulling" => Some("pulling from"),
+        _ => None,
+    }
+}
+
 fn move_text(m: &MoveView) -> String {
-    match m.state.as_str() {
-        "pulling" => format!(
-            "shard {}: group {} pulling it from group {}: {} items, {} received",
+    if let Some(doing) = receiving(&m.state) {
+        return format!(
+            "shard {}: group {} {doing} group {}: {} items, {} received",
             m.shard,
             m.group,
             m.peer_group,
             m.moved_items,
             bytes_text(m.moved_bytes)
+        );
+    }
+    match m.state.as_str() {
+        "copied" => format!(
+            "shard {}: group {} holds a whole copy from group {} and waits for the move",
+            m.shard, m.group, m.peer_group
         ),
         "be_pulled" => format!(
             "shard {}: group {} holds it frozen for group {} until that group installs it",
@@ -274,7 +290,9 @@ pub fn cluster_table(cluster: &ClusterStatus) -> String {
     let mut i = 0;
     while i < shards.len() {
         let same = |j: usize| {
-            shards[j].owner == shards[i].owner && shards[j].state == shards[i].state && shards[j].state != "pulling"
+            shards[j].owner == shards[i].owner
+                && shards[j].state == shards[i].state
+                && receiving(&shards[j].state).is_none()
         };
         let mut j = i;
         while j + 1 < shards.len() && same(j + 1) {
@@ -283,14 +301,14 @@ pub fn cluster_table(cluster: &ClusterStatus) -> String {
         let range =
             if i == j { shards[i].shard.to_string() } else { format!("{}-{}", shards[i].shard, shards[j].shard) };
         let owner = if shards[i].owner == 0 { "-".to_string() } else { shards[i].owner.to_string() };
-        let state = match shards[i].state.as_str() {
-            "pulling" => format!(
-                "pulling from group {} ({} items, {} so far)",
+        let state = match receiving(&shards[i].state) {
+            Some(doing) => format!(
+                "{doing} group {} ({} items, {} so far)",
                 shards[i].peer_group,
                 shards[i].moved_items,
                 bytes_text(shards[i].moved_bytes)
             ),
-            other => other.to_string(),
+            None => shards[i].state.clone(),
         };
         rows.push(vec![range, owner, state]);
         i = j + 1;
@@ -549,7 +567,7 @@ mod tests {
         assert!(table.contains("group 2: leader node 1 at g2:1, applied config 3"), "{table}");
         assert!(table.contains("0-1     1      serving"), "{table}");
         assert!(table.contains("2       2      pulling from group 1 (7 items, 3.0 MiB so far)"), "{table}");
-        assert!(table.contains("shard 2: group 2 pulling it from group 1: 7 items, 3.0 MiB received"), "{table}");
+        assert!(table.contains("shard 2: group 2 pulling from group 1: 7 items, 3.0 MiB received"), "{table}");
         assert!(table.contains("not settled: 3/4 shards serving, 1 moves in progress"), "{table}");
         let json = cluster_json(&cluster);
         assert_eq!(json["shards"][2]["state"], "pulling");
