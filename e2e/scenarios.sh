@@ -1297,13 +1297,15 @@ pulled_bytes() {
   cat "$E2E_PODRUNNER_DIR/logs/${CLUSTER_NS}_$CLUSTER"-g*_node.log | python3 -c 'import json, sys
 from datetime import datetime
 lo, hi, since = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]) / 1e9
+# What the receiving leader logs for a copy, a pull of the changes since it, and a whole pull.
+STREAMS = ("copied a shard while its owner serves it", "pulled a shard\x27s changes since its copy", "pulled a shard")
 n = size = 0
 start = end = None
 for line in sys.stdin:
     try:
         e = json.loads(line)
         f = e["fields"]
-        if not f.get("message", "").startswith(("pulled a shard", "copied a shard")) or not lo < f["config"] <= hi:
+        if f.get("message") not in STREAMS or not lo < f["config"] <= hi:
             continue
         t = datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")).timestamp()
     except (ValueError, KeyError, TypeError):

@@ -175,9 +175,9 @@ pub struct Driver {
     copy_ahead: Mutex<Option<CopyAhead>>,
 }
 
-/// The copies this leader takes ahead of config `config_num`.
+/// The copies this leader takes ahead of `config`.
 struct CopyAhead {
-    config_num: u64,
+    config: Config,
     since: Instant,
     /// Shards whose copy has been received whole, for which `FinishCopy` waits until every
     /// incoming shard's has: a shard counts as copied only then, so that its owner does not
@@ -269,10 +269,15 @@ impl Driver {
     /// Applies config `num` once it exists and its moves are copied ahead (or `COPY_WAIT` has
     /// passed).
     async fn next_config(&self, num: u64) -> Result<(), Vec<MoveError>> {
-        match self.fetch_config(num).await {
-            Ok(Some(config)) => self.apply_next(config).await,
-            Ok(None) => Ok(()),
-            Err(e) => Err(vec![e]),
+        // A numbered config never changes: while its copies run, it is not fetched again.
+        let copying = self.copy_ahead_state().as_ref().filter(|c| c.config.num == num).map(|c| c.config.clone());
+        match copying {
+            Some(config) => self.apply_next(config).await,
+            None => match self.fetch_config(num).await {
+                Ok(Some(config)) => self.apply_next(config).await,
+                Ok(None) => Ok(()),
+                Err(e) => Err(vec![e]),
+            },
         }
     }
 
@@ -289,9 +294,9 @@ impl Driver {
         let since = {
             let mut slot = self.copy_ahead_state();
             match &*slot {
-                Some(copies) if copies.config_num == next.num => copies.since,
+                Some(copies) if copies.config.num == next.num => copies.since,
                 _ => {
-                    let fresh = CopyAhead { config_num: next.num, since: Instant::now(), received: BTreeSet::new() };
+                    let fresh = CopyAhead { config: next.clone(), since: Instant::now(), received: BTreeSet::new() };
                     slot.insert(fresh).since
                 }
             }
@@ -367,7 +372,7 @@ impl Driver {
         let Some(stream) = stream else { return Ok(()) };
         self.expect_applied(shard, Op::BeginCopy { config_num }).await?;
         self.receive(config_num, shard, Pull::Copy, stream).await?;
-        if let Some(copies) = self.copy_ahead_state().as_mut().filter(|c| c.config_num == config_num) {
+        if let Some(copies) = self.copy_ahead_state().as_mut().filter(|c| c.config.num == config_num) {
             copies.received.insert(shard);
         }
         Ok(())
