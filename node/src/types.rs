@@ -75,10 +75,10 @@ pub enum Op {
     /// Data group, new owner: start (or start over) a copy of `Command::shard` ahead of the move
     /// at `config_num`, deleting what this replica holds of it.
     BeginCopy { config_num: u64 },
-    /// A slice of that copy's data.
-    CopyChunk { config_num: u64, data: Vec<Record> },
-    /// The copy is whole.
-    FinishCopy { config_num: u64 },
+    /// A slice of the data of the copy begun at log index `begun_at`.
+    CopyChunk { config_num: u64, begun_at: u64, data: Vec<Record> },
+    /// The copy begun at log index `begun_at` is whole.
+    FinishCopy { config_num: u64, begun_at: u64 },
     /// Data group, new owner: what the previous owner changed in `Command::shard` since the copy
     /// (current values, and `deleted` user keys), with the shard's sessions; `last` marks the
     /// end, after which the shard serves.
@@ -169,10 +169,12 @@ impl std::fmt::Display for Command {
             Op::StartAfter { baseline } => write!(f, "start after config={}", baseline.num)?,
             Op::TrackChanges { config_num } => write!(f, "track changes shard={} config={config_num}", self.shard)?,
             Op::BeginCopy { config_num } => write!(f, "begin copy shard={} config={config_num}", self.shard)?,
-            Op::CopyChunk { config_num, data } => {
-                write!(f, "copy shard={} config={config_num} items={}", self.shard, data.len())?
+            Op::CopyChunk { config_num, begun_at, data } => {
+                write!(f, "copy shard={} config={config_num} begun_at={begun_at} items={}", self.shard, data.len())?
             }
-            Op::FinishCopy { config_num } => write!(f, "finish copy shard={} config={config_num}", self.shard)?,
+            Op::FinishCopy { config_num, begun_at } => {
+                write!(f, "finish copy shard={} config={config_num} begun_at={begun_at}", self.shard)?
+            }
             Op::DiscardCopy { config_num } => write!(f, "discard copy shard={} config={config_num}", self.shard)?,
             Op::InstallChanges { config_num, data, deleted, sessions, last } => write!(
                 f,

@@ -11,7 +11,6 @@
 //! the shard's size.
 
 use std::collections::BTreeMap;
-use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -179,10 +178,11 @@ pub struct Driver {
 struct CopyAhead {
     config: Config,
     since: Instant,
-    /// Shards whose copy has been received whole, for which `FinishCopy` waits until every
-    /// incoming shard's has: a shard counts as copied only then, so that its owner does not
-    /// freeze it while this group is still copying another, larger one.
-    received: BTreeSet<ShardId>,
+    /// Shards whose copy has been received whole, by the log index its `BeginCopy` was
+    /// applied at. `FinishCopy` waits until every incoming shard's has: a shard counts as
+    /// copied only then, so that its owner does not freeze it while this group is still
+    /// copying another, larger one.
+    received: BTreeMap<ShardId, u64>,
 }
 
 impl Driver {
@@ -296,7 +296,7 @@ impl Driver {
             match &*slot {
                 Some(copies) if copies.config.num == next.num => copies.since,
                 _ => {
-                    let fresh = CopyAhead { config: next.clone(), since: Instant::now(), received: BTreeSet::new() };
+                    let fresh = CopyAhead { config: next.clone(), since: Instant::now(), received: BTreeMap::new() };
                     slot.insert(fresh).since
                 }
             }
@@ -315,8 +315,9 @@ impl Driver {
         let mut errors: Vec<MoveError> = copies.into_iter().filter_map(Result::err).collect();
         if errors.is_empty() {
             let now = self.ctx.sharding().group;
-            for shard in self.received_copies().into_iter().filter(|&shard| !now.ready_for(next.num, shard)) {
-                if let Err(e) = self.expect_applied(shard, Op::FinishCopy { config_num: next.num }).await {
+            for (shard, begun_at) in self.received_copies().into_iter().filter(|&(s, _)| !now.ready_for(next.num, s)) {
+                let finish = Op::FinishCopy { config_num: next.num, begun_at };
+                if let Err(e) = self.expect_applied(shard, finish).await {
                     errors.push(e);
                 }
             }
@@ -331,8 +332,9 @@ impl Driver {
         self.copy_ahead.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn received_copies(&self) -> Vec<ShardId> {
-        self.copy_ahead_state().as_ref().map(|c| c.received.iter().copied().collect()).unwrap_or_default()
+    fn received_copies(&self) -> Vec<(ShardId, u64)> {
+        let state = self.copy_ahead_state();
+        state.as_ref().map(|c| c.received.iter().map(|(&shard, &at)| (shard, at)).collect()).unwrap_or_default()
     }
 
     /// Copies one shard from its owner, which keeps serving it, ahead of the move at
@@ -341,9 +343,10 @@ impl Driver {
     /// from: the shard is then pulled whole.
     async fn copy(&self, config_num: u64, transfer: &Transfer, group: &GroupShards) -> Result<(), MoveError> {
         let shard = transfer.shard;
-        let copying =
-            matches!(group.shards.get(&shard), Some(ShardState::Copying { config_num: c, .. }) if *c == config_num);
-        if copying && self.received_copies().contains(&shard) {
+        // Received whole by this leader, and no other copy begun since.
+        if let Some(begun_at) = group.copying(config_num, shard)
+            && self.received_copies().contains(&(shard, begun_at))
+        {
             return Ok(());
         }
         let request =
@@ -370,10 +373,13 @@ impl Driver {
         .await
         .map_err(|refusals| MoveError::CopyRefused { shard, config_num, refusals })?;
         let Some(stream) = stream else { return Ok(()) };
-        self.expect_applied(shard, Op::BeginCopy { config_num }).await?;
-        self.receive(config_num, shard, Pull::Copy, stream).await?;
+        let begun_at = match self.propose_logged(shard, Op::BeginCopy { config_num }).await? {
+            (index, OpResult::Applied) => index,
+            (_, result) => return Err(MoveError::Refused { shard, result }),
+        };
+        self.receive(config_num, shard, Pull::Copy { begun_at }, stream).await?;
         if let Some(copies) = self.copy_ahead_state().as_mut().filter(|c| c.config.num == config_num) {
-            copies.received.insert(shard);
+            copies.received.insert(shard, begun_at);
         }
         Ok(())
     }
@@ -531,7 +537,7 @@ impl Driver {
         let received = self.ctx.moves.snapshot().get(&shard).copied().unwrap_or_default();
         self.ctx.moves.clear(shard);
         let metrics = &self.ctx.metrics;
-        if kind == Pull::Copy {
+        if matches!(kind, Pull::Copy { .. }) {
             metrics.shard_copied_bytes.inc_by(received.bytes);
         } else {
             metrics.shard_moved_bytes.inc_by(received.bytes);
@@ -660,16 +666,23 @@ impl Driver {
     }
 
     async fn propose(&self, shard: ShardId, op: Op) -> Result<OpResult, MoveError> {
+        self.propose_logged(shard, op).await.map(|(_, result)| result)
+    }
+
+    /// Proposes `op` and returns the log index it was applied at, with its result.
+    async fn propose_logged(&self, shard: ShardId, op: Op) -> Result<(u64, OpResult), MoveError> {
         let cmd = Command { session: None, shard, op };
-        self.ctx.raft.client_write(cmd).await.map(|r| r.data).map_err(|e| MoveError::Propose(Box::new(e)))
+        let written = self.ctx.raft.client_write(cmd).await.map_err(|e| MoveError::Propose(Box::new(e)))?;
+        Ok((written.log_id.index(), written.data))
     }
 }
 
 /// What a stream of chunks from a shard's owner holds, and so which entry installs each chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pull {
-    /// A copy taken while the owner still serves the shard (data only).
-    Copy,
+    /// A copy taken while the owner still serves the shard (data only), begun by the
+    /// `BeginCopy` entry at log index `begun_at`.
+    Copy { begun_at: u64 },
     /// The whole frozen shard.
     Whole,
     /// The keys changed since the copy, and the sessions.
@@ -679,7 +692,7 @@ enum Pull {
 impl Pull {
     fn op(self, config_num: u64, data: Vec<Record>, deleted: Vec<ByteBuf>, sessions: Vec<Record>, last: bool) -> Op {
         match self {
-            Pull::Copy => Op::CopyChunk { config_num, data },
+            Pull::Copy { begun_at } => Op::CopyChunk { config_num, begun_at, data },
             Pull::Whole => Op::InstallChunk { config_num, data, sessions, last },
             Pull::Changes => Op::InstallChanges { config_num, data, deleted, sessions, last },
         }
@@ -687,7 +700,7 @@ impl Pull {
 
     fn done(self) -> &'static str {
         match self {
-            Pull::Copy => "copied a shard while its owner serves it",
+            Pull::Copy { .. } => "copied a shard while its owner serves it",
             Pull::Whole => "pulled a shard",
             Pull::Changes => "pulled a shard's changes since its copy",
         }
@@ -697,7 +710,7 @@ impl Pull {
     /// of its config (see `CopyAhead::received`).
     fn last(self, config_num: u64) -> Option<Op> {
         match self {
-            Pull::Copy => None,
+            Pull::Copy { .. } => None,
             kind => Some(kind.op(config_num, Vec::new(), Vec::new(), Vec::new(), true)),
         }
     }

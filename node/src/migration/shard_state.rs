@@ -24,8 +24,9 @@ pub enum ShardState {
     BePulled { to: GroupId, members: Vec<Member> },
     // New variants go last: stored states encode a variant by its position.
     /// Not owned yet: a copy is being taken from `from`, which still serves it, ahead of the
-    /// move to this group at `config_num`.
-    Copying { config_num: u64, from: GroupId },
+    /// move to this group at `config_num`. `begun_at`, the log index of the entry that began
+    /// it, tells this copy from an earlier one a former leader began and never finished.
+    Copying { config_num: u64, from: GroupId, begun_at: u64 },
     /// Not owned yet: a whole copy taken from `from` ahead of the move at `config_num`.
     Copied { config_num: u64, from: GroupId },
     /// Owned in the current config, copied from `from` while it still served it: the leader
@@ -243,7 +244,7 @@ impl GroupShards {
     /// the next config, from the group that owns it now. False, and nothing changes, when the
     /// shard is this group's already or `config_num` is not the next config. On true, whatever
     /// this replica holds of the shard must be deleted before the copy is written.
-    pub fn begin_copy(&mut self, config_num: u64, shard: ShardId) -> bool {
+    pub fn begin_copy(&mut self, config_num: u64, shard: ShardId, begun_at: u64) -> bool {
         let owner = self.config.shards.get(shard as usize).copied().flatten();
         let Some(from) = owner.filter(|&g| g != self.group) else { return false };
         let fresh = match self.shards.get(&shard) {
@@ -253,20 +254,29 @@ impl GroupShards {
         if config_num != self.config.num + 1 || !fresh {
             return false;
         }
-        self.shards.insert(shard, ShardState::Copying { config_num, from });
+        self.shards.insert(shard, ShardState::Copying { config_num, from, begun_at });
         true
     }
 
-    /// Whether a chunk of a copy of `shard` for the move at `config_num` may be written now.
-    pub fn accepts_copy(&self, config_num: u64, shard: ShardId) -> bool {
-        matches!(self.shards.get(&shard), Some(ShardState::Copying { config_num: c, .. }) if *c == config_num)
+    /// The copy of `shard` in progress for the move at `config_num`: the log index it began at.
+    pub fn copying(&self, config_num: u64, shard: ShardId) -> Option<u64> {
+        match self.shards.get(&shard) {
+            Some(ShardState::Copying { config_num: c, begun_at, .. }) if *c == config_num => Some(*begun_at),
+            _ => None,
+        }
     }
 
-    /// The whole copy of `shard` for the move at `config_num` is written. False for a stale or
-    /// repeated completion.
-    pub fn finish_copy(&mut self, config_num: u64, shard: ShardId) -> bool {
-        let Some(ShardState::Copying { config_num: c, from }) = self.shards.get(&shard) else { return false };
-        if *c != config_num {
+    /// Whether a chunk of the copy of `shard` begun at `begun_at` for the move at `config_num`
+    /// may be written now.
+    pub fn accepts_copy(&self, config_num: u64, begun_at: u64, shard: ShardId) -> bool {
+        self.copying(config_num, shard) == Some(begun_at)
+    }
+
+    /// The copy of `shard` begun at `begun_at` for the move at `config_num` is whole. False for
+    /// a stale or repeated completion, or one of another copy.
+    pub fn finish_copy(&mut self, config_num: u64, begun_at: u64, shard: ShardId) -> bool {
+        let Some(ShardState::Copying { from, .. }) = self.shards.get(&shard) else { return false };
+        if self.copying(config_num, shard) != Some(begun_at) {
             return false;
         }
         let from = *from;
@@ -577,22 +587,25 @@ mod tests {
         let (c, mut one, mut two) = before_second_join();
         let gained = c[2].shards_of(2);
         let (whole, partial) = (gained[0], gained[1]);
-        assert!(!two.begin_copy(3, whole), "only for the next config");
-        assert!(!one.begin_copy(2, whole), "not a shard this group owns already");
+        assert!(!two.begin_copy(3, whole, 10), "only for the next config");
+        assert!(!one.begin_copy(2, whole, 10), "not a shard this group owns already");
         for &shard in &gained[..2] {
-            assert!(two.begin_copy(2, shard));
-            assert!(two.accepts_copy(2, shard) && !two.accepts_copy(3, shard));
+            assert!(two.begin_copy(2, shard, 10));
+            assert!(two.accepts_copy(2, 10, shard) && !two.accepts_copy(3, 10, shard));
             assert_eq!(two.admission(shard), Admission::WrongGroup { config_num: 1 }, "a copy serves nothing");
         }
         assert!(!two.ready_for(2, whole));
-        assert!(!two.finish_copy(3, whole), "stale completion");
-        assert!(two.finish_copy(2, whole));
-        assert!(!two.finish_copy(2, whole), "repeated completion");
-        assert!(!two.accepts_copy(2, whole), "a whole copy takes no more chunks");
+        assert!(!two.finish_copy(3, 10, whole), "stale completion");
+        assert!(two.begin_copy(2, whole, 20), "a copy may be started over, by another leader");
+        assert!(!two.accepts_copy(2, 10, whole), "chunks of the copy begun before are refused");
+        assert!(!two.finish_copy(2, 10, whole), "and so is its completion: it may be partial");
+        assert!(two.finish_copy(2, 20, whole));
+        assert!(!two.finish_copy(2, 20, whole), "repeated completion");
+        assert!(!two.accepts_copy(2, 20, whole), "a whole copy takes no more chunks");
         assert!(two.ready_for(2, whole) && !two.ready_for(2, partial));
         assert!(two.settled(), "copies ahead of a config do not hold it back");
-        assert!(two.begin_copy(2, whole), "a copy may be started over");
-        assert!(two.finish_copy(2, whole));
+        assert!(two.begin_copy(2, whole, 30), "a whole copy may be started over too");
+        assert!(two.finish_copy(2, 30, whole));
 
         assert_eq!(two.apply_config(c[2].clone()), Ok(vec![partial]), "the partial copy is deleted");
         assert_eq!(two.shards[&whole], ShardState::CatchingUp { from: 1, members: member(1) });
@@ -615,8 +628,8 @@ mod tests {
     fn a_copy_for_a_move_that_does_not_happen_is_discarded() {
         let (c, _, mut two) = before_second_join();
         let shard = c[2].shards_of(2)[0];
-        assert!(two.begin_copy(2, shard));
-        assert!(two.finish_copy(2, shard));
+        assert!(two.begin_copy(2, shard, 10));
+        assert!(two.finish_copy(2, 10, shard));
         two.shards.insert(shard, ShardState::Copied { config_num: 2, from: 3 });
         assert_eq!(two.apply_config(c[2].clone()), Ok(vec![shard]), "copied from a group that does not give it");
         assert_eq!(two.shards[&shard], ShardState::Pulling { from: 1, members: member(1) });

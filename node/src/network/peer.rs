@@ -1,6 +1,7 @@
 //! Outgoing Raft RPCs (openraft `RaftNetworkFactory` / `RaftNetworkV2`).
 
 use std::future::Future;
+use std::time::Duration;
 
 use openraft::BasicNode;
 use openraft::OptionalSend;
@@ -44,6 +45,16 @@ type RpcError = RPCError<TypeConfig>;
 pub struct PeerNetwork {
     scope: GroupScope,
     channels: Channels,
+}
+
+/// The slowest rate at which a peer is still expected to take in and persist a large request.
+const SLOWEST_PEER_BYTES_PER_SEC: f64 = 8.0 * 1024.0 * 1024.0;
+
+/// Raft's deadline (a heartbeat interval) suits small requests. An append batch of shard
+/// chunks (up to 64 entries of 1 MiB) needs longer on a busy machine, and cut off at Raft's
+/// deadline it would be sent again, and cut off again, for as long as the machine stays busy.
+fn deadline_for(raft_ttl: Duration, payload_bytes: usize) -> Duration {
+    raft_ttl + Duration::from_secs_f64(payload_bytes as f64 / SLOWEST_PEER_BYTES_PER_SEC)
 }
 
 impl PeerNetwork {
@@ -92,7 +103,7 @@ impl PeerClient {
         })
     }
 
-    /// One unary RPC with a deadline. The reply carries Raft's own `Result`; an error there
+    /// One unary RPC with a deadline (see `deadline_for`). The reply carries Raft's own `Result`; an error there
     /// (the peer's Raft has stopped) counts as the peer being unreachable.
     async fn unary<Resp, F, Fut>(&self, payload: Vec<u8>, option: &RPCOption, call: F) -> Result<Resp, RpcError>
     where
@@ -100,8 +111,9 @@ impl PeerClient {
         F: FnOnce(RaftClient<Channel>, tonic::Request<RaftRequest>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<shardkv_proto::v1::RaftReply>, tonic::Status>>,
     {
+        let deadline = deadline_for(option.hard_ttl(), payload.len());
         let mut request = tonic::Request::new(self.request(payload));
-        request.set_timeout(option.hard_ttl());
+        request.set_timeout(deadline);
         let reply = call(self.client()?, request).await.map_err(|status| self.status_error(status))?;
         let reply: Result<Resp, String> =
             decode(&reply.into_inner().payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
@@ -209,5 +221,17 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         let reply: Result<SnapshotResponse<TypeConfig>, String> =
             decode(&reply.into_inner().payload).map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
         reply.map_err(|e| StreamingError::Unreachable(Unreachable::new(&std::io::Error::other(e))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_requests_get_time_to_arrive() {
+        let ttl = Duration::from_millis(100);
+        assert!(deadline_for(ttl, 200) < Duration::from_millis(101), "a heartbeat keeps Raft's deadline");
+        assert_eq!(deadline_for(ttl, 32 << 20), Duration::from_millis(4100), "32 MiB at 8 MiB/s");
     }
 }

@@ -150,7 +150,7 @@ impl<'a> ApplyBatch<'a> {
             }
             Op::TrackChanges { config_num } => Ok(self.track_changes(cmd.shard, *config_num)),
             Op::BeginCopy { config_num } => {
-                if !self.sharding_mut().group.begin_copy(*config_num, cmd.shard) {
+                if !self.sharding_mut().group.begin_copy(*config_num, cmd.shard, index) {
                     return Ok(OpResult::Refused(format!(
                         "shard {} cannot be copied for config {config_num}",
                         cmd.shard
@@ -160,7 +160,7 @@ impl<'a> ApplyBatch<'a> {
                 tracing::info!(shard = cmd.shard, config = config_num, "copying a shard ahead of its move here");
                 Ok(OpResult::Applied)
             }
-            Op::CopyChunk { config_num, data } => self.copy_chunk(cmd.shard, *config_num, data),
+            Op::CopyChunk { config_num, begun_at, data } => self.copy_chunk(cmd.shard, *config_num, *begun_at, data),
             Op::DiscardCopy { config_num } => {
                 if !self.sharding_mut().group.discard_copy(*config_num, cmd.shard) {
                     return Ok(OpResult::Refused(format!("shard {} has no copy for config {config_num}", cmd.shard)));
@@ -173,8 +173,8 @@ impl<'a> ApplyBatch<'a> {
                 );
                 Ok(OpResult::Applied)
             }
-            Op::FinishCopy { config_num } => {
-                if !self.sharding_mut().group.finish_copy(*config_num, cmd.shard) {
+            Op::FinishCopy { config_num, begun_at } => {
+                if !self.sharding_mut().group.finish_copy(*config_num, *begun_at, cmd.shard) {
                     return Ok(OpResult::Refused(format!("shard {} has no copy for config {config_num}", cmd.shard)));
                 }
                 tracing::info!(shard = cmd.shard, config = config_num, "copied a shard ahead of its move here");
@@ -268,8 +268,8 @@ impl<'a> ApplyBatch<'a> {
         OpResult::Applied
     }
 
-    fn copy_chunk(&mut self, shard: ShardId, config_num: u64, data: &[Record]) -> io::Result<OpResult> {
-        if !self.sharding_view(|s| s.group.accepts_copy(config_num, shard)) {
+    fn copy_chunk(&mut self, shard: ShardId, config_num: u64, begun_at: u64, data: &[Record]) -> io::Result<OpResult> {
+        if !self.sharding_view(|s| s.group.accepts_copy(config_num, begun_at, shard)) {
             return Ok(OpResult::Refused(format!("shard {shard} takes no copy for config {config_num}")));
         }
         if let Err(refusal) = check_chunk(data, &[]) {
