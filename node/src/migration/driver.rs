@@ -30,6 +30,7 @@ use shardkv_proto::v1::QueryRequest;
 use shardkv_proto::v1::ShardChunk;
 use shardkv_proto::v1::ShardConfig;
 use shardkv_proto::v1::ShardInstalledRequest;
+use shardkv_proto::v1::ShardInstalledResponse;
 use shardkv_proto::v1::meta_client::MetaClient;
 use shardkv_proto::v1::migration_client::MigrationClient;
 use tokio::sync::watch;
@@ -349,29 +350,12 @@ impl Driver {
         {
             return Ok(());
         }
-        let request =
-            PullShardRequest { cluster_id: self.ctx.scope.cluster_id.clone(), config_num, shard, changes_only: false };
-        let stream = first_answer(&self.channels, addrs(&transfer.members), |channel| {
-            let request = request.clone();
-            async move {
-                let mut client = MigrationClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
-                match client.copy_shard(request).await {
-                    Ok(response) => Ok(Some(response.into_inner())),
-                    Err(status) if status.code() == tonic::Code::FailedPrecondition => {
-                        tracing::info!(
-                            shard,
-                            config = config_num,
-                            reason = status.message(),
-                            "no copy ahead of the move"
-                        );
-                        Ok(None)
-                    }
-                    Err(status) => Err(status.message().to_string()),
-                }
-            }
-        })
-        .await
-        .map_err(|refusals| MoveError::CopyRefused { shard, config_num, refusals })?;
+        let cluster_id = self.ctx.scope.cluster_id.clone();
+        let request = PullShardRequest { cluster_id, config_num, shard, changes_only: false };
+        let stream = self
+            .open_stream(request, &transfer.members, true)
+            .await
+            .map_err(|refusals| MoveError::CopyRefused { shard, config_num, refusals })?;
         let Some(stream) = stream else { return Ok(()) };
         let begun_at = match self.propose_logged(shard, Op::BeginCopy { config_num }).await? {
             (index, OpResult::Applied) => index,
@@ -388,29 +372,16 @@ impl Driver {
     /// group holds a whole copy, has applied the config, or none of its replicas answers (a
     /// group that is down copies nothing; it pulls the shard whole once it is back).
     async fn copied_there(&self, config_num: u64, transfer: &Transfer) -> Result<(), MoveError> {
-        let shard = transfer.shard;
-        let cluster_id = self.ctx.scope.cluster_id.clone();
-        let request = ShardInstalledRequest { cluster_id, config_num, shard, group_id: transfer.group };
-        let answered = AtomicBool::new(false);
-        let ready = first_answer(&self.channels, addrs(&transfer.members), |channel| {
-            let (request, answered) = (request.clone(), &answered);
-            async move {
-                let response = MigrationClient::new(channel)
-                    .shard_installed(request)
-                    .await
-                    .map_err(|s| s.message().to_string())?;
-                answered.store(true, Ordering::Relaxed);
-                if response.into_inner().ready { Ok(()) } else { Err("no whole copy yet".to_string()) }
-            }
-        })
-        .await;
-        match ready {
-            Ok(()) => Ok(()),
-            Err(refusals) if !answered.load(Ordering::Relaxed) => {
-                tracing::info!(shard, config = config_num, group = transfer.group, %refusals, "the next owner does not answer; freezing the shard without a copy there");
+        let (shard, group) = (transfer.shard, transfer.group);
+        let asked =
+            self.ask_shard_installed(config_num, shard, group, &transfer.members, |r| r.ready, "no whole copy yet");
+        match asked.await {
+            (Ok(()), _) => Ok(()),
+            (Err(refusals), false) => {
+                tracing::info!(shard, config = config_num, group, %refusals, "the next owner does not answer; freezing the shard without a copy there");
                 Ok(())
             }
-            Err(refusals) => Err(MoveError::NotCopiedYet { shard, group: transfer.group, config_num, refusals }),
+            (Err(refusals), true) => Err(MoveError::NotCopiedYet { shard, group, config_num, refusals }),
         }
     }
 
@@ -473,20 +444,45 @@ impl Driver {
     /// the same data, so a pull cut short by a failure or a leader change is simply done again.
     async fn pull(&self, config_num: u64, kind: Pull, transfer: &Transfer) -> Result<(), MoveError> {
         let shard = transfer.shard;
-        let request = PullShardRequest {
-            cluster_id: self.ctx.scope.cluster_id.clone(),
-            config_num,
-            shard,
-            changes_only: kind == Pull::Changes,
+        let cluster_id = self.ctx.scope.cluster_id.clone();
+        let request = PullShardRequest { cluster_id, config_num, shard, changes_only: kind == Pull::Changes };
+        let stream = self
+            .open_stream(request, &transfer.members, false)
+            .await
+            .map_err(|refusals| MoveError::PullRefused { shard, config_num, refusals })?;
+        match stream {
+            Some(stream) => self.receive(config_num, shard, kind, stream).await,
+            // The previous owner recorded no changes since the copy: the next step pulls it whole.
+            None => self.expect_applied(shard, Op::DiscardCopy { config_num }).await,
+        }
+    }
+
+    /// Opens a stream of `request`'s shard from the first of `members` (its owner's replicas)
+    /// that starts one: a copy while the owner serves it (`copy`), or a pull once it is frozen,
+    /// of it whole or of its changes since the copy. None when the owner answers that it has no
+    /// such stream to send (a copy: FAILED_PRECONDITION; a pull of changes: NOT_FOUND), so the
+    /// caller falls back to moving the shard whole; a whole pull has no fallback.
+    async fn open_stream(
+        &self,
+        request: PullShardRequest,
+        members: &[Member],
+        copy: bool,
+    ) -> Result<Option<tonic::Streaming<ShardChunk>>, Refusals> {
+        let (shard, config_num) = (request.shard, request.config_num);
+        let none = match (copy, request.changes_only) {
+            (true, _) => Some(tonic::Code::FailedPrecondition),
+            (false, true) => Some(tonic::Code::NotFound),
+            (false, false) => None,
         };
-        let stream = first_answer(&self.channels, addrs(&transfer.members), |channel| {
+        first_answer(&self.channels, addrs(members), |channel| {
             let request = request.clone();
             async move {
                 let mut client = MigrationClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
-                match client.pull_shard(request).await {
+                let opened = if copy { client.copy_shard(request).await } else { client.pull_shard(request).await };
+                match opened {
                     Ok(response) => Ok(Some(response.into_inner())),
-                    Err(status) if status.code() == tonic::Code::NotFound && kind == Pull::Changes => {
-                        tracing::warn!(shard, config = config_num, reason = status.message(), "pulling it whole");
+                    Err(status) if Some(status.code()) == none => {
+                        tracing::info!(shard, config = config_num, reason = status.message(), "moving the shard whole");
                         Ok(None)
                     }
                     Err(status) => Err(status.message().to_string()),
@@ -494,12 +490,6 @@ impl Driver {
             }
         })
         .await
-        .map_err(|refusals| MoveError::PullRefused { shard, config_num, refusals })?;
-        match stream {
-            Some(stream) => self.receive(config_num, shard, kind, stream).await,
-            // The previous owner recorded no changes since the copy: the next step pulls it whole.
-            None => self.expect_applied(shard, Op::DiscardCopy { config_num }).await,
-        }
     }
 
     /// Proposes every chunk of `stream` in order of arrival, a few at a time, then the entry
@@ -616,20 +606,37 @@ impl Driver {
         group: GroupId,
         members: &[Member],
     ) -> Result<(), Refusals> {
+        // A replica that says no may lag; another may already have applied the install.
+        self.ask_shard_installed(config_num, shard, group, members, |r| r.installed, "not installed").await.0
+    }
+
+    /// Asks `group`'s replicas at `members` about `shard` at `config_num` until one's answer
+    /// passes `yes`, with whether any replica answered at all.
+    async fn ask_shard_installed(
+        &self,
+        config_num: u64,
+        shard: ShardId,
+        group: GroupId,
+        members: &[Member],
+        yes: fn(&ShardInstalledResponse) -> bool,
+        no: &'static str,
+    ) -> (Result<(), Refusals>, bool) {
         let cluster_id = self.ctx.scope.cluster_id.clone();
         let request = ShardInstalledRequest { cluster_id, config_num, shard, group_id: group };
-        first_answer(&self.channels, addrs(members), |channel| {
-            let request = request.clone();
+        let answered = AtomicBool::new(false);
+        let outcome = first_answer(&self.channels, addrs(members), |channel| {
+            let (request, answered) = (request.clone(), &answered);
             async move {
                 let response = MigrationClient::new(channel)
                     .shard_installed(request)
                     .await
                     .map_err(|s| s.message().to_string())?;
-                // A replica that says no may lag; another may already have applied the install.
-                if response.into_inner().installed { Ok(()) } else { Err("not installed".to_string()) }
+                answered.store(true, Ordering::Relaxed);
+                if yes(&response.into_inner()) { Ok(()) } else { Err(no.to_string()) }
             }
         })
-        .await
+        .await;
+        (outcome, answered.load(Ordering::Relaxed))
     }
 
     /// The configs after `config_num` as far as known, asking the meta group for newer ones at

@@ -66,7 +66,8 @@ impl Migration for MigrationService {
     async fn pull_shard(&self, request: Request<PullShardRequest>) -> Result<Response<Self::PullShardStream>, Status> {
         let req = request.into_inner();
         self.check_cluster(&req.cluster_id)?;
-        let group = self.ctx.sharding().group;
+        let sharding = self.ctx.sharding();
+        let group = &sharding.group;
         if !group.handing_off(req.config_num, req.shard) {
             let message = format!(
                 "group {} is at config {} and does not hand off shard {} at config {}",
@@ -86,7 +87,7 @@ impl Migration for MigrationService {
         let (tx, rx) = mpsc::channel(2);
         let db = self.ctx.db.clone();
         if req.changes_only {
-            if self.ctx.sharding().copied_out.get(&req.shard) != Some(&req.config_num) {
+            if sharding.copied_out.get(&req.shard) != Some(&req.config_num) {
                 return Err(Status::not_found(format!(
                     "shard {} was not copied for config {}, so no changes were recorded: pull it whole",
                     req.shard, req.config_num
