@@ -1,8 +1,11 @@
 //! Snapshot benchmark: how long building and installing a snapshot takes as the state grows.
 //!
-//! For each size it fills a real RocksDB state machine through `apply` (64 KiB values spread
-//! over 64 shards), builds a snapshot through openraft's builder, installs it into a second
-//! state machine, and prints both times. Data lives under $TMPDIR and is removed afterwards.
+//! For each size it fills a real RocksDB state machine through `apply` (64 KiB values of
+//! pseudo-random bytes, which do not compress, spread over 64 shards), builds a snapshot
+//! through openraft's builder (a checkpoint), sends it as a follower receives it (packed into
+//! the archive format and unpacked into the receiver's snapshot directory, on local disk),
+//! installs it into a second state machine, and prints the times. Data lives under $TMPDIR
+//! and is removed afterwards.
 //!
 //!   cargo run --release -p shardkv-node --example snapshot_bench -- [MIB ...]   (default 64 1024)
 
@@ -18,6 +21,7 @@ use shardkv_node::metrics::NodeMetrics;
 use shardkv_node::state_machine::SnapshotStore;
 use shardkv_node::state_machine::StateMachine;
 use shardkv_node::state_machine::sharding::Role;
+use shardkv_node::state_machine::snapshot_archive;
 use shardkv_node::storage::open_db;
 use shardkv_node::types::Command;
 use shardkv_node::types::Entry;
@@ -44,11 +48,10 @@ fn log_id(index: u64) -> LogId {
 async fn fill(sm: &mut StateMachine, mib: usize) -> f64 {
     let started = Instant::now();
     let keys = (mib << 20) / VALUE_BYTES;
-    let value: Vec<u8> = (0..VALUE_BYTES).map(|i| (i % 251) as u8).collect();
     for first in (0..keys).step_by(ENTRIES_PER_APPLY) {
         let entries: Vec<_> = (first..keys.min(first + ENTRIES_PER_APPLY))
             .map(|i| {
-                let op = Op::Put { key: format!("key-{i:08}").into_bytes(), value: value.clone() };
+                let op = Op::Put { key: format!("key-{i:08}").into_bytes(), value: random_value(i as u64) };
                 let command = Command { session: None, shard: (i % 64) as u32, op };
                 Ok((Entry::new_normal(log_id(i as u64 + 1), command), None))
             })
@@ -58,6 +61,20 @@ async fn fill(sm: &mut StateMachine, mib: usize) -> f64 {
     started.elapsed().as_secs_f64()
 }
 
+/// Bytes from a xorshift generator seeded by the key number: no two values alike, and nothing
+/// for LZ4 to compress.
+fn random_value(seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut value = Vec::with_capacity(VALUE_BYTES);
+    while value.len() < VALUE_BYTES {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        value.extend_from_slice(&state.to_le_bytes());
+    }
+    value
+}
+
 #[tokio::main]
 async fn main() {
     let sizes: Vec<usize> = std::env::args()
@@ -65,26 +82,41 @@ async fn main() {
         .map(|arg| arg.parse().unwrap_or_else(|_| panic!("sizes are whole MiB, not {arg:?}")))
         .collect();
     let sizes = if sizes.is_empty() { vec![64, 1024] } else { sizes };
-    println!("state MiB  fill s  snapshot MiB  build s  install s  build MB/s  install MB/s");
+    println!("state MiB  fill s  snapshot MiB  build s  send s  install s  build MB/s  send MB/s  install MB/s");
     for mib in sizes {
         let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let mut sender = open_state_machine(dir_a.path());
         let fill_secs = fill(&mut sender, mib).await;
 
         let started = Instant::now();
-        let snapshot = sender.get_snapshot_builder().await.build_snapshot().await.expect("building the snapshot");
+        let mut snapshot = sender.get_snapshot_builder().await.build_snapshot().await.expect("building the snapshot");
         let build_secs = started.elapsed().as_secs_f64();
         let snapshot_mib = snapshot.snapshot.size as f64 / f64::from(1 << 20);
 
         let mut receiver = open_state_machine(dir_b.path());
+        let started = Instant::now();
+        let received = dir_b.path().join("snapshots").join("received.tmp");
+        let (from, to) = (snapshot.snapshot.path.clone(), received.clone());
+        tokio::task::spawn_blocking(move || {
+            let (reader, writer) = std::io::pipe().expect("a pipe");
+            let packer = std::thread::spawn(move || snapshot_archive::pack(&from, writer).expect("packing"));
+            snapshot_archive::unpack(reader, &to).expect("unpacking");
+            packer.join().expect("the packing thread");
+        })
+        .await
+        .unwrap();
+        let send_secs = started.elapsed().as_secs_f64();
+        snapshot.snapshot.path = received;
+
         let started = Instant::now();
         receiver.install_snapshot(&snapshot.meta, snapshot.snapshot).await.expect("installing the snapshot");
         let install_secs = started.elapsed().as_secs_f64();
 
         let mb = (mib << 20) as f64 / 1e6;
         println!(
-            "{mib:>9}  {fill_secs:>6.1}  {snapshot_mib:>12.1}  {build_secs:>7.2}  {install_secs:>9.2}  {:>10.0}  {:>12.0}",
+            "{mib:>9}  {fill_secs:>6.1}  {snapshot_mib:>12.1}  {build_secs:>7.3}  {send_secs:>6.2}  {install_secs:>9.2}  {:>9.0}  {:>9.0}  {:>12.0}",
             mb / build_secs,
+            mb / send_secs,
             mb / install_secs
         );
     }

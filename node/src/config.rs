@@ -9,8 +9,12 @@ use shardkv_tls::{Role, TlsFiles};
 
 use crate::meta::META_GROUP;
 use crate::state_machine::sharding::Role as GroupRole;
-use crate::state_machine::snapshot_file::MAX_RECORD_PART;
 use crate::storage::keys::SHARD_PREFIX_LEN;
+
+/// The largest key or value a node may be configured to accept: one record must fit a Raft
+/// append or a shard chunk (gRPC messages of at most `network::MAX_MESSAGE_BYTES`, 256 MiB)
+/// with room for the rest of its batch.
+pub const MAX_RECORD_BYTES: usize = 64 << 20;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum LogFormat {
@@ -115,13 +119,13 @@ pub struct NodeArgs {
 }
 
 impl NodeArgs {
-    /// Refuses limits under which a node could write a snapshot no node can install: a data
-    /// record (shard prefix, key, value) must fit the snapshot reader's record limit.
+    /// Refuses limits under which a record could not travel: a data record (shard prefix, key,
+    /// value) must fit `MAX_RECORD_BYTES`.
     pub fn check_limits(&self) -> anyhow::Result<()> {
-        let limit = MAX_RECORD_PART as usize;
+        let limit = MAX_RECORD_BYTES;
         if self.max_key_bytes + SHARD_PREFIX_LEN > limit || self.max_value_bytes > limit {
             anyhow::bail!(
-                "--max-key-bytes {} / --max-value-bytes {} exceed the snapshot record limit of {limit} bytes",
+                "--max-key-bytes {} / --max-value-bytes {} exceed the record limit of {limit} bytes",
                 self.max_key_bytes,
                 self.max_value_bytes
             );
@@ -208,7 +212,7 @@ mod tests {
         assert_eq!(args(&[]).session_expiry(), std::time::Duration::from_secs(600));
         assert_eq!(args(&["--session-expiry-secs", "2"]).session_expiry(), std::time::Duration::from_secs(2));
         let err = args(&["--max-value-bytes", "100000000"]).check_limits().unwrap_err();
-        assert!(err.to_string().contains("snapshot record limit"), "{err}");
+        assert!(err.to_string().contains("the record limit"), "{err}");
         assert!(
             NodeArgs::try_parse_from(["n", "--cluster-id", "c", "--data-dir", "d", "--session-expiry-secs", "0"])
                 .is_err()

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::meta::Config;
 use crate::meta::MetaChange;
-use crate::state_machine::SnapshotFile;
+use crate::state_machine::SnapshotDir;
 use crate::state_machine::StateMachine;
 
 pub type NodeId = u64;
@@ -212,7 +212,7 @@ pub type Vote = openraft::alias::VoteOf<TypeConfig>;
 pub type Entry = openraft::alias::EntryOf<TypeConfig>;
 pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
 pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
-pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>;
+pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotDir>;
 pub type RaftMetrics = openraft::RaftMetrics<TypeConfig>;
 
 /// The index of a log id, 0 for "none yet" (Raft indexes start at 0 for the initial

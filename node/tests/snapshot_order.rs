@@ -1,4 +1,4 @@
-//! Snapshots only move forward: a builder writes the state of the moment it was made, and a
+//! Snapshots only move forward: a build checkpoints the state applied when it runs, and a
 //! build that finishes after a newer snapshot was installed does not replace that snapshot.
 //! Real RocksDB state machines on disk, driven through the openraft storage traits.
 
@@ -54,7 +54,7 @@ fn has_key(db: &rocksdb::DB, key: &str) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_builder_writes_the_state_of_the_moment_it_was_made() {
+async fn a_build_checkpoints_what_is_applied_when_it_runs_and_its_header_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let (mut sm, _db) = open_sm(dir.path());
     apply_puts(&mut sm, "k", 1, 10).await;
@@ -62,9 +62,14 @@ async fn a_builder_writes_the_state_of_the_moment_it_was_made() {
     apply_puts(&mut sm, "k", 11, 15).await;
 
     let built = builder.build_snapshot().await.unwrap();
-    assert_eq!(built.meta.last_log_id, log_id(10));
+    assert_eq!(built.meta.last_log_id, log_id(15), "writes applied without the WAL are in the checkpoint");
     check_snapshot(&built.snapshot.path, &built.meta).unwrap();
-    assert_eq!(sm.get_current_snapshot().await.unwrap().unwrap().meta.last_log_id, log_id(10));
+    assert_eq!(sm.get_current_snapshot().await.unwrap().unwrap().meta.last_log_id, log_id(15));
+
+    let replica_dir = tempfile::tempdir().unwrap();
+    let (mut replica, replica_db) = open_sm(replica_dir.path());
+    replica.install_snapshot(&built.meta, built.snapshot.clone()).await.unwrap();
+    assert!(has_key(&replica_db, "k15") && has_key(&replica_db, "k1"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -85,9 +90,9 @@ async fn a_follower_installing_a_leader_snapshot_while_building_its_own_ends_wit
     assert_eq!(built.meta.last_log_id, log_id(20), "the build answers with the newer snapshot");
     let current = follower.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(current.meta.last_log_id, log_id(20));
-    check_snapshot(&current.snapshot.path, &current.meta).expect("the current snapshot's file is whole");
-    let files = std::fs::read_dir(follower_dir.path().join("snapshots")).unwrap().count();
-    assert_eq!(files, 1, "only the current snapshot is kept");
+    check_snapshot(&current.snapshot.path, &current.meta).expect("the current snapshot is whole");
+    let snapshots = std::fs::read_dir(follower_dir.path().join("snapshots")).unwrap().count();
+    assert_eq!(snapshots, 1, "only the current snapshot is kept");
     assert_eq!(follower.applied_state().await.unwrap().0, log_id(20));
 
     drop((own_build, follower, follower_db));

@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use futures::StreamExt;
 use openraft::BasicNode;
 use openraft::OptionalSend;
 use openraft::error::NetworkError;
@@ -23,14 +24,14 @@ use openraft::raft::VoteResponse;
 use shardkv_proto::v1::RaftRequest;
 use shardkv_proto::v1::SnapshotChunk;
 use shardkv_proto::v1::raft_client::RaftClient;
-use tokio::io::AsyncReadExt;
 use tonic::transport::Channel;
 
 use super::GroupScope;
 use super::MAX_MESSAGE_BYTES;
 use super::SNAPSHOT_CHUNK_BYTES;
 use super::channels::Channels;
-use crate::state_machine::SnapshotFile;
+use crate::state_machine::SnapshotDir;
+use crate::state_machine::snapshot_archive;
 use crate::types::NodeId;
 use crate::types::Snapshot;
 use crate::types::TypeConfig;
@@ -130,7 +131,7 @@ impl PeerClient {
 }
 
 impl RaftNetworkV2<TypeConfig> for PeerClient {
-    type SnapshotData = SnapshotFile;
+    type SnapshotData = SnapshotDir;
 
     async fn append_entries(
         &mut self,
@@ -176,34 +177,14 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             other => StreamingError::Network(NetworkError::new(&other)),
         };
         let mut client = self.client().map_err(to_streaming)?;
-        let file = tokio::fs::File::open(&snapshot.snapshot.path)
-            .await
-            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        let packed = pack_in_chunks(snapshot.snapshot.path.clone());
         let header = encode(&(vote, snapshot.meta.clone()));
         let scope = self.scope.clone();
-        let chunks = futures::stream::unfold((file, Some(header)), move |(mut file, header)| {
-            let scope = scope.clone();
-            async move {
-                let mut data = vec![0u8; SNAPSHOT_CHUNK_BYTES];
-                let n = match file.read(&mut data).await {
-                    Ok(n) => n,
-                    Err(e) => {
-                        tracing::error!(error = %e, "reading snapshot file for a follower failed");
-                        return None;
-                    }
-                };
-                if n == 0 && header.is_none() {
-                    return None;
-                }
-                data.truncate(n);
-                let chunk = SnapshotChunk {
-                    cluster_id: scope.cluster_id,
-                    group_id: scope.group_id,
-                    header: header.unwrap_or_default(),
-                    data,
-                };
-                Some((chunk, (file, None)))
-            }
+        let chunks = packed.enumerate().map(move |(i, data)| SnapshotChunk {
+            cluster_id: scope.cluster_id.clone(),
+            group_id: scope.group_id,
+            header: if i == 0 { header.clone() } else { Vec::new() },
+            data,
         });
         let mut request = tonic::Request::new(chunks);
         request.set_timeout(option.hard_ttl());
@@ -221,6 +202,50 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         let reply: Result<SnapshotResponse<TypeConfig>, String> =
             decode(&reply.into_inner().payload).map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
         reply.map_err(|e| StreamingError::Unreachable(Unreachable::new(&std::io::Error::other(e))))
+    }
+}
+
+/// Packs a snapshot directory on a blocking thread into chunks of the archive format. If
+/// packing fails (a newer snapshot removed this one, say), the stream ends short and the
+/// receiver refuses it as truncated; Raft sends the current snapshot again.
+fn pack_in_chunks(dir: std::path::PathBuf) -> impl futures::Stream<Item = Vec<u8>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::task::spawn_blocking(move || {
+        let sink = ChunkSender { tx, chunk: Vec::with_capacity(SNAPSHOT_CHUNK_BYTES) };
+        if let Err(e) = snapshot_archive::pack(&dir, sink) {
+            tracing::warn!(snapshot = %dir.display(), error = %e, "packing a snapshot for a follower stopped");
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// Cuts what is written into chunks and sends each, waiting while the channel is full.
+struct ChunkSender {
+    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+    chunk: Vec<u8>,
+}
+
+impl ChunkSender {
+    fn send(&mut self) -> std::io::Result<()> {
+        let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(SNAPSHOT_CHUNK_BYTES));
+        self.tx
+            .blocking_send(chunk)
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the snapshot stream was closed"))
+    }
+}
+
+impl std::io::Write for ChunkSender {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(SNAPSHOT_CHUNK_BYTES - self.chunk.len());
+        self.chunk.extend_from_slice(&buf[..n]);
+        if self.chunk.len() == SNAPSHOT_CHUNK_BYTES {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.chunk.is_empty() { Ok(()) } else { self.send() }
     }
 }
 

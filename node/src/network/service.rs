@@ -1,6 +1,7 @@
 //! Incoming Raft RPCs: checks the caller's cluster and group, then hands the message to Raft.
 
 use std::io::Write;
+use std::path::PathBuf;
 
 use shardkv_proto::v1::RaftReply;
 use shardkv_proto::v1::RaftRequest;
@@ -13,8 +14,9 @@ use tonic::Status;
 use tonic::Streaming;
 
 use super::GroupScope;
-use crate::state_machine::SnapshotFile;
+use crate::state_machine::SnapshotDir;
 use crate::state_machine::SnapshotStore;
+use crate::state_machine::snapshot_archive;
 use crate::types::Raft;
 use crate::types::Snapshot;
 use crate::types::SnapshotMeta;
@@ -76,34 +78,40 @@ impl RaftRpc for RaftService {
         self.scope.admit("Raft RPC", &first.cluster_id, first.group_id)?;
         let (vote, meta): (Vote, SnapshotMeta) =
             decode(&first.header).map_err(|e| Status::invalid_argument(format!("malformed snapshot header: {e}")))?;
-        let path = self.snapshots.temp_path();
-        let received = receive_into(&path, first.data, &mut chunks).await;
-        let checked = match received {
-            Ok(size) => check_received(path.clone(), meta.clone()).await.map(|()| size),
+        let archive = self.snapshots.temp_path();
+        let dir = self.snapshots.temp_path();
+        let received = match receive_into(&archive, first.data, &mut chunks).await {
+            Ok(_) => unpack_and_check(archive.clone(), dir.clone(), meta.clone()).await,
             Err(status) => Err(status),
         };
-        let size = match checked {
+        // Best effort: the directory's temp files are also swept at the next start.
+        let _ = std::fs::remove_file(&archive);
+        let size = match received {
             Ok(size) => size,
             Err(status) => {
-                // Best effort: the directory's temp files are also swept at the next start.
-                let _ = std::fs::remove_file(&path);
+                let _ = std::fs::remove_dir_all(&dir);
                 return Err(status);
             }
         };
         tracing::info!(last_log_id = ?meta.last_log_id, bytes = size, "snapshot received");
-        let snapshot = Snapshot { meta, snapshot: SnapshotFile { path, size } };
+        let snapshot = Snapshot { meta, snapshot: SnapshotDir { path: dir, size } };
         reply(self.raft.install_full_snapshot(vote, snapshot).await)
     }
 }
 
-/// Reads a received snapshot through before Raft sees it: a malformed one is refused here, as
-/// the sender's error, instead of failing the install, which would stop this node's Raft.
-async fn check_received(path: std::path::PathBuf, meta: SnapshotMeta) -> Result<(), Status> {
-    tokio::task::spawn_blocking(move || crate::state_machine::check_snapshot(&path, &meta))
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map(drop)
-        .map_err(|e| Status::invalid_argument(format!("malformed snapshot: {e}")))
+/// Unpacks a received archive into a checkpoint directory and reads it through before Raft
+/// sees it: a malformed one is refused here, as the sender's error, instead of failing the
+/// install, which would stop this node's Raft. Returns the bytes of the snapshot's files.
+async fn unpack_and_check(archive: PathBuf, dir: PathBuf, meta: SnapshotMeta) -> Result<u64, Status> {
+    tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
+        let input = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&archive)?);
+        let size = snapshot_archive::unpack(input, &dir)?;
+        crate::state_machine::check_snapshot(&dir, &meta)?;
+        Ok(size)
+    })
+    .await
+    .map_err(|e| Status::internal(e.to_string()))?
+    .map_err(|e| Status::invalid_argument(format!("malformed snapshot: {e}")))
 }
 
 async fn receive_into(

@@ -3,19 +3,22 @@
 //! State lives in RocksDB: applying a batch writes data, sessions and `last_applied` in one
 //! WriteBatch, without the WAL (the Raft log holds every applied entry); a restart resumes
 //! from the last flush of these column families and re-applies the log from there, without
-//! replaying a snapshot. Snapshots
-//! are files streamed out of a consistent RocksDB view.
+//! replaying a snapshot. Snapshots are RocksDB checkpoints of these column families (see
+//! `checkpoint`), packed into one stream to travel (see `snapshot_archive`).
 
 mod apply;
+pub mod checkpoint;
 pub mod records;
 pub mod session;
 mod session_cache;
 pub mod sharding;
-pub mod snapshot_file;
+pub mod snapshot_archive;
 mod snapshot_store;
 
 use std::io;
+use std::path::Path;
 use std::sync::Arc;
+use std::sync::Mutex;
 
 use futures::Stream;
 use futures::TryStreamExt;
@@ -25,22 +28,19 @@ use openraft::RaftSnapshotBuilder;
 use openraft::storage::EntryResponder;
 use openraft::storage::RaftStateMachine;
 use rocksdb::DB;
-use rocksdb::IteratorMode;
 use rocksdb::WriteBatch;
 use rocksdb::WriteOptions;
-pub use snapshot_store::SnapshotFile;
+pub use snapshot_store::SnapshotDir;
 pub use snapshot_store::SnapshotStore;
 
 use self::apply::ApplyBatch;
+use self::checkpoint::RecordKind;
+use self::checkpoint::SnapshotHeader;
 use self::session::Session;
 use self::session_cache::SessionCache;
 use self::sharding::Role;
 use self::sharding::Sharding;
 use self::sharding::SharedSharding;
-use self::snapshot_file::RecordKind;
-use self::snapshot_file::SnapshotHeader;
-use self::snapshot_file::SnapshotReader;
-use self::snapshot_file::SnapshotWriter;
 use crate::metrics::NodeMetrics;
 use crate::storage::CF_DATA;
 use crate::storage::CF_SESSIONS;
@@ -75,6 +75,10 @@ pub struct StateMachine {
     sessions: SessionCache,
     shards: u32,
     metrics: Arc<NodeMetrics>,
+    /// Held while a snapshot is loaded and while a checkpoint is made, so that no checkpoint
+    /// catches an install half done (an install writes in batches; a build runs beside the
+    /// state machine's task).
+    install_lock: Arc<Mutex<()>>,
 }
 
 impl StateMachine {
@@ -93,7 +97,17 @@ impl StateMachine {
         }
         let (applied, membership) = read_applied_state(|key| db.get_cf(meta_cf, key))?;
         let sharding = Arc::new(std::sync::RwLock::new(Sharding::load(&db, role, shards)?));
-        Ok(Self { db, snapshots, applied, membership, sharding, sessions: SessionCache::default(), shards, metrics })
+        Ok(Self {
+            db,
+            snapshots,
+            applied,
+            membership,
+            sharding,
+            sessions: SessionCache::default(),
+            shards,
+            metrics,
+            install_lock: Arc::default(),
+        })
     }
 
     /// The sharding state as of the last applied entry, shared with request handlers.
@@ -112,7 +126,12 @@ fn read_applied_state(
 
 /// Records the last applied log id, and the membership when it changed (`None`: it did not;
 /// the stored one stays right).
-fn put_applied_state(db: &DB, batch: &mut WriteBatch, applied: &Option<LogId>, membership: Option<&StoredMembership>) {
+pub(crate) fn put_applied_state(
+    db: &DB,
+    batch: &mut WriteBatch,
+    applied: &Option<LogId>,
+    membership: Option<&StoredMembership>,
+) {
     let meta_cf = cf(db, CF_SM_META);
     batch.put_cf(meta_cf, APPLIED_KEY, encode(applied));
     if let Some(membership) = membership {
@@ -121,7 +140,7 @@ fn put_applied_state(db: &DB, batch: &mut WriteBatch, applied: &Option<LogId>, m
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotData = SnapshotFile;
+    type SnapshotData = SnapshotDir;
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
@@ -169,35 +188,36 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(())
     }
 
-    /// openraft asks for a builder on the state machine's task, between applies and installs,
-    /// so a view taken here is exactly the applied state of that moment: never a snapshot
-    /// install half done (an install runs on this same task, in batches).
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
         SnapshotBuilder {
-            view: Arc::new(StateView::of(self.db.clone())),
+            db: self.db.clone(),
             snapshots: self.snapshots.clone(),
             metrics: self.metrics.clone(),
+            install_lock: self.install_lock.clone(),
         }
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotFile) -> io::Result<()> {
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotDir) -> io::Result<()> {
         let (db, snapshots, metrics) = (self.db.clone(), self.snapshots.clone(), self.metrics.clone());
+        let install_lock = self.install_lock.clone();
         let meta = meta.clone();
         let installed = tokio::task::spawn_blocking(move || -> io::Result<Snapshot> {
-            let header = check_snapshot(&snapshot.path, &meta)?;
+            // The receiving service read every record through (see check_snapshot); RocksDB
+            // checks the blocks' checksums again as they are loaded.
+            let header = header_matching(&checkpoint::open(&snapshot.path)?, &meta)?;
             let published = snapshots.adopt(&snapshot.path, &header)?;
             if published.meta.last_log_id != header.last_log_id {
                 // openraft installs only snapshots past what is applied, and the current one
-                // is never past that: this is a bug, and loading the file would go back.
+                // is never past that: this is a bug, and loading it would go back.
                 return Err(io::Error::other(format!(
                     "refusing to install the snapshot at {:?}: the current snapshot is newer ({:?})",
                     header.last_log_id, published.meta.last_log_id
                 )));
             }
+            let _installing = install_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let mut opts = WriteOptions::default();
             opts.set_sync(true);
-            db.put_cf_opt(cf(&db, CF_SM_META), INSTALLING_KEY, published.snapshot.file_name(), &opts)
-                .map_err(io_err)?;
+            db.put_cf_opt(cf(&db, CF_SM_META), INSTALLING_KEY, published.snapshot.name(), &opts).map_err(io_err)?;
             load_snapshot(&db, &published.snapshot.path)?;
             metrics.snapshots_installed.inc();
             Ok(published)
@@ -218,41 +238,59 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 }
 
-/// Reads a snapshot file through before it is installed: its structure, checksum and every
-/// record's content, and that it is the snapshot `meta` describes. Returns its header.
-pub fn check_snapshot(path: &std::path::Path, meta: &SnapshotMeta) -> io::Result<SnapshotHeader> {
-    let header = snapshot_file::verify(path, |r| {
-        records::check_snapshot_record(r.kind, &r.key, &r.value).map_err(|e| e.to_string())
-    })?;
+/// Reads a snapshot through before it is installed: that its files open, every record's
+/// content (RocksDB checks each block's checksum as it reads), and that it is the snapshot
+/// `meta` describes. Returns its header.
+pub fn check_snapshot(dir: &Path, meta: &SnapshotMeta) -> io::Result<SnapshotHeader> {
+    let corrupt = |msg: String| io::Error::new(io::ErrorKind::InvalidData, format!("snapshot corrupt: {msg}"));
+    let snapshot = checkpoint::open(dir).map_err(|e| corrupt(e.to_string()))?;
+    let header = header_matching(&snapshot, meta)?;
+    let mut records = 0u64;
+    checkpoint::for_each_record(&snapshot, |kind, key, value| {
+        records += 1;
+        records::check_snapshot_record(kind, key, value).map_err(|e| corrupt(format!("record {records}: {e}")))
+    })
+    .map_err(|e| if e.kind() == io::ErrorKind::InvalidData { e } else { corrupt(e.to_string()) })?;
+    Ok(header)
+}
+
+/// The header of a checkpoint, if it is the snapshot `meta` describes.
+fn header_matching(snapshot: &DB, meta: &SnapshotMeta) -> io::Result<SnapshotHeader> {
+    let header = checkpoint::header_of(snapshot)?;
     if header.last_log_id != meta.last_log_id {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("snapshot file is at {:?}, expected {:?}", header.last_log_id, meta.last_log_id),
+            format!("snapshot holds the state at {:?}, expected {:?}", header.last_log_id, meta.last_log_id),
         ));
     }
     Ok(header)
 }
 
-/// Replaces the state-machine contents with a snapshot file, streaming it in batches.
-fn load_snapshot(db: &DB, path: &std::path::Path) -> io::Result<()> {
-    let mut reader = SnapshotReader::open(path)?;
+/// Replaces the state-machine contents with a snapshot's, in batches. Sessions stored before
+/// results were cached without values are written in the current format.
+fn load_snapshot(db: &DB, dir: &Path) -> io::Result<()> {
+    let snapshot = checkpoint::open(dir)?;
+    tracing::info!(snapshot = %dir.display(), "loading a snapshot into the state machine");
     let (data_cf, sessions_cf, shards_cf) = (cf(db, CF_DATA), cf(db, CF_SESSIONS), cf(db, CF_SHARDS));
     let mut batch = WriteBatch::default();
     for target in [data_cf, sessions_cf, shards_cf] {
         batch.delete_range_cf(target, [].as_slice(), SHARD_KEYS_END.as_slice());
     }
-    while let Some(record) = reader.next_record()? {
-        let target = match record.kind {
-            RecordKind::Data => data_cf,
-            RecordKind::Session => sessions_cf,
-            RecordKind::Shards => shards_cf,
-        };
-        batch.put_cf(target, &record.key, &record.value);
+    checkpoint::for_each_record(&snapshot, |kind, key, value| {
+        match kind {
+            RecordKind::Data => batch.put_cf(data_cf, key, value),
+            RecordKind::Session => {
+                let upgraded = Session::upgraded_bytes(value);
+                batch.put_cf(sessions_cf, key, upgraded.as_deref().unwrap_or(value))
+            }
+            RecordKind::Shards => batch.put_cf(shards_cf, key, value),
+        }
         if batch.size_in_bytes() >= INSTALL_BATCH_BYTES {
             db.write(std::mem::take(&mut batch)).map_err(io_err)?;
         }
-    }
-    let header = reader.header;
+        Ok(())
+    })?;
+    let header = checkpoint::header_of(&snapshot)?;
     put_applied_state(db, &mut batch, &header.last_log_id, Some(&header.membership));
     batch.delete_cf(cf(db, CF_SM_META), INSTALLING_KEY);
     let mut opts = WriteOptions::default();
@@ -260,39 +298,30 @@ fn load_snapshot(db: &DB, path: &std::path::Path) -> io::Result<()> {
     db.write_opt(batch, &opts).map_err(io_err)
 }
 
-/// A RocksDB snapshot that keeps its database open, so a builder can own one.
-struct StateView {
-    // Declared before `db`: fields drop in order, so the snapshot is released first.
-    view: rocksdb::Snapshot<'static>,
-    db: Arc<DB>,
-}
-
-impl StateView {
-    fn of(db: Arc<DB>) -> Self {
-        let view = db.snapshot();
-        // SAFETY: the snapshot borrows the database, which `db` keeps alive at the same address
-        // for as long as this value lives, and the snapshot field is dropped before it.
-        let view = unsafe { std::mem::transmute::<rocksdb::Snapshot<'_>, rocksdb::Snapshot<'static>>(view) };
-        Self { view, db }
-    }
-}
-
 pub struct SnapshotBuilder {
-    view: Arc<StateView>,
+    db: Arc<DB>,
     snapshots: SnapshotStore,
     metrics: Arc<NodeMetrics>,
+    install_lock: Arc<Mutex<()>>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
-    type SnapshotData = SnapshotFile;
+    type SnapshotData = SnapshotDir;
 
-    /// Writes the view taken when the builder was made. If a newer snapshot was installed in
-    /// the meantime, the store keeps that one, and it is what this returns.
+    /// Checkpoints the state machine as it is now applied (at least what it was when the
+    /// builder was made). If a newer snapshot was installed in the meantime, the store keeps
+    /// that one, and it is what this returns.
     async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
-        let (view, snapshots, metrics) = (self.view.clone(), self.snapshots.clone(), self.metrics.clone());
+        let (db, snapshots, metrics) = (self.db.clone(), self.snapshots.clone(), self.metrics.clone());
+        let install_lock = self.install_lock.clone();
         tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
-            let snapshot = write_snapshot(&view, &snapshots)?;
+            let dir = snapshots.temp_path();
+            let header = {
+                let _no_install = install_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                checkpoint::create(&db, &dir)?
+            };
+            let snapshot = snapshots.adopt(&dir, &header)?;
             metrics.observe_snapshot_built(started.elapsed(), snapshot.snapshot.size);
             tracing::info!(
                 last_log_id = ?snapshot.meta.last_log_id,
@@ -307,29 +336,6 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     }
 }
 
-/// Streams a consistent view of the state machine into a new snapshot file.
-fn write_snapshot(state: &StateView, snapshots: &SnapshotStore) -> io::Result<Snapshot> {
-    let (db, view) = (&state.db, &state.view);
-    let meta_cf = cf(db, CF_SM_META);
-    let (last_log_id, membership) = read_applied_state(|key| view.get_cf(meta_cf, key))?;
-    let header = SnapshotHeader { last_log_id, membership };
-    let tmp = snapshots.temp_path();
-    let mut writer = SnapshotWriter::create(&tmp, &header)?;
-    for (name, kind) in
-        [(CF_DATA, RecordKind::Data), (CF_SESSIONS, RecordKind::Session), (CF_SHARDS, RecordKind::Shards)]
-    {
-        for item in view.iterator_cf(cf(db, name), IteratorMode::Start) {
-            let (key, value) = item.map_err(io_err)?;
-            // A session stored before results were cached without values may be larger than
-            // the reader accepts; it is written in the current format.
-            let upgraded = if kind == RecordKind::Session { Session::upgraded_bytes(&value) } else { None };
-            writer.record(kind, &key, upgraded.as_deref().unwrap_or(&value))?;
-        }
-    }
-    writer.finish()?;
-    snapshots.adopt(&tmp, &header)
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -342,8 +348,8 @@ mod tests {
     use crate::types::SessionTag;
 
     const MIB: usize = 1 << 20;
-    /// Compare-and-swaps per client, each with a 1 MiB previous value: more than the snapshot
-    /// reader's 64 MiB record limit if a session kept them.
+    /// Compare-and-swaps per client, each with a 1 MiB previous value: a session that kept them
+    /// would be larger than any record should be.
     const SWAPS: u64 = 66;
 
     /// A session as stored before results were cached without values.
@@ -365,8 +371,8 @@ mod tests {
 
     /// Clients each pin their window (first unacked stays 1) while they swap a 1 MiB value back
     /// and forth, and one session was stored in the first format with as many 1 MiB results:
-    /// every session record stays small, so the snapshot is within the reader's limits and
-    /// installs on another replica, where the retries still get their answers.
+    /// the snapshot installs on another replica, where every session is small and the retries
+    /// still get their answers.
     #[test]
     fn a_snapshot_holding_many_large_sessions_stays_installable() {
         let dir = tempfile::tempdir().unwrap();
@@ -395,13 +401,16 @@ mod tests {
         db.put_cf(cf(&db, CF_SESSIONS), session_key(1, 3), encode(&first_format)).unwrap();
 
         let snapshots = SnapshotStore::open(dir.path().join("snapshots")).unwrap();
-        let snapshot = write_snapshot(&StateView::of(db.clone()), &snapshots).expect("the snapshot is written");
+        let checkpoint_dir = snapshots.temp_path();
+        let header = checkpoint::create(&db, &checkpoint_dir).expect("the checkpoint is made");
+        let snapshot = snapshots.adopt(&checkpoint_dir, &header).unwrap();
         check_snapshot(&snapshot.snapshot.path, &snapshot.meta).expect("and can be installed");
-        assert!(snapshot.snapshot.size < 4 * MIB as u64, "{} bytes: two values per key", snapshot.snapshot.size);
 
         let other = tempfile::tempdir().unwrap();
         let replica = crate::storage::open_db(other.path()).unwrap();
         load_snapshot(&replica, &snapshot.snapshot.path).unwrap();
+        let first_format = replica.get_cf(cf(&replica, CF_SESSIONS), session_key(1, 3)).unwrap().unwrap();
+        assert!(first_format.len() < 4096, "installed in the current format: {} bytes", first_format.len());
         let shared: SharedSharding =
             Arc::new(RwLock::new(Sharding::load(&replica, Role::Standalone { group: 1 }, 4).unwrap()));
         // Seq 3 swapped values[1] for values[0]; its retry carries the same expected value.

@@ -1,13 +1,13 @@
 //! Content checks of records that reach the state machine from other nodes: the data and
-//! sessions of a pulled shard chunk, and the records of a received snapshot file. The driver
+//! sessions of a pulled shard chunk, and the records of a received snapshot. The driver
 //! checks a chunk before proposing it and the Raft service checks a snapshot before handing it
 //! to Raft; apply checks a chunk again, so that bad content is refused as that entry's result
 //! on every replica alike, and never fails apply (which would stop Raft on every replica, at
 //! the same index after every restart).
 
+use super::checkpoint::RecordKind;
 use super::session::Session;
 use super::sharding;
-use super::snapshot_file::RecordKind;
 use crate::storage::keys::SHARD_PREFIX_LEN;
 use crate::types::Record;
 
@@ -47,7 +47,7 @@ pub fn check_deleted(keys: &[serde_bytes::ByteBuf]) -> Result<(), RecordError> {
     if keys.iter().any(|k| k.is_empty()) { Err(RecordError::EmptyKey) } else { Ok(()) }
 }
 
-/// Checks one record of a snapshot file (keys as stored, shard prefix included).
+/// Checks one record of a snapshot (keys as stored, shard prefix included).
 pub fn check_snapshot_record(kind: RecordKind, key: &[u8], value: &[u8]) -> Result<(), RecordError> {
     match kind {
         RecordKind::Data if key.len() <= SHARD_PREFIX_LEN => {

@@ -28,7 +28,7 @@ pub const CF_SHARDS: &str = "sm_shards";
 
 const ALL_CFS: [&str; 6] = [CF_LOG, CF_RAFT_META, CF_DATA, CF_SESSIONS, CF_SM_META, CF_SHARDS];
 /// The state machine's column families, which applied entries write without the WAL.
-const STATE_MACHINE_CFS: [&str; 4] = [CF_DATA, CF_SESSIONS, CF_SM_META, CF_SHARDS];
+pub const STATE_MACHINE_CFS: [&str; 4] = [CF_DATA, CF_SESSIONS, CF_SM_META, CF_SHARDS];
 
 pub fn open_db(path: &Path) -> Result<Arc<DB>, rocksdb::Error> {
     let mut opts = Options::default();

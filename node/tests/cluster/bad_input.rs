@@ -5,8 +5,8 @@ use openraft::raft::AppendEntriesRequest;
 use openraft::vote::RaftLeaderId;
 use rand::Rng;
 use rand::SeedableRng;
-use shardkv_node::state_machine::snapshot_file::SnapshotHeader;
-use shardkv_node::state_machine::snapshot_file::SnapshotWriter;
+use shardkv_node::state_machine::checkpoint;
+use shardkv_node::state_machine::snapshot_archive;
 use shardkv_node::types::Command;
 use shardkv_node::types::Entry;
 use shardkv_node::types::LogId;
@@ -173,8 +173,9 @@ async fn hostile_raft_messages_are_refused_and_the_node_serves_on() {
     }
 
     // Snapshots: a header that does not decode, then a well-formed header (from a higher term,
-    // so Raft would install it) with a file that is not a snapshot, then one whose record
-    // lengths point past its end.
+    // so Raft would install it) with bytes that are not a snapshot, a snapshot of the record
+    // format older nodes sent, a truncated one, and a whole checkpoint of an empty state, which
+    // is not the state at index 1,000 its header claims.
     let chunk = |header: Vec<u8>, data: Vec<u8>| SnapshotChunk {
         cluster_id: cluster.cluster_id.clone(),
         group_id: 0,
@@ -185,22 +186,18 @@ async fn hostile_raft_messages_are_refused_and_the_node_serves_on() {
     let header = encode(&(Vote::new(99, 1), meta.clone()));
     let snapshot = {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("snapshot");
-        let file_header = SnapshotHeader { last_log_id: meta.last_log_id, membership: Default::default() };
-        let mut writer = SnapshotWriter::create(&path, &file_header).unwrap();
-        writer.record(shardkv_node::state_machine::snapshot_file::RecordKind::Data, b"\0\0\0\0k", b"v").unwrap();
-        writer.finish().unwrap();
-        std::fs::read(path).unwrap()
+        let db = shardkv_node::storage::open_db(&dir.path().join("db")).unwrap();
+        checkpoint::create(&db, &dir.path().join("checkpoint")).unwrap();
+        let mut packed = Vec::new();
+        snapshot_archive::pack(&dir.path().join("checkpoint"), &mut packed).unwrap();
+        packed
     };
-    // Magic, header length, header, then the record's kind byte and its key length.
-    let record_at = 12 + u32::from_le_bytes(snapshot[8..12].try_into().unwrap()) as usize + 1;
-    let mut past_the_end = snapshot.clone();
-    past_the_end[record_at..record_at + 4].copy_from_slice(&(60u32 << 20).to_le_bytes());
     for (what, chunks) in [
         ("undecodable header", vec![chunk(huge.clone(), Vec::new())]),
         ("not a snapshot", vec![chunk(header.clone(), b"garbage".to_vec()), chunk(Vec::new(), vec![7; 4096])]),
-        ("record past the end", vec![chunk(header.clone(), past_the_end)]),
+        ("record format", vec![chunk(header.clone(), b"SKVSNAP1\0\0\0\0".to_vec())]),
         ("truncated", vec![chunk(header.clone(), snapshot[..snapshot.len() - 3].to_vec())]),
+        ("another state than the header's", vec![chunk(header.clone(), snapshot.clone())]),
     ] {
         let err = raft.install_snapshot(futures::stream::iter(chunks)).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{what}: {err:?}");

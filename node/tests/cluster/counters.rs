@@ -154,3 +154,13 @@ pub async fn check(client: &Client, reports: &[WriterReport], may_fail: &BTreeSe
     eprintln!("load: {total_ops} requests, {failures} failed, shards that could fail {may_fail:?}");
     assert!(total_ops >= 200, "the load made only {total_ops} requests");
 }
+
+/// Every counter key reads the same from `replica`'s own applied state (serializable reads, once
+/// it has caught up) as through the leader.
+pub async fn check_replica_agrees(replica: &Client, client: &Client, reports: &[WriterReport]) {
+    for key in reports.iter().flat_map(|r| r.acked.keys()) {
+        let local = replica.get_serializable(key.clone()).await.expect("replica read");
+        let through_leader = client.get(key.clone()).await.expect("read");
+        assert_eq!(local, through_leader, "{key}: the replica and the leader disagree");
+    }
+}

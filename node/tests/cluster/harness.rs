@@ -35,6 +35,24 @@ pub struct Cluster {
     children: BTreeMap<u64, Child>,
 }
 
+/// Writes keys `bulk-0` to `bulk-{keys - 1}`, each holding `value(i)`, from 32 concurrent
+/// sessions.
+pub async fn write_bulk(client: &shardkv_client::Client, keys: usize, value: fn(usize) -> Vec<u8>) {
+    let tasks: Vec<_> = (0..32)
+        .map(|t| {
+            let client = client.new_session();
+            tokio::spawn(async move {
+                for i in (t..keys).step_by(32) {
+                    client.put(format!("bulk-{i}"), value(i)).await.expect("bulk put");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("bulk writer");
+    }
+}
+
 /// Polls `probe` until it yields a value; panics naming `what` after `timeout`.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
 where

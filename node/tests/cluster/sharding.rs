@@ -12,6 +12,7 @@ use crate::counters::Load;
 use crate::counters::check;
 use crate::harness::WAIT;
 use crate::harness::wait_for;
+use crate::harness::write_bulk;
 use crate::sharded::ShardedCluster;
 
 /// Keys and value size of the bulk data loaded before a move, so the move takes long enough
@@ -24,23 +25,6 @@ const REWRITTEN: usize = 200;
 fn bulk_value(i: usize) -> Vec<u8> {
     let seed = format!("bulk-{i}-");
     seed.bytes().cycle().take(BULK_VALUE_BYTES).collect()
-}
-
-/// Writes `keys` bulk keys with 32 concurrent writers.
-async fn load_bulk(client: &Client, keys: usize) {
-    let tasks: Vec<_> = (0..32)
-        .map(|t| {
-            let client = client.new_session();
-            tokio::spawn(async move {
-                for i in (t..keys).step_by(32) {
-                    client.put(format!("bulk-{i}"), bulk_value(i)).await.expect("bulk put");
-                }
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.expect("bulk writer");
-    }
 }
 
 /// Every bulk key still holds its value.
@@ -127,7 +111,7 @@ impl MidMove {
     async fn start(net: u8) -> MidMove {
         let mut cluster = ShardedCluster::start(net, 3, SHARDS, &[1]).await;
         let client = cluster.client();
-        load_bulk(&client, BULK_KEYS).await;
+        write_bulk(&client, BULK_KEYS, bulk_value).await;
         let first = cluster.wait_settled().await;
         let load = Load::start(&client, 4, 8, 100_000, Duration::from_secs(120), SHARDS);
         cluster.start_group(2).await;
@@ -189,7 +173,7 @@ async fn a_joining_group_copies_shards_while_they_are_served_and_pulls_only_the_
     let client = cluster.client();
     // Enough data (about 96 MiB) that the copy is still running when the writes below start.
     let bulk_keys = 4 * BULK_KEYS;
-    load_bulk(&client, bulk_keys).await;
+    write_bulk(&client, bulk_keys, bulk_value).await;
     const DOOMED: usize = 300;
     for i in 0..DOOMED {
         client.put(format!("doomed-{i}"), b"to be deleted".to_vec()).await.expect("put");
