@@ -7,9 +7,11 @@ use std::fs;
 use std::io;
 use std::path::Path;
 
+use rocksdb::BlockBasedOptions;
 use rocksdb::DB;
 use rocksdb::IteratorMode;
 use rocksdb::Options;
+use rocksdb::ReadOptions;
 use rocksdb::checkpoint::Checkpoint;
 
 use serde::Deserialize;
@@ -81,7 +83,10 @@ pub fn header_of(db: &DB) -> io::Result<SnapshotHeader> {
 /// Visits every record of a checkpoint, column family by column family, in key order.
 pub fn for_each_record(db: &DB, mut visit: impl FnMut(RecordKind, &[u8], &[u8]) -> io::Result<()>) -> io::Result<()> {
     for (name, kind) in RECORD_CFS {
-        for item in db.iterator_cf(cf(db, name), IteratorMode::Start) {
+        // One pass in key order: cached blocks would never be read again.
+        let mut read = ReadOptions::default();
+        read.fill_cache(false);
+        for item in db.iterator_cf_opt(cf(db, name), read, IteratorMode::Start) {
             let (key, value) = item.map_err(io_err)?;
             visit(kind, &key, &value)?;
         }
@@ -103,6 +108,10 @@ fn copy_options() -> Options {
     opts.set_paranoid_checks(true);
     // Table files are opened when read, not all at open: opening stays cheap for any size.
     opts.set_max_open_files(64);
+    // Read once, front to back: a block cache would only hold memory.
+    let mut tables = BlockBasedOptions::default();
+    tables.disable_cache();
+    opts.set_block_based_table_factory(&tables);
     opts
 }
 
