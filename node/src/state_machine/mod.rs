@@ -92,6 +92,16 @@ impl StateMachine {
         let meta_cf = cf(&db, CF_SM_META);
         if let Some(name) = db.get_cf(meta_cf, INSTALLING_KEY).map_err(io_err)? {
             let path = snapshots.dir().join(String::from_utf8_lossy(&name).as_ref());
+            if !path.is_dir() {
+                // Only a version that wrote snapshots as record files could have left this.
+                return Err(io::Error::other(format!(
+                    "a snapshot install was interrupted, and the snapshot it loaded ({}) is not a checkpoint \
+                     directory (a snapshot file of an earlier version, removed at start): this replica's state \
+                     is part of one; move the data directory aside so that the replica rejoins empty and \
+                     catches up from the others",
+                    path.display()
+                )));
+            }
             tracing::warn!(snapshot = %path.display(), "a snapshot install was interrupted; loading it again");
             load_snapshot(&db, &path)?;
         }
@@ -367,6 +377,17 @@ mod tests {
         db.write(write_batch).unwrap();
         applied.publish(shared, &mut cache);
         result
+    }
+
+    #[test]
+    fn an_interrupted_install_of_a_record_file_snapshot_is_named_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::storage::open_db(&dir.path().join("db")).unwrap();
+        db.put_cf(cf(&db, CF_SM_META), INSTALLING_KEY, b"snapshot-00000000000000000042-1.skv").unwrap();
+        let snapshots = SnapshotStore::open(dir.path().join("snapshots")).unwrap();
+        let metrics = Arc::new(NodeMetrics::default());
+        let err = StateMachine::open(db, snapshots, Role::Standalone { group: 1 }, 4, metrics).err().unwrap();
+        assert!(err.to_string().contains("is not a checkpoint directory"), "{err}");
     }
 
     /// Clients each pin their window (first unacked stays 1) while they swap a 1 MiB value back
