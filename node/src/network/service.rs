@@ -1,6 +1,5 @@
 //! Incoming Raft RPCs: checks the caller's cluster and group, then hands the message to Raft.
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use shardkv_proto::v1::RaftReply;
@@ -78,17 +77,11 @@ impl RaftRpc for RaftService {
         self.scope.admit("Raft RPC", &first.cluster_id, first.group_id)?;
         let (vote, meta): (Vote, SnapshotMeta) =
             decode(&first.header).map_err(|e| Status::invalid_argument(format!("malformed snapshot header: {e}")))?;
-        let archive = self.snapshots.temp_path();
         let dir = self.snapshots.temp_path();
-        let received = match receive_into(&archive, first.data, &mut chunks).await {
-            Ok(_) => unpack_and_check(archive.clone(), dir.clone(), meta.clone()).await,
-            Err(status) => Err(status),
-        };
-        // Best effort: the directory's temp files are also swept at the next start.
-        let _ = std::fs::remove_file(&archive);
-        let size = match received {
+        let size = match receive_and_check(first.data, &mut chunks, dir.clone(), meta.clone()).await {
             Ok(size) => size,
             Err(status) => {
+                // Best effort: the directory's temp files are also swept at the next start.
                 let _ = std::fs::remove_dir_all(&dir);
                 return Err(status);
             }
@@ -99,38 +92,67 @@ impl RaftRpc for RaftService {
     }
 }
 
-/// Unpacks a received archive into a checkpoint directory and reads it through before Raft
-/// sees it: a malformed one is refused here, as the sender's error, instead of failing the
-/// install, which would stop this node's Raft. Returns the bytes of the snapshot's files.
-async fn unpack_and_check(archive: PathBuf, dir: PathBuf, meta: SnapshotMeta) -> Result<u64, Status> {
-    tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
-        let input = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&archive)?);
-        let size = snapshot_archive::unpack(input, &dir)?;
-        crate::state_machine::check_snapshot(&dir, &meta)?;
-        Ok(size)
-    })
-    .await
-    .map_err(|e| Status::internal(e.to_string()))?
-    .map_err(|e| Status::invalid_argument(format!("malformed snapshot: {e}")))
-}
-
-async fn receive_into(
-    path: &std::path::Path,
+/// Unpacks the archive into a checkpoint directory as its chunks arrive (on a blocking
+/// thread, through a channel), then reads the directory through before Raft sees it: a
+/// malformed one is refused here, as the sender's error, instead of failing the install, which
+/// would stop this node's Raft. Returns the bytes of the snapshot's files.
+async fn receive_and_check(
     first_data: Vec<u8>,
     chunks: &mut Streaming<SnapshotChunk>,
+    dir: PathBuf,
+    meta: SnapshotMeta,
 ) -> Result<u64, Status> {
-    let io = |e: std::io::Error| Status::internal(format!("writing received snapshot: {e}"));
-    let mut file = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
-    file.write_all(&first_data).map_err(io)?;
-    let mut size = first_data.len() as u64;
-    while let Some(chunk) = chunks.next().await {
-        let chunk = chunk?;
-        file.write_all(&chunk.data).map_err(io)?;
-        size += chunk.data.len() as u64;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let unpacking = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
+        let size = snapshot_archive::unpack(ChunkReader { rx, chunk: Vec::new(), read: 0 }, &dir)?;
+        crate::state_machine::check_snapshot(&dir, &meta)?;
+        Ok(size)
+    });
+    let mut stream_broken = None;
+    let mut next = Some(first_data);
+    while let Some(data) = next.take() {
+        if tx.send(data).await.is_err() {
+            // The unpacker stopped; its error says why.
+            break;
+        }
+        next = match chunks.next().await {
+            Some(Ok(chunk)) => Some(chunk.data),
+            Some(Err(status)) => {
+                stream_broken = Some(status);
+                None
+            }
+            None => None,
+        };
     }
-    let file = file.into_inner().map_err(|e| io(e.into_error()))?;
-    file.sync_all().map_err(io)?;
-    Ok(size)
+    drop(tx);
+    let unpacked = unpacking.await.map_err(|e| Status::internal(e.to_string()))?;
+    // A broken stream is reported as itself, not as the truncation it leaves.
+    if let Some(status) = stream_broken {
+        return Err(status);
+    }
+    unpacked.map_err(|e| Status::invalid_argument(format!("malformed snapshot: {e}")))
+}
+
+/// Reads the chunks a channel delivers as one byte stream; the channel's close is its end.
+struct ChunkReader {
+    rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    chunk: Vec<u8>,
+    read: usize,
+}
+
+impl std::io::Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.read == self.chunk.len() {
+            match self.rx.blocking_recv() {
+                Some(chunk) => (self.chunk, self.read) = (chunk, 0),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.read);
+        buf[..n].copy_from_slice(&self.chunk[self.read..self.read + n]);
+        self.read += n;
+        Ok(n)
+    }
 }
 
 #[cfg(test)]

@@ -213,7 +213,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let meta = meta.clone();
         let installed = tokio::task::spawn_blocking(move || -> io::Result<Snapshot> {
             // The receiving service read every record through (see check_snapshot); RocksDB
-            // checks the blocks' checksums again as they are loaded.
+            // checks the blocks' checksums again as they are loaded. Loading opens the snapshot
+            // again where adopting put it: a checkpoint opens its table files as it reads them.
             let header = header_matching(&checkpoint::open(&snapshot.path)?, &meta)?;
             let published = snapshots.adopt(&snapshot.path, &header)?;
             if published.meta.last_log_id != header.last_log_id {
