@@ -20,6 +20,7 @@ use openraft::vote::RaftLeaderId;
 use shardkv_node::metrics::NodeMetrics;
 use shardkv_node::state_machine::SnapshotStore;
 use shardkv_node::state_machine::StateMachine;
+use shardkv_node::state_machine::copy_files::CopyFiles;
 use shardkv_node::state_machine::sharding::Role;
 use shardkv_node::state_machine::snapshot_archive;
 use shardkv_node::storage::open_db;
@@ -35,7 +36,8 @@ const ENTRIES_PER_APPLY: usize = 64;
 fn open_state_machine(dir: &std::path::Path) -> StateMachine {
     let db = open_db(&dir.join("db")).expect("opening RocksDB");
     let snapshots = SnapshotStore::open(dir.join("snapshots")).expect("opening the snapshot store");
-    StateMachine::open(db, snapshots, Role::Standalone { group: 1 }, 64, Arc::new(NodeMetrics::default()))
+    let copy_files = CopyFiles::open(dir.join("copies"), 1).expect("opening the copy file directory");
+    StateMachine::open(db, snapshots, copy_files, Role::Standalone { group: 1 }, 64, Arc::new(NodeMetrics::default()))
         .expect("opening the state machine")
 }
 

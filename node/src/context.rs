@@ -12,6 +12,7 @@ use crate::metrics::NodeMetrics;
 use crate::migration::Admission;
 use crate::migration::progress::MoveProgress;
 use crate::network::GroupScope;
+use crate::state_machine::copy_files::CopyFiles;
 use crate::state_machine::sharding::Sharding;
 use crate::state_machine::sharding::SharedSharding;
 use crate::types::NodeId;
@@ -39,6 +40,8 @@ pub struct NodeContext {
     pub moves: MoveProgress,
     /// Where identity records live (see `identity`).
     pub data_dir: PathBuf,
+    /// Table files of the shard copies this group ingests.
+    pub copy_files: CopyFiles,
     /// Set by preStop: the node stops reporting ready and is on its way out.
     stopping: AtomicBool,
     /// Set once the state machine has re-applied what was committed before a restart; local
@@ -58,6 +61,7 @@ impl NodeContext {
         metrics: Arc<NodeMetrics>,
         sharding: SharedSharding,
         data_dir: PathBuf,
+        copy_files: CopyFiles,
     ) -> Self {
         Self {
             node_id,
@@ -70,6 +74,7 @@ impl NodeContext {
             sharding,
             moves: MoveProgress::default(),
             data_dir,
+            copy_files,
             stopping: AtomicBool::new(false),
             recovered: AtomicBool::new(false),
         }

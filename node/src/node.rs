@@ -38,6 +38,7 @@ use crate::network::service::RaftService;
 use crate::session_clock;
 use crate::state_machine::SnapshotStore;
 use crate::state_machine::StateMachine;
+use crate::state_machine::copy_files::CopyFiles;
 use crate::state_machine::sharding::Role;
 use crate::storage;
 use crate::storage::LogFlusher;
@@ -111,12 +112,18 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(NodeMetrics::default());
     let db_path = args.data_dir.join("db");
     let db = storage::open_db(&db_path).with_context(|| format!("opening RocksDB at {}", db_path.display()))?;
-    let mut log_store = LogStore::new(db.clone(), LogFlusher::start(db.clone(), metrics.clone()));
+    let copy_files = CopyFiles::open(args.data_dir.join("copies"), node_id)?;
+    let mut log_store = LogStore::new(db.clone(), LogFlusher::start(db.clone(), metrics.clone()), copy_files.clone());
+    let unnamed = log_store.remove_unnamed_copy_files()?;
+    if unnamed > 0 {
+        tracing::info!(files = unnamed, "removed copy files that no log entry names");
+    }
     let log_state = log_store.get_log_state().await?;
     let startup_entries = index_of(&log_state.last_log_id) - index_of(&log_state.last_purged_log_id);
     metrics.startup_log_entries.set(startup_entries as i64);
     let snapshots = SnapshotStore::open(args.data_dir.join("snapshots"))?;
-    let state_machine = StateMachine::open(db.clone(), snapshots.clone(), role, args.shards, metrics.clone())?;
+    let state_machine =
+        StateMachine::open(db.clone(), snapshots.clone(), copy_files.clone(), role, args.shards, metrics.clone())?;
     let sharding = state_machine.sharding();
 
     let config = Arc::new(raft_config(&args)?);
@@ -144,6 +151,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         metrics,
         sharding,
         args.data_dir.clone(),
+        copy_files,
     ));
     let prestop = Arc::new(Prestop::default());
     // Recovery needs the leader to confirm the commit index, so it runs while the node serves
@@ -221,10 +229,13 @@ async fn serve_grpc(
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let raft_service = RaftService::new(ctx.raft.clone(), ctx.scope.clone(), snapshots);
+    let raft_service =
+        RaftService::new(ctx.raft.clone(), ctx.scope.clone(), snapshots, ctx.copy_files.clone(), channels.clone());
     let authorize = AuthorizeLayer::new(tls.is_some().then_some(ctx.scope.cluster_id.as_str()), ctx.metrics.clone());
     let metrics = ctx.metrics.clone();
     let router = tonic::transport::Server::builder()
+        .initial_stream_window_size(16 << 20)
+        .initial_connection_window_size(32 << 20)
         .layer(authorize)
         .add_service(health_service)
         .add_service(reflection)

@@ -75,7 +75,8 @@ pub enum Op {
     /// Data group, new owner: start (or start over) a copy of `Command::shard` ahead of the move
     /// at `config_num`, deleting what this replica holds of it.
     BeginCopy { config_num: u64 },
-    /// A slice of the data of the copy begun at log index `begun_at`.
+    /// A slice of the data of the copy begun at log index `begun_at`. Copies now travel as
+    /// `IngestCopy` files; this is still applied from logs that earlier versions wrote.
     CopyChunk { config_num: u64, begun_at: u64, data: Vec<Record> },
     /// The copy begun at log index `begun_at` is whole.
     FinishCopy { config_num: u64, begun_at: u64 },
@@ -92,6 +93,17 @@ pub enum Op {
     /// Data group, new owner: the previous owner recorded no changes since the copy of
     /// `Command::shard`, so the copy is deleted and the shard is pulled whole.
     DiscardCopy { config_num: u64 },
+    /// A slice of the data of the copy begun at log index `begun_at`, as a table file that each
+    /// replica ingests (see `state_machine::copy_files`); `items` and `bytes` count its records.
+    IngestCopy { config_num: u64, begun_at: u64, file: CopyFile, items: u64, bytes: u64 },
+}
+
+/// A table file of a shard copy, as a log entry names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyFile {
+    pub name: String,
+    pub size: u64,
+    pub crc32: u32,
 }
 
 /// A key and value moved with a shard (data item, or a session keyed by client id).
@@ -108,6 +120,14 @@ impl Op {
     pub fn key(&self) -> Option<&[u8]> {
         match self {
             Op::Put { key, .. } | Op::Delete { key } | Op::CompareAndSwap { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+
+    /// The table file this entry ingests, if it is one of a shard copy's.
+    pub fn copy_file(&self) -> Option<&CopyFile> {
+        match self {
+            Op::IngestCopy { file, .. } => Some(file),
             _ => None,
         }
     }
@@ -176,6 +196,11 @@ impl std::fmt::Display for Command {
                 write!(f, "finish copy shard={} config={config_num} begun_at={begun_at}", self.shard)?
             }
             Op::DiscardCopy { config_num } => write!(f, "discard copy shard={} config={config_num}", self.shard)?,
+            Op::IngestCopy { config_num, begun_at, file, items, .. } => write!(
+                f,
+                "ingest copy shard={} config={config_num} begun_at={begun_at} file={} items={items}",
+                self.shard, file.name
+            )?,
             Op::InstallChanges { config_num, data, deleted, sessions, last } => write!(
                 f,
                 "install changes shard={} config={config_num} items={} deleted={} sessions={} last={last}",

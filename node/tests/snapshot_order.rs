@@ -14,6 +14,7 @@ use shardkv_node::metrics::NodeMetrics;
 use shardkv_node::state_machine::SnapshotStore;
 use shardkv_node::state_machine::StateMachine;
 use shardkv_node::state_machine::check_snapshot;
+use shardkv_node::state_machine::copy_files::CopyFiles;
 use shardkv_node::state_machine::sharding::Role;
 use shardkv_node::storage::CF_DATA;
 use shardkv_node::storage::cf;
@@ -30,7 +31,8 @@ fn open_sm(dir: &Path) -> (StateMachine, Arc<rocksdb::DB>) {
     let metrics = Arc::new(NodeMetrics::default());
     let db = open_db(&dir.join("db")).unwrap();
     let snapshots = SnapshotStore::open(dir.join("snapshots")).unwrap();
-    (StateMachine::open(db.clone(), snapshots, Role::Standalone { group: 0 }, SHARDS, metrics).unwrap(), db)
+    let copy_files = CopyFiles::open(dir.join("copies"), 1).unwrap();
+    (StateMachine::open(db.clone(), snapshots, copy_files, Role::Standalone { group: 0 }, SHARDS, metrics).unwrap(), db)
 }
 
 fn log_id(index: u64) -> Option<LogId> {

@@ -8,6 +8,7 @@ use openraft::testing::log::Suite;
 use shardkv_node::metrics::NodeMetrics;
 use shardkv_node::state_machine::SnapshotStore;
 use shardkv_node::state_machine::StateMachine;
+use shardkv_node::state_machine::copy_files::CopyFiles;
 use shardkv_node::state_machine::sharding::Role;
 use shardkv_node::storage::LogFlusher;
 use shardkv_node::storage::LogStore;
@@ -22,10 +23,11 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for RocksStoreBui
         let dir = tempfile::tempdir().expect("temp dir");
         let metrics = Arc::new(NodeMetrics::default());
         let db = open_db(&dir.path().join("db")).expect("open rocksdb");
-        let log = LogStore::new(db.clone(), LogFlusher::start(db.clone(), metrics.clone()));
+        let copy_files = CopyFiles::open(dir.path().join("copies"), 1).expect("copy file dir");
+        let log = LogStore::new(db.clone(), LogFlusher::start(db.clone(), metrics.clone()), copy_files.clone());
         let snapshots = SnapshotStore::open(dir.path().join("snapshots")).expect("snapshot dir");
-        let sm =
-            StateMachine::open(db, snapshots, Role::Standalone { group: 0 }, 64, metrics).expect("open state machine");
+        let sm = StateMachine::open(db, snapshots, copy_files, Role::Standalone { group: 0 }, 64, metrics)
+            .expect("open state machine");
         Ok((dir, log, sm))
     }
 }

@@ -51,6 +51,7 @@ use crate::network::channels::Channels;
 use crate::state_machine::records::RecordError;
 use crate::state_machine::records::check_chunk;
 use crate::state_machine::records::check_deleted;
+use crate::storage::keys::data_key;
 use crate::types::Command;
 use crate::types::Op;
 use crate::types::OpResult;
@@ -66,6 +67,10 @@ const POLL: Duration = Duration::from_millis(100);
 const MOVE_RETRY: Duration = Duration::from_millis(20);
 /// Chunks of one pull proposed to Raft at the same time.
 const CHUNKS_IN_FLIGHT: usize = 4;
+/// A copy travels as table files of about this size (see `state_machine::copy_files`).
+const COPY_FILE_BYTES: usize = 8 << 20;
+/// Copy files of one copy being written or proposed at the same time.
+const COPY_FILES_IN_FLIGHT: usize = 4;
 /// How long a group waits for the shards the next config moves in or out to be copied before
 /// it applies that config anyway: the moves then pull whole shards, frozen for the whole pull.
 /// Reached only when a peer is down, far behind, or runs a version without copies.
@@ -127,6 +132,8 @@ pub enum MoveError {
     PullBroken { shard: ShardId, message: String },
     #[error("pulling shard {shard}: the previous owner sent a chunk that cannot install: {source}")]
     BadChunk { shard: ShardId, source: RecordError },
+    #[error("copying shard {shard}: writing a copy file: {source}")]
+    CopyFile { shard: ShardId, source: std::io::Error },
     #[error("copying shard {shard} ahead of config {config_num}: {refusals}")]
     CopyRefused { shard: ShardId, config_num: u64, refusals: Refusals },
     #[error("waiting for group {group} to copy shard {shard} before freezing it for config {config_num}: {refusals}")]
@@ -504,17 +511,22 @@ impl Driver {
         let started = Instant::now();
         self.ctx.moves.clear(shard);
         let ended = AtomicBool::new(false);
-        stream
-            .map_err(|s| MoveError::PullBroken { shard, message: s.message().to_string() })
-            .map_ok(|chunk| {
+        let chunks =
+            stream.map_err(|s| MoveError::PullBroken { shard, message: s.message().to_string() }).inspect_ok(|chunk| {
                 if chunk.end {
                     ended.store(true, Ordering::Relaxed);
                 }
-                self.install(config_num, shard, kind, chunk)
-            })
-            .try_buffer_unordered(CHUNKS_IN_FLIGHT)
-            .try_collect::<()>()
-            .await?;
+            });
+        match kind {
+            Pull::Copy { begun_at } => self.ingest_copy(config_num, shard, begun_at, chunks).await?,
+            _ => {
+                chunks
+                    .map_ok(|chunk| self.install(config_num, shard, kind, chunk))
+                    .try_buffer_unordered(CHUNKS_IN_FLIGHT)
+                    .try_collect::<()>()
+                    .await?
+            }
+        }
         // A sender that fails mid-stream may close it without an error: only the end marker
         // says it is whole. (Whole pulls from nodes older than the marker end without one.)
         if !ended.load(Ordering::Relaxed) && kind != Pull::Whole {
@@ -542,6 +554,63 @@ impl Driver {
             "{}",
             kind.done()
         );
+        Ok(())
+    }
+
+    /// Gathers a copy's chunks into table files of about `COPY_FILE_BYTES`, each written on a
+    /// blocking thread and proposed as an `IngestCopy` entry, a few files at a time.
+    async fn ingest_copy(
+        &self,
+        config_num: u64,
+        shard: ShardId,
+        begun_at: u64,
+        chunks: impl futures::Stream<Item = Result<ShardChunk, MoveError>> + Send,
+    ) -> Result<(), MoveError> {
+        let batches = futures::stream::try_unfold((Box::pin(chunks), false), |(mut chunks, ended)| async move {
+            if ended {
+                return Ok(None);
+            }
+            let mut batch = CopyBatch::default();
+            while batch.bytes < COPY_FILE_BYTES {
+                match chunks.try_next().await? {
+                    Some(chunk) => batch.add(chunk),
+                    None => return Ok(Some((batch, (chunks, true)))),
+                }
+            }
+            Ok(Some((batch, (chunks, false))))
+        });
+        batches
+            .map_ok(|batch| self.ingest_batch(config_num, shard, begun_at, batch))
+            .try_buffer_unordered(COPY_FILES_IN_FLIGHT)
+            .try_collect::<()>()
+            .await
+    }
+
+    async fn ingest_batch(
+        &self,
+        config_num: u64,
+        shard: ShardId,
+        begun_at: u64,
+        batch: CopyBatch,
+    ) -> Result<(), MoveError> {
+        if batch.records.is_empty() {
+            return Ok(());
+        }
+        if batch.records.iter().any(|r| r.key.is_empty()) {
+            return Err(MoveError::BadChunk { shard, source: RecordError::EmptyKey });
+        }
+        let (items, bytes) = (batch.records.len() as u64, batch.bytes as u64);
+        let files = self.ctx.copy_files.clone();
+        let file = tokio::task::spawn_blocking(move || {
+            let keys: Vec<Vec<u8>> = batch.records.iter().map(|r| data_key(shard, &r.key)).collect();
+            let records = keys.iter().zip(&batch.records).map(|(key, r)| (key.as_slice(), r.value.as_slice()));
+            files.build(shard, config_num, records)
+        })
+        .await
+        .map_err(|e| MoveError::CopyFile { shard, source: std::io::Error::other(e) })?
+        .map_err(|source| MoveError::CopyFile { shard, source })?;
+        self.expect_applied(shard, Op::IngestCopy { config_num, begun_at, file, items, bytes }).await?;
+        self.ctx.moves.add(shard, items, bytes);
         Ok(())
     }
 
@@ -684,6 +753,21 @@ impl Driver {
     }
 }
 
+/// Records of a copy gathered for one table file.
+#[derive(Default)]
+struct CopyBatch {
+    records: Vec<shardkv_proto::v1::ShardRecord>,
+    bytes: usize,
+}
+
+impl CopyBatch {
+    /// Adds a copy chunk's data (a copy carries no sessions or deletions).
+    fn add(&mut self, chunk: ShardChunk) {
+        self.bytes += chunk.data.iter().map(|r| r.key.len() + r.value.len()).sum::<usize>();
+        self.records.extend(chunk.data);
+    }
+}
+
 /// What a stream of chunks from a shard's owner holds, and so which entry installs each chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pull {
@@ -699,7 +783,7 @@ enum Pull {
 impl Pull {
     fn op(self, config_num: u64, data: Vec<Record>, deleted: Vec<ByteBuf>, sessions: Vec<Record>, last: bool) -> Op {
         match self {
-            Pull::Copy { begun_at } => Op::CopyChunk { config_num, begun_at, data },
+            Pull::Copy { .. } => unreachable!("a copy is proposed as files (see `ingest_copy`)"),
             Pull::Whole => Op::InstallChunk { config_num, data, sessions, last },
             Pull::Changes => Op::InstallChanges { config_num, data, deleted, sessions, last },
         }

@@ -26,8 +26,11 @@ impl Channels {
         if let Some(c) = channels.get(addr) {
             return Ok(c.clone());
         }
-        let endpoint =
-            Endpoint::from_shared(format!("http://{addr}"))?.tcp_nodelay(true).connect_timeout(Duration::from_secs(2));
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(2))
+            .initial_stream_window_size(16 << 20)
+            .initial_connection_window_size(32 << 20);
         let channel = shardkv_tls::lazy_channel(endpoint, self.tls.as_ref());
         channels.insert(addr.to_string(), channel.clone());
         Ok(channel)

@@ -2,12 +2,13 @@
 //! the connections every outgoing call shares.
 
 pub mod channels;
+pub mod copy_fetch;
 pub mod peer;
 pub mod service;
 
 /// Largest gRPC message a node sends or accepts (an append of many large values).
 pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
-/// Snapshot data travels in chunks of this size.
+/// Snapshot data and copy files travel in chunks of this size.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 
 /// Which cluster and group this node's Raft traffic belongs to; every RPC carries it so that a

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use openraft::BasicNode;
+use openraft::EntryPayload;
 use openraft::OptionalSend;
 use openraft::error::NetworkError;
 use openraft::error::RPCError;
@@ -104,15 +105,22 @@ impl PeerClient {
         })
     }
 
-    /// One unary RPC with a deadline (see `deadline_for`). The reply carries Raft's own `Result`; an error there
+    /// One unary RPC with a deadline (see `deadline_for`) that counts the payload and the
+    /// bytes the peer fetches before it answers. The reply carries Raft's own `Result`; an error there
     /// (the peer's Raft has stopped) counts as the peer being unreachable.
-    async fn unary<Resp, F, Fut>(&self, payload: Vec<u8>, option: &RPCOption, call: F) -> Result<Resp, RpcError>
+    async fn unary<Resp, F, Fut>(
+        &self,
+        payload: Vec<u8>,
+        fetched_bytes: usize,
+        option: &RPCOption,
+        call: F,
+    ) -> Result<Resp, RpcError>
     where
         Resp: for<'de> serde::Deserialize<'de>,
         F: FnOnce(RaftClient<Channel>, tonic::Request<RaftRequest>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<shardkv_proto::v1::RaftReply>, tonic::Status>>,
     {
-        let deadline = deadline_for(option.hard_ttl(), payload.len());
+        let deadline = deadline_for(option.hard_ttl(), payload.len() + fetched_bytes);
         let mut request = tonic::Request::new(self.request(payload));
         request.set_timeout(deadline);
         let reply = call(self.client()?, request).await.map_err(|status| self.status_error(status))?;
@@ -138,7 +146,17 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RpcError> {
-        self.unary(encode(&rpc), &option, |mut c, r| async move { c.append_entries(r).await }).await
+        // The follower fetches the copy files these entries name before it answers.
+        let copy_bytes: u64 = rpc
+            .entries
+            .iter()
+            .filter_map(|e| match &e.payload {
+                EntryPayload::Normal(cmd) => cmd.op.copy_file().map(|f| f.size),
+                _ => None,
+            })
+            .sum();
+        self.unary(encode(&rpc), copy_bytes as usize, &option, |mut c, r| async move { c.append_entries(r).await })
+            .await
     }
 
     async fn vote(
@@ -146,7 +164,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RpcError> {
-        self.unary(encode(&rpc), &option, |mut c, r| async move { c.vote(r).await }).await
+        self.unary(encode(&rpc), 0, &option, |mut c, r| async move { c.vote(r).await }).await
     }
 
     async fn pre_vote(
@@ -154,7 +172,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RpcError> {
-        self.unary(encode(&rpc), &option, |mut c, r| async move { c.pre_vote(r).await }).await
+        self.unary(encode(&rpc), 0, &option, |mut c, r| async move { c.pre_vote(r).await }).await
     }
 
     async fn transfer_leader(
@@ -162,7 +180,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         req: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RpcError> {
-        self.unary(encode(&req), &option, |mut c, r| async move { c.transfer_leader(r).await }).await
+        self.unary(encode(&req), 0, &option, |mut c, r| async move { c.transfer_leader(r).await }).await
     }
 
     async fn full_snapshot(

@@ -2,23 +2,33 @@
 
 use std::path::PathBuf;
 
+use openraft::raft::AppendEntriesRequest;
+use openraft::vote::RaftLeaderId;
+use shardkv_proto::v1::CopyFileChunk;
+use shardkv_proto::v1::CopyFileRequest;
 use shardkv_proto::v1::RaftReply;
 use shardkv_proto::v1::RaftRequest;
 use shardkv_proto::v1::SnapshotChunk;
 use shardkv_proto::v1::raft_server::Raft as RaftRpc;
 use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::Request;
 use tonic::Response;
 use tonic::Status;
 use tonic::Streaming;
 
 use super::GroupScope;
+use super::channels::Channels;
+use super::copy_fetch;
+use super::copy_fetch::CopyFetcher;
 use crate::state_machine::SnapshotDir;
 use crate::state_machine::SnapshotStore;
+use crate::state_machine::copy_files::CopyFiles;
 use crate::state_machine::snapshot_archive;
 use crate::types::Raft;
 use crate::types::Snapshot;
 use crate::types::SnapshotMeta;
+use crate::types::TypeConfig;
 use crate::types::Vote;
 use crate::types::decode;
 use crate::types::encode;
@@ -27,11 +37,13 @@ pub struct RaftService {
     raft: Raft,
     scope: GroupScope,
     snapshots: SnapshotStore,
+    copies: CopyFetcher,
 }
 
 impl RaftService {
-    pub fn new(raft: Raft, scope: GroupScope, snapshots: SnapshotStore) -> Self {
-        Self { raft, scope, snapshots }
+    pub fn new(raft: Raft, scope: GroupScope, snapshots: SnapshotStore, files: CopyFiles, channels: Channels) -> Self {
+        let copies = CopyFetcher { files, channels, scope: scope.clone() };
+        Self { raft, scope, snapshots, copies }
     }
 
     fn decode_request<T: for<'de> serde::Deserialize<'de>>(&self, request: Request<RaftRequest>) -> Result<T, Status> {
@@ -49,8 +61,20 @@ fn reply<T: serde::Serialize, E: std::fmt::Display>(result: Result<T, E>) -> Res
 #[tonic::async_trait]
 impl RaftRpc for RaftService {
     async fn append_entries(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
-        let rpc = self.decode_request(request)?;
+        let rpc: AppendEntriesRequest<TypeConfig> = self.decode_request(request)?;
+        self.copies.fetch_missing(&self.raft, *rpc.vote.leader_id().node_id(), &rpc.entries).await?;
         reply(self.raft.append_entries(rpc).await)
+    }
+
+    type FetchCopyFileStream = ReceiverStream<Result<CopyFileChunk, Status>>;
+
+    async fn fetch_copy_file(
+        &self,
+        request: Request<CopyFileRequest>,
+    ) -> Result<Response<Self::FetchCopyFileStream>, Status> {
+        let request = request.into_inner();
+        self.scope.admit("copy file request", &request.cluster_id, request.group_id)?;
+        Ok(Response::new(copy_fetch::send_file(&self.copies.files, &request.name)?))
     }
 
     async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {

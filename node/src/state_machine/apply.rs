@@ -161,6 +161,7 @@ impl<'a> ApplyBatch<'a> {
                 Ok(OpResult::Applied)
             }
             Op::CopyChunk { config_num, begun_at, data } => self.copy_chunk(cmd.shard, *config_num, *begun_at, data),
+            Op::IngestCopy { .. } => unreachable!("the state machine ingests copy files outside a batch"),
             Op::DiscardCopy { config_num } => {
                 if !self.sharding_mut().group.discard_copy(*config_num, cmd.shard) {
                     return Ok(OpResult::Refused(format!("shard {} has no copy for config {config_num}", cmd.shard)));

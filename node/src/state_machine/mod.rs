@@ -8,6 +8,7 @@
 
 mod apply;
 pub mod checkpoint;
+pub mod copy_files;
 pub mod records;
 pub mod session;
 mod session_cache;
@@ -19,6 +20,7 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::PoisonError;
 
 use futures::Stream;
 use futures::TryStreamExt;
@@ -33,9 +35,11 @@ use rocksdb::WriteOptions;
 pub use snapshot_store::SnapshotDir;
 pub use snapshot_store::SnapshotStore;
 
+use self::apply::Applied;
 use self::apply::ApplyBatch;
 use self::checkpoint::RecordKind;
 use self::checkpoint::SnapshotHeader;
+use self::copy_files::CopyFiles;
 use self::session::Session;
 use self::session_cache::SessionCache;
 use self::sharding::Role;
@@ -49,7 +53,9 @@ use crate::storage::CF_SM_META;
 use crate::storage::cf;
 use crate::storage::io_err;
 use crate::storage::keys::SHARD_KEYS_END;
+use crate::types::Command;
 use crate::types::LogId;
+use crate::types::Op;
 use crate::types::OpResult;
 use crate::types::Snapshot;
 use crate::types::SnapshotMeta;
@@ -69,6 +75,7 @@ const INSTALL_BATCH_BYTES: usize = 4 << 20;
 pub struct StateMachine {
     db: Arc<DB>,
     snapshots: SnapshotStore,
+    copy_files: CopyFiles,
     applied: Option<LogId>,
     membership: StoredMembership,
     sharding: SharedSharding,
@@ -85,6 +92,7 @@ impl StateMachine {
     pub fn open(
         db: Arc<DB>,
         snapshots: SnapshotStore,
+        copy_files: CopyFiles,
         role: Role,
         shards: u32,
         metrics: Arc<NodeMetrics>,
@@ -110,6 +118,7 @@ impl StateMachine {
         Ok(Self {
             db,
             snapshots,
+            copy_files,
             applied,
             membership,
             sharding,
@@ -149,6 +158,50 @@ pub(crate) fn put_applied_state(
     }
 }
 
+/// Writes a finished apply batch with the applied state it reaches, then makes its changes
+/// visible.
+fn write_applied(
+    db: &DB,
+    (mut write_batch, changed): (WriteBatch, Applied),
+    applied: &Option<LogId>,
+    membership: Option<&StoredMembership>,
+    shared: &SharedSharding,
+    sessions: &mut SessionCache,
+) -> io::Result<()> {
+    put_applied_state(db, &mut write_batch, applied, membership);
+    // Without the WAL: every entry here is in the Raft log, which is durable, and a crash
+    // re-applies from the last flush (see storage::flush_state_machine). This halves what
+    // each write puts in the WAL and fsyncs.
+    let mut opts = WriteOptions::default();
+    opts.disable_wal(true);
+    db.write_opt(write_batch, &opts).map_err(io_err)?;
+    changed.publish(shared, sessions);
+    Ok(())
+}
+
+/// Applies an `IngestCopy` entry: ingests its file if the copy it belongs to still takes data
+/// (the same answer on every replica), refuses it otherwise.
+fn ingest_copy(db: &DB, files: &CopyFiles, shared: &SharedSharding, cmd: &Command) -> io::Result<OpResult> {
+    let Op::IngestCopy { config_num, begun_at, file, .. } = &cmd.op else {
+        unreachable!("only IngestCopy entries name a copy file")
+    };
+    let accepted =
+        shared.read().unwrap_or_else(PoisonError::into_inner).group.accepts_copy(*config_num, *begun_at, cmd.shard);
+    if !accepted {
+        return Ok(OpResult::Refused(format!("shard {} takes no copy for config {config_num}", cmd.shard)));
+    }
+    // Every write applied so far becomes durable first. Ingested data is durable at once, so
+    // after a crash the state machine is the last flush plus every ingested file, and the
+    // entries re-applied from that flush come in log order: one that deletes the shard's range
+    // before this entry is followed by this entry's ingest again (its file is kept until the
+    // entry leaves the log). The flush also keeps RocksDB from flushing the data column family
+    // alone, which an ingest overlapping its memtable would do.
+    crate::storage::flush_state_machine(db).map_err(io_err)?;
+    files.ingest(db, file)?;
+    tracing::info!(shard = cmd.shard, config = config_num, file = file.name, bytes = file.size, "ingested a copy file");
+    Ok(OpResult::Applied)
+}
+
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotData = SnapshotDir;
     type SnapshotBuilder = SnapshotBuilder;
@@ -168,6 +221,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         while let Some((entry, responder)) = entries.try_next().await? {
             let result = match &entry.payload {
                 EntryPayload::Blank => OpResult::Applied,
+                EntryPayload::Normal(cmd) if cmd.op.copy_file().is_some() => {
+                    // Ingested data lands in the database at once, so what the entries before
+                    // it changed is written first, in log order.
+                    let membership = std::mem::take(&mut membership_changed).then_some(&self.membership);
+                    let written = batch.finish();
+                    write_applied(&self.db, written, &self.applied, membership, &self.sharding, &mut self.sessions)?;
+                    batch = ApplyBatch::new(&self.db, &self.sharding, &self.sessions);
+                    ingest_copy(&self.db, &self.copy_files, &self.sharding, cmd)?
+                }
                 EntryPayload::Normal(cmd) => batch.apply(entry.log_id.index(), cmd)?,
                 EntryPayload::Membership(m) => {
                     self.membership = StoredMembership::new(Some(entry.log_id), m.clone());
@@ -181,16 +243,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 replies.push((responder, result));
             }
         }
-        let (mut write_batch, applied) = batch.finish();
         let membership = membership_changed.then_some(&self.membership);
-        put_applied_state(&self.db, &mut write_batch, &self.applied, membership);
-        // Without the WAL: every entry here is in the Raft log, which is durable, and a crash
-        // re-applies from the last flush (see storage::flush_state_machine). This halves what
-        // each write puts in the WAL and fsyncs.
-        let mut opts = WriteOptions::default();
-        opts.disable_wal(true);
-        self.db.write_opt(write_batch, &opts).map_err(io_err)?;
-        applied.publish(&self.sharding, &mut self.sessions);
+        let written = batch.finish();
+        write_applied(&self.db, written, &self.applied, membership, &self.sharding, &mut self.sessions)?;
         self.metrics.applied_entries.inc_by(count);
         for (responder, result) in replies {
             responder.send(result);
@@ -387,7 +442,9 @@ mod tests {
         db.put_cf(cf(&db, CF_SM_META), INSTALLING_KEY, b"snapshot-00000000000000000042-1.skv").unwrap();
         let snapshots = SnapshotStore::open(dir.path().join("snapshots")).unwrap();
         let metrics = Arc::new(NodeMetrics::default());
-        let err = StateMachine::open(db, snapshots, Role::Standalone { group: 1 }, 4, metrics).err().unwrap();
+        let copy_files = CopyFiles::open(dir.path().join("copies"), 1).unwrap();
+        let err =
+            StateMachine::open(db, snapshots, copy_files, Role::Standalone { group: 1 }, 4, metrics).err().unwrap();
         assert!(err.to_string().contains("is not a checkpoint directory"), "{err}");
     }
 

@@ -1,11 +1,13 @@
 //! The Raft log and Raft metadata on RocksDB (openraft `RaftLogStorage`).
 
+use std::collections::HashSet;
 use std::fmt::Debug;
 use std::io;
 use std::ops::Bound;
 use std::ops::RangeBounds;
 use std::sync::Arc;
 
+use openraft::EntryPayload;
 use openraft::OptionalSend;
 use openraft::RaftLogReader;
 use openraft::entry::RaftEntry;
@@ -25,8 +27,10 @@ use super::cf;
 use super::io_err;
 use super::keys::log_index;
 use super::keys::log_key;
+use crate::state_machine::copy_files::CopyFiles;
 use crate::types::Entry;
 use crate::types::LogId;
+use crate::types::Op;
 use crate::types::TypeConfig;
 use crate::types::Vote;
 use crate::types::decode;
@@ -40,11 +44,42 @@ const PURGED_KEY: &[u8] = b"last_purged";
 pub struct LogStore {
     db: Arc<DB>,
     flusher: LogFlusher,
+    /// Removed with the last entry naming them (see `state_machine::copy_files`).
+    copy_files: CopyFiles,
 }
 
 impl LogStore {
-    pub fn new(db: Arc<DB>, flusher: LogFlusher) -> Self {
-        Self { db, flusher }
+    pub fn new(db: Arc<DB>, flusher: LogFlusher, copy_files: CopyFiles) -> Self {
+        Self { db, flusher, copy_files }
+    }
+
+    /// Removes the copy files that no entry in the log names (at start).
+    pub fn remove_unnamed_copy_files(&self) -> io::Result<usize> {
+        let named = self.copy_files_named(0..)?;
+        self.copy_files.remove_unnamed(&named)
+    }
+
+    /// The copy files that the entries in `range` name.
+    fn copy_files_named(&self, range: impl RangeBounds<u64>) -> io::Result<HashSet<String>> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i + 1,
+            Bound::Unbounded => 0,
+        };
+        let mut named = HashSet::new();
+        let mode = IteratorMode::From(&log_key(start), Direction::Forward);
+        for item in self.db.iterator_cf(cf(&self.db, CF_LOG), mode) {
+            let (key, value) = item.map_err(io_err)?;
+            if !range.contains(&log_index(&key)) {
+                break;
+            }
+            if let EntryPayload::Normal(cmd) = decode::<Entry>(&value)?.payload
+                && let Op::IngestCopy { file, .. } = cmd.op
+            {
+                named.insert(file.name);
+            }
+        }
+        Ok(named)
     }
 
     fn get_meta<T: for<'de> serde::Deserialize<'de>>(&self, key: &[u8]) -> io::Result<Option<T>> {
@@ -150,10 +185,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {
         let from = last_log_id.map_or(0, |id| id.index() + 1);
+        let removed_files = self.copy_files_named(from..)?;
         let log_cf = cf(&self.db, CF_LOG);
         self.db.delete_range_cf(log_cf, log_key(from), log_key(u64::MAX)).map_err(io_err)?;
         // delete_range excludes its end key.
-        self.db.delete_cf(log_cf, log_key(u64::MAX)).map_err(io_err)
+        self.db.delete_cf(log_cf, log_key(u64::MAX)).map_err(io_err)?;
+        self.copy_files.remove(removed_files.iter().map(String::as_str));
+        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
@@ -163,7 +201,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         super::flush_state_machine(&self.db).map_err(io_err)?;
         // Record the purge point first: a crash in between leaves extra entries, never a gap.
         self.put_meta(PURGED_KEY, &log_id, false)?;
+        let removed_files = self.copy_files_named(..=log_id.index())?;
         let log_cf = cf(&self.db, CF_LOG);
-        self.db.delete_range_cf(log_cf, log_key(0), log_key(log_id.index() + 1)).map_err(io_err)
+        self.db.delete_range_cf(log_cf, log_key(0), log_key(log_id.index() + 1)).map_err(io_err)?;
+        // The entries are gone (a crash before this leaves files that the next start removes).
+        self.copy_files.remove(removed_files.iter().map(String::as_str));
+        Ok(())
     }
 }

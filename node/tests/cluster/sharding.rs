@@ -6,10 +6,12 @@ use std::time::Duration;
 use std::time::Instant;
 
 use shardkv_client::Client;
+use shardkv_proto::shard_for_key;
 use shardkv_proto::v1::ShardConfig;
 
 use crate::counters::Load;
 use crate::counters::check;
+use crate::counters::check_replica_agrees;
 use crate::harness::WAIT;
 use crate::harness::wait_for;
 use crate::harness::write_bulk;
@@ -149,6 +151,63 @@ async fn restarting_the_sending_group_mid_move_loses_nothing() {
     let reports = load.finish().await;
     check(&client, &reports, &moved_shards(&[first, after])).await;
     check_bulk(&client).await;
+}
+
+/// A copy reaches each replica as table files that it ingests, durable at once while the
+/// writes around them are not (they skip the WAL). A follower of the receiving group killed
+/// right after it ingests a file restarts at its last flush and applies the log from there,
+/// which deletes the shard's range and ingests the files again, in log order: once caught up,
+/// it holds every copied value and agrees with the leader on every counter.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follower_killed_after_ingesting_a_copy_file_applies_it_again_and_loses_nothing() {
+    let mut cluster = ShardedCluster::start(234, 3, SHARDS, &[1]).await;
+    let client = cluster.client();
+    let bulk_keys = 4 * BULK_KEYS;
+    write_bulk(&client, bulk_keys, bulk_value).await;
+    let first = cluster.wait_settled().await;
+    let load = Load::start(&client, 4, 8, 100_000, Duration::from_secs(150), SHARDS);
+    cluster.start_group(2).await;
+    let receivers = &cluster.groups[&2];
+    let leader = receivers.leader().await;
+    let follower = receivers.running().into_iter().find(|&id| id != leader).unwrap();
+    cluster.join(2).await;
+    let receivers = &cluster.groups[&2];
+    wait_for("the follower to ingest a copy file", WAIT, || async {
+        receivers.log(follower).contains("ingested a copy file").then_some(())
+    })
+    .await;
+    let receivers = cluster.groups.get_mut(&2).unwrap();
+    receivers.kill9(follower);
+    let logged_before = receivers.log(follower).len();
+    receivers.start_node(follower);
+    let after = cluster.wait_settled().await;
+    let receivers = &cluster.groups[&2];
+    let restart_log = receivers.log(follower)[logged_before..].to_string();
+    assert!(restart_log.contains("ingested a copy file"), "the restarted follower ingested nothing:\n{restart_log}");
+
+    let reports = load.finish().await;
+    check(&client, &reports, &moved_shards(&[first, after.clone()])).await;
+    let leader = receivers.leader().await;
+    let applied = receivers.status(leader).await.unwrap().applied_index;
+    wait_for("the follower to apply what its leader has", WAIT, || async {
+        (receivers.status(follower).await?.applied_index >= applied).then_some(())
+    })
+    .await;
+    // Read from the follower's own state: every bulk key of a shard group 2 now owns.
+    let replica = receivers.client_for([follower]);
+    let mut checked = 0;
+    for i in 0..bulk_keys {
+        let key = format!("bulk-{i}");
+        if after.shard_groups[shard_for_key(key.as_bytes(), SHARDS) as usize] != 2 {
+            continue;
+        }
+        let value = replica.get_serializable(key).await.expect("read from the follower");
+        assert!(value.as_deref() == Some(bulk_value(i).as_slice()), "bulk-{i} lost or damaged on the follower");
+        checked += 1;
+    }
+    assert!(checked > 0, "group 2 owns no bulk key");
+    let owned_here = |key: &str| after.shard_groups[shard_for_key(key.as_bytes(), SHARDS) as usize] == 2;
+    check_replica_agrees(&replica, &client, &reports, owned_here).await;
 }
 
 /// The sum of counter `name` over the running replicas of `group`, from their metrics.
