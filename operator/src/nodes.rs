@@ -175,7 +175,7 @@ impl NodeApi for GrpcNodes {
     }
 
     async fn query_config(&self, endpoint: &NodeEndpoint) -> Result<ShardConfig, Status> {
-        let response = self.meta(endpoint).await?.query(QueryRequest { num: 0 }).await?.into_inner();
+        let response = self.meta(endpoint).await?.query(QueryRequest { num: 0, wait_ms: 0 }).await?.into_inner();
         response.config.ok_or_else(|| Status::internal("meta answered without a config"))
     }
 

@@ -77,7 +77,7 @@ impl Client {
     pub(super) async fn detect_topology(&self, deadline: Deadline) -> Result<Topology> {
         let answer = self
             .call_meta(deadline, |channel, timeout| async move {
-                match MetaClient::new(channel).query(request(QueryRequest { num: 0 }, timeout)).await {
+                match MetaClient::new(channel).query(request(QueryRequest { num: 0, wait_ms: 0 }, timeout)).await {
                     Ok(reply) => Ok(Some(reply.into_inner())),
                     Err(status)
                         if matches!(status.code(), tonic::Code::FailedPrecondition | tonic::Code::Unimplemented) =>
@@ -118,7 +118,10 @@ impl Client {
     pub(super) async fn query_meta(&self, num: u64, deadline: Deadline) -> Result<ShardConfig> {
         let reply = self
             .call_meta(deadline, |channel, timeout| async move {
-                Ok(MetaClient::new(channel).query(request(QueryRequest { num }, timeout)).await?.into_inner())
+                Ok(MetaClient::new(channel)
+                    .query(request(QueryRequest { num, wait_ms: 0 }, timeout))
+                    .await?
+                    .into_inner())
             })
             .await?;
         config_of(reply)

@@ -2,7 +2,9 @@
 //! configs.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use openraft::RaftMetrics;
 use openraft::ReadPolicy;
 use shardkv_proto::v1::ConfigResponse;
 use shardkv_proto::v1::JoinRequest;
@@ -26,12 +28,24 @@ use crate::state_machine::sharding::config_at;
 use crate::types::Command;
 use crate::types::Op;
 use crate::types::OpResult;
+use crate::types::TypeConfig;
+
+/// The longest a Query may wait for a config that does not exist yet.
+const MAX_QUERY_WAIT_MS: u64 = 5_000;
 
 pub struct MetaService {
     ctx: Arc<NodeContext>,
 }
 
 impl MetaService {
+    /// Waits until this replica has applied config `num`, or `wait` has passed.
+    async fn wait_for_config(&self, num: u64, wait: Duration) {
+        let ctx = self.ctx.clone();
+        // Every applied entry changes Raft's metrics, so the condition is checked after each.
+        let applied = move |_: &RaftMetrics<TypeConfig>| ctx.sharding().latest.num >= num;
+        let _ = self.ctx.raft.wait(Some(wait)).metrics(applied, "a later shard map").await;
+    }
+
     pub fn new(ctx: Arc<NodeContext>) -> Self {
         Self { ctx }
     }
@@ -104,9 +118,13 @@ impl Meta for MetaService {
     }
 
     async fn query(&self, request: Request<QueryRequest>) -> Result<Response<ConfigResponse>, Status> {
+        let QueryRequest { num, wait_ms } = request.into_inner();
+        if wait_ms > 0 && num > self.ctx.sharding().latest.num {
+            self.wait_for_config(num, Duration::from_millis(wait_ms.min(MAX_QUERY_WAIT_MS))).await;
+        }
+        // The wait is not part of the request's latency.
         observed(&self.ctx.metrics, "Query", async {
             self.check_role()?;
-            let num = request.into_inner().num;
             // A numbered config never changes once it exists, so any replica holding it may
             // answer; "the latest" must come from the leader.
             if num == 0 || num > self.ctx.sharding().latest.num {

@@ -62,6 +62,9 @@ use crate::types::TypeConfig;
 /// How often a settled group asks the meta group for the next config, and a group handing a
 /// shard off looks for newer configs naming later owners of it.
 const POLL: Duration = Duration::from_millis(100);
+/// How long a meta replica may hold the ask for the next config until it exists, so that a
+/// move starts as soon as the meta group applies it rather than at the next poll.
+const NEXT_CONFIG_WAIT: Duration = Duration::from_secs(1);
 /// How soon a step of a move in progress is retried (a peer not ready yet, a shard not yet
 /// installed): writes to a moving shard wait for it, so this is kept short.
 const MOVE_RETRY: Duration = Duration::from_millis(20);
@@ -259,7 +262,7 @@ impl Driver {
             let before = match joined.num - 1 {
                 0 => Config::initial(self.ctx.shards),
                 num => self
-                    .fetch_config(num)
+                    .fetch_config(num, Duration::ZERO)
                     .await
                     .and_then(|c| c.ok_or(MoveError::MissingConfig { num }))
                     .map_err(|e| vec![e])?,
@@ -281,7 +284,7 @@ impl Driver {
         let copying = self.copy_ahead_state().as_ref().filter(|c| c.config.num == num).map(|c| c.config.clone());
         match copying {
             Some(config) => self.apply_next(config).await,
-            None => match self.fetch_config(num).await {
+            None => match self.fetch_config(num, NEXT_CONFIG_WAIT).await {
                 Ok(Some(config)) => self.apply_next(config).await,
                 Ok(None) => Ok(()),
                 Err(e) => Err(vec![e]),
@@ -399,22 +402,26 @@ impl Driver {
         }
     }
 
-    /// Config `num` from any meta replica that has it; None while it does not exist yet.
-    async fn fetch_config(&self, num: u64) -> Result<Option<Config>, MoveError> {
-        let wire = self.query_meta(num).await?;
+    /// Config `num` from any meta replica that has it, waiting up to `wait` for it to exist;
+    /// None while it does not.
+    async fn fetch_config(&self, num: u64, wait: Duration) -> Result<Option<Config>, MoveError> {
+        let wire = self.query_meta(num, wait).await?;
         if wire.num == num { self.checked(wire).map(Some) } else { Ok(None) }
     }
 
     /// The latest config, as the meta group's leader knows it.
     async fn fetch_latest(&self) -> Result<Config, MoveError> {
-        let wire = self.query_meta(0).await?;
+        let wire = self.query_meta(0, Duration::ZERO).await?;
         self.checked(wire)
     }
 
-    async fn query_meta(&self, num: u64) -> Result<ShardConfig, MoveError> {
+    async fn query_meta(&self, num: u64, wait: Duration) -> Result<ShardConfig, MoveError> {
+        let wait_ms = wait.as_millis() as u64;
         first_answer(&self.channels, self.meta_endpoints.iter().map(String::as_str), |channel| async move {
-            let response =
-                MetaClient::new(channel).query(QueryRequest { num }).await.map_err(|s| s.message().to_string())?;
+            let response = MetaClient::new(channel)
+                .query(QueryRequest { num, wait_ms })
+                .await
+                .map_err(|s| s.message().to_string())?;
             response.into_inner().config.ok_or_else(|| "empty answer".to_string())
         })
         .await
@@ -722,7 +729,7 @@ impl Driver {
             due.then(|| later.configs.last_key_value().map_or(config_num + 1, |(&num, _)| num + 1))
         };
         if let Some(mut num) = next {
-            while let Some(config) = self.fetch_config(num).await? {
+            while let Some(config) = self.fetch_config(num, Duration::ZERO).await? {
                 self.later_configs().configs.insert(num, config);
                 num += 1;
             }

@@ -7,7 +7,9 @@ use std::time::Instant;
 
 use shardkv_client::Client;
 use shardkv_proto::shard_for_key;
+use shardkv_proto::v1::QueryRequest;
 use shardkv_proto::v1::ShardConfig;
+use shardkv_proto::v1::meta_client::MetaClient;
 
 use crate::counters::Load;
 use crate::counters::check;
@@ -208,6 +210,38 @@ async fn a_follower_killed_after_ingesting_a_copy_file_applies_it_again_and_lose
     assert!(checked > 0, "group 2 owns no bulk key");
     let owned_here = |key: &str| after.shard_groups[shard_for_key(key.as_bytes(), SHARDS) as usize] == 2;
     check_replica_agrees(&replica, &client, &reports, owned_here).await;
+}
+
+/// A data group's leader asks the meta group for its next config and may wait for it: the
+/// meta leader holds such a Query until that config exists (then answers it at once) or the
+/// wait has passed (then answers the latest).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_query_for_the_next_config_waits_for_it_and_is_answered_once_it_exists() {
+    let cluster = ShardedCluster::start(235, 3, SHARDS, &[1]).await;
+    let latest = cluster.wait_settled().await;
+    let leader = cluster.meta.leader().await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.meta.grpc_addr(leader)))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect to the meta leader");
+    let next = QueryRequest { num: latest.num + 1, wait_ms: 400 };
+
+    let started = Instant::now();
+    let answer = MetaClient::new(channel.clone()).query(next).await.expect("query").into_inner().config.unwrap();
+    assert_eq!(answer.num, latest.num, "no config was made: the answer is the latest one");
+    assert!(started.elapsed() >= Duration::from_millis(400), "answered after {:?}, before the wait", started.elapsed());
+
+    let waiting = tokio::spawn(async move {
+        let started = Instant::now();
+        let asked = QueryRequest { num: next.num, wait_ms: 5_000 };
+        let answer = MetaClient::new(channel).query(asked).await.expect("query").into_inner().config.unwrap();
+        (answer.num, started.elapsed())
+    });
+    cluster.admin.move_shard(0, 1).await.expect("move");
+    let (answered, after) = waiting.await.unwrap();
+    assert_eq!(answered, next.num, "the waiting query was answered with the config made meanwhile");
+    assert!(after < Duration::from_secs(5), "answered only when the wait ran out ({after:?})");
 }
 
 /// The sum of counter `name` over the running replicas of `group`, from their metrics.
