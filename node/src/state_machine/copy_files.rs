@@ -136,7 +136,8 @@ impl CopyFiles {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }
-        std::fs::hard_link(&path, &link)?;
+        std::fs::hard_link(&path, &link)
+            .map_err(|e| io::Error::new(e.kind(), format!("copy file {} named by a log entry: {e}", path.display())))?;
         let mut opts = IngestExternalFileOptions::default();
         opts.set_move_files(true);
         db.ingest_external_file_cf_opts(cf(db, CF_DATA), &opts, vec![&link]).map_err(io_err)?;

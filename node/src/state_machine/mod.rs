@@ -190,12 +190,13 @@ fn ingest_copy(db: &DB, files: &CopyFiles, shared: &SharedSharding, cmd: &Comman
     if !accepted {
         return Ok(OpResult::Refused(format!("shard {} takes no copy for config {config_num}", cmd.shard)));
     }
-    // Every write applied so far becomes durable first. Ingested data is durable at once, so
-    // after a crash the state machine is the last flush plus every ingested file, and the
-    // entries re-applied from that flush come in log order: one that deletes the shard's range
-    // before this entry is followed by this entry's ingest again (its file is kept until the
-    // entry leaves the log). The flush also keeps RocksDB from flushing the data column family
-    // alone, which an ingest overlapping its memtable would do.
+    // Everything applied before this entry becomes durable first. The ingested data is durable
+    // at once, later writes only at the next flush: after a crash the state machine is the last
+    // flush plus the ingested files, and applying the log again starts at this entry at the
+    // latest, so no entry re-applied before it can read data ingested after it. This entry
+    // then ingests its file again (kept until the entry leaves the log). The flush also keeps
+    // RocksDB from flushing the data column family alone, as an ingest overlapping its
+    // memtable would.
     crate::storage::flush_state_machine(db).map_err(io_err)?;
     files.ingest(db, file)?;
     tracing::info!(shard = cmd.shard, config = config_num, file = file.name, bytes = file.size, "ingested a copy file");
