@@ -133,6 +133,14 @@ impl Op {
     }
 }
 
+/// The table file that a log entry ingests, if it is one of a shard copy's.
+pub fn copy_file_of(entry: &Entry) -> Option<&CopyFile> {
+    match &entry.payload {
+        openraft::EntryPayload::Normal(cmd) => cmd.op.copy_file(),
+        _ => None,
+    }
+}
+
 /// What applying a log entry produced; cached in the session table for duplicates.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OpResult {

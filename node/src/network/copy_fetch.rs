@@ -20,6 +20,7 @@ use crate::types::CopyFile;
 use crate::types::Entry;
 use crate::types::NodeId;
 use crate::types::Raft;
+use crate::types::copy_file_of;
 
 /// What a follower needs to fetch copy files from its peers.
 #[derive(Clone)]
@@ -34,28 +35,18 @@ impl CopyFetcher {
     /// the append) first, then from the group's other members. UNAVAILABLE when no peer has
     /// it: the leader's next append tries again.
     pub async fn fetch_missing(&self, raft: &Raft, leader: NodeId, entries: &[Entry]) -> Result<(), Status> {
-        let missing: Vec<&CopyFile> = entries
-            .iter()
-            .filter_map(|e| match &e.payload {
-                openraft::EntryPayload::Normal(cmd) => cmd.op.copy_file(),
-                _ => None,
-            })
-            .filter(|file| !self.files.holds(file))
-            .collect();
+        let missing: Vec<&CopyFile> =
+            entries.iter().filter_map(copy_file_of).filter(|file| !self.files.holds(file)).collect();
         if missing.is_empty() {
             return Ok(());
         }
         let peers = {
             let metrics = raft.metrics();
             let metrics = metrics.borrow_watched();
-            let mut peers: Vec<(NodeId, String)> = metrics
-                .membership_config
-                .nodes()
-                .filter(|(id, _)| **id != metrics.id)
-                .map(|(id, node)| (*id, node.addr.clone()))
-                .collect();
-            peers.sort_by_key(|(id, _)| *id != leader);
-            peers
+            let mut peers: Vec<(&NodeId, _)> =
+                metrics.membership_config.nodes().filter(|(id, _)| **id != metrics.id).collect();
+            peers.sort_by_key(|(id, _)| **id != leader);
+            peers.into_iter().map(|(_, node)| node.addr.clone()).collect::<Vec<String>>()
         };
         // Each in a task of its own: if the leader gives up on this append (its deadline), the
         // fetch still completes, and the append sent again finds the file here.
@@ -69,9 +60,9 @@ impl CopyFetcher {
         Ok(())
     }
 
-    async fn fetch_from_any(&self, peers: &[(NodeId, String)], file: &CopyFile) -> Result<(), Status> {
+    async fn fetch_from_any(&self, peers: &[String], file: &CopyFile) -> Result<(), Status> {
         let mut failures = Vec::new();
-        for (_, addr) in peers {
+        for addr in peers {
             match self.fetch(addr, file).await {
                 Ok(()) => return Ok(()),
                 Err(e) => failures.push(format!("{addr}: {e}")),

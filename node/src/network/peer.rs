@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use openraft::BasicNode;
-use openraft::EntryPayload;
 use openraft::OptionalSend;
 use openraft::error::NetworkError;
 use openraft::error::RPCError;
@@ -37,6 +36,7 @@ use crate::types::NodeId;
 use crate::types::Snapshot;
 use crate::types::TypeConfig;
 use crate::types::Vote;
+use crate::types::copy_file_of;
 use crate::types::decode;
 use crate::types::encode;
 
@@ -147,14 +147,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RpcError> {
         // The follower fetches the copy files these entries name before it answers.
-        let copy_bytes: u64 = rpc
-            .entries
-            .iter()
-            .filter_map(|e| match &e.payload {
-                EntryPayload::Normal(cmd) => cmd.op.copy_file().map(|f| f.size),
-                _ => None,
-            })
-            .sum();
+        let copy_bytes: u64 = rpc.entries.iter().filter_map(copy_file_of).map(|f| f.size).sum();
         self.unary(encode(&rpc), copy_bytes as usize, &option, |mut c, r| async move { c.append_entries(r).await })
             .await
     }

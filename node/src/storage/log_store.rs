@@ -7,7 +7,6 @@ use std::ops::Bound;
 use std::ops::RangeBounds;
 use std::sync::Arc;
 
-use openraft::EntryPayload;
 use openraft::OptionalSend;
 use openraft::RaftLogReader;
 use openraft::entry::RaftEntry;
@@ -30,9 +29,9 @@ use super::keys::log_key;
 use crate::state_machine::copy_files::CopyFiles;
 use crate::types::Entry;
 use crate::types::LogId;
-use crate::types::Op;
 use crate::types::TypeConfig;
 use crate::types::Vote;
+use crate::types::copy_file_of;
 use crate::types::decode;
 use crate::types::encode;
 
@@ -61,25 +60,38 @@ impl LogStore {
 
     /// The copy files that the entries in `range` name.
     fn copy_files_named(&self, range: impl RangeBounds<u64>) -> io::Result<HashSet<String>> {
+        let mut named = HashSet::new();
+        self.for_each_entry(range, |entry| {
+            if let Some(file) = copy_file_of(&entry) {
+                named.insert(file.name.clone());
+            }
+        })?;
+        Ok(named)
+    }
+
+    /// Decodes the entries in `range` in order, checking that each is stored under its index.
+    fn for_each_entry(&self, range: impl RangeBounds<u64>, mut each: impl FnMut(Entry)) -> io::Result<()> {
         let start = match range.start_bound() {
             Bound::Included(i) => *i,
             Bound::Excluded(i) => i + 1,
             Bound::Unbounded => 0,
         };
-        let mut named = HashSet::new();
         let mode = IteratorMode::From(&log_key(start), Direction::Forward);
         for item in self.db.iterator_cf(cf(&self.db, CF_LOG), mode) {
             let (key, value) = item.map_err(io_err)?;
             if !range.contains(&log_index(&key)) {
                 break;
             }
-            if let EntryPayload::Normal(cmd) = decode::<Entry>(&value)?.payload
-                && let Op::IngestCopy { file, .. } = cmd.op
-            {
-                named.insert(file.name);
+            let entry: Entry = decode(&value)?;
+            if entry.index() != log_index(&key) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("raft log corrupt: key {} holds entry {}", log_index(&key), entry.index()),
+                ));
             }
+            each(entry);
         }
-        Ok(named)
+        Ok(())
     }
 
     fn get_meta<T: for<'de> serde::Deserialize<'de>>(&self, key: &[u8]) -> io::Result<Option<T>> {
@@ -110,27 +122,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> io::Result<Vec<Entry>> {
-        let start = match range.start_bound() {
-            Bound::Included(i) => *i,
-            Bound::Excluded(i) => i + 1,
-            Bound::Unbounded => 0,
-        };
-        let mode = IteratorMode::From(&log_key(start), Direction::Forward);
         let mut entries = Vec::new();
-        for item in self.db.iterator_cf(cf(&self.db, CF_LOG), mode) {
-            let (key, value) = item.map_err(io_err)?;
-            if !range.contains(&log_index(&key)) {
-                break;
-            }
-            let entry: Entry = decode(&value)?;
-            if entry.index() != log_index(&key) {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("raft log corrupt: key {} holds entry {}", log_index(&key), entry.index()),
-                ));
-            }
-            entries.push(entry);
-        }
+        self.for_each_entry(range, |entry| entries.push(entry))?;
         Ok(entries)
     }
 
