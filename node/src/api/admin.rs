@@ -386,7 +386,9 @@ impl Admin for AdminService {
         _: Request<TriggerSnapshotRequest>,
     ) -> Result<Response<TriggerSnapshotResponse>, Status> {
         observed(&self.ctx.metrics, "TriggerSnapshot", async {
-            let outcome = snapshot_and_purge(&self.ctx.raft, SNAPSHOT_TIMEOUT).await.map_err(Status::unavailable)?;
+            let outcome = snapshot_and_purge(&self.ctx.raft, SNAPSHOT_TIMEOUT)
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
             Ok(TriggerSnapshotResponse { snapshot_index: outcome.snapshot_index, purged_index: outcome.purged_index })
         })
         .await

@@ -125,7 +125,7 @@ async fn run_once(ctx: &Arc<NodeContext>) -> PrestopReport {
         applied_index: snapshot.as_ref().ok().map(|s| s.applied_index),
         snapshot_index: snapshot.as_ref().ok().map(|s| s.snapshot_index),
         purged_index: snapshot.as_ref().ok().map(|s| s.purged_index),
-        snapshot_error: snapshot.err(),
+        snapshot_error: snapshot.err().map(|e| e.to_string()),
     };
     let clean = group.transfer_error.is_none() && group.snapshot_error.is_none();
     let report = PrestopReport {

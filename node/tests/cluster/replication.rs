@@ -144,3 +144,29 @@ async fn a_paused_leader_does_not_hold_requests_until_their_deadline() {
     write.unwrap_or_else(|e| panic!("write with node {leader} paused failed after {:?}: {e}", started.elapsed()));
     assert_eq!(read.unwrap().as_deref(), Some(&b"during"[..]));
 }
+
+/// Raft ignores a snapshot trigger while it builds one, and the build the log-size policy
+/// started may stop short of what was applied when the snapshot was asked for; with no more
+/// writes the policy starts no other build (this held a pod's preStop hook for its whole 60 s
+/// timeout). Each round writes just past the policy's threshold, so that its build is under
+/// way, then asks: every asked-for snapshot must still cover the applied log.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snapshot_asked_for_while_the_policy_builds_one_covers_the_applied_log() {
+    const SNAPSHOT_EVERY: u64 = 100;
+    let cluster = Cluster::start(236, 3, &["--snapshot-every", &SNAPSHOT_EVERY.to_string()]).await;
+    let leader = cluster.leader().await;
+    let client = cluster.client();
+    let mut admin = cluster.admin(leader).await;
+    for round in 0..24 {
+        for i in 0..SNAPSHOT_EVERY + 1 + round {
+            client.put(format!("key-{}", i % 64), format!("value-{round}-{i}")).await.unwrap();
+        }
+        let applied = cluster.status(leader).await.expect("leader status").applied_index;
+        let asked = tokio::time::timeout(Duration::from_secs(10), admin.trigger_snapshot(TriggerSnapshotRequest {}))
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: no snapshot within 10 s of asking (applied {applied})"))
+            .unwrap_or_else(|e| panic!("round {round}: the snapshot failed: {e}"))
+            .into_inner();
+        assert!(asked.snapshot_index >= applied, "round {round}: snapshot {asked:?} short of applied {applied}");
+    }
+}
