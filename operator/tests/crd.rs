@@ -11,8 +11,11 @@ use serde_json::Value;
 use serde_json::json;
 use shardkv_operator::crd::crd_yaml;
 
+/// Read at run time, not baked in at build: a test binary reused from the shared target dir
+/// may have been built in another clone of the repository.
 fn repo_file(relative: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(relative)
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR (run through cargo test)");
+    PathBuf::from(manifest_dir).join("..").join(relative)
 }
 
 fn read(relative: &str) -> String {
