@@ -26,6 +26,18 @@ pub struct Limits {
     pub max_value_bytes: usize,
 }
 
+/// Room in a KV request for everything but its key and values (header, field tags).
+const KV_REQUEST_OVERHEAD: usize = 64 << 10;
+
+impl Limits {
+    /// The largest KV request worth decoding: a compare-and-swap carries a key and two values.
+    /// Anything within it is decoded and, if a key or value is over its limit, refused with a
+    /// message that names the limit.
+    pub fn max_kv_request_bytes(&self) -> usize {
+        self.max_key_bytes + 2 * self.max_value_bytes + KV_REQUEST_OVERHEAD
+    }
+}
+
 pub struct NodeContext {
     pub node_id: NodeId,
     pub scope: GroupScope,

@@ -239,7 +239,9 @@ async fn serve_grpc(
         .layer(authorize)
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(KvServer::new(KvService::new(ctx.clone())))
+        .add_service(
+            KvServer::new(KvService::new(ctx.clone())).max_decoding_message_size(ctx.limits.max_kv_request_bytes()),
+        )
         .add_service(AdminServer::new(AdminService::new(ctx.clone(), channels, prestop)))
         .add_service(MetaServer::new(MetaService::new(ctx.clone())))
         .add_service(MigrationServer::new(MigrationService::new(ctx)).max_encoding_message_size(MAX_MESSAGE_BYTES))

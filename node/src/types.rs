@@ -266,6 +266,11 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     codec().serialize(value).expect("serializing an in-memory value cannot fail")
 }
 
+/// How many bytes `encode` gives for `value`, without encoding it.
+pub fn encoded_len<T: Serialize>(value: &T) -> usize {
+    codec().serialized_size(value).expect("sizing an in-memory value cannot fail") as usize
+}
+
 /// Decodes bytes that may have come from the network or a damaged file. Decoding is bounded by
 /// `bytes` itself: a length prefix larger than what is left is an error, never an allocation,
 /// and so are truncated input, unknown variants and trailing garbage.

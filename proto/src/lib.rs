@@ -5,6 +5,10 @@ pub mod v1 {
     tonic::include_proto!("shardkv.v1");
 }
 
+/// Largest gRPC message a node or the client sends or accepts: a Raft append of many large
+/// values, or a value read back (nodes may be configured for values up to 64 MiB).
+pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
+
 /// Encoded file descriptor set, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("shardkv_descriptor");
 

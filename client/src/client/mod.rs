@@ -151,6 +151,12 @@ fn request<M>(message: M, timeout: Duration) -> tonic::Request<M> {
     request
 }
 
+/// A KV client that accepts replies as large as a node may send (a value read back can exceed
+/// gRPC's default 4 MiB when nodes allow large values).
+fn kv_client(channel: Channel) -> KvClient<Channel> {
+    KvClient::new(channel).max_decoding_message_size(shardkv_proto::MAX_MESSAGE_BYTES)
+}
+
 /// Reads carry no session (client_id 0): they change nothing, so need no deduplication.
 fn read_header(config_num: u64) -> Option<RequestHeader> {
     Some(RequestHeader { config_num, ..RequestHeader::default() })
@@ -218,7 +224,7 @@ impl Client {
             let mut message = base.clone();
             message.header = Some(self.write_header(&ticket, config_num));
             async move {
-                let reply = KvClient::new(channel).put(request(message, timeout)).await?;
+                let reply = kv_client(channel).put(request(message, timeout)).await?;
                 Ok(reply.into_inner().index)
             }
         })
@@ -241,7 +247,7 @@ impl Client {
             let mut message = base.clone();
             message.header = read_header(config_num);
             async move {
-                let reply = KvClient::new(channel).get(request(message, timeout)).await?.into_inner();
+                let reply = kv_client(channel).get(request(message, timeout)).await?.into_inner();
                 Ok(reply.found.then_some(reply.value))
             }
         })
@@ -256,7 +262,7 @@ impl Client {
             let mut message = base.clone();
             message.header = Some(self.write_header(&ticket, config_num));
             async move {
-                let reply = KvClient::new(channel).delete(request(message, timeout)).await?;
+                let reply = kv_client(channel).delete(request(message, timeout)).await?;
                 Ok(reply.into_inner().existed)
             }
         })
@@ -283,7 +289,7 @@ impl Client {
             let mut message = base.clone();
             message.header = Some(self.write_header(&ticket, config_num));
             async move {
-                let reply = KvClient::new(channel).compare_and_swap(request(message, timeout)).await?.into_inner();
+                let reply = kv_client(channel).compare_and_swap(request(message, timeout)).await?.into_inner();
                 Ok(CasOutcome { succeeded: reply.succeeded, previous: reply.found.then_some(reply.current) })
             }
         })

@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use shardkv_proto::v1::ReadConsistency;
 use shardkv_proto::v1::ScanRequest;
-use shardkv_proto::v1::kv_client::KvClient;
 
 use crate::error::Error;
 use crate::error::Result;
@@ -17,6 +16,7 @@ use crate::shard_map::successor;
 use super::Client;
 use super::ScanOptions;
 use super::Topology;
+use super::kv_client;
 use super::read_header;
 use super::request;
 use super::routing::Attempts;
@@ -130,7 +130,7 @@ impl Client {
                                 |channel, timeout| {
                                     let message = message.clone();
                                     async move {
-                                        Ok(KvClient::new(channel).scan(request(message, timeout)).await?.into_inner())
+                                        Ok(kv_client(channel).scan(request(message, timeout)).await?.into_inner())
                                     }
                                 },
                             )

@@ -1,13 +1,13 @@
 //! Node-to-node Raft transport over gRPC: `peer` sends, `service` receives; `channels` holds
 //! the connections every outgoing call shares.
 
+pub mod append_batch;
 pub mod channels;
 pub mod copy_fetch;
 pub mod peer;
 pub mod service;
 
-/// Largest gRPC message a node sends or accepts (an append of many large values).
-pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
+pub use shardkv_proto::MAX_MESSAGE_BYTES;
 /// Snapshot data and copy files travel in chunks of this size.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 

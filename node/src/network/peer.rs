@@ -29,6 +29,8 @@ use tonic::transport::Channel;
 use super::GroupScope;
 use super::MAX_MESSAGE_BYTES;
 use super::SNAPSHOT_CHUNK_BYTES;
+use super::append_batch::APPEND_BYTES;
+use super::append_batch::entries_that_fit;
 use super::channels::Channels;
 use crate::state_machine::SnapshotDir;
 use crate::state_machine::snapshot_archive;
@@ -39,6 +41,7 @@ use crate::types::Vote;
 use crate::types::copy_file_of;
 use crate::types::decode;
 use crate::types::encode;
+use crate::types::encoded_len;
 
 type RpcError = RPCError<TypeConfig>;
 
@@ -143,13 +146,26 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
 
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RpcError> {
+        let mut payload = encode(&rpc);
+        let mut sent_up_to = None;
+        if payload.len() > APPEND_BYTES && rpc.entries.len() > 1 {
+            // Send the entries that fit; Raft sends the rest next, after what this reports.
+            rpc.entries.truncate(entries_that_fit(rpc.entries.iter().map(encoded_len), APPEND_BYTES));
+            sent_up_to = rpc.entries.last().map(|e| e.log_id);
+            payload = encode(&rpc);
+        }
         // The follower fetches the copy files these entries name before it answers.
         let copy_bytes: u64 = rpc.entries.iter().filter_map(copy_file_of).map(|f| f.size).sum();
-        self.unary(encode(&rpc), copy_bytes as usize, &option, |mut c, r| async move { c.append_entries(r).await })
-            .await
+        let reply = self
+            .unary(payload, copy_bytes as usize, &option, |mut c, r| async move { c.append_entries(r).await })
+            .await?;
+        Ok(match (reply, sent_up_to) {
+            (AppendEntriesResponse::Success, Some(last)) => AppendEntriesResponse::PartialSuccess(Some(last)),
+            (reply, _) => reply,
+        })
     }
 
     async fn vote(
