@@ -149,14 +149,14 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RpcError> {
-        let mut payload = encode(&rpc);
         let mut sent_up_to = None;
-        if payload.len() > APPEND_BYTES && rpc.entries.len() > 1 {
+        // Sized before encoding, so an oversized batch is never encoded whole only to be cut.
+        if rpc.entries.len() > 1 && encoded_len(&rpc) > APPEND_BYTES {
             // Send the entries that fit; Raft sends the rest next, after what this reports.
             rpc.entries.truncate(entries_that_fit(rpc.entries.iter().map(encoded_len), APPEND_BYTES));
             sent_up_to = rpc.entries.last().map(|e| e.log_id);
-            payload = encode(&rpc);
         }
+        let payload = encode(&rpc);
         // The follower fetches the copy files these entries name before it answers.
         let copy_bytes: u64 = rpc.entries.iter().filter_map(copy_file_of).map(|f| f.size).sum();
         let reply = self
