@@ -61,7 +61,7 @@ fn raft_config(args: &NodeArgs) -> anyhow::Result<openraft::Config> {
         install_snapshot_timeout: 300_000,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(args.snapshot_every),
         max_in_snapshot_log_to_keep: 1000,
-        max_payload_entries: 64,
+        max_payload_entries: 512,
         // A node cut off from the others must not bump terms and depose a healthy leader when
         // it comes back.
         enable_pre_vote: Some(true),

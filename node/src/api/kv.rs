@@ -29,6 +29,7 @@ use super::errors::refused_at_apply;
 use super::errors::response_evicted;
 use super::errors::write_error;
 use super::observed;
+use super::proposals::Proposals;
 use super::scan;
 use crate::context::NodeContext;
 use crate::storage::CF_DATA;
@@ -50,11 +51,14 @@ const SCAN_PAGE_BYTES: usize = 1 << 20;
 
 pub struct KvService {
     ctx: Arc<NodeContext>,
+    proposals: Proposals,
 }
 
 impl KvService {
+    /// Needs a tokio runtime: it starts the task that proposes writes to Raft.
     pub fn new(ctx: Arc<NodeContext>) -> Self {
-        Self { ctx }
+        let proposals = Proposals::start(ctx.raft.clone());
+        Self { ctx, proposals }
     }
 
     fn check_key(&self, key: &[u8]) -> Result<(), Status> {
@@ -98,7 +102,7 @@ impl KvService {
         // position in the log, which is what decides.
         admit(self.ctx.admission(shard), shard, self.answering(header.config_num))?;
         let cmd = Command { session: Some(session), shard, op };
-        let response = self.ctx.raft.client_write(cmd).await.map_err(write_error)?;
+        let response = self.proposals.write(cmd).await.map_err(write_error)?;
         refused_at_apply(&response.data, shard, header.config_num, || self.ctx.leader())?;
         match response.data {
             OpResult::SessionExpired => {

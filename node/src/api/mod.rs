@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod errors;
 pub mod kv;
+mod proposals;
 mod scan;
 
 use std::future::Future;

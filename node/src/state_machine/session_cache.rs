@@ -10,9 +10,12 @@ use std::collections::HashMap;
 
 use super::session::Session;
 
-/// Sessions kept at most. Beyond it, new sessions are read from RocksDB as before; sessions
-/// already cached are still updated. With a few results each, this is a few MiB.
-const MAX_SESSIONS: usize = 8192;
+/// Sessions kept at most. A session belongs to one client in one shard, so a client that
+/// writes all over the key space has one per shard: this holds 512 such clients of a 64-shard
+/// cluster (at 8,192, 256 benchmark clients missed the cache on every write). Beyond it, new
+/// sessions are read from RocksDB as before; sessions already cached are still updated. With a
+/// few results each (a few hundred bytes), this is at most about 10 MiB.
+const MAX_SESSIONS: usize = 32_768;
 /// A session caching more results than this is not kept (a client with many writes in flight):
 /// it bounds the memory of the whole cache.
 const MAX_RESULTS_PER_SESSION: usize = 64;
