@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use shardkv_client::{Client, ClientOptions, Error, ScanOptions};
 use shardkv_proto::v1::kv_server::{Kv, KvServer};
+use shardkv_proto::v1::{BatchRequest, BatchResponse};
 use shardkv_proto::v1::{
     CompareAndSwapRequest, CompareAndSwapResponse, DeleteRequest, DeleteResponse, GetRequest, GetResponse, KeyValue,
     PutRequest, PutResponse, RequestHeader, ScanRequest, ScanResponse,
@@ -15,6 +16,8 @@ use shardkv_proto::{LEADER_ADDR_HEADER, OUTCOME_HEADER, OUTCOME_UNKNOWN};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
+
+mod common;
 
 /// How a fake node answers writes.
 #[derive(Clone)]
@@ -131,6 +134,10 @@ impl Kv for FakeNode {
         // The fake key holds "old".
         let succeeded = !request.expect_absent && request.expected == b"old";
         Ok(Response::new(CompareAndSwapResponse { succeeded, found: true, current: b"old".to_vec(), index: 9 }))
+    }
+
+    async fn batch(&self, request: Request<BatchRequest>) -> Result<Response<BatchResponse>, Status> {
+        Ok(Response::new(common::answer_each(self, request.into_inner()).await))
     }
 
     async fn scan(&self, request: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use shardkv_client::{Client, ClientOptions, Error, ScanOptions, Topology};
 use shardkv_proto::v1::kv_server::{Kv, KvServer};
 use shardkv_proto::v1::meta_server::{Meta, MetaServer};
+use shardkv_proto::v1::{BatchRequest, BatchResponse};
 use shardkv_proto::v1::{
     CompareAndSwapRequest, CompareAndSwapResponse, ConfigResponse, DeleteRequest, DeleteResponse, GetRequest,
     GetResponse, GroupMembers, JoinRequest, KeyValue, LeaveRequest, Member, MoveRequest, PutRequest, PutResponse,
@@ -18,6 +19,8 @@ use shardkv_proto::{CONFIG_NUM_HEADER, shard_for_key};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
+
+mod common;
 
 const SHARDS: u32 = 4;
 
@@ -150,6 +153,10 @@ impl Kv for FakeGroup {
         let request = request.into_inner();
         self.admit_key(request.header, &request.key)?;
         Err(Status::unimplemented("cas"))
+    }
+
+    async fn batch(&self, request: Request<BatchRequest>) -> Result<Response<BatchResponse>, Status> {
+        Ok(Response::new(common::answer_each(self, request.into_inner()).await))
     }
 
     /// Serves the requested shards (all owned ones when none are named) two items a page.

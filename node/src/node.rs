@@ -7,6 +7,7 @@ use anyhow::Context;
 use openraft::SnapshotPolicy;
 use openraft::storage::RaftLogStorage;
 use shardkv_proto::FILE_DESCRIPTOR_SET;
+use shardkv_proto::MAX_BATCH_REQUEST_BYTES;
 use shardkv_proto::v1::admin_server::AdminServer;
 use shardkv_proto::v1::kv_server::KvServer;
 use shardkv_proto::v1::meta_server::MetaServer;
@@ -240,7 +241,8 @@ async fn serve_grpc(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(
-            KvServer::new(KvService::new(ctx.clone())).max_decoding_message_size(ctx.limits.max_kv_request_bytes()),
+            KvServer::new(KvService::new(ctx.clone()))
+                .max_decoding_message_size(ctx.limits.max_kv_request_bytes().max(MAX_BATCH_REQUEST_BYTES)),
         )
         .add_service(AdminServer::new(AdminService::new(ctx.clone(), channels, prestop)))
         .add_service(MetaServer::new(MetaService::new(ctx.clone())))

@@ -9,6 +9,9 @@ pub mod v1 {
 /// values, or a value read back (nodes may be configured for values up to 64 MiB).
 pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
 
+mod batch;
+pub use batch::{MAX_BATCH_ITEMS, MAX_BATCH_REQUEST_BYTES};
+
 /// Encoded file descriptor set, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("shardkv_descriptor");
 

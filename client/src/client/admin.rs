@@ -29,6 +29,7 @@ use crate::error::Result;
 use crate::retry::Deadline;
 
 use super::Client;
+use super::Connection;
 use super::config_of;
 use super::request;
 use super::routing::Attempts;
@@ -80,7 +81,7 @@ impl Client {
                 deadline,
                 Limits::whole(self.admin_timeout()),
                 &Attempts::default(),
-                |channel, timeout| {
+                |Connection { channel, .. }, timeout| {
                     let call = attempt(channel, timeout);
                     async move { Ok(call.await?.into_inner()) }
                 },

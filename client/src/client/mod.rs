@@ -9,10 +9,12 @@
 //! group and retries at the new owner with the same (client_id, seq), all within the
 //! request's deadline.
 //!
-//! Routing and retries are in `routing`, the shard map and topology in `topology`, scans in
-//! `scan`, and the admin and meta API in `admin`.
+//! Routing and retries are in `routing`, coalescing concurrent requests to a node into batch
+//! calls in `batching`, the shard map and topology in `topology`, scans in `scan`, and the admin
+//! and meta API in `admin`.
 
 mod admin;
+mod batching;
 mod routing;
 mod scan;
 mod topology;
@@ -30,6 +32,8 @@ use shardkv_proto::v1::DeleteRequest;
 use shardkv_proto::v1::GetRequest;
 use shardkv_proto::v1::PutRequest;
 use shardkv_proto::v1::RequestHeader;
+use shardkv_proto::v1::batch_item::Request;
+use shardkv_proto::v1::batch_result::Response;
 use shardkv_proto::v1::kv_client::KvClient;
 pub use shardkv_proto::v1::{ReadConsistency, ShardConfig, StatusResponse, TriggerSnapshotResponse};
 use shardkv_tls::ClientTls;
@@ -43,6 +47,9 @@ use crate::session::Session;
 use crate::session::WriteTicket;
 use crate::shard_map::ShardMap;
 
+use batching::Batches;
+use batching::kv_call;
+use batching::mismatched;
 use routing::Attempts;
 use routing::Leader;
 use routing::Limits;
@@ -127,7 +134,7 @@ struct Shared {
     endpoints: Vec<String>,
     options: ClientOptions,
     /// One lazily connected HTTP/2 channel per address, multiplexing all requests to it.
-    channels: Mutex<HashMap<String, Channel>>,
+    connections: Mutex<HashMap<String, Connection>>,
     /// The configured endpoints: the standalone group, or the meta group.
     seeds: Arc<Leader>,
     topology: tokio::sync::OnceCell<Topology>,
@@ -138,6 +145,13 @@ struct Shared {
     refreshing: tokio::sync::Mutex<()>,
     /// Leader tracking of each data group, by group id.
     groups: Mutex<HashMap<u64, Arc<Leader>>>,
+}
+
+/// A node's channel and the queues that batch KV requests to it.
+#[derive(Clone)]
+struct Connection {
+    channel: Channel,
+    batches: Arc<Batches>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -187,7 +201,7 @@ impl Client {
                 seeds: Arc::new(Leader::new(endpoints.clone())),
                 endpoints,
                 options,
-                channels: Mutex::new(HashMap::new()),
+                connections: Mutex::new(HashMap::new()),
                 topology,
                 shard_map: Mutex::new(None),
                 refreshing: tokio::sync::Mutex::new(()),
@@ -220,12 +234,14 @@ impl Client {
     pub async fn put(&self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Result<u64> {
         let ticket = self.session.begin_write();
         let base = PutRequest { header: None, key: key.into(), value: value.into() };
-        self.write_routed(&base.key, |channel, timeout, config_num| {
+        self.write_routed(&base.key, |connection, timeout, config_num| {
             let mut message = base.clone();
             message.header = Some(self.write_header(&ticket, config_num));
             async move {
-                let reply = kv_client(channel).put(request(message, timeout)).await?;
-                Ok(reply.into_inner().index)
+                match kv_call(connection, Request::Put(message), timeout).await? {
+                    Response::Put(reply) => Ok(reply.index),
+                    other => Err(mismatched("put", &other)),
+                }
             }
         })
         .await
@@ -243,12 +259,14 @@ impl Client {
 
     pub async fn get_with(&self, key: impl Into<Vec<u8>>, consistency: ReadConsistency) -> Result<Option<Vec<u8>>> {
         let base = GetRequest { header: None, key: key.into(), consistency: consistency.into() };
-        self.call_routed(&base.key, self.request_timeout(), &Attempts::default(), |channel, timeout, config_num| {
+        self.call_routed(&base.key, self.request_timeout(), &Attempts::default(), |connection, timeout, config_num| {
             let mut message = base.clone();
             message.header = read_header(config_num);
             async move {
-                let reply = kv_client(channel).get(request(message, timeout)).await?.into_inner();
-                Ok(reply.found.then_some(reply.value))
+                match kv_call(connection, Request::Get(message), timeout).await? {
+                    Response::Get(reply) => Ok(reply.found.then_some(reply.value)),
+                    other => Err(mismatched("get", &other)),
+                }
             }
         })
         .await
@@ -258,12 +276,14 @@ impl Client {
     pub async fn delete(&self, key: impl Into<Vec<u8>>) -> Result<bool> {
         let ticket = self.session.begin_write();
         let base = DeleteRequest { header: None, key: key.into() };
-        self.write_routed(&base.key, |channel, timeout, config_num| {
+        self.write_routed(&base.key, |connection, timeout, config_num| {
             let mut message = base.clone();
             message.header = Some(self.write_header(&ticket, config_num));
             async move {
-                let reply = kv_client(channel).delete(request(message, timeout)).await?;
-                Ok(reply.into_inner().existed)
+                match kv_call(connection, Request::Delete(message), timeout).await? {
+                    Response::Delete(reply) => Ok(reply.existed),
+                    other => Err(mismatched("delete", &other)),
+                }
             }
         })
         .await
@@ -285,12 +305,16 @@ impl Client {
             expected: expected.unwrap_or_default(),
             new_value: new_value.into(),
         };
-        self.write_routed(&base.key, |channel, timeout, config_num| {
+        self.write_routed(&base.key, |connection, timeout, config_num| {
             let mut message = base.clone();
             message.header = Some(self.write_header(&ticket, config_num));
             async move {
-                let reply = kv_client(channel).compare_and_swap(request(message, timeout)).await?.into_inner();
-                Ok(CasOutcome { succeeded: reply.succeeded, previous: reply.found.then_some(reply.current) })
+                match kv_call(connection, Request::CompareAndSwap(message), timeout).await? {
+                    Response::CompareAndSwap(reply) => {
+                        Ok(CasOutcome { succeeded: reply.succeeded, previous: reply.found.then_some(reply.current) })
+                    }
+                    other => Err(mismatched("compare-and-swap", &other)),
+                }
             }
         })
         .await
@@ -318,10 +342,12 @@ impl Client {
         }
     }
 
-    fn channel(&self, endpoint: &str) -> Result<Channel> {
-        let mut channels = lock(&self.shared.channels);
-        if let Some(channel) = channels.get(endpoint) {
-            return Ok(channel.clone());
+    /// The connection to `endpoint`, made on first use (needs a tokio runtime: it starts the
+    /// batching tasks).
+    fn connection(&self, endpoint: &str) -> Result<Connection> {
+        let mut connections = lock(&self.shared.connections);
+        if let Some(connection) = connections.get(endpoint) {
+            return Ok(connection.clone());
         }
         let endpoint_config = Endpoint::from_shared(endpoint_uri(endpoint))
             .map_err(|e| Error::InvalidArgument(format!("bad endpoint {endpoint:?}: {e}")))?
@@ -332,8 +358,9 @@ impl Client {
             (Some(tls), Some(name)) => shardkv_tls::lazy_channel_named(endpoint_config, tls, name),
             (tls, _) => shardkv_tls::lazy_channel(endpoint_config, tls.as_ref()),
         };
-        channels.insert(endpoint.to_string(), channel.clone());
-        Ok(channel)
+        let connection = Connection { batches: Arc::new(Batches::start(&channel)), channel };
+        connections.insert(endpoint.to_string(), connection.clone());
+        Ok(connection)
     }
 }
 

@@ -22,6 +22,7 @@ use crate::shard_map::ShardMap;
 use crate::shard_map::Unroutable;
 
 use super::Client;
+use super::Connection;
 use super::Topology;
 use super::lock;
 
@@ -201,7 +202,7 @@ impl Client {
     /// error is `OutcomeUnknown`.
     pub(super) async fn write_routed<T, F, Fut>(&self, key: &[u8], attempt: F) -> Result<T>
     where
-        F: FnMut(Channel, Duration, u64) -> Fut,
+        F: FnMut(Connection, Duration, u64) -> Fut,
         Fut: Future<Output = std::result::Result<T, tonic::Status>>,
     {
         let attempts = Attempts::default();
@@ -221,7 +222,7 @@ impl Client {
         mut attempt: F,
     ) -> Result<T>
     where
-        F: FnMut(Channel, Duration, u64) -> Fut,
+        F: FnMut(Connection, Duration, u64) -> Fut,
         Fut: Future<Output = std::result::Result<T, tonic::Status>>,
     {
         let deadline = Deadline::after(timeout);
@@ -229,7 +230,7 @@ impl Client {
         let topology = self.topology_by(deadline).await?;
         if topology == Topology::Standalone {
             return match self
-                .call_group(&self.shared.seeds, 0, deadline, limits, attempts, |ch, t| attempt(ch, t, 0))
+                .call_group(&self.shared.seeds, 0, deadline, limits, attempts, |conn, t| attempt(conn, t, 0))
                 .await
             {
                 Ok(reply) => Ok(reply),
@@ -248,7 +249,10 @@ impl Client {
                 Ok((_shard, group)) => {
                     let leader = self.group_leader(&map, group);
                     let num = map.num();
-                    match self.call_group(&leader, num, deadline, limits, attempts, |ch, t| attempt(ch, t, num)).await {
+                    match self
+                        .call_group(&leader, num, deadline, limits, attempts, |conn, t| attempt(conn, t, num))
+                        .await
+                    {
                         Ok(reply) => return Ok(reply),
                         Err(GroupError::Failed(error)) => return Err(error),
                         Err(GroupError::WrongGroup(status)) => RouteFailure::WrongGroup(status),
@@ -268,7 +272,7 @@ impl Client {
     }
 
     /// Runs `attempt` against the leader of the configured endpoints' group.
-    pub(super) async fn call_seeds<T, F, Fut>(&self, timeout: Duration, attempt: F) -> Result<T>
+    pub(super) async fn call_seeds<T, F, Fut>(&self, timeout: Duration, mut attempt: F) -> Result<T>
     where
         F: FnMut(Channel, Duration) -> Fut,
         Fut: Future<Output = std::result::Result<T, tonic::Status>>,
@@ -279,7 +283,7 @@ impl Client {
             Deadline::after(timeout),
             Limits::whole(timeout),
             &Attempts::default(),
-            attempt,
+            |conn, t| attempt(conn.channel, t),
         )
         .await
         .map_err(|e| self.meta_error(e))
@@ -301,7 +305,7 @@ impl Client {
         mut attempt: F,
     ) -> std::result::Result<T, GroupError>
     where
-        F: FnMut(Channel, Duration) -> Fut,
+        F: FnMut(Connection, Duration) -> Fut,
         Fut: Future<Output = std::result::Result<T, tonic::Status>>,
     {
         let mut backoff = Backoff::default();
@@ -313,9 +317,9 @@ impl Client {
                 return Err(Error::DeadlineExceeded.into());
             };
             let target = leader.target();
-            let channel = self.channel(&target)?;
+            let connection = self.connection(&target)?;
             let limit = remaining.min(limits.per_attempt);
-            let mut status = match tokio::time::timeout(limit, attempt(channel, limit)).await {
+            let mut status = match tokio::time::timeout(limit, attempt(connection, limit)).await {
                 Ok(Ok(reply)) => return Ok(reply),
                 Ok(Err(status)) => status,
                 Err(_elapsed) => {
@@ -368,7 +372,7 @@ impl Client {
         F: FnOnce(Channel, Duration) -> Fut,
         Fut: Future<Output = std::result::Result<T, tonic::Status>>,
     {
-        let channel = self.channel(endpoint)?;
+        let channel = self.connection(endpoint)?.channel;
         match tokio::time::timeout(timeout, attempt(channel, timeout)).await {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(status)) => Err(Error::from_status(status)),

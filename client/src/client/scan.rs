@@ -14,6 +14,7 @@ use crate::shard_map::ScanMerge;
 use crate::shard_map::successor;
 
 use super::Client;
+use super::Connection;
 use super::ScanOptions;
 use super::Topology;
 use super::kv_client;
@@ -127,7 +128,7 @@ impl Client {
                                 deadline,
                                 self.kv_limits(),
                                 &Attempts::default(),
-                                |channel, timeout| {
+                                |Connection { channel, .. }, timeout| {
                                     let message = message.clone();
                                     async move {
                                         Ok(kv_client(channel).scan(request(message, timeout)).await?.into_inner())

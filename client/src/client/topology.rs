@@ -134,9 +134,12 @@ impl Client {
         F: FnMut(Channel, Duration) -> Fut,
         Fut: Future<Output = std::result::Result<T, tonic::Status>>,
     {
-        self.call_group(&self.shared.seeds, 0, deadline, self.kv_limits(), &Attempts::default(), attempt)
-            .await
-            .map_err(|e| self.meta_error(e))
+        let mut attempt = attempt;
+        self.call_group(&self.shared.seeds, 0, deadline, self.kv_limits(), &Attempts::default(), |conn, t| {
+            attempt(conn.channel, t)
+        })
+        .await
+        .map_err(|e| self.meta_error(e))
     }
 
     /// Records `config` if it is newer than the cached map (maps never go back) and updates

@@ -4,19 +4,27 @@ use openraft::async_runtime::WatchReceiver;
 use std::sync::Arc;
 
 use openraft::ReadPolicy;
+use shardkv_proto::MAX_BATCH_ITEMS;
 use shardkv_proto::shard_for_key;
+use shardkv_proto::v1::BatchItem;
+use shardkv_proto::v1::BatchRequest;
+use shardkv_proto::v1::BatchResponse;
+use shardkv_proto::v1::BatchResult;
 use shardkv_proto::v1::CompareAndSwapRequest;
 use shardkv_proto::v1::CompareAndSwapResponse;
 use shardkv_proto::v1::DeleteRequest;
 use shardkv_proto::v1::DeleteResponse;
 use shardkv_proto::v1::GetRequest;
 use shardkv_proto::v1::GetResponse;
+use shardkv_proto::v1::ItemError;
 use shardkv_proto::v1::PutRequest;
 use shardkv_proto::v1::PutResponse;
 use shardkv_proto::v1::ReadConsistency;
 use shardkv_proto::v1::RequestHeader;
 use shardkv_proto::v1::ScanRequest;
 use shardkv_proto::v1::ScanResponse;
+use shardkv_proto::v1::batch_item;
+use shardkv_proto::v1::batch_result;
 use shardkv_proto::v1::kv_server::Kv;
 use tonic::Request;
 use tonic::Response;
@@ -151,72 +159,131 @@ impl KvService {
     }
 }
 
+/// The handlers, without the metrics: `Kv` runs each as its own RPC, `batch` several at once.
+impl KvService {
+    /// `linearizable_confirmed`: a ReadIndex barrier taken after this request arrived has
+    /// passed, so a linearizable get needs none of its own.
+    async fn get_op(&self, req: GetRequest, linearizable_confirmed: bool) -> Result<GetResponse, Status> {
+        self.check_key(&req.key)?;
+        if !(linearizable_confirmed && req.consistency() == ReadConsistency::Linearizable) {
+            self.read_barrier(req.consistency()).await?;
+        }
+        let applied = index_of(&self.ctx.raft.metrics().borrow_watched().last_applied);
+        let shard = shard_for_key(&req.key, self.ctx.shards);
+        let routed_with = req.header.map_or(0, |h| h.config_num);
+        admit(self.ctx.admission(shard), shard, self.answering(routed_with))?;
+        let key = data_key(shard, &req.key);
+        let value = self
+            .ctx
+            .db
+            .get_cf(cf(&self.ctx.db, CF_DATA), key)
+            .map_err(|e| Status::internal(format!("reading the store failed: {e}")))?;
+        Ok(GetResponse { found: value.is_some(), value: value.unwrap_or_default(), applied_index: applied })
+    }
+
+    async fn put_op(&self, req: PutRequest) -> Result<PutResponse, Status> {
+        self.check_value(&req.value)?;
+        let (_, index) = self.write(req.header, Op::Put { key: req.key, value: req.value }).await?;
+        Ok(PutResponse { index })
+    }
+
+    async fn delete_op(&self, req: DeleteRequest) -> Result<DeleteResponse, Status> {
+        let (result, index) = self.write(req.header, Op::Delete { key: req.key }).await?;
+        let OpResult::Delete { existed } = result else {
+            return Err(Status::internal(format!("delete applied as {result:?}")));
+        };
+        Ok(DeleteResponse { existed, index })
+    }
+
+    async fn compare_and_swap_op(&self, req: CompareAndSwapRequest) -> Result<CompareAndSwapResponse, Status> {
+        self.check_value(&req.new_value)?;
+        self.check_value(&req.expected)?;
+        let expected = (!req.expect_absent).then_some(req.expected);
+        let op = Op::CompareAndSwap { key: req.key, expected, new_value: req.new_value };
+        let (result, index) = self.write(req.header, op).await?;
+        let OpResult::CompareAndSwap { succeeded, previous } = result else {
+            return Err(Status::internal(format!("compare-and-swap applied as {result:?}")));
+        };
+        Ok(CompareAndSwapResponse {
+            succeeded,
+            found: previous.is_some(),
+            current: previous.unwrap_or_default(),
+            index,
+        })
+    }
+
+    async fn batch_op(&self, req: BatchRequest) -> Result<BatchResponse, Status> {
+        if req.items.len() > MAX_BATCH_ITEMS {
+            return Err(Status::invalid_argument(format!(
+                "a batch of {} items; the limit is {MAX_BATCH_ITEMS}",
+                req.items.len()
+            )));
+        }
+        let linearizable_get = |item: &BatchItem| matches!(&item.request, Some(batch_item::Request::Get(get)) if get.consistency() == ReadConsistency::Linearizable);
+        // Every item arrived before this barrier began, so one confirmation serves them all.
+        let barrier = match req.items.iter().any(linearizable_get) {
+            true => Some(self.read_barrier(ReadConsistency::Linearizable).await),
+            false => None,
+        };
+        let results =
+            futures::future::join_all(req.items.into_iter().map(|item| self.batch_item(item, &barrier))).await;
+        Ok(BatchResponse { results })
+    }
+
+    /// One item of a batch, recorded in the metrics as its own RPC would be. `barrier` is the
+    /// outcome of the batch's ReadIndex, if it has linearizable gets.
+    async fn batch_item(&self, item: BatchItem, barrier: &Option<Result<(), Status>>) -> BatchResult {
+        let metrics = &self.ctx.metrics;
+        let response = match item.request {
+            None => Err(Status::invalid_argument("a batch item without a request")),
+            Some(batch_item::Request::Get(req)) => match barrier {
+                Some(Err(refused)) if req.consistency() == ReadConsistency::Linearizable => {
+                    observed(metrics, "Get", async { Err::<GetResponse, _>(refused.clone()) }).await
+                }
+                _ => observed(metrics, "Get", self.get_op(req, true)).await,
+            }
+            .map(|r| batch_result::Response::Get(r.into_inner())),
+            Some(batch_item::Request::Put(req)) => {
+                observed(metrics, "Put", self.put_op(req)).await.map(|r| batch_result::Response::Put(r.into_inner()))
+            }
+            Some(batch_item::Request::Delete(req)) => observed(metrics, "Delete", self.delete_op(req))
+                .await
+                .map(|r| batch_result::Response::Delete(r.into_inner())),
+            Some(batch_item::Request::CompareAndSwap(req)) => {
+                observed(metrics, "CompareAndSwap", self.compare_and_swap_op(req))
+                    .await
+                    .map(|r| batch_result::Response::CompareAndSwap(r.into_inner()))
+            }
+        };
+        let response = response.unwrap_or_else(|status| batch_result::Response::Error(ItemError::from(&status)));
+        BatchResult { response: Some(response) }
+    }
+}
+
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
-        let req = request.into_inner();
-        observed(&self.ctx.metrics, "Get", async {
-            self.check_key(&req.key)?;
-            self.read_barrier(req.consistency()).await?;
-            let applied = index_of(&self.ctx.raft.metrics().borrow_watched().last_applied);
-            let shard = shard_for_key(&req.key, self.ctx.shards);
-            let routed_with = req.header.map_or(0, |h| h.config_num);
-            admit(self.ctx.admission(shard), shard, self.answering(routed_with))?;
-            let key = data_key(shard, &req.key);
-            let value = self
-                .ctx
-                .db
-                .get_cf(cf(&self.ctx.db, CF_DATA), key)
-                .map_err(|e| Status::internal(format!("reading the store failed: {e}")))?;
-            Ok(GetResponse { found: value.is_some(), value: value.unwrap_or_default(), applied_index: applied })
-        })
-        .await
+        observed(&self.ctx.metrics, "Get", self.get_op(request.into_inner(), false)).await
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let req = request.into_inner();
-        observed(&self.ctx.metrics, "Put", async {
-            self.check_value(&req.value)?;
-            let (_, index) = self.write(req.header, Op::Put { key: req.key, value: req.value }).await?;
-            Ok(PutResponse { index })
-        })
-        .await
+        observed(&self.ctx.metrics, "Put", self.put_op(request.into_inner())).await
     }
 
     async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
-        let req = request.into_inner();
-        observed(&self.ctx.metrics, "Delete", async {
-            let (result, index) = self.write(req.header, Op::Delete { key: req.key }).await?;
-            let OpResult::Delete { existed } = result else {
-                return Err(Status::internal(format!("delete applied as {result:?}")));
-            };
-            Ok(DeleteResponse { existed, index })
-        })
-        .await
+        observed(&self.ctx.metrics, "Delete", self.delete_op(request.into_inner())).await
     }
 
     async fn compare_and_swap(
         &self,
         request: Request<CompareAndSwapRequest>,
     ) -> Result<Response<CompareAndSwapResponse>, Status> {
-        let req = request.into_inner();
-        observed(&self.ctx.metrics, "CompareAndSwap", async {
-            self.check_value(&req.new_value)?;
-            self.check_value(&req.expected)?;
-            let expected = (!req.expect_absent).then_some(req.expected);
-            let op = Op::CompareAndSwap { key: req.key, expected, new_value: req.new_value };
-            let (result, index) = self.write(req.header, op).await?;
-            let OpResult::CompareAndSwap { succeeded, previous } = result else {
-                return Err(Status::internal(format!("compare-and-swap applied as {result:?}")));
-            };
-            Ok(CompareAndSwapResponse {
-                succeeded,
-                found: previous.is_some(),
-                current: previous.unwrap_or_default(),
-                index,
-            })
-        })
-        .await
+        observed(&self.ctx.metrics, "CompareAndSwap", self.compare_and_swap_op(request.into_inner())).await
+    }
+
+    /// Recorded as a "Batch" call, and each item as a call of its own kind.
+    async fn batch(&self, request: Request<BatchRequest>) -> Result<Response<BatchResponse>, Status> {
+        observed(&self.ctx.metrics, "Batch", self.batch_op(request.into_inner())).await
     }
 
     async fn scan(&self, request: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {

@@ -1,6 +1,7 @@
 //! Process-level tests: real `shardkv-node` processes talking gRPC over loopback.
 
 mod bad_input;
+mod batch;
 mod counters;
 mod durability;
 mod exactly_once;
