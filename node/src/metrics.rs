@@ -55,6 +55,7 @@ pub struct NodeMetrics {
     pub startup_log_entries: Gauge,
     fsync_seconds: Histogram,
     fsync_group_size: Histogram,
+    batch_items: Histogram,
     snapshot_build_seconds: Histogram,
     snapshot_bytes: Gauge,
     rpc_requests: Family<Labels<2>, Counter>,
@@ -85,6 +86,7 @@ impl Default for NodeMetrics {
             startup_log_entries: Gauge::default(),
             fsync_seconds: latency_histogram(),
             fsync_group_size: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            batch_items: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             snapshot_build_seconds: latency_histogram(),
             snapshot_bytes: Gauge::default(),
             rpc_requests: Family::default(),
@@ -122,6 +124,7 @@ impl Default for NodeMetrics {
         r.register("shard_copied_bytes", "Bytes copied from shards still served", m.shard_copied_bytes.clone());
         r.register("wal_fsync_seconds", "Latency of one group-commit WAL fsync", m.fsync_seconds.clone());
         r.register("wal_fsync_group_size", "Log appends made durable by one fsync", m.fsync_group_size.clone());
+        r.register("kv_batch_items", "Requests per Kv/Batch call", m.batch_items.clone());
         r.register("snapshot_build_seconds", "Time to write a snapshot file", m.snapshot_build_seconds.clone());
         r.register("snapshot_bytes", "Size of the newest snapshot file", m.snapshot_bytes.clone());
         r.register("grpc_requests", "gRPC requests served, by method and status code", m.rpc_requests.clone());
@@ -159,6 +162,10 @@ impl NodeMetrics {
     pub fn observe_rpc(&self, method: &'static str, code: tonic::Code, took: Duration) {
         self.rpc_requests.get_or_create(&[("method", method), ("code", code_name(code))]).inc();
         self.rpc_seconds.get_or_create(&[("method", method)]).observe(took.as_secs_f64());
+    }
+
+    pub fn observe_batch(&self, items: usize) {
+        self.batch_items.observe(items as f64);
     }
 
     pub fn observe_prestop_step(&self, step: &'static str, took: Duration) {

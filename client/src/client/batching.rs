@@ -190,9 +190,15 @@ async fn send(channel: Channel, mut batch: Vec<Queued>) {
     let Some(deadline) = batch.iter().map(|queued| queued.deadline).max() else { return };
     let (items, replies): (Vec<_>, Vec<_>) =
         batch.into_iter().map(|queued| (BatchItem { request: Some(queued.request) }, queued.reply)).unzip();
+    let timeout = deadline.saturating_duration_since(Instant::now());
     let mut request = tonic::Request::new(BatchRequest { items });
-    request.set_timeout(deadline.saturating_duration_since(Instant::now()));
-    match kv_client(channel).batch(request).await {
+    request.set_timeout(timeout);
+    // Bounded here too: a node that is paused or cut off never answers, and this batch holds
+    // one of its queue's permits until it ends.
+    let answer = tokio::time::timeout_at(deadline, kv_client(channel).batch(request))
+        .await
+        .unwrap_or_else(|_elapsed| Err(tonic::Status::deadline_exceeded(format!("no answer within {timeout:?}"))));
+    match answer {
         Ok(response) => {
             let mut results = response.into_inner().results.into_iter();
             for reply in replies {

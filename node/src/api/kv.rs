@@ -219,6 +219,7 @@ impl KvService {
                 req.items.len()
             )));
         }
+        self.ctx.metrics.observe_batch(req.items.len());
         let linearizable_get = |item: &BatchItem| matches!(&item.request, Some(batch_item::Request::Get(get)) if get.consistency() == ReadConsistency::Linearizable);
         // Every item arrived before this barrier began, so one confirmation serves them all.
         let barrier = match req.items.iter().any(linearizable_get) {

@@ -112,13 +112,20 @@ async fn a_follower_refuses_every_item_with_the_leader_hint() {
     assert_eq!(refused.message(), format!("a batch of {} items; the limit is {MAX_BATCH_ITEMS}", MAX_BATCH_ITEMS + 1));
 }
 
-/// The count of `Batch` calls the node at `id` answered, from its metrics.
-async fn batch_calls(cluster: &Cluster, id: u64) -> u64 {
+/// The count of `Batch` calls the node at `id` answered and the items they carried, from its
+/// metrics.
+async fn batch_calls(cluster: &Cluster, id: u64) -> (u64, u64) {
     let (_, body) = cluster.http_get(id, "/metrics").await;
-    body.lines()
+    let calls = body
+        .lines()
         .filter(|line| line.starts_with("shardkv_grpc_requests_total{") && line.contains("method=\"Batch\""))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+        .sum();
+    let items = body
+        .lines()
+        .find_map(|line| line.strip_prefix("shardkv_kv_batch_items_sum ")?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    (calls, items as u64)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -127,7 +134,7 @@ async fn concurrent_requests_of_one_client_share_batch_calls() {
     let leader = cluster.leader().await;
     let client = cluster.client();
     client.put("warm", "up").await.unwrap();
-    let before = batch_calls(&cluster, leader).await;
+    let (calls_before, items_before) = batch_calls(&cluster, leader).await;
 
     const TASKS: usize = 128;
     const ROUNDS: usize = 8;
@@ -147,8 +154,9 @@ async fn concurrent_requests_of_one_client_share_batch_calls() {
         joined.unwrap();
     }
 
-    let calls = batch_calls(&cluster, leader).await - before;
+    let (calls_after, items_after) = batch_calls(&cluster, leader).await;
+    let (calls, items) = (calls_after - calls_before, items_after - items_before);
     let requests = (TASKS * ROUNDS * 2) as u64;
-    assert!(calls > 0, "the client sends its requests as Batch calls");
+    assert_eq!(items, requests, "every request went in a Batch call ({calls} calls)");
     assert!(calls * 4 <= requests, "{requests} requests from {TASKS} tasks went in {calls} Batch calls");
 }
