@@ -133,7 +133,8 @@ pub struct Client {
 struct Shared {
     endpoints: Vec<String>,
     options: ClientOptions,
-    /// One lazily connected HTTP/2 channel per address, multiplexing all requests to it.
+    /// One connection per address: a lazily connected HTTP/2 channel multiplexing all requests
+    /// to it, and the queues batching its KV requests.
     connections: Mutex<HashMap<String, Connection>>,
     /// The configured endpoints: the standalone group, or the meta group.
     seeds: Arc<Leader>,
