@@ -40,8 +40,9 @@ pub(super) async fn kv_call(
 ) -> Result<batch_result::Response, tonic::Status> {
     use batch_item::Request;
     use batch_result::Response;
-    if request.encoded_len() <= MAX_BATCHED_ITEM_BYTES {
-        return connection.batches.call(request, timeout).await;
+    let bytes = request.encoded_len();
+    if bytes <= MAX_BATCHED_ITEM_BYTES {
+        return connection.batches.call(request, bytes, timeout).await;
     }
     let mut kv = kv_client(connection.channel);
     Ok(match request {
@@ -100,12 +101,13 @@ impl Batches {
         Self { reads: Queue::start(channel.clone()), writes: Queue::start(channel.clone()) }
     }
 
-    /// Sends `request` in the next batch to this node and waits for its answer, as the unary
-    /// call would: its response, or the status it failed with. `timeout` bounds the batch call
-    /// it goes in (the caller bounds its own wait).
+    /// Sends `request` (`bytes` encoded) in the next batch to this node and waits for its
+    /// answer, as the unary call would: its response, or the status it failed with. `timeout`
+    /// bounds the batch call it goes in (the caller bounds its own wait).
     pub(super) async fn call(
         &self,
         request: batch_item::Request,
+        bytes: usize,
         timeout: Duration,
     ) -> Result<batch_result::Response, tonic::Status> {
         let queue = match request {
@@ -113,7 +115,6 @@ impl Batches {
             _ => &self.writes,
         };
         let (reply, answer) = oneshot::channel();
-        let bytes = request.encoded_len();
         queue.send(Queued { request, bytes, deadline: Instant::now() + timeout, reply });
         answer.await.unwrap_or_else(|_| {
             let mut status = tonic::Status::cancelled("the client's batching task stopped");
