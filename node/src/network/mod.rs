@@ -2,6 +2,7 @@
 //! the connections every outgoing call shares.
 
 pub mod append_batch;
+pub mod append_stream;
 pub mod channels;
 pub mod copy_fetch;
 pub mod peer;

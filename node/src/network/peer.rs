@@ -3,9 +3,12 @@
 use std::future::Future;
 use std::time::Duration;
 
+use futures::Stream;
 use futures::StreamExt;
 use openraft::BasicNode;
 use openraft::OptionalSend;
+use openraft::base::BoxFuture;
+use openraft::base::BoxStream;
 use openraft::error::NetworkError;
 use openraft::error::RPCError;
 use openraft::error::ReplicationClosed;
@@ -13,10 +16,12 @@ use openraft::error::StreamingError;
 use openraft::error::Unreachable;
 use openraft::network::RPCOption;
 use openraft::network::RaftNetworkFactory;
+use openraft::network::stream_append_sequential;
 use openraft::network::v2::RaftNetworkV2;
 use openraft::raft::AppendEntriesRequest;
 use openraft::raft::AppendEntriesResponse;
 use openraft::raft::SnapshotResponse;
+use openraft::raft::StreamAppendResult;
 use openraft::raft::TransferLeaderRequest;
 use openraft::raft::TransferLeaderResponse;
 use openraft::raft::VoteRequest;
@@ -30,7 +35,8 @@ use super::GroupScope;
 use super::MAX_MESSAGE_BYTES;
 use super::SNAPSHOT_CHUNK_BYTES;
 use super::append_batch::APPEND_BYTES;
-use super::append_batch::entries_that_fit;
+use super::append_batch::split;
+use super::append_stream;
 use super::channels::Channels;
 use crate::state_machine::SnapshotDir;
 use crate::state_machine::snapshot_archive;
@@ -41,7 +47,6 @@ use crate::types::Vote;
 use crate::types::copy_file_of;
 use crate::types::decode;
 use crate::types::encode;
-use crate::types::encoded_len;
 
 type RpcError = RPCError<TypeConfig>;
 
@@ -82,6 +87,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             addr: node.addr.clone(),
             scope: self.scope.clone(),
             client: client.map_err(|e| e.to_string()),
+            streams: true,
         }
     }
 }
@@ -92,6 +98,9 @@ pub struct PeerClient {
     scope: GroupScope,
     /// An invalid peer address is reported on every call rather than panicking the factory.
     client: Result<RaftClient<Channel>, String>,
+    /// Whether the peer takes `StreamAppend` (a node of an earlier version does not; replication
+    /// to it then sends one append at a time).
+    streams: bool,
 }
 
 impl PeerClient {
@@ -133,11 +142,17 @@ impl PeerClient {
     }
 
     fn status_error(&self, status: tonic::Status) -> RpcError {
-        let err = std::io::Error::other(format!("node {} at {}: {}", self.target, self.addr, status.message()));
-        match status.code() {
-            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => RPCError::Network(NetworkError::new(&err)),
-            _ => RPCError::Unreachable(Unreachable::new(&err)),
-        }
+        status_error(self.target, &self.addr, status)
+    }
+}
+
+/// A failed call to node `target` at `addr`: a timeout is a network error, anything else makes
+/// the node unreachable (Raft backs off before calling it again).
+fn status_error(target: NodeId, addr: &str, status: tonic::Status) -> RpcError {
+    let err = std::io::Error::other(format!("node {target} at {addr}: {}", status.message()));
+    match status.code() {
+        tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => RPCError::Network(NetworkError::new(&err)),
+        _ => RPCError::Unreachable(Unreachable::new(&err)),
     }
 }
 
@@ -146,16 +161,17 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
 
     async fn append_entries(
         &mut self,
-        mut rpc: AppendEntriesRequest<TypeConfig>,
+        rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RpcError> {
         let mut sent_up_to = None;
-        // Sized before encoding, so an oversized batch is never encoded whole only to be cut.
-        if rpc.entries.len() > 1 && encoded_len(&rpc) > APPEND_BYTES {
-            // Send the entries that fit; Raft sends the rest next, after what this reports.
-            rpc.entries.truncate(entries_that_fit(rpc.entries.iter().map(encoded_len), APPEND_BYTES));
-            sent_up_to = rpc.entries.last().map(|e| e.log_id);
+        let mut pieces = split(rpc, APPEND_BYTES);
+        if pieces.len() > 1 {
+            // Send the first piece; Raft sends the rest next, after what this reports.
+            pieces.truncate(1);
+            sent_up_to = pieces[0].entries.last().map(|e| e.log_id);
         }
+        let rpc = pieces.remove(0);
         let payload = encode(&rpc);
         // The follower fetches the copy files these entries name before it answers.
         let copy_bytes: u64 = rpc.entries.iter().filter_map(copy_file_of).map(|f| f.size).sum();
@@ -165,6 +181,46 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         Ok(match (reply, sent_up_to) {
             (AppendEntriesResponse::Success, Some(last)) => AppendEntriesResponse::PartialSuccess(Some(last)),
             (reply, _) => reply,
+        })
+    }
+
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RpcError>>, RpcError>>
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        // A heartbeat is a stream of exactly one append: one unary call costs less than a stream.
+        if !self.streams || input.size_hint() == (1, Some(1)) {
+            return stream_append_sequential(self, input, option);
+        }
+        Box::pin(async move {
+            let ttl = option.hard_ttl();
+            let (messages, answers) =
+                append_stream::outgoing(input, self.scope.clone(), move |bytes| deadline_for(ttl, bytes));
+            // No gRPC deadline: the stream lives as long as Raft replicates through it; each
+            // append's answer is timed instead (`append_stream::Answers`).
+            let request = tonic::Request::new(messages);
+            let opened = tokio::time::timeout(ttl, self.client()?.stream_append(request)).await;
+            let replies = match opened {
+                Ok(Ok(response)) => response.into_inner(),
+                Ok(Err(status)) => {
+                    if status.code() == tonic::Code::Unimplemented {
+                        tracing::info!(
+                            target_node = self.target,
+                            "the peer has no StreamAppend; replicating to it one append at a time"
+                        );
+                        self.streams = false;
+                    }
+                    return Err(self.status_error(status));
+                }
+                Err(_) => return Err(self.status_error(tonic::Status::deadline_exceeded("opening the append stream"))),
+            };
+            let (target, addr) = (self.target, self.addr.clone());
+            let stream = answers.stream(replies, ttl, move |status| status_error(target, &addr, status));
+            Ok(Box::pin(stream) as BoxStream<'s, _>)
         })
     }
 

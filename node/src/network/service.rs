@@ -1,6 +1,12 @@
 //! Incoming Raft RPCs: checks the caller's cluster and group, then hands the message to Raft.
 
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::PoisonError;
+
+use futures::Stream;
 
 use openraft::raft::AppendEntriesRequest;
 use openraft::vote::RaftLeaderId;
@@ -18,6 +24,7 @@ use tonic::Status;
 use tonic::Streaming;
 
 use super::GroupScope;
+use super::append_stream::StreamReply;
 use super::channels::Channels;
 use super::copy_fetch;
 use super::copy_fetch::CopyFetcher;
@@ -64,6 +71,33 @@ impl RaftRpc for RaftService {
         let rpc: AppendEntriesRequest<TypeConfig> = self.decode_request(request)?;
         self.copies.fetch_missing(&self.raft, *rpc.vote.leader_id().node_id(), &rpc.entries).await?;
         reply(self.raft.append_entries(rpc).await)
+    }
+
+    type StreamAppendStream = Pin<Box<dyn Stream<Item = Result<RaftReply, Status>> + Send + 'static>>;
+
+    /// Hands the appends to Raft as they arrive and answers each in order. A message that is
+    /// refused (another cluster, malformed, a copy file no peer has) or a broken stream ends
+    /// the appends; after the answers to those before it, the stream ends with its status.
+    async fn stream_append(
+        &self,
+        request: Request<Streaming<RaftRequest>>,
+    ) -> Result<Response<Self::StreamAppendStream>, Status> {
+        let failed: Arc<Mutex<Option<Status>>> = Arc::default();
+        let appends = admitted_appends(
+            request.into_inner(),
+            self.scope.clone(),
+            self.copies.clone(),
+            self.raft.clone(),
+            failed.clone(),
+        );
+        let answers = self.raft.stream_append(appends).map(|answer| {
+            let answer: StreamReply = answer.map_err(|fatal| fatal.to_string());
+            Ok(RaftReply { payload: encode(&answer) })
+        });
+        let refusal = futures::stream::iter(std::iter::from_fn(move || {
+            failed.lock().unwrap_or_else(PoisonError::into_inner).take().map(Err)
+        }));
+        Ok(Response::new(Box::pin(answers.chain(refusal))))
     }
 
     type FetchCopyFileStream = ReceiverStream<Result<CopyFileChunk, Status>>;
@@ -114,6 +148,39 @@ impl RaftRpc for RaftService {
         let snapshot = Snapshot { meta, snapshot: SnapshotDir { path: dir, size } };
         reply(self.raft.install_full_snapshot(vote, snapshot).await)
     }
+}
+
+/// The appends of a stream, admitted one by one as `RaftService::append_entries` admits one;
+/// the first refusal or transport error ends them and is left in `failed`.
+fn admitted_appends(
+    messages: Streaming<RaftRequest>,
+    scope: GroupScope,
+    copies: CopyFetcher,
+    raft: Raft,
+    failed: Arc<Mutex<Option<Status>>>,
+) -> impl futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + 'static {
+    futures::stream::unfold(Some(messages), move |messages| {
+        let (scope, copies, raft, failed) = (scope.clone(), copies.clone(), raft.clone(), failed.clone());
+        async move {
+            let mut messages = messages?;
+            let admitted = async {
+                let Some(message) = messages.next().await.transpose()? else { return Ok(None) };
+                scope.admit("Raft RPC", &message.cluster_id, message.group_id)?;
+                let rpc: AppendEntriesRequest<TypeConfig> = decode(&message.payload)
+                    .map_err(|e| Status::invalid_argument(format!("malformed Raft message: {e}")))?;
+                copies.fetch_missing(&raft, *rpc.vote.leader_id().node_id(), &rpc.entries).await?;
+                Ok(Some(rpc))
+            };
+            match admitted.await {
+                Ok(Some(rpc)) => Some((rpc, Some(messages))),
+                Ok(None) => None,
+                Err(status) => {
+                    *failed.lock().unwrap_or_else(PoisonError::into_inner) = Some(status);
+                    None
+                }
+            }
+        }
+    })
 }
 
 /// Unpacks the archive into a checkpoint directory as its chunks arrive (on a blocking

@@ -89,7 +89,12 @@ async fn raft_traffic_from_another_cluster_is_refused() {
     // A direct Raft RPC naming another cluster.
     let mut raft = RaftClient::connect(format!("http://{}", cluster.grpc_addr(1))).await.unwrap();
     let foreign = RaftRequest { cluster_id: "intruder".into(), group_id: 0, payload: vec![1, 2, 3] };
-    let err = raft.vote(foreign).await.unwrap_err();
+    let err = raft.vote(foreign.clone()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert!(err.message().contains("wrong cluster"), "{}", err.message());
+    // The same message on an append stream ends the stream with the refusal.
+    let mut replies = raft.stream_append(futures::stream::iter([foreign])).await.unwrap().into_inner();
+    let err = replies.message().await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
     assert!(err.message().contains("wrong cluster"), "{}", err.message());
 
@@ -153,6 +158,10 @@ async fn hostile_raft_messages_are_refused_and_the_node_serves_on() {
     assert!(err.message().contains("malformed Raft message"), "{}", err.message());
     let err = raft.append_entries(request(huge[..huge.len() / 2].to_vec())).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "a truncated append: {err:?}");
+    let mut replies = raft.stream_append(futures::stream::iter([request(huge.clone())])).await.unwrap().into_inner();
+    let err = replies.message().await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "on an append stream: {err:?}");
+    assert!(err.message().contains("malformed Raft message"), "{}", err.message());
     let mut rng = rand::rngs::StdRng::seed_from_u64(42);
     for _ in 0..50 {
         let mut random = vec![0u8; rng.random_range(0..300)];
