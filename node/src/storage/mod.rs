@@ -46,10 +46,12 @@ pub fn open_db(path: &Path) -> Result<Arc<DB>, rocksdb::Error> {
         let mut cf_opts = Options::default();
         cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         // Bounded memtables: a snapshot install or a burst of large values must not grow memory
-        // with the size of the data. The small column families are rewritten on every apply
-        // (last applied, sessions): a large memtable there would hold thousands of versions of
-        // the same few keys, costing memory and search time for nothing.
-        let large = matches!(*name, CF_LOG | CF_DATA);
+        // with the size of the data. Sessions are rewritten by every write: their memtable is as
+        // large as the data's, because with atomic flush the first column family to fill
+        // flushes all of them, and a small one would flush the data memtable half empty (and
+        // every version of a session it holds) far more often. The small column families
+        // (last applied, shard states) never fill first.
+        let large = matches!(*name, CF_LOG | CF_DATA | CF_SESSIONS);
         cf_opts.set_write_buffer_size(if large { 32 << 20 } else { 4 << 20 });
         cf_opts.set_max_write_buffer_number(2);
         ColumnFamilyDescriptor::new(*name, cf_opts)
