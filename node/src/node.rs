@@ -230,8 +230,14 @@ async fn serve_grpc(
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let raft_service =
-        RaftService::new(ctx.raft.clone(), ctx.scope.clone(), snapshots, ctx.copy_files.clone(), channels.clone());
+    let raft_service = RaftService::new(
+        ctx.raft.clone(),
+        ctx.scope.clone(),
+        snapshots,
+        ctx.copy_files.clone(),
+        channels.clone(),
+        shutdown.clone(),
+    );
     let authorize = AuthorizeLayer::new(tls.is_some().then_some(ctx.scope.cluster_id.as_str()), ctx.metrics.clone());
     let metrics = ctx.metrics.clone();
     let router = tonic::transport::Server::builder()

@@ -19,6 +19,7 @@ use openraft::raft::AppendEntriesRequest;
 use openraft::raft::StreamAppendResult;
 use shardkv_proto::v1::RaftReply;
 use shardkv_proto::v1::RaftRequest;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::GroupScope;
@@ -62,6 +63,10 @@ pub fn outgoing(
 ) -> (impl Stream<Item = RaftRequest> + Send + 'static, Answers) {
     let in_flight = InFlight::default();
     let recorded = in_flight.clone();
+    // The transport pulls the messages from a task of its own: once the answers are dropped
+    // (Raft ended this stream), the messages end too, so that nothing more is taken from
+    // Raft's request stream and the follower sees the stream end.
+    let (answers_open, answers_dropped) = oneshot::channel::<()>();
     let messages = requests
         .flat_map(|rpc| {
             let pieces = split(rpc, APPEND_BYTES);
@@ -75,13 +80,16 @@ pub fn outgoing(
             let allowed = deadline_for(payload.len() + copy_bytes as usize);
             recorded.lock().push_back(Sent { at: Instant::now(), allowed, ends_request });
             RaftRequest { cluster_id: scope.cluster_id.clone(), group_id: scope.group_id, payload }
-        });
-    (messages, Answers { in_flight })
+        })
+        .take_until(answers_dropped);
+    (messages, Answers { in_flight, _open: answers_open })
 }
 
 /// Matches the follower's replies to the appends in flight.
 pub struct Answers {
     in_flight: InFlight,
+    /// Dropped with the answers: ends the messages (see `outgoing`).
+    _open: oneshot::Sender<()>,
 }
 
 impl Answers {
@@ -95,11 +103,11 @@ impl Answers {
         status_error: impl Fn(tonic::Status) -> RpcError + Send + Sync + 'static,
     ) -> impl Stream<Item = Result<StreamAppendResult<TypeConfig>, RpcError>> + Send + 'static {
         let status_error = Arc::new(status_error);
-        let state = Some((replies, self.in_flight, Instant::now()));
+        let state = Some((replies, self.in_flight, Instant::now(), self._open));
         futures::stream::unfold(state, move |state| {
             let status_error = Arc::clone(&status_error);
             async move {
-                let (mut replies, in_flight, mut last_answer) = state?;
+                let (mut replies, in_flight, mut last_answer, open) = state?;
                 loop {
                     // The oldest unanswered append gets its time from when it was sent or from
                     // the answer before it, whichever is later: it may have waited behind
@@ -133,7 +141,9 @@ impl Answers {
                     match answer {
                         // A piece before the last of its request: the last one answers for it.
                         Ok(_) if !sent.ends_request => continue,
-                        Ok(matching) => return Some((Ok(Ok(matching)), Some((replies, in_flight, last_answer)))),
+                        Ok(matching) => {
+                            return Some((Ok(Ok(matching)), Some((replies, in_flight, last_answer, open))));
+                        }
                         Err(refused) => return Some((Ok(Err(refused)), None)),
                     }
                 }
@@ -218,6 +228,15 @@ mod tests {
         let answered: Vec<_> = answered.into_iter().map(|answer| answer.unwrap()).collect();
         assert_eq!(answered, [Ok(Some(log_id(2, 5))), Ok(Some(log_id(2, 7)))]);
         assert!(started.elapsed() >= 6 * ALLOWED, "an idle stream is not timed out");
+    }
+
+    #[tokio::test]
+    async fn dropping_the_answers_ends_the_messages() {
+        let (mut messages, answers) = outgoing(futures::stream::pending(), scope(), |_| ALLOWED);
+        let replies = futures::stream::pending();
+        let answered = answers.stream(replies, ALLOWED, |_| unreachable!());
+        drop(answered);
+        assert!(messages.next().await.is_none(), "Raft's requests are no longer taken");
     }
 
     #[tokio::test]

@@ -47,6 +47,7 @@ use crate::types::Vote;
 use crate::types::copy_file_of;
 use crate::types::decode;
 use crate::types::encode;
+use crate::types::encoded_len;
 
 type RpcError = RPCError<TypeConfig>;
 
@@ -197,13 +198,23 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             return stream_append_sequential(self, input, option);
         }
         Box::pin(async move {
+            // The stream opens with its first append: Raft waits out its backoff before it
+            // yields one, so a peer that is down is not called again at once.
+            let mut input = input;
+            let Some(first) = input.next().await else {
+                return Ok(Box::pin(futures::stream::empty()) as BoxStream<'s, _>);
+            };
             let ttl = option.hard_ttl();
+            // The stream opens as its first append goes out: it gets that append's time, as a
+            // catching-up follower may be sent tens of MiB at once.
+            let open_within = deadline_for(ttl, encoded_len(&first));
+            let input = futures::stream::iter([first]).chain(input);
             let (messages, answers) =
                 append_stream::outgoing(input, self.scope.clone(), move |bytes| deadline_for(ttl, bytes));
             // No gRPC deadline: the stream lives as long as Raft replicates through it; each
             // append's answer is timed instead (`append_stream::Answers`).
             let request = tonic::Request::new(messages);
-            let opened = tokio::time::timeout(ttl, self.client()?.stream_append(request)).await;
+            let opened = tokio::time::timeout(open_within, self.client()?.stream_append(request)).await;
             let replies = match opened {
                 Ok(Ok(response)) => response.into_inner(),
                 Ok(Err(status)) => {

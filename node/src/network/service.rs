@@ -16,6 +16,7 @@ use shardkv_proto::v1::RaftReply;
 use shardkv_proto::v1::RaftRequest;
 use shardkv_proto::v1::SnapshotChunk;
 use shardkv_proto::v1::raft_server::Raft as RaftRpc;
+use tokio::sync::watch;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Request;
@@ -45,12 +46,23 @@ pub struct RaftService {
     scope: GroupScope,
     snapshots: SnapshotStore,
     copies: CopyFetcher,
+    /// Turns true when the node stops: append streams end then, as a draining server takes no
+    /// new calls (otherwise a stopping follower's log would keep growing until the drain's
+    /// timeout, and its restart replay all of it).
+    stopping: watch::Receiver<bool>,
 }
 
 impl RaftService {
-    pub fn new(raft: Raft, scope: GroupScope, snapshots: SnapshotStore, files: CopyFiles, channels: Channels) -> Self {
+    pub fn new(
+        raft: Raft,
+        scope: GroupScope,
+        snapshots: SnapshotStore,
+        files: CopyFiles,
+        channels: Channels,
+        stopping: watch::Receiver<bool>,
+    ) -> Self {
         let copies = CopyFetcher { files, channels, scope: scope.clone() };
-        Self { raft, scope, snapshots, copies }
+        Self { raft, scope, snapshots, copies, stopping }
     }
 
     fn decode_request<T: for<'de> serde::Deserialize<'de>>(&self, request: Request<RaftRequest>) -> Result<T, Status> {
@@ -77,12 +89,17 @@ impl RaftRpc for RaftService {
 
     /// Hands the appends to Raft as they arrive and answers each in order. A message that is
     /// refused (another cluster, malformed, a copy file no peer has) or a broken stream ends
-    /// the appends; after the answers to those before it, the stream ends with its status.
+    /// the appends; after the answers to those before it, the stream ends with its status. It
+    /// also ends when the node stops; the leader's next stream is refused like any new call to
+    /// a stopping node.
     async fn stream_append(
         &self,
         request: Request<Streaming<RaftRequest>>,
     ) -> Result<Response<Self::StreamAppendStream>, Status> {
         let failed: Arc<Mutex<Option<Status>>> = Arc::default();
+        let stopped = |mut stopping: watch::Receiver<bool>| async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        };
         let appends = admitted_appends(
             request.into_inner(),
             self.scope.clone(),
@@ -90,6 +107,9 @@ impl RaftRpc for RaftService {
             self.raft.clone(),
             failed.clone(),
         );
+        // The appends end too, which drops the request stream and so resets it: the leader
+        // stops sending on it, and it does not hold the draining server open.
+        let appends = futures::StreamExt::take_until(appends, stopped(self.stopping.clone()));
         let answers = self.raft.stream_append(appends).map(|answer| {
             let answer: StreamReply = answer.map_err(|fatal| fatal.to_string());
             Ok(RaftReply { payload: encode(&answer) })
@@ -97,7 +117,8 @@ impl RaftRpc for RaftService {
         let refusal = futures::stream::iter(std::iter::from_fn(move || {
             failed.lock().unwrap_or_else(PoisonError::into_inner).take().map(Err)
         }));
-        Ok(Response::new(Box::pin(answers.chain(refusal))))
+        let answers = futures::StreamExt::take_until(answers.chain(refusal), stopped(self.stopping.clone()));
+        Ok(Response::new(Box::pin(answers)))
     }
 
     type FetchCopyFileStream = ReceiverStream<Result<CopyFileChunk, Status>>;
