@@ -35,12 +35,16 @@ pub fn split(mut rpc: AppendEntriesRequest<TypeConfig>, budget: usize) -> Vec<Ap
     if rpc.entries.len() <= 1 || encoded_len(&rpc) <= budget {
         return vec![rpc];
     }
+    // Each entry is sized once; the entries themselves are only moved.
+    let sizes: Vec<usize> = rpc.entries.iter().map(encoded_len).collect();
     let mut pieces = Vec::new();
     let mut prev_log_id = rpc.prev_log_id;
-    let mut rest = std::mem::take(&mut rpc.entries).into_iter().peekable();
-    while rest.peek().is_some() {
-        let sizes: Vec<usize> = rest.clone().map(|entry| encoded_len(&entry)).collect();
-        let entries: Vec<_> = rest.by_ref().take(entries_that_fit(sizes, budget)).collect();
+    let mut rest = std::mem::take(&mut rpc.entries).into_iter();
+    let mut sized = 0;
+    while sized < sizes.len() {
+        let count = entries_that_fit(sizes[sized..].iter().copied(), budget);
+        sized += count;
+        let entries: Vec<_> = rest.by_ref().take(count).collect();
         let last = entries.last().map(|entry| entry.log_id);
         pieces.push(AppendEntriesRequest { vote: rpc.vote, prev_log_id, leader_commit: rpc.leader_commit, entries });
         prev_log_id = last;

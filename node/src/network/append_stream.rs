@@ -82,14 +82,14 @@ pub fn outgoing(
             RaftRequest { cluster_id: scope.cluster_id.clone(), group_id: scope.group_id, payload }
         })
         .take_until(answers_dropped);
-    (messages, Answers { in_flight, _open: answers_open })
+    (messages, Answers { in_flight, open: answers_open })
 }
 
 /// Matches the follower's replies to the appends in flight.
 pub struct Answers {
     in_flight: InFlight,
     /// Dropped with the answers: ends the messages (see `outgoing`).
-    _open: oneshot::Sender<()>,
+    open: oneshot::Sender<()>,
 }
 
 impl Answers {
@@ -103,7 +103,7 @@ impl Answers {
         status_error: impl Fn(tonic::Status) -> RpcError + Send + Sync + 'static,
     ) -> impl Stream<Item = Result<StreamAppendResult<TypeConfig>, RpcError>> + Send + 'static {
         let status_error = Arc::new(status_error);
-        let state = Some((replies, self.in_flight, Instant::now(), self._open));
+        let state = Some((replies, self.in_flight, Instant::now(), self.open));
         futures::stream::unfold(state, move |state| {
             let status_error = Arc::clone(&status_error);
             async move {
@@ -214,7 +214,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn each_request_is_answered_in_order_and_an_idle_stream_stays_open() {
+    async fn each_request_is_answered_in_order_and_an_idle_stream_staysopen() {
         let started = Instant::now();
         let (messages, answers) =
             outgoing(futures::stream::iter([append(5, 5, 1), append(6, 7, 1)]), scope(), |_| ALLOWED);

@@ -165,14 +165,10 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RpcError> {
-        let mut sent_up_to = None;
-        let mut pieces = split(rpc, APPEND_BYTES);
-        if pieces.len() > 1 {
-            // Send the first piece; Raft sends the rest next, after what this reports.
-            pieces.truncate(1);
-            sent_up_to = pieces[0].entries.last().map(|e| e.log_id);
-        }
-        let rpc = pieces.remove(0);
+        let mut pieces = split(rpc, APPEND_BYTES).into_iter();
+        let rpc = pieces.next().expect("a split request has at least one piece");
+        // Only the first piece goes; Raft sends the rest next, after what this reports.
+        let sent_up_to = (pieces.len() > 0).then(|| rpc.entries.last().map(|e| e.log_id)).flatten();
         let payload = encode(&rpc);
         // The follower fetches the copy files these entries name before it answers.
         let copy_bytes: u64 = rpc.entries.iter().filter_map(copy_file_of).map(|f| f.size).sum();

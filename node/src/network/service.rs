@@ -66,10 +66,17 @@ impl RaftService {
     }
 
     fn decode_request<T: for<'de> serde::Deserialize<'de>>(&self, request: Request<RaftRequest>) -> Result<T, Status> {
-        let request = request.into_inner();
-        self.scope.admit("Raft RPC", &request.cluster_id, request.group_id)?;
-        decode(&request.payload).map_err(|e| Status::invalid_argument(format!("malformed Raft message: {e}")))
+        admit_and_decode(&self.scope, request.into_inner())
     }
+}
+
+/// Refuses a message of another cluster or group, then decodes it.
+fn admit_and_decode<T: for<'de> serde::Deserialize<'de>>(
+    scope: &GroupScope,
+    message: RaftRequest,
+) -> Result<T, Status> {
+    scope.admit("Raft RPC", &message.cluster_id, message.group_id)?;
+    decode(&message.payload).map_err(|e| Status::invalid_argument(format!("malformed Raft message: {e}")))
 }
 
 /// Raft's answer travels as `Result<T, String>`; a node that has stopped answers with the error.
@@ -186,9 +193,7 @@ fn admitted_appends(
             let mut messages = messages?;
             let admitted = async {
                 let Some(message) = messages.next().await.transpose()? else { return Ok(None) };
-                scope.admit("Raft RPC", &message.cluster_id, message.group_id)?;
-                let rpc: AppendEntriesRequest<TypeConfig> = decode(&message.payload)
-                    .map_err(|e| Status::invalid_argument(format!("malformed Raft message: {e}")))?;
+                let rpc: AppendEntriesRequest<TypeConfig> = admit_and_decode(&scope, message)?;
                 copies.fetch_missing(&raft, *rpc.vote.leader_id().node_id(), &rpc.entries).await?;
                 Ok(Some(rpc))
             };
