@@ -89,9 +89,15 @@ pub struct NodeArgs {
     /// default): a retry arriving after its session expired would be applied again.
     #[arg(long, env = "SHARDKV_SESSION_EXPIRY_SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
     pub session_expiry_secs: u64,
-    /// Build a snapshot after this many log entries since the last one.
-    #[arg(long, env = "SHARDKV_SNAPSHOT_EVERY", default_value_t = 20_000)]
+    /// Build a snapshot after this many log entries since the last one (the default of etcd
+    /// 3.4's `--snapshot-count`). Each snapshot flushes the memtables, so under load a small
+    /// count costs write throughput; a large one lets a restart replay more entries.
+    #[arg(long, env = "SHARDKV_SNAPSHOT_EVERY", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub snapshot_every: u64,
+    /// Also build one once the log has grown this many bytes since the last, whatever the
+    /// count: with large values the entry count alone would let the log grow to gigabytes.
+    #[arg(long, env = "SHARDKV_SNAPSHOT_EVERY_BYTES", default_value_t = 256 << 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub snapshot_every_bytes: u64,
     /// Raft heartbeat interval in milliseconds.
     #[arg(long, env = "SHARDKV_HEARTBEAT_MS", default_value_t = 100)]
     pub heartbeat_ms: u64,

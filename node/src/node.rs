@@ -43,6 +43,7 @@ use crate::state_machine::copy_files::CopyFiles;
 use crate::state_machine::sharding::Role;
 use crate::storage;
 use crate::storage::LogFlusher;
+use crate::storage::LogGrowth;
 use crate::storage::LogStore;
 use crate::types::Raft;
 use crate::types::index_of;
@@ -114,8 +115,13 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let db_path = args.data_dir.join("db");
     let db = storage::open_db(&db_path).with_context(|| format!("opening RocksDB at {}", db_path.display()))?;
     let copy_files = CopyFiles::open(args.data_dir.join("copies"), node_id)?;
-    let mut log_store = LogStore::new(db.clone(), LogFlusher::start(db.clone(), metrics.clone()), copy_files.clone());
-    let unnamed = log_store.remove_unnamed_copy_files()?;
+    let log_growth = LogGrowth::new(args.snapshot_every_bytes);
+    let (mut log_store, unnamed) = LogStore::open(
+        db.clone(),
+        LogFlusher::start(db.clone(), metrics.clone()),
+        copy_files.clone(),
+        log_growth.clone(),
+    )?;
     if unnamed > 0 {
         tracing::info!(files = unnamed, "removed copy files that no log entry names");
     }
@@ -180,6 +186,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         shutdown_rx.clone(),
     ));
     tokio::spawn(session_clock::run(ctx.clone(), channels.clone(), args.session_expiry(), shutdown_rx.clone()));
+    tokio::spawn(log_growth.run(ctx.raft.clone(), shutdown_rx.clone()));
     if let Role::Sharded { .. } = role {
         tokio::spawn(Driver::new(ctx.clone(), args.meta_endpoints.clone(), channels).run(shutdown_rx.clone()));
     }

@@ -11,6 +11,7 @@ use shardkv_node::state_machine::StateMachine;
 use shardkv_node::state_machine::copy_files::CopyFiles;
 use shardkv_node::state_machine::sharding::Role;
 use shardkv_node::storage::LogFlusher;
+use shardkv_node::storage::LogGrowth;
 use shardkv_node::storage::LogStore;
 use shardkv_node::storage::open_db;
 use shardkv_node::types::TypeConfig;
@@ -24,7 +25,13 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for RocksStoreBui
         let metrics = Arc::new(NodeMetrics::default());
         let db = open_db(&dir.path().join("db")).expect("open rocksdb");
         let copy_files = CopyFiles::open(dir.path().join("copies"), 1).expect("copy file dir");
-        let log = LogStore::new(db.clone(), LogFlusher::start(db.clone(), metrics.clone()), copy_files.clone());
+        let (log, _) = LogStore::open(
+            db.clone(),
+            LogFlusher::start(db.clone(), metrics.clone()),
+            copy_files.clone(),
+            LogGrowth::new(u64::MAX),
+        )
+        .expect("open log");
         let snapshots = SnapshotStore::open(dir.path().join("snapshots")).expect("snapshot dir");
         let sm = StateMachine::open(db, snapshots, copy_files, Role::Standalone { group: 0 }, 64, metrics)
             .expect("open state machine");

@@ -78,8 +78,9 @@ pub struct ApplyBatch<'a> {
     data: HashMap<Vec<u8>, Option<Vec<u8>>>,
     /// Sessions this batch wrote (a deleted one as a default session).
     sessions: HashMap<[u8; 12], Session>,
-    /// Sessions as of the previous batch, where they are cached.
-    cached_sessions: &'a SessionCache,
+    /// Sessions as of the previous batch, where they are cached; this batch takes the ones it
+    /// reads and gives them back (changed or not) in `sessions`.
+    cached_sessions: &'a mut SessionCache,
     /// Shards this batch dropped (their data and sessions deleted by range): what RocksDB and
     /// the session cache still hold of them is gone for the rest of the batch.
     dropped_shards: Vec<[u8; 4]>,
@@ -91,7 +92,7 @@ pub struct ApplyBatch<'a> {
 }
 
 impl<'a> ApplyBatch<'a> {
-    pub fn new(db: &'a DB, shared: &'a SharedSharding, cached_sessions: &'a SessionCache) -> Self {
+    pub fn new(db: &'a DB, shared: &'a SharedSharding, cached_sessions: &'a mut SessionCache) -> Self {
         Self {
             db,
             batch: WriteBatch::default(),
@@ -356,11 +357,16 @@ impl<'a> ApplyBatch<'a> {
         };
         let key = session_key(cmd.shard, tag.client_id);
         let mut session = self.session(&key)?;
-        match session.check(tag.seq) {
-            Dedup::Duplicate(cached) => return Ok(cached.result(&cmd.op)),
-            Dedup::Expired => return Ok(OpResult::SessionExpired),
-            Dedup::Evicted => return Ok(OpResult::ResponseEvicted),
-            Dedup::Fresh => {}
+        let answered = match session.check(tag.seq) {
+            Dedup::Duplicate(cached) => Some(cached.result(&cmd.op)),
+            Dedup::Expired => Some(OpResult::SessionExpired),
+            Dedup::Evicted => Some(OpResult::ResponseEvicted),
+            Dedup::Fresh => None,
+        };
+        if let Some(result) = answered {
+            // Unchanged, but it may have been taken from the cache: the batch gives it back.
+            self.sessions.insert(key, session);
+            return Ok(result);
         }
         let result = self.execute(cmd)?;
         session.record(tag.seq, tag.first_unacked, &result, index);
@@ -417,7 +423,7 @@ impl<'a> ApplyBatch<'a> {
         self.data.insert(key, value);
     }
 
-    fn session(&self, key: &[u8; 12]) -> io::Result<Session> {
+    fn session(&mut self, key: &[u8; 12]) -> io::Result<Session> {
         if let Some(s) = self.sessions.get(key) {
             return Ok(s.clone());
         }
@@ -426,9 +432,9 @@ impl<'a> ApplyBatch<'a> {
         }
         // Once this batch dropped a shard, the cache may hold sessions RocksDB is about to lose.
         if self.dropped_shards.is_empty()
-            && let Some(s) = self.cached_sessions.get(key)
+            && let Some(s) = self.cached_sessions.take(key)
         {
-            return Ok(s.clone());
+            return Ok(s);
         }
         match self.db.get_cf(cf(self.db, CF_SESSIONS), key).map_err(io_err)? {
             Some(bytes) => Session::from_bytes(&bytes),
@@ -523,8 +529,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = crate::storage::open_db(dir.path()).unwrap();
         let shared = pulling();
-        let cache = SessionCache::default();
-        let mut batch = ApplyBatch::new(&db, &shared, &cache);
+        let mut cache = SessionCache::default();
+        let mut batch = ApplyBatch::new(&db, &shared, &mut cache);
         let bad_sessions = [
             vec![record(&7u64.to_be_bytes(), b"not a session")],
             vec![record(b"short", &Session::default().to_bytes())],
@@ -546,7 +552,7 @@ mod tests {
         assert!(sharding.is_none_or(|s| s.group.shards[&SHARD] != ShardState::Serving), "and does not finish the pull");
 
         // A good chunk after the bad ones still installs.
-        let mut batch = ApplyBatch::new(&db, &shared, &cache);
+        let mut batch = ApplyBatch::new(&db, &shared, &mut cache);
         let good = vec![record(&7u64.to_be_bytes(), &Session::default().to_bytes())];
         assert_eq!(batch.apply(6, &chunk(good, true)).unwrap(), OpResult::Applied);
         let (write_batch, applied) = batch.finish();
@@ -613,7 +619,7 @@ mod tests {
 
         let members = vec![Member { node_id: 9, addr: "127.0.0.1:7200".into() }];
         shared.write().unwrap().group.shards.insert(SHARD, ShardState::BePulled { to: 3, members: members.clone() });
-        let mut batch = ApplyBatch::new(&db, &shared, &cache);
+        let mut batch = ApplyBatch::new(&db, &shared, &mut cache);
         let drop = Command { session: None, shard: SHARD, op: Op::DropShard { config_num: CONFIG } };
         assert_eq!(batch.apply(3, &drop).unwrap(), OpResult::Applied);
         batch.sharding_mut().group.shards.insert(SHARD, ShardState::Pulling { from: 3, members });

@@ -215,7 +215,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     where
         Strm: Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + OptionalSend,
     {
-        let mut batch = ApplyBatch::new(&self.db, &self.sharding, &self.sessions);
+        let mut batch = ApplyBatch::new(&self.db, &self.sharding, &mut self.sessions);
         let mut replies = Vec::new();
         let mut count = 0u64;
         let mut membership_changed = false;
@@ -228,7 +228,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     let membership = std::mem::take(&mut membership_changed).then_some(&self.membership);
                     let written = batch.finish();
                     write_applied(&self.db, written, &self.applied, membership, &self.sharding, &mut self.sessions)?;
-                    batch = ApplyBatch::new(&self.db, &self.sharding, &self.sessions);
+                    batch = ApplyBatch::new(&self.db, &self.sharding, &mut self.sessions);
                     ingest_copy(&self.db, &self.copy_files, &self.sharding, cmd)?
                 }
                 EntryPayload::Normal(cmd) => batch.apply(entry.log_id.index(), cmd)?,
@@ -428,7 +428,7 @@ mod tests {
 
     fn apply(db: &DB, shared: &SharedSharding, index: u64, cmd: Command) -> OpResult {
         let mut cache = SessionCache::default();
-        let mut batch = ApplyBatch::new(db, shared, &cache);
+        let mut batch = ApplyBatch::new(db, shared, &mut cache);
         let result = batch.apply(index, &cmd).unwrap();
         let (write_batch, applied) = batch.finish();
         db.write(write_batch).unwrap();

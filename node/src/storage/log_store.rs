@@ -1,11 +1,14 @@
 //! The Raft log and Raft metadata on RocksDB (openraft `RaftLogStorage`).
 
+use std::collections::BTreeMap;
 use std::collections::HashSet;
 use std::fmt::Debug;
 use std::io;
 use std::ops::Bound;
 use std::ops::RangeBounds;
 use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::PoisonError;
 
 use openraft::OptionalSend;
 use openraft::RaftLogReader;
@@ -22,6 +25,7 @@ use rocksdb::WriteOptions;
 use super::CF_LOG;
 use super::CF_RAFT_META;
 use super::LogFlusher;
+use super::LogGrowth;
 use super::cf;
 use super::io_err;
 use super::keys::log_index;
@@ -45,28 +49,48 @@ pub struct LogStore {
     flusher: LogFlusher,
     /// Removed with the last entry naming them (see `state_machine::copy_files`).
     copy_files: CopyFiles,
+    /// The copy files the entries in the log name, by entry index: a purge or truncation
+    /// finds the files it frees here instead of reading and decoding every entry it removes.
+    named_copy_files: Arc<Mutex<BTreeMap<u64, String>>>,
+    growth: Arc<LogGrowth>,
 }
 
 impl LogStore {
-    pub fn new(db: Arc<DB>, flusher: LogFlusher, copy_files: CopyFiles) -> Self {
-        Self { db, flusher, copy_files }
-    }
-
-    /// Removes the copy files that no entry in the log names (at start).
-    pub fn remove_unnamed_copy_files(&self) -> io::Result<usize> {
-        let named = self.copy_files_named(0..)?;
-        self.copy_files.remove_unnamed(&named)
-    }
-
-    /// The copy files that the entries in `range` name.
-    fn copy_files_named(&self, range: impl RangeBounds<u64>) -> io::Result<HashSet<String>> {
-        let mut named = HashSet::new();
-        self.for_each_entry(range, |entry| {
+    /// Opens the log: reads which copy files its entries name, and removes the copy files none
+    /// names (left by a crash between removing entries and their files). Returns how many
+    /// files it removed.
+    pub fn open(
+        db: Arc<DB>,
+        flusher: LogFlusher,
+        copy_files: CopyFiles,
+        growth: Arc<LogGrowth>,
+    ) -> io::Result<(Self, usize)> {
+        let store = Self { db, flusher, copy_files, named_copy_files: Arc::default(), growth };
+        let mut named = BTreeMap::new();
+        store.for_each_entry(0.., |entry| {
             if let Some(file) = copy_file_of(&entry) {
-                named.insert(file.name.clone());
+                named.insert(entry.index(), file.name.clone());
             }
         })?;
-        Ok(named)
+        let removed = store.copy_files.remove_unnamed(&named.values().cloned().collect())?;
+        *store.named() = named;
+        Ok((store, removed))
+    }
+
+    fn named(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, String>> {
+        self.named_copy_files.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Forgets the copy files named by the entries `take` removes from the index, and removes
+    /// those files no remaining entry names.
+    fn release_copy_files(&self, take: impl FnOnce(&mut BTreeMap<u64, String>) -> BTreeMap<u64, String>) {
+        let unnamed: Vec<String> = {
+            let mut named = self.named();
+            let removed = take(&mut named);
+            let kept: HashSet<&String> = named.values().collect();
+            removed.into_values().filter(|name| !kept.contains(name)).collect()
+        };
+        self.copy_files.remove(unnamed.iter().map(String::as_str));
     }
 
     /// Decodes the entries in `range` in order, checking that each is stored under its index.
@@ -166,24 +190,30 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let log_cf = cf(&self.db, CF_LOG);
         let mut batch = WriteBatch::default();
+        let mut named = Vec::new();
         for entry in entries {
-            batch.put_cf(log_cf, log_key(entry.index()), encode(&entry));
+            let bytes = encode(&entry);
+            self.growth.appended(bytes.len() as u64);
+            batch.put_cf(log_cf, log_key(entry.index()), bytes);
+            if let Some(file) = copy_file_of(&entry) {
+                named.push((entry.index(), file.name.clone()));
+            }
         }
         let mut opts = WriteOptions::default();
         opts.set_sync(false);
         self.db.write_opt(batch, &opts).map_err(io_err)?;
+        self.named().extend(named);
         self.flusher.flush_then(callback);
         Ok(())
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {
         let from = last_log_id.map_or(0, |id| id.index() + 1);
-        let removed_files = self.copy_files_named(from..)?;
         let log_cf = cf(&self.db, CF_LOG);
         self.db.delete_range_cf(log_cf, log_key(from), log_key(u64::MAX)).map_err(io_err)?;
         // delete_range excludes its end key.
         self.db.delete_cf(log_cf, log_key(u64::MAX)).map_err(io_err)?;
-        self.copy_files.remove(removed_files.iter().map(String::as_str));
+        self.release_copy_files(|named| named.split_off(&from));
         Ok(())
     }
 
@@ -194,11 +224,69 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         super::flush_state_machine(&self.db).map_err(io_err)?;
         // Record the purge point first: a crash in between leaves extra entries, never a gap.
         self.put_meta(PURGED_KEY, &log_id, false)?;
-        let removed_files = self.copy_files_named(..=log_id.index())?;
         let log_cf = cf(&self.db, CF_LOG);
         self.db.delete_range_cf(log_cf, log_key(0), log_key(log_id.index() + 1)).map_err(io_err)?;
         // The entries are gone (a crash before this leaves files that the next start removes).
-        self.copy_files.remove(removed_files.iter().map(String::as_str));
+        self.release_copy_files(|named| {
+            let kept = named.split_off(&(log_id.index() + 1));
+            std::mem::replace(named, kept)
+        });
+        self.growth.purged();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::EntryPayload;
+
+    use super::*;
+    use crate::metrics::NodeMetrics;
+    use crate::types::Command;
+    use crate::types::CopyFile;
+    use crate::types::Op;
+    use crate::types::hostile_input;
+
+    fn ingest(index: u64, name: &str) -> Entry {
+        let file = CopyFile { name: name.into(), size: 1, crc32: 0 };
+        let op = Op::IngestCopy { config_num: 1, begun_at: 1, file, items: 1, bytes: 1 };
+        let payload = EntryPayload::Normal(Command { session: None, shard: 1, op });
+        Entry { log_id: hostile_input::log_id(1, index), payload }
+    }
+
+    fn blank(index: u64) -> Entry {
+        Entry { log_id: hostile_input::log_id(1, index), payload: EntryPayload::Blank }
+    }
+
+    /// Files are removed with the last entry naming them, by purge or truncation, and at
+    /// open when no entry names them; a file two entries name outlives the first of them.
+    #[tokio::test]
+    async fn copy_files_go_with_the_last_entry_naming_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::storage::open_db(&dir.path().join("db")).unwrap();
+        let flusher = LogFlusher::start(db.clone(), Arc::new(NodeMetrics::default()));
+        let files = CopyFiles::open(dir.path().join("copies"), 1).unwrap();
+        let exists = |name: &str| files.path(name).unwrap().exists();
+        let entries =
+            vec![blank(1), ingest(2, "a.sst"), blank(3), ingest(4, "b.sst"), ingest(5, "a.sst"), ingest(6, "c.sst")];
+        let growth = LogGrowth::new(u64::MAX);
+        let (mut log, _) = LogStore::open(db.clone(), flusher.clone(), files.clone(), growth.clone()).unwrap();
+        log.append(entries, IOFlushed::noop()).await.unwrap();
+        drop(log);
+        for name in ["a.sst", "b.sst", "c.sst", "unnamed.sst"] {
+            std::fs::write(files.path(name).unwrap(), b"x").unwrap();
+        }
+
+        let (mut log, removed) = LogStore::open(db, flusher, files.clone(), growth).unwrap();
+        assert_eq!(removed, 1);
+        assert!(!exists("unnamed.sst") && exists("a.sst") && exists("b.sst") && exists("c.sst"));
+        log.purge(hostile_input::log_id(1, 2)).await.unwrap();
+        assert!(exists("a.sst"), "entry 5 still names it");
+        log.purge(hostile_input::log_id(1, 4)).await.unwrap();
+        assert!(!exists("b.sst") && exists("a.sst"));
+        log.truncate_after(Some(hostile_input::log_id(1, 5))).await.unwrap();
+        assert!(!exists("c.sst") && exists("a.sst"));
+        log.purge(hostile_input::log_id(1, 5)).await.unwrap();
+        assert!(!exists("a.sst"));
     }
 }

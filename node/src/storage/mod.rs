@@ -2,12 +2,14 @@
 
 mod flusher;
 pub mod keys;
+mod log_growth;
 mod log_store;
 
 use std::path::Path;
 use std::sync::Arc;
 
 pub use flusher::LogFlusher;
+pub use log_growth::LogGrowth;
 pub use log_store::LogStore;
 use rocksdb::ColumnFamilyDescriptor;
 use rocksdb::DB;
