@@ -176,7 +176,7 @@ async fn a_snapshot_asked_for_while_the_policy_builds_one_covers_the_applied_log
 #[tokio::test(flavor = "multi_thread")]
 async fn a_log_of_large_values_is_snapshotted_by_its_bytes() {
     const VALUE_BYTES: usize = 256 << 10;
-    let limit = (4u64 << 40).to_string();
+    let limit = (4u64 << 20).to_string();
     let cluster = Cluster::start(238, 3, &["--snapshot-every", "1000000", "--snapshot-every-bytes", &limit]).await;
     let leader = cluster.leader().await;
     let client = cluster.client();
