@@ -214,7 +214,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn each_request_is_answered_in_order_and_an_idle_stream_staysopen() {
+    async fn each_request_is_answered_in_order_and_an_idle_stream_stays_open() {
         let started = Instant::now();
         let (messages, answers) =
             outgoing(futures::stream::iter([append(5, 5, 1), append(6, 7, 1)]), scope(), |_| ALLOWED);

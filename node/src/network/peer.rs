@@ -195,14 +195,13 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         }
         Box::pin(async move {
             // The stream opens with its first append: Raft waits out its backoff before it
-            // yields one, so a peer that is down is not called again at once.
+            // yields one, so a peer that is down is not called again at once. The open gets
+            // that append's time, as a catching-up follower may be sent tens of MiB at once.
             let mut input = input;
             let Some(first) = input.next().await else {
                 return Ok(Box::pin(futures::stream::empty()) as BoxStream<'s, _>);
             };
             let ttl = option.hard_ttl();
-            // The stream opens as its first append goes out: it gets that append's time, as a
-            // catching-up follower may be sent tens of MiB at once.
             let open_within = deadline_for(ttl, encoded_len(&first));
             let input = futures::stream::iter([first]).chain(input);
             let (messages, answers) =

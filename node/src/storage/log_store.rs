@@ -191,9 +191,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let log_cf = cf(&self.db, CF_LOG);
         let mut batch = WriteBatch::default();
         let mut named = Vec::new();
+        let mut appended_bytes = 0;
         for entry in entries {
             let bytes = encode(&entry);
-            self.growth.appended(bytes.len() as u64);
+            appended_bytes += bytes.len() as u64;
             batch.put_cf(log_cf, log_key(entry.index()), bytes);
             if let Some(file) = copy_file_of(&entry) {
                 named.push((entry.index(), file.name.clone()));
@@ -203,6 +204,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         opts.set_sync(false);
         self.db.write_opt(batch, &opts).map_err(io_err)?;
         self.named().extend(named);
+        self.growth.appended(appended_bytes);
         self.flusher.flush_then(callback);
         Ok(())
     }
