@@ -26,6 +26,7 @@ use super::CF_LOG;
 use super::CF_RAFT_META;
 use super::LogFlusher;
 use super::LogGrowth;
+use super::LogTail;
 use super::cf;
 use super::io_err;
 use super::keys::log_index;
@@ -53,6 +54,9 @@ pub struct LogStore {
     /// finds the files it frees here instead of reading and decoding every entry it removes.
     named_copy_files: Arc<Mutex<BTreeMap<u64, String>>>,
     growth: Arc<LogGrowth>,
+    /// The newest entries, which replication and the state machine read right after their
+    /// append.
+    tail: Arc<LogTail>,
 }
 
 impl LogStore {
@@ -65,7 +69,8 @@ impl LogStore {
         copy_files: CopyFiles,
         growth: Arc<LogGrowth>,
     ) -> io::Result<(Self, usize)> {
-        let store = Self { db, flusher, copy_files, named_copy_files: Arc::default(), growth };
+        let tail = Arc::new(LogTail::new(super::LOG_TAIL_BYTES));
+        let store = Self { db, flusher, copy_files, named_copy_files: Arc::default(), growth, tail };
         let mut named = BTreeMap::new();
         store.for_each_entry(0.., |entry| {
             if let Some(file) = copy_file_of(&entry) {
@@ -95,11 +100,7 @@ impl LogStore {
 
     /// Decodes the entries in `range` in order, checking that each is stored under its index.
     fn for_each_entry(&self, range: impl RangeBounds<u64>, mut each: impl FnMut(Entry)) -> io::Result<()> {
-        let start = match range.start_bound() {
-            Bound::Included(i) => *i,
-            Bound::Excluded(i) => i + 1,
-            Bound::Unbounded => 0,
-        };
+        let (start, _) = index_bounds(&range);
         let mode = IteratorMode::From(&log_key(start), Direction::Forward);
         for item in self.db.iterator_cf(cf(&self.db, CF_LOG), mode) {
             let (key, value) = item.map_err(io_err)?;
@@ -141,11 +142,31 @@ impl LogStore {
     }
 }
 
+/// The first index of `range` and the index just past it, if it ends.
+fn index_bounds(range: &impl RangeBounds<u64>) -> (u64, Option<u64>) {
+    let start = match range.start_bound() {
+        Bound::Included(i) => *i,
+        Bound::Excluded(i) => i + 1,
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(i) => i.checked_add(1),
+        Bound::Excluded(i) => Some(*i),
+        Bound::Unbounded => None,
+    };
+    (start, end)
+}
+
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
     ) -> io::Result<Vec<Entry>> {
+        if let (start, Some(end)) = index_bounds(&range)
+            && let Some(entries) = self.tail.get(start, end)
+        {
+            return Ok(entries);
+        }
         let mut entries = Vec::new();
         self.for_each_entry(range, |entry| entries.push(entry))?;
         Ok(entries)
@@ -191,18 +212,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let log_cf = cf(&self.db, CF_LOG);
         let mut batch = WriteBatch::default();
         let mut named = Vec::new();
+        let mut appended = Vec::new();
         let mut appended_bytes = 0;
         for entry in entries {
             let bytes = encode(&entry);
             appended_bytes += bytes.len() as u64;
-            batch.put_cf(log_cf, log_key(entry.index()), bytes);
+            batch.put_cf(log_cf, log_key(entry.index()), &bytes);
             if let Some(file) = copy_file_of(&entry) {
                 named.push((entry.index(), file.name.clone()));
             }
+            appended.push((entry, bytes.len()));
         }
         let mut opts = WriteOptions::default();
         opts.set_sync(false);
         self.db.write_opt(batch, &opts).map_err(io_err)?;
+        self.tail.appended(appended);
         self.named().extend(named);
         self.growth.appended(appended_bytes);
         self.flusher.flush_then(callback);
@@ -211,6 +235,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {
         let from = last_log_id.map_or(0, |id| id.index() + 1);
+        // The tail first: a read in between finds the entries in RocksDB, never only in memory.
+        self.tail.truncated(from);
         let log_cf = cf(&self.db, CF_LOG);
         self.db.delete_range_cf(log_cf, log_key(from), log_key(u64::MAX)).map_err(io_err)?;
         // delete_range excludes its end key.
@@ -227,6 +253,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Record the purge point first: a crash in between leaves extra entries, never a gap.
         self.put_meta(PURGED_KEY, &log_id, false)?;
         let log_cf = cf(&self.db, CF_LOG);
+        self.tail.purged(log_id.index());
         self.db.delete_range_cf(log_cf, log_key(0), log_key(log_id.index() + 1)).map_err(io_err)?;
         // The entries are gone (a crash before this leaves files that the next start removes).
         self.release_copy_files(|named| {

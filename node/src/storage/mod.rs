@@ -4,6 +4,7 @@ mod flusher;
 pub mod keys;
 mod log_growth;
 mod log_store;
+mod log_tail;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,6 +12,8 @@ use std::sync::Arc;
 pub use flusher::LogFlusher;
 pub use log_growth::LogGrowth;
 pub use log_store::LogStore;
+use log_tail::LOG_TAIL_BYTES;
+use log_tail::LogTail;
 use rocksdb::ColumnFamilyDescriptor;
 use rocksdb::DB;
 use rocksdb::Options;
