@@ -8,6 +8,7 @@ use std::ops::Bound;
 use std::ops::RangeBounds;
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::MutexGuard;
 use std::sync::PoisonError;
 
 use openraft::OptionalSend;
@@ -57,6 +58,9 @@ pub struct LogStore {
     /// The newest entries, which replication and the state machine read right after their
     /// append.
     tail: Arc<LogTail>,
+    /// The committed log id Raft reported last, not yet written: it goes into the next
+    /// append's write instead of a write of its own on every commit.
+    unwritten_committed: Arc<Mutex<Option<Option<LogId>>>>,
 }
 
 impl LogStore {
@@ -70,7 +74,15 @@ impl LogStore {
         growth: Arc<LogGrowth>,
     ) -> io::Result<(Self, usize)> {
         let tail = Arc::new(LogTail::new(super::LOG_TAIL_BYTES));
-        let store = Self { db, flusher, copy_files, named_copy_files: Arc::default(), growth, tail };
+        let store = Self {
+            db,
+            flusher,
+            copy_files,
+            named_copy_files: Arc::default(),
+            growth,
+            tail,
+            unwritten_committed: Arc::default(),
+        };
         let mut named = BTreeMap::new();
         store.for_each_entry(0.., |entry| {
             if let Some(file) = copy_file_of(&entry) {
@@ -82,8 +94,8 @@ impl LogStore {
         Ok((store, removed))
     }
 
-    fn named(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, String>> {
-        self.named_copy_files.lock().unwrap_or_else(PoisonError::into_inner)
+    fn named(&self) -> MutexGuard<'_, BTreeMap<u64, String>> {
+        lock(&self.named_copy_files)
     }
 
     /// Forgets the copy files named by the entries `take` removes from the index, and removes
@@ -142,6 +154,10 @@ impl LogStore {
     }
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// The first index of `range` and the index just past it, if it ends.
 fn index_bounds(range: &impl RangeBounds<u64>) -> (u64, Option<u64>) {
     let start = match range.start_bound() {
@@ -196,11 +212,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
-        // Written without sync: openraft only uses it to re-apply faster after a restart.
-        self.put_meta(COMMITTED_KEY, &committed, false)
+        // openraft reads it back only to re-apply sooner after a restart, so it is written with
+        // the next append, never synced, and may be a commit behind: the rest is applied once
+        // the leader is heard from again.
+        *lock(&self.unwritten_committed) = Some(committed);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> io::Result<Option<LogId>> {
+        if let Some(committed) = *lock(&self.unwritten_committed) {
+            return Ok(committed);
+        }
         Ok(self.get_meta::<Option<LogId>>(COMMITTED_KEY)?.flatten())
     }
 
@@ -222,6 +244,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 named.push((entry.index(), file.name.clone()));
             }
             appended.push((entry, bytes.len()));
+        }
+        if let Some(committed) = lock(&self.unwritten_committed).take() {
+            batch.put_cf(cf(&self.db, CF_RAFT_META), COMMITTED_KEY, encode(&committed));
         }
         let mut opts = WriteOptions::default();
         opts.set_sync(false);
@@ -287,26 +312,46 @@ mod tests {
         Entry { log_id: hostile_input::log_id(1, index), payload: EntryPayload::Blank }
     }
 
+    /// What a log store opens on: a database, its flusher and a copy-file directory.
+    struct Parts {
+        _dir: tempfile::TempDir,
+        db: Arc<DB>,
+        flusher: LogFlusher,
+        files: CopyFiles,
+    }
+
+    impl Parts {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let db = crate::storage::open_db(&dir.path().join("db")).unwrap();
+            let flusher = LogFlusher::start(db.clone(), Arc::new(NodeMetrics::default()));
+            let files = CopyFiles::open(dir.path().join("copies"), 1).unwrap();
+            Self { _dir: dir, db, flusher, files }
+        }
+
+        /// Opens the log on these parts; returns it and how many unnamed files it removed.
+        fn open(&self) -> (LogStore, usize) {
+            LogStore::open(self.db.clone(), self.flusher.clone(), self.files.clone(), LogGrowth::new(u64::MAX)).unwrap()
+        }
+    }
+
     /// Files are removed with the last entry naming them, by purge or truncation, and at
     /// open when no entry names them; a file two entries name outlives the first of them.
     #[tokio::test]
     async fn copy_files_go_with_the_last_entry_naming_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = crate::storage::open_db(&dir.path().join("db")).unwrap();
-        let flusher = LogFlusher::start(db.clone(), Arc::new(NodeMetrics::default()));
-        let files = CopyFiles::open(dir.path().join("copies"), 1).unwrap();
+        let parts = Parts::new();
+        let files = &parts.files;
         let exists = |name: &str| files.path(name).unwrap().exists();
         let entries =
             vec![blank(1), ingest(2, "a.sst"), blank(3), ingest(4, "b.sst"), ingest(5, "a.sst"), ingest(6, "c.sst")];
-        let growth = LogGrowth::new(u64::MAX);
-        let (mut log, _) = LogStore::open(db.clone(), flusher.clone(), files.clone(), growth.clone()).unwrap();
+        let (mut log, _) = parts.open();
         log.append(entries, IOFlushed::noop()).await.unwrap();
         drop(log);
         for name in ["a.sst", "b.sst", "c.sst", "unnamed.sst"] {
             std::fs::write(files.path(name).unwrap(), b"x").unwrap();
         }
 
-        let (mut log, removed) = LogStore::open(db, flusher, files.clone(), growth).unwrap();
+        let (mut log, removed) = parts.open();
         assert_eq!(removed, 1);
         assert!(!exists("unnamed.sst") && exists("a.sst") && exists("b.sst") && exists("c.sst"));
         log.purge(hostile_input::log_id(1, 2)).await.unwrap();
@@ -317,5 +362,24 @@ mod tests {
         assert!(!exists("c.sst") && exists("a.sst"));
         log.purge(hostile_input::log_id(1, 5)).await.unwrap();
         assert!(!exists("a.sst"));
+    }
+
+    /// A commit is not a write of its own: it is read back from memory until the next append
+    /// writes it, and a restart before that finds the one written before.
+    #[tokio::test]
+    async fn the_committed_log_id_is_written_with_the_next_append() {
+        let parts = Parts::new();
+        let open = || parts.open().0;
+        let committed = |index| Some(hostile_input::log_id(1, index));
+
+        let mut log = open();
+        log.append(vec![blank(1), blank(2)], IOFlushed::noop()).await.unwrap();
+        log.save_committed(committed(1)).await.unwrap();
+        assert_eq!(log.read_committed().await.unwrap(), committed(1));
+        assert_eq!(open().read_committed().await.unwrap(), None, "not written before an append");
+
+        log.append(vec![blank(3)], IOFlushed::noop()).await.unwrap();
+        log.save_committed(committed(2)).await.unwrap();
+        assert_eq!(open().read_committed().await.unwrap(), committed(1));
     }
 }
