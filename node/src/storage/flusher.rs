@@ -38,6 +38,23 @@ impl Drop for FlusherThread {
     }
 }
 
+/// Makes the calling thread a batch thread, whose wake-up does not preempt the thread that woke
+/// it. The flusher is woken by the Raft thread right after an append, and on the leader that
+/// thread goes on to send the same entries to the followers, whose fsyncs are the longer path
+/// to a commit; preempted, it sent them only after the flusher had issued its fsync (on the
+/// 2-core VM, 1-client put p50 -9% without the preemption).
+fn defer_to_the_waker() {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: sets the calling thread's policy (pid 0) from a valid parameter; changing to
+        // SCHED_BATCH needs no privilege.
+        if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } != 0 {
+            tracing::warn!(error = %std::io::Error::last_os_error(), "the WAL flusher stays a normal thread");
+        }
+    }
+}
+
 impl LogFlusher {
     /// Starts the flusher thread. It ends when every `LogFlusher` clone is dropped.
     pub fn start(db: Arc<DB>, metrics: Arc<NodeMetrics>) -> Self {
@@ -45,6 +62,7 @@ impl LogFlusher {
         let thread = std::thread::Builder::new()
             .name("wal-flusher".into())
             .spawn(move || {
+                defer_to_the_waker();
                 while let Ok(first) = rx.recv() {
                     let mut group = vec![first];
                     group.extend(rx.try_iter());
@@ -66,5 +84,40 @@ impl LogFlusher {
         if let Err(mpsc::SendError(callback)) = tx.send(callback) {
             callback.io_completed(Err(std::io::Error::other("WAL flusher has stopped")));
         }
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use openraft::type_config::TypeConfigExt;
+
+    use super::*;
+
+    /// The policy of each of this process's threads named `name`.
+    fn policies_of_threads_named(name: &str) -> Vec<i32> {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|task| {
+                let task = task.ok()?;
+                let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+                let tid: libc::pid_t = task.file_name().to_str()?.parse().ok()?;
+                // SAFETY: reads the policy of a thread of this process by its id.
+                (comm.trim_end() == name).then(|| unsafe { libc::sched_getscheduler(tid) })
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_flusher_thread_does_not_preempt_its_waker() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::storage::open_db(&dir.path().join("db")).unwrap();
+        let flusher = LogFlusher::start(db, Arc::new(NodeMetrics::default()));
+        // Once a flush is done, the thread has set its policy.
+        let (done, flushed) = TypeConfig::oneshot();
+        flusher.flush_then(IOFlushed::signal(done));
+        flushed.await.unwrap().unwrap();
+        // Other tests' flushers may be starting too: this one is among the batch threads.
+        let policies = policies_of_threads_named("wal-flusher");
+        assert!(policies.contains(&libc::SCHED_BATCH), "policies {policies:?}");
     }
 }
