@@ -25,6 +25,8 @@ use tokio::time::Instant;
 use super::GroupScope;
 use super::append_batch::APPEND_BYTES;
 use super::append_batch::split;
+use super::commit_notice::COMMIT_NOTICE_HOLD;
+use super::commit_notice::fold_commit_notices;
 use crate::types::TypeConfig;
 use crate::types::copy_file_of;
 use crate::types::decode;
@@ -54,8 +56,9 @@ impl InFlight {
     }
 }
 
-/// Turns Raft's requests into the messages of the stream: each cut to fit a message, encoded,
-/// and recorded as in flight when the transport takes it.
+/// Turns Raft's requests into the messages of the stream: commit notices folded into the
+/// next append (see `commit_notice`), each cut to fit a message, encoded, and recorded as in
+/// flight when the transport takes it.
 pub fn outgoing(
     requests: impl Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
     scope: GroupScope,
@@ -67,7 +70,7 @@ pub fn outgoing(
     // (Raft ended this stream), the messages end too, so that nothing more is taken from
     // Raft's request stream and the follower sees the stream end.
     let (answers_open, answers_dropped) = oneshot::channel::<()>();
-    let messages = requests
+    let messages = fold_commit_notices(requests, COMMIT_NOTICE_HOLD)
         .flat_map(|rpc| {
             let pieces = split(rpc, APPEND_BYTES);
             let last = pieces.len() - 1;

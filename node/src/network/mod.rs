@@ -4,6 +4,7 @@
 pub mod append_batch;
 pub mod append_stream;
 pub mod channels;
+pub mod commit_notice;
 pub mod copy_fetch;
 pub mod peer;
 pub mod service;
