@@ -2,8 +2,10 @@
 //! an append name and it lacks, before it appends them (so that a replica whose log names a
 //! file holds it; see `state_machine::copy_files`), and serves its own files to the others.
 
+use std::collections::BTreeMap;
 use std::io::Read;
 
+use openraft::EntryPayload;
 use openraft::async_runtime::WatchReceiver;
 use shardkv_proto::v1::CopyFileChunk;
 use shardkv_proto::v1::CopyFileRequest;
@@ -21,6 +23,7 @@ use crate::types::Entry;
 use crate::types::NodeId;
 use crate::types::Raft;
 use crate::types::copy_file_of;
+use openraft::BasicNode as Node;
 
 /// What a follower needs to fetch copy files from its peers.
 #[derive(Clone)]
@@ -43,10 +46,7 @@ impl CopyFetcher {
         let peers = {
             let metrics = raft.metrics();
             let metrics = metrics.borrow_watched();
-            let mut peers: Vec<(&NodeId, _)> =
-                metrics.membership_config.nodes().filter(|(id, _)| **id != metrics.id).collect();
-            peers.sort_by_key(|(id, _)| **id != leader);
-            peers.into_iter().map(|(_, node)| node.addr.clone()).collect::<Vec<String>>()
+            peers_to_ask(metrics.id, leader, metrics.membership_config.nodes(), entries)
         };
         // Each in a task of its own: if the leader gives up on this append (its deadline), the
         // fetch still completes, and the append sent again finds the file here.
@@ -99,6 +99,31 @@ impl CopyFetcher {
     }
 }
 
+/// The addresses to fetch a copy file from, the leader's first: the members this node knows, and
+/// those of any membership in the append itself. A new member's first append holds the group's
+/// first membership along with the entries naming files, before it knows any member: with only
+/// its own view it had no one to ask, refused the append, and was sent the same one again.
+fn peers_to_ask<'a>(
+    own_id: NodeId,
+    leader: NodeId,
+    known: impl Iterator<Item = (&'a NodeId, &'a Node)>,
+    entries: &'a [Entry],
+) -> Vec<String> {
+    let in_append = entries.iter().filter_map(|entry| match &entry.payload {
+        EntryPayload::Membership(membership) => Some(membership.nodes()),
+        _ => None,
+    });
+    let mut peers: BTreeMap<NodeId, &Node> = BTreeMap::new();
+    for (id, node) in known.chain(in_append.flatten()) {
+        if *id != own_id {
+            peers.insert(*id, node);
+        }
+    }
+    let mut peers: Vec<(NodeId, &Node)> = peers.into_iter().collect();
+    peers.sort_by_key(|(id, _)| *id != leader);
+    peers.into_iter().map(|(_, node)| node.addr.clone()).collect()
+}
+
 /// Streams the file `name` in chunks (read on a blocking thread); NOT_FOUND if this node does
 /// not hold it.
 pub fn send_file(files: &CopyFiles, name: &str) -> Result<ReceiverStream<Result<CopyFileChunk, Status>>, Status> {
@@ -126,4 +151,40 @@ pub fn send_file(files: &CopyFiles, name: &str) -> Result<ReceiverStream<Result<
         }
     });
     Ok(ReceiverStream::new(rx))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use openraft::Membership;
+
+    use super::*;
+    use crate::types::hostile_input::log_id;
+
+    fn node(id: NodeId) -> Node {
+        Node::new(format!("127.0.0.{id}:7100"))
+    }
+
+    fn membership_entry(index: u64, ids: &[NodeId]) -> Entry {
+        let nodes: BTreeMap<NodeId, Node> = ids.iter().map(|&id| (id, node(id))).collect();
+        let membership = Membership::new(vec![ids.iter().copied().collect::<BTreeSet<_>>()], nodes).unwrap();
+        Entry { log_id: log_id(1, index), payload: EntryPayload::Membership(membership) }
+    }
+
+    #[test]
+    fn a_member_that_knows_no_one_asks_the_members_its_append_names() {
+        let append = [membership_entry(1, &[1, 2, 3])];
+        let peers = peers_to_ask(3, 2, std::iter::empty(), &append);
+        assert_eq!(peers, ["127.0.0.2:7100", "127.0.0.1:7100"], "the leader first, never itself");
+    }
+
+    #[test]
+    fn known_members_and_the_appends_are_asked_once_each() {
+        let known = [(1, node(1)), (2, node(2))];
+        let append = [membership_entry(9, &[1, 2, 4])];
+        let peers = peers_to_ask(2, 1, known.iter().map(|(id, node)| (id, node)), &append);
+        assert_eq!(peers, ["127.0.0.1:7100", "127.0.0.4:7100"]);
+        assert_eq!(peers_to_ask(2, 1, known.iter().map(|(id, node)| (id, node)), &[]), ["127.0.0.1:7100"]);
+    }
 }
