@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 
+use openraft::BasicNode;
 use openraft::EntryPayload;
 use openraft::async_runtime::WatchReceiver;
 use shardkv_proto::v1::CopyFileChunk;
@@ -23,7 +24,6 @@ use crate::types::Entry;
 use crate::types::NodeId;
 use crate::types::Raft;
 use crate::types::copy_file_of;
-use openraft::BasicNode as Node;
 
 /// What a follower needs to fetch copy files from its peers.
 #[derive(Clone)]
@@ -106,20 +106,20 @@ impl CopyFetcher {
 fn peers_to_ask<'a>(
     own_id: NodeId,
     leader: NodeId,
-    known: impl Iterator<Item = (&'a NodeId, &'a Node)>,
+    known: impl Iterator<Item = (&'a NodeId, &'a BasicNode)>,
     entries: &'a [Entry],
 ) -> Vec<String> {
     let in_append = entries.iter().filter_map(|entry| match &entry.payload {
         EntryPayload::Membership(membership) => Some(membership.nodes()),
         _ => None,
     });
-    let mut peers: BTreeMap<NodeId, &Node> = BTreeMap::new();
+    let mut peers: BTreeMap<NodeId, &BasicNode> = BTreeMap::new();
     for (id, node) in known.chain(in_append.flatten()) {
         if *id != own_id {
             peers.insert(*id, node);
         }
     }
-    let mut peers: Vec<(NodeId, &Node)> = peers.into_iter().collect();
+    let mut peers: Vec<(NodeId, &BasicNode)> = peers.into_iter().collect();
     peers.sort_by_key(|(id, _)| *id != leader);
     peers.into_iter().map(|(_, node)| node.addr.clone()).collect()
 }
@@ -162,12 +162,12 @@ mod tests {
     use super::*;
     use crate::types::hostile_input::log_id;
 
-    fn node(id: NodeId) -> Node {
-        Node::new(format!("127.0.0.{id}:7100"))
+    fn node(id: NodeId) -> BasicNode {
+        BasicNode::new(format!("127.0.0.{id}:7100"))
     }
 
     fn membership_entry(index: u64, ids: &[NodeId]) -> Entry {
-        let nodes: BTreeMap<NodeId, Node> = ids.iter().map(|&id| (id, node(id))).collect();
+        let nodes: BTreeMap<NodeId, BasicNode> = ids.iter().map(|&id| (id, node(id))).collect();
         let membership = Membership::new(vec![ids.iter().copied().collect::<BTreeSet<_>>()], nodes).unwrap();
         Entry { log_id: log_id(1, index), payload: EntryPayload::Membership(membership) }
     }
