@@ -34,6 +34,8 @@ use crate::migration::service::MigrationService;
 use crate::network::GroupScope;
 use crate::network::MAX_MESSAGE_BYTES;
 use crate::network::channels::Channels;
+use crate::network::channels::KEEPALIVE_INTERVAL;
+use crate::network::channels::KEEPALIVE_TIMEOUT;
 use crate::network::peer::PeerNetwork;
 use crate::network::service::RaftService;
 use crate::session_clock;
@@ -250,6 +252,8 @@ async fn serve_grpc(
     let router = tonic::transport::Server::builder()
         .initial_stream_window_size(16 << 20)
         .initial_connection_window_size(32 << 20)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .layer(authorize)
         .add_service(health_service)
         .add_service(reflection)

@@ -1,5 +1,10 @@
 //! Lazily connected gRPC channels to other nodes, one per address, shared by every caller;
 //! mutual TLS with this node's certificate when TLS is on.
+//!
+//! Both ends ping a connection that has been silent for `KEEPALIVE_INTERVAL` and close it when
+//! no answer comes within `KEEPALIVE_TIMEOUT`: a connection the network dropped without either
+//! end closing it (heavy loss, a peer's lost reset) would otherwise hold a caller waiting on a
+//! stream for as long as TCP keeps it, and a shard move waits on such streams.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,6 +14,9 @@ use std::time::Duration;
 use shardkv_tls::ClientTls;
 use tonic::transport::Channel;
 use tonic::transport::Endpoint;
+
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 pub struct Channels {
@@ -30,7 +38,10 @@ impl Channels {
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(2))
             .initial_stream_window_size(16 << 20)
-            .initial_connection_window_size(32 << 20);
+            .initial_connection_window_size(32 << 20)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
         let channel = shardkv_tls::lazy_channel(endpoint, self.tls.as_ref());
         channels.insert(addr.to_string(), channel.clone());
         Ok(channel)

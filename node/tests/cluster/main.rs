@@ -7,6 +7,7 @@ mod durability;
 mod exactly_once;
 mod harness;
 mod lifecycle;
+mod proxy;
 mod replication;
 mod routing;
 mod scan;

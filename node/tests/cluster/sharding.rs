@@ -17,6 +17,7 @@ use crate::counters::check_replica_agrees;
 use crate::harness::WAIT;
 use crate::harness::wait_for;
 use crate::harness::write_bulk;
+use crate::proxy::SilencingProxy;
 use crate::sharded::ShardedCluster;
 
 /// Keys and value size of the bulk data loaded before a move, so the move takes long enough
@@ -387,6 +388,57 @@ async fn a_group_that_returns_with_empty_data_joins_cleanly() {
 fn changes(from: &ShardConfig, to: &ShardConfig) -> Vec<(u32, u64, u64)> {
     let pairs = from.shard_groups.iter().zip(&to.shard_groups).enumerate();
     pairs.filter(|(_, (a, b))| a != b).map(|(shard, (&a, &b))| (shard as u32, a, b)).collect()
+}
+
+/// Bytes that do not compress (copy files are compressed), from `i` alone.
+fn incompressible_value(i: usize) -> Vec<u8> {
+    let mut state = (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (0..BULK_VALUE_BYTES)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+/// The connection a copy travels on goes silent mid-stream, neither end closing it (as when
+/// the network drops it): HTTP/2 keepalive closes it, the copy starts again on a new
+/// connection, and the move finishes with nothing lost. Without keepalive the copy waits on
+/// the silent stream for as long as TCP keeps the connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copy_whose_connection_goes_silent_starts_again_and_the_move_finishes() {
+    let mut cluster = ShardedCluster::start(60, 3, SHARDS, &[]).await;
+    cluster.start_group(1).await;
+    // Other groups (and clients) reach group 1 through proxies on 127.0.69.0/24.
+    let mut proxies = Vec::new();
+    let mut members = Vec::new();
+    for id in 1..=3 {
+        let listen = format!("127.0.69.{id}:7100");
+        proxies.push(SilencingProxy::start(&listen, cluster.groups[&1].grpc_addr(id), 4 << 20).await);
+        members.push((id, listen));
+    }
+    cluster.admin.join(1, members).await.expect("join group 1");
+    cluster.wait_settled().await;
+    let client = cluster.client();
+    let keys = 2 * BULK_KEYS;
+    write_bulk(&client, keys, incompressible_value).await;
+
+    cluster.start_group(2).await;
+    cluster.join(2).await;
+    let started = Instant::now();
+    cluster.wait_settled().await;
+    eprintln!("the move settled {:?} after group 2 joined", started.elapsed());
+    assert!(proxies.iter().any(SilencingProxy::silenced), "no connection to group 1 carried 4 MiB: nothing was cut");
+
+    for i in 0..keys {
+        let value = client.get(format!("bulk-{i}")).await.expect("bulk read");
+        assert!(value == Some(incompressible_value(i)), "bulk-{i} lost or damaged after the move");
+    }
+    let copied = group_counter(&cluster, 2, "shardkv_shard_copied_bytes_total").await;
+    let half = (keys * BULK_VALUE_BYTES / 2) as u64;
+    assert!(copied >= half * 8 / 10, "group 2 copied only {copied} bytes of about {half} ahead of the move");
 }
 
 /// Group 2 hands a shard to group 3 but loses its majority before it can hear that group 3
