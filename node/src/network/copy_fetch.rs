@@ -4,6 +4,10 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::MutexGuard;
+use std::sync::PoisonError;
 
 use openraft::BasicNode;
 use openraft::EntryPayload;
@@ -28,26 +32,51 @@ use crate::types::copy_file_of;
 /// What a follower needs to fetch copy files from its peers.
 #[derive(Clone)]
 pub struct CopyFetcher {
-    pub files: CopyFiles,
-    pub channels: Channels,
-    pub scope: GroupScope,
+    files: CopyFiles,
+    channels: Channels,
+    scope: GroupScope,
+    /// The newest membership named by an append this node was sent.
+    sent_membership: Arc<Mutex<SentMembership>>,
 }
 
 impl CopyFetcher {
+    pub fn new(files: CopyFiles, channels: Channels, scope: GroupScope) -> Self {
+        Self { files, channels, scope, sent_membership: Arc::default() }
+    }
+
+    fn sent_membership(&self) -> MutexGuard<'_, SentMembership> {
+        self.sent_membership.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Fetches each file that `entries` name and this node lacks, from `leader` (the sender of
     /// the append) first, then from the group's other members. UNAVAILABLE when no peer has
     /// it: the leader's next append tries again.
     pub async fn fetch_missing(&self, raft: &Raft, leader: NodeId, entries: &[Entry]) -> Result<(), Status> {
+        self.sent_membership().learn(entries);
         let missing: Vec<&CopyFile> =
             entries.iter().filter_map(copy_file_of).filter(|file| !self.files.holds(file)).collect();
         if missing.is_empty() {
             return Ok(());
         }
-        let peers = {
-            let metrics = raft.metrics();
-            let metrics = metrics.borrow_watched();
-            peers_to_ask(metrics.id, leader, metrics.membership_config.nodes(), entries)
-        };
+        // Raft's own state, not its metrics: those lag behind a start, an install or an append.
+        let (known, holds_log) = raft
+            .with_raft_state(|state| {
+                let nodes = state.membership_state.effective().membership().nodes();
+                let known: Vec<(NodeId, BasicNode)> = nodes.map(|(id, node)| (*id, node.clone())).collect();
+                (known, state.log_ids.last().is_some())
+            })
+            .await
+            .map_err(|e| Status::unavailable(format!("raft stopped: {e}")))?;
+        let own_id = raft.metrics().borrow_watched().id;
+        let peers = self.sent_membership().peers_to_ask(own_id, leader, known.iter().map(|(id, node)| (id, node)));
+        if peers.is_empty() && !holds_log {
+            // A new member probed with an append that starts past its empty log: Raft refuses
+            // it for the entry before it, and the leader goes back to the start, whose first
+            // entry is the group's first membership, naming whom to fetch from. Refused here
+            // instead, it would be sent again as it is, forever.
+            tracing::debug!(files = missing.len(), "an append to an empty log names copy files; Raft refuses it");
+            return Ok(());
+        }
         // Each in a task of its own: if the leader gives up on this append (its deadline), the
         // fetch still completes, and the append sent again finds the file here.
         let fetches = missing.into_iter().cloned().map(|file| {
@@ -58,6 +87,35 @@ impl CopyFetcher {
             fetched.map_err(|e| Status::internal(e.to_string()))??;
         }
         Ok(())
+    }
+
+    /// Streams the file `name` in chunks (read on a blocking thread); NOT_FOUND if this node does
+    /// not hold it.
+    pub fn send(&self, name: &str) -> Result<ReceiverStream<Result<CopyFileChunk, Status>>, Status> {
+        let mut file = self.files.open_file(name).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Status::not_found(format!("copy file {name} is not here")),
+            std::io::ErrorKind::InvalidInput => Status::invalid_argument(e.to_string()),
+            _ => Status::internal(format!("copy file {name}: {e}")),
+        })?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            loop {
+                let mut data = vec![0u8; SNAPSHOT_CHUNK_BYTES];
+                let chunk = match file.read(&mut data) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        data.truncate(n);
+                        Ok(CopyFileChunk { data })
+                    }
+                    Err(e) => Err(Status::internal(format!("reading a copy file: {e}"))),
+                };
+                let failed = chunk.is_err();
+                if tx.blocking_send(chunk).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(ReceiverStream::new(rx))
     }
 
     async fn fetch_from_any(&self, peers: &[String], file: &CopyFile) -> Result<(), Status> {
@@ -99,58 +157,48 @@ impl CopyFetcher {
     }
 }
 
-/// The addresses to fetch a copy file from, the leader's first: the members this node knows, and
-/// those of any membership in the append itself. A new member's first append holds the group's
-/// first membership along with the entries naming files, before it knows any member: with only
-/// its own view it had no one to ask, refused the append, and was sent the same one again.
-fn peers_to_ask<'a>(
-    own_id: NodeId,
-    leader: NodeId,
-    known: impl Iterator<Item = (&'a NodeId, &'a BasicNode)>,
-    entries: &'a [Entry],
-) -> Vec<String> {
-    let in_append = entries.iter().filter_map(|entry| match &entry.payload {
-        EntryPayload::Membership(membership) => Some(membership.nodes()),
-        _ => None,
-    });
-    let mut peers: BTreeMap<NodeId, &BasicNode> = BTreeMap::new();
-    for (id, node) in known.chain(in_append.flatten()) {
-        if *id != own_id {
-            peers.insert(*id, node);
-        }
-    }
-    let mut peers: Vec<(NodeId, &BasicNode)> = peers.into_iter().collect();
-    peers.sort_by_key(|(id, _)| *id != leader);
-    peers.into_iter().map(|(_, node)| node.addr.clone()).collect()
+/// The newest membership the appends sent to this node named. A new member knows no member
+/// until Raft has stored its first append, which holds the group's first membership along
+/// with the first entries naming files; the appends after it name no membership, and are
+/// streamed, so they reach the fetch before Raft has stored the first (or it never does: a
+/// refused append ends the stream, and the leader sends the same ones again).
+#[derive(Debug, Default)]
+struct SentMembership {
+    index: u64,
+    nodes: BTreeMap<NodeId, BasicNode>,
 }
 
-/// Streams the file `name` in chunks (read on a blocking thread); NOT_FOUND if this node does
-/// not hold it.
-pub fn send_file(files: &CopyFiles, name: &str) -> Result<ReceiverStream<Result<CopyFileChunk, Status>>, Status> {
-    let mut file = files.open_file(name).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Status::not_found(format!("copy file {name} is not here")),
-        std::io::ErrorKind::InvalidInput => Status::invalid_argument(e.to_string()),
-        _ => Status::internal(format!("copy file {name}: {e}")),
-    })?;
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tokio::task::spawn_blocking(move || {
-        loop {
-            let mut data = vec![0u8; SNAPSHOT_CHUNK_BYTES];
-            let chunk = match file.read(&mut data) {
-                Ok(0) => return,
-                Ok(n) => {
-                    data.truncate(n);
-                    Ok(CopyFileChunk { data })
-                }
-                Err(e) => Err(Status::internal(format!("reading a copy file: {e}"))),
-            };
-            let failed = chunk.is_err();
-            if tx.blocking_send(chunk).is_err() || failed {
-                return;
+impl SentMembership {
+    fn learn(&mut self, entries: &[Entry]) {
+        for entry in entries {
+            if let EntryPayload::Membership(membership) = &entry.payload
+                && (self.nodes.is_empty() || entry.log_id.index > self.index)
+            {
+                self.index = entry.log_id.index;
+                self.nodes = membership.nodes().map(|(id, node)| (*id, node.clone())).collect();
             }
         }
-    });
-    Ok(ReceiverStream::new(rx))
+    }
+
+    /// The addresses to fetch a copy file from, the leader's first: the members this node
+    /// knows (`known`, from Raft) and those of the membership sent to it, each once, never
+    /// itself.
+    fn peers_to_ask<'a>(
+        &'a self,
+        own_id: NodeId,
+        leader: NodeId,
+        known: impl Iterator<Item = (&'a NodeId, &'a BasicNode)>,
+    ) -> Vec<String> {
+        let mut peers: BTreeMap<NodeId, &BasicNode> = BTreeMap::new();
+        for (id, node) in known.chain(&self.nodes) {
+            if *id != own_id {
+                peers.insert(*id, node);
+            }
+        }
+        let mut peers: Vec<(NodeId, &BasicNode)> = peers.into_iter().collect();
+        peers.sort_by_key(|(id, _)| *id != leader);
+        peers.into_iter().map(|(_, node)| node.addr.clone()).collect()
+    }
 }
 
 #[cfg(test)]
@@ -173,18 +221,29 @@ mod tests {
     }
 
     #[test]
-    fn a_member_that_knows_no_one_asks_the_members_its_append_names() {
-        let append = [membership_entry(1, &[1, 2, 3])];
-        let peers = peers_to_ask(3, 2, std::iter::empty(), &append);
+    fn a_member_that_knows_no_one_asks_the_members_an_earlier_append_named() {
+        let mut sent = SentMembership::default();
+        sent.learn(&[membership_entry(1, &[1, 2, 3])]);
+        sent.learn(&[]);
+        let peers = sent.peers_to_ask(3, 2, std::iter::empty());
         assert_eq!(peers, ["127.0.0.2:7100", "127.0.0.1:7100"], "the leader first, never itself");
     }
 
     #[test]
-    fn known_members_and_the_appends_are_asked_once_each() {
+    fn the_newest_membership_sent_counts_whatever_order_appends_arrive_in() {
+        let mut sent = SentMembership::default();
+        sent.learn(&[membership_entry(9, &[1, 2, 4])]);
+        sent.learn(&[membership_entry(1, &[1, 2, 3])]);
+        assert_eq!(sent.peers_to_ask(2, 1, std::iter::empty()), ["127.0.0.1:7100", "127.0.0.4:7100"]);
+    }
+
+    #[test]
+    fn known_members_and_the_sent_ones_are_asked_once_each() {
         let known = [(1, node(1)), (2, node(2))];
-        let append = [membership_entry(9, &[1, 2, 4])];
-        let peers = peers_to_ask(2, 1, known.iter().map(|(id, node)| (id, node)), &append);
+        let mut sent = SentMembership::default();
+        assert_eq!(sent.peers_to_ask(2, 1, known.iter().map(|(id, node)| (id, node))), ["127.0.0.1:7100"]);
+        sent.learn(&[membership_entry(9, &[1, 2, 4])]);
+        let peers = sent.peers_to_ask(2, 1, known.iter().map(|(id, node)| (id, node)));
         assert_eq!(peers, ["127.0.0.1:7100", "127.0.0.4:7100"]);
-        assert_eq!(peers_to_ask(2, 1, known.iter().map(|(id, node)| (id, node)), &[]), ["127.0.0.1:7100"]);
     }
 }

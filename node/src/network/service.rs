@@ -27,7 +27,6 @@ use tonic::Streaming;
 use super::GroupScope;
 use super::append_stream::StreamReply;
 use super::channels::Channels;
-use super::copy_fetch;
 use super::copy_fetch::CopyFetcher;
 use crate::state_machine::SnapshotDir;
 use crate::state_machine::SnapshotStore;
@@ -61,7 +60,7 @@ impl RaftService {
         channels: Channels,
         stopping: watch::Receiver<bool>,
     ) -> Self {
-        let copies = CopyFetcher { files, channels, scope: scope.clone() };
+        let copies = CopyFetcher::new(files, channels, scope.clone());
         Self { raft, scope, snapshots, copies, stopping }
     }
 
@@ -136,7 +135,7 @@ impl RaftRpc for RaftService {
     ) -> Result<Response<Self::FetchCopyFileStream>, Status> {
         let request = request.into_inner();
         self.scope.admit("copy file request", &request.cluster_id, request.group_id)?;
-        Ok(Response::new(copy_fetch::send_file(&self.copies.files, &request.name)?))
+        Ok(Response::new(self.copies.send(&request.name)?))
     }
 
     async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {

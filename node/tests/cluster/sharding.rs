@@ -390,6 +390,51 @@ fn changes(from: &ShardConfig, to: &ShardConfig) -> Vec<(u32, u64, u64)> {
     pairs.filter(|(_, (a, b))| a != b).map(|(shard, (&a, &b))| (shard as u32, a, b)).collect()
 }
 
+/// A member added to a group whose log still names copy files (no snapshot since the copy)
+/// receives, in its first append, the group's first membership together with the entries
+/// naming the files: it fetches them from the members that membership names (it knows no one
+/// yet), ingests them and serves the copied shards from its own state.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_added_after_a_copy_fetches_the_copy_files_its_log_names() {
+    let mut cluster = ShardedCluster::start(70, 3, SHARDS, &[1]).await;
+    let client = cluster.client();
+    let bulk_keys = 2 * BULK_KEYS;
+    write_bulk(&client, bulk_keys, bulk_value).await;
+    cluster.start_group(2).await;
+    cluster.join(2).await;
+    let after = cluster.wait_settled().await;
+    let receivers = cluster.groups.get_mut(&2).unwrap();
+    let leader = receivers.leader().await;
+    assert!(receivers.log(leader).contains("ingested a copy file"), "group 2 received no copy file");
+
+    receivers.start_node(4);
+    let members = receivers.client_for([1, 2, 3]);
+    let added = tokio::time::timeout(WAIT, members.add_learner(4, receivers.grpc_addr(4), true)).await;
+    added.expect("the new member caught up in time").expect("add learner");
+    members.change_membership(vec![1, 2, 3, 4], false).await.expect("make it a voter");
+    let receivers = &cluster.groups[&2];
+    let applied = receivers.status(receivers.leader().await).await.unwrap().applied_index;
+    wait_for("the new member to apply what its leader has", WAIT, || async {
+        (receivers.status(4).await?.applied_index >= applied).then_some(())
+    })
+    .await;
+    let log = receivers.log(4);
+    assert!(log.contains("ingested a copy file"), "the new member ingested no copy file:\n{log}");
+
+    let replica = receivers.client_for([4]);
+    let mut checked = 0;
+    for i in 0..bulk_keys {
+        let key = format!("bulk-{i}");
+        if after.shard_groups[shard_for_key(key.as_bytes(), SHARDS) as usize] != 2 {
+            continue;
+        }
+        let value = replica.get_serializable(key).await.expect("read from the new member");
+        assert!(value.as_deref() == Some(bulk_value(i).as_slice()), "bulk-{i} lost or damaged on the new member");
+        checked += 1;
+    }
+    assert!(checked > 0, "group 2 owns no bulk key");
+}
+
 /// Bytes that do not compress (copy files are compressed), from `i` alone.
 fn incompressible_value(i: usize) -> Vec<u8> {
     let mut state = (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
