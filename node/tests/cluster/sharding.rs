@@ -59,6 +59,22 @@ async fn leader_while_moving_in(cluster: &ShardedCluster, group: u64) -> u64 {
 
 const SHARDS: u32 = 16;
 
+/// Reads from `replica`'s own state (serializable reads) every one of the first `keys` bulk
+/// keys that `config` gives to `group`: each holds its value.
+async fn check_bulk_held_by(replica: &Client, config: &ShardConfig, group: u64, keys: usize) {
+    let mut checked = 0;
+    for i in 0..keys {
+        let key = format!("bulk-{i}");
+        if config.shard_groups[shard_for_key(key.as_bytes(), SHARDS) as usize] != group {
+            continue;
+        }
+        let value = replica.get_serializable(key).await.expect("read from the replica");
+        assert!(value.as_deref() == Some(bulk_value(i).as_slice()), "bulk-{i} lost or damaged on the replica");
+        checked += 1;
+    }
+    assert!(checked > 0, "group {group} owns no bulk key");
+}
+
 /// Shards whose owner differs anywhere along the sequence of configs.
 fn moved_shards(configs: &[ShardConfig]) -> BTreeSet<u32> {
     configs
@@ -196,19 +212,8 @@ async fn a_follower_killed_after_ingesting_a_copy_file_applies_it_again_and_lose
         (receivers.status(follower).await?.applied_index >= applied).then_some(())
     })
     .await;
-    // Read from the follower's own state: every bulk key of a shard group 2 now owns.
     let replica = receivers.client_for([follower]);
-    let mut checked = 0;
-    for i in 0..bulk_keys {
-        let key = format!("bulk-{i}");
-        if after.shard_groups[shard_for_key(key.as_bytes(), SHARDS) as usize] != 2 {
-            continue;
-        }
-        let value = replica.get_serializable(key).await.expect("read from the follower");
-        assert!(value.as_deref() == Some(bulk_value(i).as_slice()), "bulk-{i} lost or damaged on the follower");
-        checked += 1;
-    }
-    assert!(checked > 0, "group 2 owns no bulk key");
+    check_bulk_held_by(&replica, &after, 2, bulk_keys).await;
     let owned_here = |key: &str| after.shard_groups[shard_for_key(key.as_bytes(), SHARDS) as usize] == 2;
     check_replica_agrees(&replica, &client, &reports, owned_here).await;
 }
@@ -421,18 +426,7 @@ async fn a_member_added_after_a_copy_fetches_the_copy_files_its_log_names() {
     let log = receivers.log(4);
     assert!(log.contains("ingested a copy file"), "the new member ingested no copy file:\n{log}");
 
-    let replica = receivers.client_for([4]);
-    let mut checked = 0;
-    for i in 0..bulk_keys {
-        let key = format!("bulk-{i}");
-        if after.shard_groups[shard_for_key(key.as_bytes(), SHARDS) as usize] != 2 {
-            continue;
-        }
-        let value = replica.get_serializable(key).await.expect("read from the new member");
-        assert!(value.as_deref() == Some(bulk_value(i).as_slice()), "bulk-{i} lost or damaged on the new member");
-        checked += 1;
-    }
-    assert!(checked > 0, "group 2 owns no bulk key");
+    check_bulk_held_by(&receivers.client_for([4]), &after, 2, bulk_keys).await;
 }
 
 /// Bytes that do not compress (copy files are compressed), from `i` alone.
