@@ -116,12 +116,7 @@ async fn a_follower_killed_while_loading_a_snapshot_loads_it_again_and_loses_not
     let reports = load.finish().await;
     let every_shard: BTreeSet<u32> = (0..SHARDS).collect();
     check(&client, &reports, &every_shard).await;
-    let leader = cluster.leader().await;
-    let applied = cluster.status(leader).await.unwrap().applied_index;
-    wait_for("the follower to apply what the leader has", WAIT, || async {
-        (cluster.status(follower).await?.applied_index >= applied).then_some(())
-    })
-    .await;
+    cluster.wait_applied_as_leader(follower).await;
     let replica = cluster.client_for([follower]);
     check_replica_agrees(&replica, &client, &reports, |_| true).await;
     for i in 0..BULK_KEYS {

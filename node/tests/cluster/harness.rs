@@ -201,6 +201,16 @@ impl Cluster {
         .await
     }
 
+    /// Waits until node `id` has applied everything the leader had applied when this was called.
+    pub async fn wait_applied_as_leader(&self, id: u64) {
+        let leader = self.leader().await;
+        let applied = self.status(leader).await.expect("the leader's status").applied_index;
+        wait_for(&format!("node {id} to apply what its leader has"), WAIT, || async {
+            (self.status(id).await?.applied_index >= applied).then_some(())
+        })
+        .await;
+    }
+
     /// Ids of the nodes currently running.
     pub fn running(&self) -> Vec<u64> {
         self.children.keys().copied().collect()

@@ -206,12 +206,7 @@ async fn a_follower_killed_after_ingesting_a_copy_file_applies_it_again_and_lose
 
     let reports = load.finish().await;
     check(&client, &reports, &moved_shards(&[first, after.clone()])).await;
-    let leader = receivers.leader().await;
-    let applied = receivers.status(leader).await.unwrap().applied_index;
-    wait_for("the follower to apply what its leader has", WAIT, || async {
-        (receivers.status(follower).await?.applied_index >= applied).then_some(())
-    })
-    .await;
+    receivers.wait_applied_as_leader(follower).await;
     let replica = receivers.client_for([follower]);
     check_bulk_held_by(&replica, &after, 2, bulk_keys).await;
     let owned_here = |key: &str| after.shard_groups[shard_for_key(key.as_bytes(), SHARDS) as usize] == 2;
@@ -395,10 +390,11 @@ fn changes(from: &ShardConfig, to: &ShardConfig) -> Vec<(u32, u64, u64)> {
     pairs.filter(|(_, (a, b))| a != b).map(|(shard, (&a, &b))| (shard as u32, a, b)).collect()
 }
 
-/// A member added to a group whose log still names copy files (no snapshot since the copy)
-/// receives, in its first append, the group's first membership together with the entries
-/// naming the files: it fetches them from the members that membership names (it knows no one
-/// yet), ingests them and serves the copied shards from its own state.
+/// A member added to a group whose log still names copy files (no snapshot since the copy):
+/// the leader's first append to it, a probe starting past its empty log, names files while
+/// it knows no member; Raft refuses the probe, the leader goes back to the log's start, whose
+/// membership names whom to fetch from, and the member joins, ingests the files and serves
+/// the copied shards from its own state.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_member_added_after_a_copy_fetches_the_copy_files_its_log_names() {
     let mut cluster = ShardedCluster::start(70, 3, SHARDS, &[1]).await;
@@ -418,11 +414,7 @@ async fn a_member_added_after_a_copy_fetches_the_copy_files_its_log_names() {
     added.expect("the new member caught up in time").expect("add learner");
     members.change_membership(vec![1, 2, 3, 4], false).await.expect("make it a voter");
     let receivers = &cluster.groups[&2];
-    let applied = receivers.status(receivers.leader().await).await.unwrap().applied_index;
-    wait_for("the new member to apply what its leader has", WAIT, || async {
-        (receivers.status(4).await?.applied_index >= applied).then_some(())
-    })
-    .await;
+    receivers.wait_applied_as_leader(4).await;
     let log = receivers.log(4);
     assert!(log.contains("ingested a copy file"), "the new member ingested no copy file:\n{log}");
 
