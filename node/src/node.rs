@@ -72,6 +72,13 @@ fn raft_config(args: &NodeArgs) -> anyhow::Result<openraft::Config> {
         // Replicate an append while the local fsync is still running instead of after it: the
         // leader's fsync and the followers' overlap, which takes one fsync off every write.
         broadcast_submitted_on_append: Some(true),
+        // A leader restarted within its term must win an election before it serves again.
+        // Resuming at once would take its read index from the committed log id it stored, which
+        // is not synced (a power loss can take the last commits back) and is written only with
+        // the next append: the resumed leader would answer a linearizable read without the last
+        // acknowledged write. A new leader's read index is its own term's first entry, which
+        // commits only behind everything committed before it.
+        enable_leader_restore: Some(false),
         ..Default::default()
     };
     config.validate().context("invalid Raft configuration")

@@ -129,6 +129,35 @@ async fn a_linearizable_read_right_after_a_leader_change_sees_the_last_write() {
     assert_eq!(client.get("x").await.unwrap().as_deref(), Some(&b"2"[..]));
 }
 
+/// A leader killed and restarted before its followers time out must not lead again without an
+/// election: resuming its term, it would take its read index from the committed log id it had
+/// stored, which lags its last commits (written with the next append, never synced), and answer
+/// a linearizable read without the last acknowledged write. The stale read needs the read to
+/// reach it before its first heartbeat round re-commits the tail (e2e `kill` once did), so the
+/// test also asserts the election itself: a leader in the old term is the bug.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_restarted_before_its_followers_time_out_reads_its_last_acknowledged_write() {
+    // The followers wait 3 to 6 s for a leader; a restarted node is serving well before that.
+    let mut cluster = Cluster::start(239, 3, &["--election-timeout-ms", "3000"]).await;
+    let client = cluster.client();
+    client.put("x", "1").await.unwrap();
+    client.put("x", "2").await.unwrap();
+    let leader = cluster.leader().await;
+    let term = cluster.status(leader).await.expect("leader status").term;
+
+    cluster.kill9(leader);
+    cluster.start_node(leader);
+    let read = wait_for("a linearizable read to be answered", WAIT, || async { client.get("x").await.ok() }).await;
+    assert_eq!(read.as_deref(), Some(&b"2"[..]), "a linearizable read lost the last acknowledged write");
+    let now_leader = cluster.leader().await;
+    let status = cluster.status(now_leader).await.expect("leader status");
+    assert!(
+        status.term > term,
+        "node {now_leader} leads in term {} without an election after term {term}",
+        status.term
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_paused_leader_does_not_hold_requests_until_their_deadline() {
     let cluster = Cluster::start(50, 3, &[]).await;
