@@ -4,10 +4,13 @@ use bincode::Options;
 use serde::Deserialize;
 use serde::Serialize;
 
+use crate::meta::AssignmentError;
 use crate::meta::Config;
 use crate::meta::MetaChange;
+use crate::migration::ConfigRefusal;
 use crate::state_machine::SnapshotDir;
 use crate::state_machine::StateMachine;
+use crate::state_machine::records::RecordError;
 
 pub type NodeId = u64;
 pub type ShardId = u32;
@@ -167,11 +170,36 @@ pub enum OpResult {
     Config {
         num: u64,
     },
-    /// A meta operation that cannot apply, with the reason.
-    Refused(String),
+    /// An entry applied as a no-op, and why (every replica decides the same way).
+    Refused(Refusal),
     /// A retry of a write older than every result its session still caches: it may have been
     /// applied, so it is neither applied again nor answered.
     ResponseEvicted,
+}
+
+/// Why an entry was applied as a no-op. Decided from the replicated state alone, so the same
+/// on every replica; the driver retries or gives up on the step, the meta service returns it to
+/// the caller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Refusal {
+    #[error(transparent)]
+    Assignment(#[from] AssignmentError),
+    #[error(transparent)]
+    Config(#[from] ConfigRefusal),
+    #[error("shard {shard} is not served here ahead of config {config_num}")]
+    NotServedAhead { shard: ShardId, config_num: u64 },
+    #[error("shard {shard} cannot be copied for config {config_num}")]
+    CannotCopy { shard: ShardId, config_num: u64 },
+    #[error("shard {shard} takes no copy for config {config_num}")]
+    TakesNoCopy { shard: ShardId, config_num: u64 },
+    #[error("shard {shard} has no copy for config {config_num}")]
+    NoCopy { shard: ShardId, config_num: u64 },
+    #[error("shard {shard} copy for config {config_num}: {reason}")]
+    BadCopy { shard: ShardId, config_num: u64, reason: RecordError },
+    #[error("shard {shard} takes no chunk for config {config_num}")]
+    TakesNoChunk { shard: ShardId, config_num: u64 },
+    #[error("shard {shard} chunk for config {config_num}: {reason}")]
+    BadChunk { shard: ShardId, config_num: u64, reason: RecordError },
 }
 
 /// Log lines name the operation, key length and session, never the value bytes.
@@ -227,7 +255,10 @@ impl std::fmt::Display for Command {
 
 impl std::fmt::Display for OpResult {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(self, f)
+        match self {
+            OpResult::Refused(refusal) => write!(f, "refused: {refusal}"),
+            other => std::fmt::Debug::fmt(other, f),
+        }
     }
 }
 
@@ -369,6 +400,25 @@ mod tests {
         assert_eq!(decode::<Command>(&bytes).unwrap(), cmd);
         let cas = OpResult::CompareAndSwap { succeeded: false, previous: Some(b"old".to_vec()) };
         assert_eq!(decode::<OpResult>(&encode(&cas)).unwrap(), cas);
+    }
+
+    #[test]
+    fn a_refusal_keeps_its_cause_through_encoding_and_reads_as_a_sentence() {
+        let refusals = [
+            Refusal::Config(ConfigRefusal::OutOfOrder { current: 3, offered: 5 }),
+            Refusal::BadChunk { shard: 2, config_num: 7, reason: RecordError::SessionKey(5) },
+            Refusal::Assignment(AssignmentError::UnknownGroup(4)),
+        ];
+        for refusal in refusals {
+            let result = OpResult::Refused(refusal.clone());
+            assert_eq!(decode::<OpResult>(&encode(&result)).unwrap(), result);
+            assert!(!result.to_string().contains('{'), "{result}");
+        }
+        let out_of_order = Refusal::Config(ConfigRefusal::OutOfOrder { current: 3, offered: 5 });
+        assert_eq!(
+            OpResult::Refused(out_of_order).to_string(),
+            "refused: the group is at config 3; config 5 is not the next one"
+        );
     }
 
     fn samples() -> Vec<Command> {

@@ -29,7 +29,7 @@ pub struct Config {
     pub pinned: BTreeMap<ShardId, GroupId>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum AssignmentError {
     #[error("group {0} has already joined; it must leave before it can join again with other members")]
     GroupAlreadyJoined(GroupId),

@@ -66,7 +66,7 @@ impl MetaService {
         let response = self.ctx.raft.client_write(cmd).await.map_err(raft_error)?;
         match response.data {
             OpResult::Config { num } => self.config_response(num),
-            OpResult::Refused(reason) => Err(Status::invalid_argument(reason)),
+            OpResult::Refused(refusal) => Err(Status::invalid_argument(refusal.to_string())),
             other => Err(Status::internal(format!("meta change applied as {other:?}"))),
         }
     }

@@ -64,17 +64,21 @@ pub enum Admission {
     },
 }
 
-/// Why an ApplyConfig entry was not applied (every replica decides the same way).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why an ApplyConfig or StartAfter entry was not applied (every replica decides the same way).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum ConfigRefusal {
     /// Configs are applied one number at a time.
+    #[error("the group is at config {current}; config {offered} is not the next one")]
     OutOfOrder { current: u64, offered: u64 },
     /// A shard of the current config is still moving.
+    #[error("a shard of the current config is still moving")]
     Unsettled,
     /// Only a group that has applied no config and holds no shard may start at a later config.
+    #[error("only a fresh group may start after a later config; this one is at config {current}")]
     NotFresh { current: u64 },
     /// A group may start only after a config it is not in: it would otherwise own shards it
     /// never received.
+    #[error("the group is a member of config {config}, so it cannot start after it")]
     MemberAtStart { config: u64 },
 }
 

@@ -39,6 +39,7 @@ use crate::types::Command;
 use crate::types::Op;
 use crate::types::OpResult;
 use crate::types::Record;
+use crate::types::Refusal;
 use crate::types::ShardId;
 use crate::types::decode;
 use crate::types::encode;
@@ -152,10 +153,7 @@ impl<'a> ApplyBatch<'a> {
             Op::TrackChanges { config_num } => Ok(self.track_changes(cmd.shard, *config_num)),
             Op::BeginCopy { config_num } => {
                 if !self.sharding_mut().group.begin_copy(*config_num, cmd.shard, index) {
-                    return Ok(OpResult::Refused(format!(
-                        "shard {} cannot be copied for config {config_num}",
-                        cmd.shard
-                    )));
+                    return Ok(OpResult::Refused(Refusal::CannotCopy { shard: cmd.shard, config_num: *config_num }));
                 }
                 self.delete_shard(cmd.shard);
                 tracing::info!(shard = cmd.shard, config = config_num, "copying a shard ahead of its move here");
@@ -165,7 +163,7 @@ impl<'a> ApplyBatch<'a> {
             Op::IngestCopy { .. } => unreachable!("the state machine ingests copy files outside a batch"),
             Op::DiscardCopy { config_num } => {
                 if !self.sharding_mut().group.discard_copy(*config_num, cmd.shard) {
-                    return Ok(OpResult::Refused(format!("shard {} has no copy for config {config_num}", cmd.shard)));
+                    return Ok(OpResult::Refused(Refusal::NoCopy { shard: cmd.shard, config_num: *config_num }));
                 }
                 self.delete_shard(cmd.shard);
                 tracing::warn!(
@@ -177,7 +175,7 @@ impl<'a> ApplyBatch<'a> {
             }
             Op::FinishCopy { config_num, begun_at } => {
                 if !self.sharding_mut().group.finish_copy(*config_num, *begun_at, cmd.shard) {
-                    return Ok(OpResult::Refused(format!("shard {} has no copy for config {config_num}", cmd.shard)));
+                    return Ok(OpResult::Refused(Refusal::NoCopy { shard: cmd.shard, config_num: *config_num }));
                 }
                 tracing::info!(shard = cmd.shard, config = config_num, "copied a shard ahead of its move here");
                 Ok(OpResult::Applied)
@@ -214,7 +212,7 @@ impl<'a> ApplyBatch<'a> {
     ) -> OpResult {
         if let Err(refusal) = change(&mut self.sharding_mut().group) {
             tracing::warn!(?refusal, config = num, "config change refused");
-            return OpResult::Refused(format!("{refusal:?}"));
+            return OpResult::Refused(refusal.into());
         }
         tracing::info!(config = num, "{done}");
         OpResult::Config { num }
@@ -257,7 +255,7 @@ impl<'a> ApplyBatch<'a> {
             (next && s.group.admission(shard) == Admission::Serve, s.copied_out.get(&shard).copied())
         });
         if !serving {
-            return OpResult::Refused(format!("shard {shard} is not served here ahead of config {config_num}"));
+            return OpResult::Refused(Refusal::NotServedAhead { shard, config_num });
         }
         if tracked != Some(config_num) {
             // Left from a copy for another move, which cannot be pulled from any more.
@@ -272,10 +270,10 @@ impl<'a> ApplyBatch<'a> {
 
     fn copy_chunk(&mut self, shard: ShardId, config_num: u64, begun_at: u64, data: &[Record]) -> io::Result<OpResult> {
         if !self.sharding_view(|s| s.group.accepts_copy(config_num, begun_at, shard)) {
-            return Ok(OpResult::Refused(format!("shard {shard} takes no copy for config {config_num}")));
+            return Ok(OpResult::Refused(Refusal::TakesNoCopy { shard, config_num }));
         }
         if let Err(refusal) = check_chunk(data, &[]) {
-            return Ok(OpResult::Refused(format!("shard {shard} copy for config {config_num}: {refusal}")));
+            return Ok(OpResult::Refused(Refusal::BadCopy { shard, config_num, reason: refusal }));
         }
         for record in data {
             self.write(data_key(shard, &record.key), Some(record.value.clone()));
@@ -295,7 +293,7 @@ impl<'a> ApplyBatch<'a> {
                 self.sharding_mut().latest = next;
                 OpResult::Config { num }
             }
-            Err(e) => OpResult::Refused(e.to_string()),
+            Err(e) => OpResult::Refused(e.into()),
         })
     }
 
@@ -303,7 +301,7 @@ impl<'a> ApplyBatch<'a> {
     fn install(&mut self, index: u64, shard: ShardId, accepted: bool, pulled: Pulled<'_>) -> io::Result<OpResult> {
         let config_num = pulled.config_num;
         if !accepted {
-            return Ok(OpResult::Refused(format!("shard {shard} takes no chunk for config {config_num}")));
+            return Ok(OpResult::Refused(Refusal::TakesNoChunk { shard, config_num }));
         }
         // Content is checked before anything is written: a bad chunk is a no-op with a reason,
         // the same on every replica; failing apply would stop Raft on all of them.
@@ -312,7 +310,7 @@ impl<'a> ApplyBatch<'a> {
                 Ok(decoded) => decoded,
                 Err(refusal) => {
                     tracing::warn!(shard, config = config_num, reason = %refusal, "refused a shard chunk");
-                    return Ok(OpResult::Refused(format!("shard {shard} chunk for config {config_num}: {refusal}")));
+                    return Ok(OpResult::Refused(Refusal::BadChunk { shard, config_num, reason: refusal }));
                 }
             };
         // Through the overlay, so operations later in this batch read what the chunk wrote.
@@ -532,13 +530,16 @@ mod tests {
         let mut cache = SessionCache::default();
         let mut batch = ApplyBatch::new(&db, &shared, &mut cache);
         let bad_sessions = [
-            vec![record(&7u64.to_be_bytes(), b"not a session")],
-            vec![record(b"short", &Session::default().to_bytes())],
+            (vec![record(&7u64.to_be_bytes(), b"not a session")], "the session of client 7 does not decode"),
+            (vec![record(b"short", &Session::default().to_bytes())], "a session record's key is 5 bytes"),
         ];
-        for sessions in bad_sessions {
+        for (sessions, problem) in bad_sessions {
             let result = batch.apply(5, &chunk(sessions, true)).expect("bad content never fails apply");
-            let OpResult::Refused(reason) = result else { panic!("applied as {result:?}") };
-            assert!(reason.contains("shard 1 chunk for config 4"), "{reason}");
+            let OpResult::Refused(refusal @ Refusal::BadChunk { shard: SHARD, config_num: CONFIG, .. }) = result else {
+                panic!("applied as {result:?}")
+            };
+            let message = refusal.to_string();
+            assert!(message.starts_with("shard 1 chunk for config 4: ") && message.contains(problem), "{message}");
         }
         let (write_batch, applied) = batch.finish();
         db.write(write_batch).unwrap();

@@ -38,12 +38,22 @@ pub struct SnapshotHeader {
 }
 
 /// What a state-machine record is, by the column family it lives in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RecordKind {
     Data,
     Session,
     /// Sharding state: configs (meta group) or shard states (data group).
     Shards,
+}
+
+impl std::fmt::Display for RecordKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RecordKind::Data => "data",
+            RecordKind::Session => "session",
+            RecordKind::Shards => "sharding state",
+        })
+    }
 }
 
 /// The column families a snapshot carries records of (the last applied log id and membership,

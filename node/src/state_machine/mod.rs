@@ -57,6 +57,7 @@ use crate::types::Command;
 use crate::types::LogId;
 use crate::types::Op;
 use crate::types::OpResult;
+use crate::types::Refusal;
 use crate::types::Snapshot;
 use crate::types::SnapshotMeta;
 use crate::types::StoredMembership;
@@ -188,7 +189,7 @@ fn ingest_copy(db: &DB, files: &CopyFiles, shared: &SharedSharding, cmd: &Comman
     let accepted =
         shared.read().unwrap_or_else(PoisonError::into_inner).group.accepts_copy(*config_num, *begun_at, cmd.shard);
     if !accepted {
-        return Ok(OpResult::Refused(format!("shard {} takes no copy for config {config_num}", cmd.shard)));
+        return Ok(OpResult::Refused(Refusal::TakesNoCopy { shard: cmd.shard, config_num: *config_num }));
     }
     // Everything applied before this entry becomes durable first. The ingested data is durable
     // at once, later writes only at the next flush: after a crash the state machine is the last

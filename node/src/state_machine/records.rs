@@ -5,13 +5,16 @@
 //! on every replica alike, and never fails apply (which would stop Raft on every replica, at
 //! the same index after every restart).
 
+use serde::Deserialize;
+use serde::Serialize;
+
 use super::checkpoint::RecordKind;
 use super::session::Session;
 use super::sharding;
 use crate::storage::keys::SHARD_PREFIX_LEN;
 use crate::types::Record;
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum RecordError {
     #[error("a data record has an empty key")]
     EmptyKey,
@@ -20,7 +23,7 @@ pub enum RecordError {
     #[error("the session of client {client_id} does not decode: {reason}")]
     Session { client_id: u64, reason: String },
     #[error("a {kind} record's key is {len} bytes, which does not fit the {kind} key layout")]
-    KeyLength { kind: &'static str, len: usize },
+    KeyLength { kind: RecordKind, len: usize },
     #[error("sharding state: {0}")]
     Shards(String),
 }
@@ -51,12 +54,12 @@ pub fn check_deleted(keys: &[serde_bytes::ByteBuf]) -> Result<(), RecordError> {
 pub fn check_snapshot_record(kind: RecordKind, key: &[u8], value: &[u8]) -> Result<(), RecordError> {
     match kind {
         RecordKind::Data if key.len() <= SHARD_PREFIX_LEN => {
-            Err(RecordError::KeyLength { kind: "data", len: key.len() })
+            Err(RecordError::KeyLength { kind: RecordKind::Data, len: key.len() })
         }
         RecordKind::Data => Ok(()),
         RecordKind::Session => match key.get(SHARD_PREFIX_LEN..).and_then(|id| <[u8; 8]>::try_from(id).ok()) {
             Some(client_id) => decode_session(u64::from_be_bytes(client_id), value).map(drop),
-            None => Err(RecordError::KeyLength { kind: "session", len: key.len() }),
+            None => Err(RecordError::KeyLength { kind: RecordKind::Session, len: key.len() }),
         },
         RecordKind::Shards => sharding::check_record(key, value).map_err(RecordError::Shards),
     }
