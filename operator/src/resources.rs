@@ -5,7 +5,39 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::apps::v1::StatefulSetPersistentVolumeClaimRetentionPolicy;
+use k8s_openapi::api::apps::v1::StatefulSetSpec;
+use k8s_openapi::api::apps::v1::StatefulSetUpdateStrategy;
+use k8s_openapi::api::core::v1::Affinity;
+use k8s_openapi::api::core::v1::Capabilities;
+use k8s_openapi::api::core::v1::Container;
+use k8s_openapi::api::core::v1::ContainerPort;
+use k8s_openapi::api::core::v1::EmptyDirVolumeSource;
+use k8s_openapi::api::core::v1::EnvVar;
+use k8s_openapi::api::core::v1::EnvVarSource;
+use k8s_openapi::api::core::v1::ExecAction;
+use k8s_openapi::api::core::v1::HTTPGetAction;
+use k8s_openapi::api::core::v1::Lifecycle;
+use k8s_openapi::api::core::v1::LifecycleHandler;
+use k8s_openapi::api::core::v1::ObjectFieldSelector;
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::api::core::v1::PersistentVolumeClaimSpec;
+use k8s_openapi::api::core::v1::PodAffinityTerm;
+use k8s_openapi::api::core::v1::PodAntiAffinity;
+use k8s_openapi::api::core::v1::PodSecurityContext;
+use k8s_openapi::api::core::v1::PodSpec;
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::api::core::v1::Probe;
+use k8s_openapi::api::core::v1::SeccompProfile;
+use k8s_openapi::api::core::v1::SecretVolumeSource;
+use k8s_openapi::api::core::v1::SecurityContext;
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::ServicePort;
+use k8s_openapi::api::core::v1::ServiceSpec;
+use k8s_openapi::api::core::v1::Volume;
+use k8s_openapi::api::core::v1::VolumeMount;
+use k8s_openapi::api::core::v1::VolumeResourceRequirements;
+use k8s_openapi::api::core::v1::WeightedPodAffinityTerm;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::networking::v1::NetworkPolicyIngressRule;
 use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
@@ -13,15 +45,13 @@ use k8s_openapi::api::networking::v1::NetworkPolicyPort;
 use k8s_openapi::api::networking::v1::NetworkPolicySpec;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::policy::v1::PodDisruptionBudgetSpec;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
 use kube::ResourceExt;
-use serde::de::DeserializeOwned;
-use serde_json::Value;
-use serde_json::json;
 
 use crate::crd::PeerSelector;
 use crate::crd::ShardCluster;
@@ -206,10 +236,6 @@ fn owner(cluster: &ShardCluster) -> OwnerReference {
     cluster.controller_owner_ref(&()).expect("a ShardCluster read from the apiserver has a name and uid")
 }
 
-fn typed<T: DeserializeOwned>(value: Value) -> T {
-    serde_json::from_value(value).expect("built from a fixed shape that matches the Kubernetes type")
-}
-
 /// The StatefulSet of a group, with `replicas` pods (the membership planner decides the count
 /// while a group shrinks: pods leave the Raft group before the StatefulSet drops them).
 pub fn statefulset(cluster: &ShardCluster, names: &ClusterNames, group_id: u64, replicas: u32) -> StatefulSet {
@@ -217,125 +243,190 @@ pub fn statefulset(cluster: &ShardCluster, names: &ClusterNames, group_id: u64, 
     let group = names.group(group_id);
     let labels = names.labels(group_id);
     let mut env = vec![
-        json!({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}),
-        json!({"name": "SHARDKV_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
-        json!({"name": "SHARDKV_CLUSTER_ID", "value": names.cluster_id()}),
-        json!({"name": "SHARDKV_ROLE", "value": role(group_id)}),
-        json!({"name": "SHARDKV_GROUP_ID", "value": group_id.to_string()}),
-        json!({"name": "SHARDKV_SHARDS", "value": spec.shards.to_string()}),
-        json!({"name": "SHARDKV_DATA_DIR", "value": DATA_DIR}),
-        json!({"name": "SHARDKV_LISTEN", "value": format!("$(POD_IP):{GRPC_PORT}")}),
+        env_from_field("POD_IP", "status.podIP"),
+        env_from_field("SHARDKV_POD_NAME", "metadata.name"),
+        env_value("SHARDKV_CLUSTER_ID", names.cluster_id()),
+        env_value("SHARDKV_ROLE", role(group_id)),
+        env_value("SHARDKV_GROUP_ID", group_id.to_string()),
+        env_value("SHARDKV_SHARDS", spec.shards.to_string()),
+        env_value("SHARDKV_DATA_DIR", DATA_DIR),
+        env_value("SHARDKV_LISTEN", format!("$(POD_IP):{GRPC_PORT}")),
         // Every address: the kubelet probes the pod IP, the preStop hook calls loopback.
-        json!({"name": "SHARDKV_ADMIN_LISTEN", "value": format!("0.0.0.0:{ADMIN_PORT}")}),
-        json!({"name": "SHARDKV_LOG_FORMAT", "value": "json"}),
+        env_value("SHARDKV_ADMIN_LISTEN", format!("0.0.0.0:{ADMIN_PORT}")),
+        env_value("SHARDKV_LOG_FORMAT", "json"),
         // A pod that comes back onto the retained volume of a member the operator removed starts
         // over as a new, empty member (it confirmed its removal before recording it).
-        json!({"name": "SHARDKV_REJOIN_AFTER_REMOVAL", "value": "true"}),
+        env_value("SHARDKV_REJOIN_AFTER_REMOVAL", "true"),
     ];
     if group_id != META_GROUP {
         let meta: Vec<String> = (0..spec.meta.replicas).map(|i| names.peer_addr(META_GROUP, i)).collect();
-        env.push(json!({"name": "SHARDKV_META_ENDPOINTS", "value": meta.join(",")}));
+        env.push(env_value("SHARDKV_META_ENDPOINTS", meta.join(",")));
     }
-    let mut mounts = vec![json!({"name": "data", "mountPath": DATA_DIR}), json!({"name": "tmp", "mountPath": "/tmp"})];
-    let mut volumes = vec![json!({"name": "tmp", "emptyDir": {}})];
+    let mut mounts = vec![mount("data", DATA_DIR), mount("tmp", "/tmp")];
+    let mut volumes = vec![Volume {
+        name: "tmp".to_string(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    }];
     if spec.tls.enabled {
         for (var, key) in
             [("SHARDKV_TLS_CA", CA_CERT_KEY), ("SHARDKV_TLS_CERT", TLS_CERT_KEY), ("SHARDKV_TLS_KEY", TLS_KEY_KEY)]
         {
-            env.push(json!({"name": var, "value": format!("{TLS_DIR}/{key}")}));
+            env.push(env_value(var, format!("{TLS_DIR}/{key}")));
         }
-        mounts.push(json!({"name": "tls", "mountPath": TLS_DIR, "readOnly": true}));
+        mounts.push(VolumeMount { read_only: Some(true), ..mount("tls", TLS_DIR) });
         // No hash of the content anywhere in the template: a renewal rewrites the Secret, the
         // kubelet updates the files and the node reloads them, with no pod restarted.
-        volumes.push(json!({"name": "tls", "secret": {"secretName": names.node_tls_secret(), "defaultMode": 0o440}}));
+        volumes.push(Volume {
+            name: "tls".to_string(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(names.node_tls_secret()),
+                default_mode: Some(0o440),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
     }
-    let probe = |path: &str, period: i32, failures: i32| {
-        json!({
-            "httpGet": {"path": path, "port": "admin"},
-            "periodSeconds": period,
-            "timeoutSeconds": 2,
-            "failureThreshold": failures,
-        })
+    let container = Container {
+        name: "node".to_string(),
+        image: Some(spec.image.clone()),
+        image_pull_policy: spec.image_pull_policy.clone(),
+        env: Some(env),
+        ports: Some(vec![container_port("grpc", GRPC_PORT), container_port("admin", ADMIN_PORT)]),
+        startup_probe: Some(admin_probe("/healthz", 2, 150)),
+        liveness_probe: Some(admin_probe("/healthz", 10, 6)),
+        readiness_probe: Some(admin_probe("/readyz", 2, 2)),
+        // The node answers /lifecycle/prestop on loopback only: the hook runs inside the
+        // container.
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                exec: Some(ExecAction { command: Some(prestop_command()) }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        resources: spec.resources.clone(),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".to_string()]), ..Default::default() }),
+            ..Default::default()
+        }),
+        volume_mounts: Some(mounts),
+        ..Default::default()
     };
-    let affinity = spec.scheduling.affinity.clone().map(|a| json!(a)).unwrap_or_else(|| {
-        // Without user affinity, spread a group's replicas over nodes where possible.
-        json!({"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
-            "weight": 100,
-            "podAffinityTerm": {
-                "topologyKey": "kubernetes.io/hostname",
-                "labelSelector": {"matchLabels": names.selector(group_id)},
-            },
-        }]}})
-    });
-    let mut claim = json!({
-        "metadata": {"name": "data", "labels": labels},
-        "spec": {
-            "accessModes": ["ReadWriteOnce"],
-            "resources": {"requests": {"storage": spec.storage.size}},
-        },
-    });
-    if let Some(class) = &spec.storage.storage_class_name {
-        claim["spec"]["storageClassName"] = json!(class);
-    }
-    typed(json!({
-        "apiVersion": "apps/v1",
-        "kind": "StatefulSet",
-        "metadata": owned_metadata(cluster, names, &group, &labels),
-        "spec": {
-            "replicas": replicas,
-            "serviceName": group,
+    let pod = PodSpec {
+        termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(NODE_UID),
+            run_as_group: Some(NODE_UID),
+            fs_group: Some(NODE_UID),
+            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".to_string(), ..Default::default() }),
+            ..Default::default()
+        }),
+        affinity: Some(spec.scheduling.affinity.clone().unwrap_or_else(|| spread_over_nodes(names, group_id))),
+        tolerations: Some(spec.scheduling.tolerations.clone()),
+        node_selector: Some(spec.scheduling.node_selector.clone()),
+        containers: vec![container],
+        volumes: Some(volumes),
+        ..Default::default()
+    };
+    let claim = PersistentVolumeClaim {
+        metadata: ObjectMeta { name: Some("data".to_string()), labels: Some(labels.clone()), ..Default::default() },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".to_string()]),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([("storage".to_string(), Quantity(spec.storage.size.clone()))])),
+                ..Default::default()
+            }),
+            storage_class_name: spec.storage.storage_class_name.clone(),
+            ..Default::default()
+        }),
+        status: None,
+    };
+    StatefulSet {
+        metadata: owned_metadata(cluster, names, &group, labels.clone()),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(i32::try_from(replicas).unwrap_or(i32::MAX)),
+            service_name: Some(group),
             // All pods start at once; the operator, not pod order, sequences membership.
-            "podManagementPolicy": "Parallel",
+            pod_management_policy: Some("Parallel".to_string()),
             // The operator decides which pod restarts next.
-            "updateStrategy": {"type": "OnDelete"},
-            "persistentVolumeClaimRetentionPolicy": {
-                "whenScaled": spec.pvc_retention.when_scaled.as_str(),
-                "whenDeleted": spec.pvc_retention.when_deleted.as_str(),
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("OnDelete".to_string()),
+                rolling_update: None,
+            }),
+            persistent_volume_claim_retention_policy: Some(StatefulSetPersistentVolumeClaimRetentionPolicy {
+                when_scaled: Some(spec.pvc_retention.when_scaled.as_str().to_string()),
+                when_deleted: Some(spec.pvc_retention.when_deleted.as_str().to_string()),
+            }),
+            selector: LabelSelector { match_labels: Some(names.selector(group_id)), ..Default::default() },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(labels), ..Default::default() }),
+                spec: Some(pod),
             },
-            "selector": {"matchLabels": names.selector(group_id)},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
-                    "securityContext": {
-                        "runAsNonRoot": true,
-                        "runAsUser": NODE_UID,
-                        "runAsGroup": NODE_UID,
-                        "fsGroup": NODE_UID,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
-                    "affinity": affinity,
-                    "tolerations": spec.scheduling.tolerations,
-                    "nodeSelector": spec.scheduling.node_selector,
-                    "containers": [{
-                        "name": "node",
-                        "image": spec.image,
-                        "imagePullPolicy": spec.image_pull_policy,
-                        "env": env,
-                        "ports": [
-                            {"name": "grpc", "containerPort": GRPC_PORT},
-                            {"name": "admin", "containerPort": ADMIN_PORT},
-                        ],
-                        "startupProbe": probe("/healthz", 2, 150),
-                        "livenessProbe": probe("/healthz", 10, 6),
-                        "readinessProbe": probe("/readyz", 2, 2),
-                        // The node answers /lifecycle/prestop on loopback only: the hook runs
-                        // inside the container.
-                        "lifecycle": {"preStop": {"exec": {"command": prestop_command()}}},
-                        "resources": spec.resources,
-                        "securityContext": {
-                            "allowPrivilegeEscalation": false,
-                            "readOnlyRootFilesystem": true,
-                            "capabilities": {"drop": ["ALL"]},
-                        },
-                        "volumeMounts": mounts,
-                    }],
-                    "volumes": volumes,
-                },
-            },
-            "volumeClaimTemplates": [claim],
-        },
-    }))
+            volume_claim_templates: Some(vec![claim]),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+fn env_value(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar { name: name.to_string(), value: Some(value.into()), value_from: None }
+}
+
+/// A variable the kubelet fills from the pod's own object (downward API).
+fn env_from_field(name: &str, field_path: &str) -> EnvVar {
+    let field_ref = ObjectFieldSelector { field_path: field_path.to_string(), api_version: None };
+    EnvVar {
+        name: name.to_string(),
+        value: None,
+        value_from: Some(EnvVarSource { field_ref: Some(field_ref), ..Default::default() }),
+    }
+}
+
+fn mount(volume: &str, path: &str) -> VolumeMount {
+    VolumeMount { name: volume.to_string(), mount_path: path.to_string(), ..Default::default() }
+}
+
+fn container_port(name: &str, port: u16) -> ContainerPort {
+    ContainerPort { name: Some(name.to_string()), container_port: i32::from(port), ..Default::default() }
+}
+
+/// A probe of the node's admin HTTP port.
+fn admin_probe(path: &str, period_seconds: i32, failure_threshold: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_string()),
+            port: IntOrString::String("admin".to_string()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period_seconds),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(failure_threshold),
+        ..Default::default()
+    }
+}
+
+/// The affinity when the user gives none: a group's replicas spread over nodes where possible.
+fn spread_over_nodes(names: &ClusterNames, group_id: u64) -> Affinity {
+    let term = PodAffinityTerm {
+        topology_key: "kubernetes.io/hostname".to_string(),
+        label_selector: Some(LabelSelector { match_labels: Some(names.selector(group_id)), ..Default::default() }),
+        ..Default::default()
+    };
+    Affinity {
+        pod_anti_affinity: Some(PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![WeightedPodAffinityTerm {
+                weight: 100,
+                pod_affinity_term: term,
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 /// The preStop hook: the `shardkv` CLI in the image asks the node's admin port on loopback to
@@ -356,33 +447,41 @@ fn owned_metadata(
     cluster: &ShardCluster,
     names: &ClusterNames,
     name: &str,
-    labels: impl serde::Serialize,
-) -> serde_json::Value {
-    json!({
-        "name": name,
-        "namespace": names.namespace,
-        "labels": labels,
-        "ownerReferences": [owner(cluster)],
-    })
+    labels: BTreeMap<String, String>,
+) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: Some(names.namespace.clone()),
+        labels: Some(labels),
+        owner_references: Some(vec![owner(cluster)]),
+        ..Default::default()
+    }
+}
+
+/// A Service port that targets the container port of the same name.
+fn service_port(name: &str, port: u16) -> ServicePort {
+    ServicePort {
+        name: Some(name.to_string()),
+        port: i32::from(port),
+        target_port: Some(IntOrString::String(name.to_string())),
+        ..Default::default()
+    }
 }
 
 /// The headless Service giving each pod of a group its stable DNS name. Not-ready pods are
 /// published too: peers must resolve each other before they can become ready.
 pub fn headless_service(cluster: &ShardCluster, names: &ClusterNames, group_id: u64) -> Service {
-    typed(json!({
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": owned_metadata(cluster, names, &names.group(group_id), names.labels(group_id)),
-        "spec": {
-            "clusterIP": "None",
-            "publishNotReadyAddresses": true,
-            "selector": names.selector(group_id),
-            "ports": [
-                {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc"},
-                {"name": "admin", "port": ADMIN_PORT, "targetPort": "admin"},
-            ],
-        },
-    }))
+    Service {
+        metadata: owned_metadata(cluster, names, &names.group(group_id), names.labels(group_id)),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".to_string()),
+            publish_not_ready_addresses: Some(true),
+            selector: Some(names.selector(group_id)),
+            ports: Some(vec![service_port("grpc", GRPC_PORT), service_port("admin", ADMIN_PORT)]),
+            ..Default::default()
+        }),
+        status: None,
+    }
 }
 
 /// The PodDisruptionBudget of a group: voluntary disruptions never take it below quorum. While
@@ -394,17 +493,10 @@ pub fn pod_disruption_budget(
     group_id: u64,
     current_voters: Option<usize>,
 ) -> PodDisruptionBudget {
-    let name = names.group(group_id);
     let current = current_voters.map_or(0, |v| u32::try_from(v).unwrap_or(u32::MAX));
     let voters = current.max(desired_replicas(cluster, group_id));
     PodDisruptionBudget {
-        metadata: ObjectMeta {
-            name: Some(name),
-            namespace: Some(names.namespace.clone()),
-            labels: Some(names.labels(group_id)),
-            owner_references: Some(vec![owner(cluster)]),
-            ..Default::default()
-        },
+        metadata: owned_metadata(cluster, names, &names.group(group_id), names.labels(group_id)),
         spec: Some(PodDisruptionBudgetSpec {
             min_available: Some(IntOrString::Int(i32::try_from(quorum(voters)).unwrap_or(i32::MAX))),
             selector: Some(LabelSelector { match_labels: Some(names.selector(group_id)), ..Default::default() }),
@@ -419,15 +511,15 @@ pub fn pod_disruption_budget(
 pub fn client_service(cluster: &ShardCluster, names: &ClusterNames) -> Service {
     let mut labels = names.labels(META_GROUP);
     labels.remove(LABEL_GROUP);
-    typed(json!({
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": owned_metadata(cluster, names, &names.client_service(), labels),
-        "spec": {
-            "selector": names.selector(META_GROUP),
-            "ports": [{"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc"}],
-        },
-    }))
+    Service {
+        metadata: owned_metadata(cluster, names, &names.client_service(), labels),
+        spec: Some(ServiceSpec {
+            selector: Some(names.selector(META_GROUP)),
+            ports: Some(vec![service_port("grpc", GRPC_PORT)]),
+            ..Default::default()
+        }),
+        status: None,
+    }
 }
 
 /// The operator's pods, as the NetworkPolicy lets them in: by labels, in its namespace (any
@@ -491,13 +583,7 @@ pub fn network_policy(cluster: &ShardCluster, names: &ClusterNames, operator: &O
         });
     }
     NetworkPolicy {
-        metadata: ObjectMeta {
-            name: Some(names.network_policy()),
-            namespace: Some(names.namespace.clone()),
-            labels: Some(names.cluster_labels()),
-            owner_references: Some(vec![owner(cluster)]),
-            ..Default::default()
-        },
+        metadata: owned_metadata(cluster, names, &names.network_policy(), names.cluster_labels()),
         spec: Some(NetworkPolicySpec {
             pod_selector: Some(LabelSelector { match_labels: Some(names.pod_selector()), ..Default::default() }),
             policy_types: Some(vec!["Ingress".to_string()]),
@@ -509,9 +595,7 @@ pub fn network_policy(cluster: &ShardCluster, names: &ClusterNames, operator: &O
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::api::core::v1::Container;
-    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-    use kube::api::ObjectMeta;
+    use serde_json::json;
 
     use super::*;
     use crate::crd::PvcRetention;
