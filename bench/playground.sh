@@ -50,6 +50,15 @@ cpu_ticks() {
   echo "$total"
 }
 
+# The host's CPU model: figures differ by a factor of two between the host CPU models this VM
+# has run on, so every benchmark result names it.
+cpu_model() {
+  local model
+  model="$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2-)"
+  model="${model# }"
+  echo "${model:-?}"
+}
+
 # Starts a playground of `groups` data groups x 3 replicas in $workdir/NAME and waits (up to
 # STARTUP_DEADLINE_SECS) for its endpoints file, which it writes once every shard is served.
 # Plaintext (--insecure), or with a third argument `tls` mutual TLS, the playground's default:
