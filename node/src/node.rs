@@ -259,6 +259,8 @@ async fn serve_grpc(
     let router = tonic::transport::Server::builder()
         .initial_stream_window_size(16 << 20)
         .initial_connection_window_size(32 << 20)
+        // Peers send 1 MiB frames (see network::channels).
+        .max_frame_size(Some(1 << 20))
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .layer(authorize)

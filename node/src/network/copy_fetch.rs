@@ -134,27 +134,35 @@ impl CopyFetcher {
         )))
     }
 
-    async fn fetch(&self, addr: &str, file: &CopyFile) -> Result<(), String> {
-        let channel = self.channels.get(addr).map_err(|e| format!("bad address: {e}"))?;
+    async fn fetch(&self, addr: &str, file: &CopyFile) -> Result<(), FetchError> {
+        let channel = self.channels.get(addr)?;
         let request = CopyFileRequest {
             cluster_id: self.scope.cluster_id.clone(),
             group_id: self.scope.group_id,
             name: file.name.clone(),
         };
-        let mut stream =
-            RaftClient::new(channel).fetch_copy_file(request).await.map_err(|s| s.message().to_string())?.into_inner();
-        let mut receiving = self.files.receive(file).map_err(|e| e.to_string())?;
+        let mut stream = RaftClient::new(channel).fetch_copy_file(request).await?.into_inner();
+        let mut receiving = self.files.receive(file)?;
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|s| s.message().to_string())?;
-            receiving.write(&chunk.data).map_err(|e| e.to_string())?;
+            receiving.write(&chunk?.data)?;
         }
-        tokio::task::spawn_blocking(move || receiving.finish())
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+        tokio::task::spawn_blocking(move || receiving.finish()).await??;
         tracing::debug!(file = file.name, bytes = file.size, "fetched a copy file");
         Ok(())
     }
+}
+
+/// Why one peer did not send a copy file.
+#[derive(Debug, thiserror::Error)]
+enum FetchError {
+    #[error("bad address: {0}")]
+    Address(#[from] tonic::transport::Error),
+    #[error("{}", .0.message())]
+    Peer(#[from] Status),
+    #[error("storing the file: {0}")]
+    Store(#[from] std::io::Error),
+    #[error("the task storing the file failed: {0}")]
+    Stopped(#[from] tokio::task::JoinError),
 }
 
 /// The newest membership the appends sent to this node named. A new member knows no member

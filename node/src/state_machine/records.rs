@@ -25,7 +25,7 @@ pub enum RecordError {
     #[error("a {kind} record's key is {len} bytes, which does not fit the {kind} key layout")]
     KeyLength { kind: RecordKind, len: usize },
     #[error("sharding state: {0}")]
-    Shards(String),
+    Shards(#[from] sharding::ShardsRecordError),
 }
 
 /// Checks the records of a pulled chunk (keys without their shard prefix); returns its
@@ -61,7 +61,7 @@ pub fn check_snapshot_record(kind: RecordKind, key: &[u8], value: &[u8]) -> Resu
             Some(client_id) => decode_session(u64::from_be_bytes(client_id), value).map(drop),
             None => Err(RecordError::KeyLength { kind: RecordKind::Session, len: key.len() }),
         },
-        RecordKind::Shards => sharding::check_record(key, value).map_err(RecordError::Shards),
+        RecordKind::Shards => Ok(sharding::check_record(key, value)?),
     }
 }
 

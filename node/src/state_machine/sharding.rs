@@ -119,8 +119,21 @@ fn config_key(num: u64) -> Vec<u8> {
     [CONFIG_PREFIX, &num.to_be_bytes()].concat()
 }
 
+/// Why a sharding-state record cannot be installed. Keys are shown lossily as UTF-8 (they
+/// are ASCII names and numbers when sound); the error travels in entry results, so it holds
+/// text rather than the decoder's error.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, thiserror::Error)]
+pub enum ShardsRecordError {
+    #[error("record {key:?}: {reason}")]
+    Undecodable { key: String, reason: String },
+    #[error("a change record has a {0}-byte value, where it has none")]
+    ChangeValue(usize),
+    #[error("unknown record {0:?}")]
+    Unknown(String),
+}
+
 /// Checks that a sharding-state record (as stored, and as a snapshot carries it) decodes.
-pub fn check_record(key: &[u8], value: &[u8]) -> Result<(), String> {
+pub fn check_record(key: &[u8], value: &[u8]) -> Result<(), ShardsRecordError> {
     let decoded = if key == GROUP_KEY {
         GroupShards::from_bytes(value).map(drop)
     } else if key.len() == CONFIG_PREFIX.len() + 8 && key.starts_with(CONFIG_PREFIX) {
@@ -130,15 +143,14 @@ pub fn check_record(key: &[u8], value: &[u8]) -> Result<(), String> {
     } else if key == COPIED_OUT_KEY {
         decode::<BTreeMap<ShardId, u64>>(value).map(drop)
     } else if key.len() >= CHANGE_PREFIX.len() + SHARD_PREFIX_LEN && key.starts_with(CHANGE_PREFIX) {
-        return if value.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("a change record has a {}-byte value", value.len()))
-        };
+        return if value.is_empty() { Ok(()) } else { Err(ShardsRecordError::ChangeValue(value.len())) };
     } else {
-        return Err(format!("unknown record {:?}", String::from_utf8_lossy(key)));
+        return Err(ShardsRecordError::Unknown(String::from_utf8_lossy(key).into_owned()));
     };
-    decoded.map_err(|e| format!("record {:?}: {e}", String::from_utf8_lossy(key)))
+    decoded.map_err(|e| ShardsRecordError::Undecodable {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: e.to_string(),
+    })
 }
 
 /// The meta group's config `num`, if it exists.
@@ -193,7 +205,7 @@ mod tests {
         assert_eq!(check_record(COPIED_OUT_KEY, &encode(&BTreeMap::from([(3u32, 7u64)]))), Ok(()));
         assert!(check_record(COPIED_OUT_KEY, b"\x01").is_err());
         assert_eq!(check_record(&change_key(3, b"k"), b""), Ok(()));
-        assert!(check_record(&change_key(3, b"k"), b"v").is_err());
-        assert!(check_record(b"changed/", b"").is_err());
+        assert_eq!(check_record(&change_key(3, b"k"), b"v"), Err(ShardsRecordError::ChangeValue(1)));
+        assert_eq!(check_record(b"changed/", b""), Err(ShardsRecordError::Unknown("changed/".into())));
     }
 }
