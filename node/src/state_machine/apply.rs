@@ -7,6 +7,7 @@ use std::sync::PoisonError;
 
 use rocksdb::DB;
 use rocksdb::IteratorMode;
+use rocksdb::ReadOptions;
 use rocksdb::WriteBatch;
 
 use super::records::check_chunk;
@@ -124,7 +125,7 @@ impl<'a> ApplyBatch<'a> {
                         config = config.num,
                         "deleted a copy taken ahead of a move that did not use it"
                     );
-                    self.delete_shard(shard);
+                    self.delete_shard(shard)?;
                 }
                 Ok(result)
             }
@@ -145,7 +146,7 @@ impl<'a> ApplyBatch<'a> {
             }
             Op::DropShard { config_num } => {
                 if self.sharding_mut().group.finish_handoff(*config_num, cmd.shard) {
-                    self.delete_shard(cmd.shard);
+                    self.delete_shard(cmd.shard)?;
                     tracing::info!(shard = cmd.shard, config = config_num, "deleted a shard its new owner installed");
                 }
                 Ok(OpResult::Applied)
@@ -155,7 +156,7 @@ impl<'a> ApplyBatch<'a> {
                 if !self.sharding_mut().group.begin_copy(*config_num, cmd.shard, index) {
                     return Ok(OpResult::Refused(Refusal::CannotCopy { shard: cmd.shard, config_num: *config_num }));
                 }
-                self.delete_shard(cmd.shard);
+                self.delete_shard(cmd.shard)?;
                 tracing::info!(shard = cmd.shard, config = config_num, "copying a shard ahead of its move here");
                 Ok(OpResult::Applied)
             }
@@ -165,7 +166,7 @@ impl<'a> ApplyBatch<'a> {
                 if !self.sharding_mut().group.discard_copy(*config_num, cmd.shard) {
                     return Ok(OpResult::Refused(Refusal::NoCopy { shard: cmd.shard, config_num: *config_num }));
                 }
-                self.delete_shard(cmd.shard);
+                self.delete_shard(cmd.shard)?;
                 tracing::warn!(
                     shard = cmd.shard,
                     config = config_num,
@@ -228,9 +229,14 @@ impl<'a> ApplyBatch<'a> {
 
     /// Deletes everything this replica holds of `shard`: data, sessions, and the changes
     /// recorded for a copy of it. For the rest of the batch, reads of it find nothing.
-    fn delete_shard(&mut self, shard: ShardId) {
+    fn delete_shard(&mut self, shard: ShardId) -> io::Result<()> {
         let (start, end) = shard_range(shard);
-        self.batch.delete_range_cf(cf(self.db, CF_DATA), start, end);
+        // No range tombstone where there is no data: flushed before the first copy file of a
+        // move here is ingested, it would overlap every file of the copy, which would then go
+        // to L0 instead of the last level, and a compaction would write them all again.
+        if self.holds_data(&start, &end)? {
+            self.batch.delete_range_cf(cf(self.db, CF_DATA), start, end);
+        }
         self.batch.delete_range_cf(cf(self.db, CF_SESSIONS), start, end);
         self.sessions.retain(|key, _| !key.starts_with(&start));
         self.data.retain(|key, _| !key.starts_with(&start));
@@ -239,6 +245,24 @@ impl<'a> ApplyBatch<'a> {
             self.sharding_mut().copied_out.remove(&shard);
             self.delete_changes(shard);
         }
+        Ok(())
+    }
+
+    /// Whether the shard whose data keys run from `start` to `end` holds data, as this batch
+    /// has it so far.
+    fn holds_data(&self, start: &[u8; 4], end: &[u8; 4]) -> io::Result<bool> {
+        if self.data.keys().any(|key| key.starts_with(start)) {
+            return Ok(true);
+        }
+        if self.dropped_shards.contains(start) {
+            return Ok(false);
+        }
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(end.to_vec());
+        let mut keys = self.db.raw_iterator_cf_opt(cf(self.db, CF_DATA), opts);
+        keys.seek(start);
+        keys.status().map_err(io_err)?;
+        Ok(keys.valid())
     }
 
     fn delete_changes(&mut self, shard: ShardId) {
@@ -606,6 +630,31 @@ mod tests {
         assert_eq!(apply_alone(&db, &shared, &mut cache, 5, &chunk(vec![], true)), OpResult::Applied);
         assert_eq!(apply_alone(&db, &shared, &mut cache, 6, &first_put_of_session_7(b"again")), OpResult::Put);
         assert_eq!(read(&db).as_deref(), Some(&b"again"[..]), "the session came back empty, so seq 1 is new");
+    }
+
+    /// Dropping a shard that holds nothing leaves no range tombstone, which would overlap the
+    /// files of a later copy of it and keep them out of the last level.
+    #[test]
+    fn a_copy_into_a_shard_that_held_nothing_is_ingested_into_the_last_level() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::storage::open_db(&dir.path().join("db")).unwrap();
+        let files = crate::state_machine::copy_files::CopyFiles::open(dir.path().join("copies"), 1).unwrap();
+        let shared = pulling();
+        let mut cache = SessionCache::default();
+        let to = vec![Member { node_id: 9, addr: "127.0.0.1:7200".into() }];
+        shared.write().unwrap().group.shards.insert(SHARD, ShardState::BePulled { to: 3, members: to });
+        let drop = Command { session: None, shard: SHARD, op: Op::DropShard { config_num: CONFIG } };
+        assert_eq!(apply_alone(&db, &shared, &mut cache, 1, &drop), OpResult::Applied);
+        crate::storage::flush_state_machine(&db).unwrap();
+
+        let key = data_key(SHARD, b"copied");
+        let file = files.build(SHARD, CONFIG, [(key.as_slice(), b"value".as_slice())]).unwrap();
+        files.ingest(&db, &file).unwrap();
+        let data_files: Vec<_> =
+            db.live_files().unwrap().into_iter().filter(|f| f.column_family_name == CF_DATA).collect();
+        let levels: Vec<i32> = data_files.iter().map(|f| f.level).collect();
+        assert_eq!(levels, [6], "only the copied file, in the last level");
+        assert_eq!(db.get_cf(cf(&db, CF_DATA), &key).unwrap().as_deref(), Some(&b"value"[..]));
     }
 
     /// The same within one batch: a drop, the shard's return and a write of its old session.
