@@ -1,8 +1,8 @@
 """Splits a system-wide perf profile of a shard move by process and by kind of work.
 
-Usage: profile_split.py STACKS TIMES NAMES
-  STACKS  `perf script -F pid,ip,sym,dso` output (one sample: a "PID" line, then its frames)
-  TIMES   `perf script -F time,pid` output (one line per sample)
+Usage: profile_split.py STACKS NAMES
+  STACKS  `perf script -F pid,time,ip,sym,dso` output (one sample: a "PID TIME:" line, then
+          its frames)
   NAMES   lines "NAME: pid PID" naming the processes (the playground's own listing)
 
 A sample's kind is the first of KINDS whose pattern matches any frame of its stack, so the
@@ -39,8 +39,8 @@ BIN_SECS = 0.2
 
 
 def samples(path):
-    """Yields (pid, frames) per sample."""
-    pid, frames = None, []
+    """Yields (pid, seconds, frames) per sample."""
+    head, frames = None, []
     with open(path) as stacks:
         for line in stacks:
             if not line.strip():
@@ -48,11 +48,12 @@ def samples(path):
             if line.startswith("\t") or line.startswith(" " * 8):
                 frames.append(line.strip())
             else:
-                if pid is not None:
-                    yield pid, frames
-                pid, frames = line.split()[0], []
-    if pid is not None:
-        yield pid, frames
+                if head is not None:
+                    yield (*head, frames)
+                pid, at = line.split()[:2]
+                head, frames = (pid, float(at.rstrip(":"))), []
+    if head is not None:
+        yield (*head, frames)
 
 
 def kind_of(frames):
@@ -63,21 +64,7 @@ def kind_of(frames):
     return "other"
 
 
-def busy_bins(path):
-    """Busy share of each BIN_SECS interval (pid 0 is the idle task)."""
-    total, idle = collections.Counter(), collections.Counter()
-    with open(path) as times:
-        for line in times:
-            fields = line.split()
-            if len(fields) < 2:
-                continue
-            at = int(float(fields[1].rstrip(":")) / BIN_SECS)
-            total[at] += 1
-            idle[at] += fields[0] == "0"
-    return [1 - idle[b] / total[b] for b in sorted(total)]
-
-
-def main(stacks_path, times_path, names_path):
+def main(stacks_path, names_path):
     names = {}
     with open(names_path) as listing:
         for line in listing:
@@ -85,18 +72,20 @@ def main(stacks_path, times_path, names_path):
             if match:
                 names[match.group(2)] = match.group(1)
     by_process, by_kind = collections.Counter(), collections.Counter()
-    idle = total = 0
-    for pid, frames in samples(stacks_path):
-        total += 1
+    # Samples and idle samples (pid 0 is the idle task) per BIN_SECS interval.
+    bin_total, bin_idle = collections.Counter(), collections.Counter()
+    for pid, at, frames in samples(stacks_path):
+        interval = int(at / BIN_SECS)
+        bin_total[interval] += 1
         if pid == "0":
-            idle += 1
+            bin_idle[interval] += 1
             continue
         by_process[names.get(pid, "other processes")] += 1
         by_kind[kind_of(frames)] += 1
-    busy = total - idle
+    total, busy = bin_total.total(), bin_total.total() - bin_idle.total()
     if busy == 0:
         sys.exit("no busy samples: was perf recording every CPU?")
-    bins = busy_bins(times_path)
+    bins = [1 - bin_idle[b] / bin_total[b] for b in sorted(bin_total)]
     print(f"\n{total} samples, {busy / total:.0%} busy; busy share of {BIN_SECS:.1f} s intervals: "
           f"min {min(bins):.0%}, median {statistics.median(bins):.0%}, max {max(bins):.0%}")
     print("\nbusy samples by process")
@@ -108,6 +97,6 @@ def main(stacks_path, times_path, names_path):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 4:
+    if len(sys.argv) != 3:
         sys.exit(__doc__)
     main(*sys.argv[1:])
