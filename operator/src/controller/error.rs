@@ -3,6 +3,7 @@
 use kube::runtime::finalizer;
 
 use crate::certificates::CertificateError;
+use crate::plan::StopProblem;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -50,7 +51,7 @@ pub enum StepError {
     Delete { what: String, source: Box<Error> },
     /// The node's stop report does not allow deleting its pod: the rollout halts.
     #[error("pod {pod} was not deleted: {problem}")]
-    StopRefused { pod: String, problem: String },
+    StopRefused { pod: String, problem: StopProblem },
 }
 
 impl Error {

@@ -32,6 +32,7 @@ use crate::plan::PodRevision;
 use crate::plan::RolloutGroup;
 use crate::plan::RolloutSettings;
 use crate::plan::RolloutStep;
+use crate::plan::StopProblem;
 use crate::plan::image_version;
 use crate::plan::plan_rollout;
 use crate::plan::progress;
@@ -223,7 +224,7 @@ async fn restart_pod(
     uid: &str,
     down: bool,
     voters: usize,
-) -> Result<Result<PodRestart, String>, StepError> {
+) -> Result<Result<PodRestart, StopProblem>, StepError> {
     let group_id = group.view.group_id;
     let pod = names.pod(group_id, ordinal);
     let from_revision = group.pods.iter().find(|p| p.ordinal == ordinal).and_then(|p| p.revision.clone());

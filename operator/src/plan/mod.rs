@@ -25,6 +25,7 @@ pub use rollout::PodRevision;
 pub use rollout::RolloutGroup;
 pub use rollout::RolloutSettings;
 pub use rollout::RolloutStep;
+pub use rollout::StopProblem;
 pub use rollout::image_version;
 pub use rollout::plan_rollout;
 pub use rollout::progress;

@@ -317,35 +317,45 @@ pub fn plan_rollout(
     }
 }
 
+/// Why a node's stop report does not allow deleting its pod.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StopProblem {
+    #[error("the stop report names no group")]
+    NoGroup,
+    #[error("leadership transfer failed: {0}")]
+    TransferFailed(String),
+    #[error("snapshot failed: {0}")]
+    SnapshotFailed(String),
+    #[error("it led the group and did not hand leadership over")]
+    KeptLeadership,
+    #[error("its snapshot ({}) does not cover the applied index {applied}", .snapshot.map_or("none".to_string(), |s| s.to_string()))]
+    SnapshotBehind { snapshot: Option<u64>, applied: u64 },
+    #[error("the node reported its stop as not clean")]
+    NotClean,
+}
+
 /// Why a node's stop report does not allow deleting its pod, if it does not: every step must
 /// have succeeded, a leader must have handed leadership over (unless it was the only voter),
 /// and the snapshot must cover the applied log.
-pub fn stop_report_problem(report: &StopReport, voters: usize) -> Option<String> {
+pub fn stop_report_problem(report: &StopReport, voters: usize) -> Option<StopProblem> {
     if report.groups.is_empty() {
-        return Some("the stop report names no group".to_string());
+        return Some(StopProblem::NoGroup);
     }
     for g in &report.groups {
         if !g.transfer_error.is_empty() {
-            return Some(format!("leadership transfer failed: {}", g.transfer_error));
+            return Some(StopProblem::TransferFailed(g.transfer_error.clone()));
         }
         if !g.snapshot_error.is_empty() {
-            return Some(format!("snapshot failed: {}", g.snapshot_error));
+            return Some(StopProblem::SnapshotFailed(g.snapshot_error.clone()));
         }
         if g.was_leader && g.new_leader.is_none() && voters > 1 {
-            return Some("it led the group and did not hand leadership over".to_string());
+            return Some(StopProblem::KeptLeadership);
         }
-        match g.snapshot_index {
-            Some(s) if s >= g.applied_index => {}
-            other => {
-                return Some(format!(
-                    "its snapshot ({}) does not cover the applied index {}",
-                    other.map_or("none".to_string(), |s| s.to_string()),
-                    g.applied_index
-                ));
-            }
+        if g.snapshot_index.is_none_or(|s| s < g.applied_index) {
+            return Some(StopProblem::SnapshotBehind { snapshot: g.snapshot_index, applied: g.applied_index });
         }
     }
-    (!report.clean).then(|| "the node reported its stop as not clean".to_string())
+    (!report.clean).then_some(StopProblem::NotClean)
 }
 
 /// A semver `major.minor.patch` (an optional leading `v`, pre-release and build suffixes
@@ -640,13 +650,26 @@ mod tests {
             |g: GroupStopReport, clean: bool| StopReport { node_id: 1, groups: vec![g], clean, ..Default::default() };
         assert_eq!(stop_report_problem(&report(group.clone(), true), 3), None);
         let kept = GroupStopReport { new_leader: None, ..group.clone() };
-        assert!(stop_report_problem(&report(kept.clone(), true), 3).unwrap().contains("did not hand leadership over"));
+        assert_eq!(stop_report_problem(&report(kept.clone(), true), 3), Some(StopProblem::KeptLeadership));
         assert_eq!(stop_report_problem(&report(kept, true), 1), None, "a single voter has nobody to hand over to");
         let behind = GroupStopReport { snapshot_index: Some(89), ..group.clone() };
-        assert!(stop_report_problem(&report(behind, true), 3).unwrap().contains("does not cover the applied index 90"));
+        let problem = stop_report_problem(&report(behind, true), 3).unwrap();
+        assert_eq!(problem, StopProblem::SnapshotBehind { snapshot: Some(89), applied: 90 });
+        assert_eq!(problem.to_string(), "its snapshot (89) does not cover the applied index 90");
+        let none = GroupStopReport { snapshot_index: None, ..group.clone() };
+        let problem = stop_report_problem(&report(none, true), 3).unwrap();
+        assert_eq!(problem.to_string(), "its snapshot (none) does not cover the applied index 90");
         let failed = GroupStopReport { snapshot_error: "disk full".into(), ..group.clone() };
-        assert_eq!(stop_report_problem(&report(failed, false), 3).as_deref(), Some("snapshot failed: disk full"));
-        assert!(stop_report_problem(&report(group, false), 3).is_some());
+        let problem = stop_report_problem(&report(failed, false), 3).unwrap();
+        assert_eq!(problem.to_string(), "snapshot failed: disk full", "the first problem is named");
+        let transfer = GroupStopReport { transfer_error: "no voter caught up".into(), ..group.clone() };
+        assert_eq!(
+            stop_report_problem(&report(transfer, true), 3),
+            Some(StopProblem::TransferFailed("no voter caught up".into()))
+        );
+        assert_eq!(stop_report_problem(&report(group, false), 3), Some(StopProblem::NotClean));
+        let empty = StopReport { node_id: 1, clean: true, ..Default::default() };
+        assert_eq!(stop_report_problem(&empty, 3), Some(StopProblem::NoGroup));
     }
 
     #[test]
